@@ -1,0 +1,8 @@
+/**
+ * vmkit `dsm` primitive.
+ *
+ * @module
+ */
+
+/** Name of this primitive, for diagnostics. */
+export const PRIMITIVE: string = "dsm";

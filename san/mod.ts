@@ -1,0 +1,8 @@
+/**
+ * vmkit `san` primitive.
+ *
+ * @module
+ */
+
+/** Name of this primitive, for diagnostics. */
+export const PRIMITIVE: string = "san";

@@ -1,0 +1,71 @@
+/**
+ * Shared setup for `deno task test`, `start` and `bench`: installs the Debian
+ * packages the tests drive (when missing and running as root), builds the C
+ * shim and the test guests. Idempotent and cached; safe to run every time.
+ *
+ * Usage: `deno run -A tests/setup.ts [--only-build]`
+ *
+ * @module
+ */
+
+import { buildShim } from "../native/build.ts";
+import { buildGuests } from "./guests/build.ts";
+
+/**
+ * Debian packages the suite needs, keyed by a file that proves the package is
+ * installed. Add a line here when a test starts to drive a new tool.
+ */
+export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
+  { probe: "/usr/bin/gcc", pkg: "gcc" },
+  { probe: "/usr/bin/qemu-img", pkg: "qemu-utils" },
+  { probe: "/usr/sbin/tgtd", pkg: "tgt" },
+  { probe: "/usr/bin/iscsi-inq", pkg: "libiscsi-bin" },
+  { probe: "/usr/bin/etcd", pkg: "etcd-server" },
+  { probe: "/usr/sbin/hping3", pkg: "hping3" },
+  { probe: "/usr/bin/tcpdump", pkg: "tcpdump" },
+  { probe: "/usr/bin/iperf3", pkg: "iperf3" },
+  { probe: "/bin/busybox", pkg: "busybox-static" },
+  { probe: "/usr/bin/ip", pkg: "iproute2" },
+];
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
+async function run(cmd: string, args: string[]): Promise<void> {
+  const env = { DEBIAN_FRONTEND: "noninteractive" };
+  const out = await new Deno.Command(cmd, { args, env, stdout: "inherit", stderr: "inherit" })
+    .output();
+  if (!out.success) throw new Error(`setup: '${cmd} ${args.join(" ")}' failed (${out.code})`);
+}
+
+/** Installs every missing package of {@link PACKAGES} with apt-get (root only). */
+export async function ensurePackages(): Promise<void> {
+  const missing: string[] = [];
+  for (const { probe, pkg } of PACKAGES) {
+    if (!(await exists(probe))) missing.push(pkg);
+  }
+  if (missing.length === 0) return;
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      `setup: missing Debian packages ${missing.join(", ")}; run as root or 'apt-get install' them`,
+    );
+  }
+  console.error(`setup: installing ${missing.join(" ")}`);
+  await run("apt-get", ["update", "-qq"]);
+  await run("apt-get", ["install", "-y", "-qq", "--no-install-recommends", ...missing]);
+}
+
+if (import.meta.main) {
+  const onlyBuild = Deno.args.includes("--only-build");
+  if (!onlyBuild) await ensurePackages();
+  else if (!(await exists("/usr/bin/gcc"))) await ensurePackages();
+  await buildShim();
+  await buildGuests();
+}
