@@ -1,11 +1,12 @@
 /**
- * Builds the C shim (`vmkit_shim.c`) into a shared library with `cc`, cached
- * by a hash of its source so an unchanged shim is never rebuilt.
+ * Builds the C shim (every `native/*.c`: `vmkit_shim.c` for KVM, `net.c` for
+ * TAP/AF_PACKET, ...) into one shared library with `cc`, cached by a hash of
+ * the sources and flags so an unchanged shim is never rebuilt.
  *
  * @module
  */
 
-const SOURCE = new URL("./vmkit_shim.c", import.meta.url);
+const NATIVE_DIR = new URL("./", import.meta.url).pathname;
 const CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", "-pthread"];
 
 /** Where built shims go: `$VMKIT_CACHE`, else `native/out/` beside the source. */
@@ -26,10 +27,22 @@ async function sha256Hex(data: Uint8Array<ArrayBuffer>): Promise<string> {
  * @returns the path of the shared library.
  */
 export async function buildShim(): Promise<string> {
-  const src = await Deno.readFile(SOURCE);
-  const hash =
-    (await sha256Hex(new Uint8Array([...src, ...new TextEncoder().encode(CFLAGS.join(" "))])))
-      .slice(0, 16);
+  const sources: string[] = [];
+  for await (const e of Deno.readDir(NATIVE_DIR)) {
+    if (e.isFile && (e.name.endsWith(".c") || e.name.endsWith(".h"))) sources.push(e.name);
+  }
+  sources.sort();
+  const parts: Uint8Array[] = [new TextEncoder().encode(CFLAGS.join(" "))];
+  for (const name of sources) {
+    parts.push(new TextEncoder().encode(name), await Deno.readFile(NATIVE_DIR + name));
+  }
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let off = 0;
+  for (const p of parts) {
+    all.set(p, off);
+    off += p.length;
+  }
+  const hash = (await sha256Hex(all)).slice(0, 16);
   const dir = outDir();
   const lib = `${dir}/vmkit_shim-${hash}.so`;
   try {
@@ -41,11 +54,18 @@ export async function buildShim(): Promise<string> {
   await Deno.mkdir(dir, { recursive: true });
   const tmp = `${lib}.${Deno.pid}.tmp`;
   const out = await new Deno.Command("cc", {
-    args: [...CFLAGS, "-o", tmp, SOURCE.pathname],
+    args: [
+      ...CFLAGS,
+      "-o",
+      tmp,
+      ...sources.filter((n) => n.endsWith(".c")).map((n) => NATIVE_DIR + n),
+    ],
     stdout: "inherit",
     stderr: "inherit",
   }).output();
-  if (!out.success) throw new Error(`native: cc failed to build ${SOURCE.pathname} (${out.code})`);
+  if (!out.success) {
+    throw new Error(`native: cc failed to build the shim in ${NATIVE_DIR} (${out.code})`);
+  }
   await Deno.rename(tmp, lib);
   return lib;
 }

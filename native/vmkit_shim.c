@@ -1,0 +1,1 @@
+int vmkit_shim_version(void) { return 1; }
