@@ -1,0 +1,59 @@
+/*
+ * Shared declarations of the vmkit test guests: one C core (core.c) built
+ * as a 32-bit PVH guest and as a 64-bit Linux-boot-protocol guest.
+ */
+#ifndef VMKIT_GUEST_H
+#define VMKIT_GUEST_H
+
+#define MAX_MEM 32
+#define MAX_CPUS 16
+#define STACK_SIZE 4096
+/* Where the BSP copies the real-mode AP trampoline (SIPI vector 0x70). */
+#define TRAMP_BASE 0x70000
+
+#ifndef __ASSEMBLER__
+#include <stdint.h>
+#include <stddef.h>
+
+/* One memory map entry, as both e820 and hvm_memmap describe it. */
+struct mem_entry {
+	uint64_t addr;
+	uint64_t size;
+	uint32_t type;
+};
+
+/* What the entry code found out about how it was booted. */
+struct boot_info {
+	const char *boot;    /* "pvh", "linux64" or "bzimage" */
+	const char *cmdline; /* NUL-terminated, or "" */
+	struct mem_entry mem[MAX_MEM];
+	unsigned nmem;
+	uint64_t initrd_addr;
+	uint64_t initrd_size;
+};
+
+/* core.c */
+void guest_main(const struct boot_info *bi) __attribute__((noreturn));
+void ap_main(unsigned cpu) __attribute__((noreturn));
+void puts_serial(const char *s);
+void *memset(void *d, int c, size_t n);
+void *memcpy(void *d, const void *s, size_t n);
+
+/* The real-mode trampoline (trampoline.S), copied to TRAMP_BASE. */
+extern const char tramp_start[], tramp_end[], tramp_cr3[];
+
+static inline void outb(uint16_t port, uint8_t v)
+{
+	__asm__ volatile("outb %0, %1" : : "a"(v), "Nd"(port));
+}
+
+static inline uint8_t inb(uint16_t port)
+{
+	uint8_t v;
+	__asm__ volatile("inb %1, %0" : "=a"(v) : "Nd"(port));
+	return v;
+}
+
+#endif /* __ASSEMBLER__ */
+
+#endif
