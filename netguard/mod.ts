@@ -1,8 +1,55 @@
 /**
- * vmkit `netguard` primitive.
+ * vmkit `netguard`: a per-VM traffic monitor that detects denial-of-service
+ * attacks and suspends VMs to protect the others on the host (after
+ * US8266275B2).
+ *
+ * - {@link parseEthernet}: zero-copy frame parsing (Ethernet, 802.1Q, IPv4
+ *   with fragments, IPv6 with extension headers, TCP, UDP, ICMP/ICMPv6);
+ *   malformed frames are counted, never thrown.
+ * - {@link NetGuard}: per VM, interface and direction, sliding-window rates,
+ *   SYN share, flows, top talkers in bounded memory; threshold detectors with
+ *   "exceeded for N ms" and hysteresis, and an EWMA + CUSUM adaptive one;
+ *   a policy that suspends the VM under attack, the VM sending one, or the
+ *   lowest-priority VMs, or rate-limits/drops, and resumes after a hold time.
+ *   VMs are anything {@link PausableVm} (the vmm `Machine` is one).
+ * - Inputs: the frame tap ({@link NetGuard.frame}), TAP devices and host
+ *   interfaces ({@link LiveReader}), pcap/pcapng files ({@link readCaptureFile},
+ *   {@link replayCapture}); {@link PcapWriter} writes samples for tcpdump.
+ *
+ * @example
+ * ```ts
+ * import { buildFrame, NetGuard, parseConfig } from "./mod.ts";
+ *
+ * const guard = new NetGuard(parseConfig({ thresholds: { synPps: 1000 } }));
+ * let paused = false;
+ * guard.registerVm("web", {
+ *   pause: () => Promise.resolve(void (paused = true)),
+ *   resume: () => Promise.resolve(void (paused = false)),
+ * });
+ * guard.onEvent((e) => console.log(JSON.stringify(e)));
+ * const syn = buildFrame({ src: "198.51.100.7", dst: "10.0.0.2", proto: "tcp", flags: 0x02 });
+ * for (let i = 0; i < 500; i++) guard.frame("web", "inbound", syn, 1_000_000 + i);
+ * await guard.settled();
+ * console.log(paused); // true: a 1000 pps SYN flood suspended "web"
+ * ```
  *
  * @module
  */
 
-/** Name of this primitive, for diagnostics. */
-export const PRIMITIVE: string = "netguard";
+export * from "./errors.ts";
+export * from "./packet.ts";
+export * from "./pcap.ts";
+export * from "./cidr.ts";
+export * from "./config.ts";
+export * from "./events.ts";
+export * from "./sliding_window.ts";
+export * from "./top_k.ts";
+export * from "./flow_table.ts";
+export * from "./detectors.ts";
+export * from "./token_bucket.ts";
+export * from "./monitor.ts";
+export * from "./guard.ts";
+export * from "./capture_input.ts";
+export * from "./live_input.ts";
+export * from "./synth.ts";
+export * from "./report.ts";

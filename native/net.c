@@ -1,0 +1,236 @@
+/*
+ * vmkit network shim: what Deno cannot do alone for netguard's live inputs.
+ * TAP devices (TUNSETIFF), AF_PACKET sockets bound to an interface, both
+ * optionally created inside a named network namespace (on a short-lived
+ * thread, so the caller's namespace never changes), and batched reads with
+ * a poll timeout so a Deno `nonblocking` FFI call never spins.
+ *
+ * Every function returns a non-negative result or -errno.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define VMKIT_NET_META_WORDS 4 /* caplen, origlen, pkttype, offset */
+
+struct open_req {
+  const char *ifname;
+  const char *netns; /* path of a netns file, or NULL/"" for the current one */
+  int kind;          /* 0 = TAP, 1 = AF_PACKET */
+  int promisc;
+  int result;
+};
+
+static int open_tap(const char *ifname) {
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return -errno;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  return fd;
+}
+
+static int open_packet(const char *ifname, int promisc) {
+  int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL));
+  if (fd < 0) return -errno;
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
+  if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  struct sockaddr_ll sll;
+  memset(&sll, 0, sizeof sll);
+  sll.sll_family = AF_PACKET;
+  sll.sll_protocol = htons(ETH_P_ALL);
+  sll.sll_ifindex = ifr.ifr_ifindex;
+  if (bind(fd, (struct sockaddr *)&sll, sizeof sll) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  /* Kernel receive timestamps, so a busy reader does not bunch frames in time. */
+  int on = 1;
+  if (setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &on, sizeof on) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  if (promisc) {
+    struct packet_mreq mr;
+    memset(&mr, 0, sizeof mr);
+    mr.mr_ifindex = ifr.ifr_ifindex;
+    mr.mr_type = PACKET_MR_PROMISC;
+    if (setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof mr) < 0) {
+      int e = errno;
+      close(fd);
+      return -e;
+    }
+  }
+  return fd;
+}
+
+static void *open_thread(void *arg) {
+  struct open_req *r = arg;
+  if (r->netns != NULL && r->netns[0] != '\0') {
+    int nsfd = open(r->netns, O_RDONLY | O_CLOEXEC);
+    if (nsfd < 0) {
+      r->result = -errno;
+      return NULL;
+    }
+    if (setns(nsfd, CLONE_NEWNET) < 0) {
+      r->result = -errno;
+      close(nsfd);
+      return NULL;
+    }
+    close(nsfd);
+  }
+  r->result = r->kind == 0 ? open_tap(r->ifname) : open_packet(r->ifname, r->promisc);
+  return NULL;
+}
+
+static int open_in_netns(struct open_req *r) {
+  if (r->ifname == NULL || r->ifname[0] == '\0' || strlen(r->ifname) >= IFNAMSIZ) return -EINVAL;
+  if (r->netns == NULL || r->netns[0] == '\0') {
+    open_thread(r);
+    return r->result;
+  }
+  pthread_t t;
+  int e = pthread_create(&t, NULL, open_thread, r);
+  if (e != 0) return -e;
+  pthread_join(t, NULL);
+  return r->result;
+}
+
+/* Opens (creating if needed) TAP device `ifname`, in netns file `netns` if set. */
+int vmkit_net_tap_open(const char *ifname, const char *netns) {
+  struct open_req r = {ifname, netns, 0, 0, 0};
+  return open_in_netns(&r);
+}
+
+/* Opens an AF_PACKET socket bound to `ifname` (all protocols), in netns `netns` if set. */
+int vmkit_net_packet_open(const char *ifname, const char *netns, int promisc) {
+  struct open_req r = {ifname, netns, 1, promisc, 0};
+  return open_in_netns(&r);
+}
+
+/*
+ * Waits up to `timeout_ms` for `fd` to be readable, then reads up to
+ * `max_frames` frames into `buf` (each at most `snaplen` bytes, packed one
+ * after another). For each frame, `meta` receives caplen, original length,
+ * Linux packet type (AF_PACKET; -1 for TAP) and offset in `buf`, and `ts`
+ * the receive time in ms since the epoch (the kernel's timestamp for
+ * AF_PACKET, the read time for TAP). Returns the number of frames.
+ */
+int vmkit_net_read_batch(int fd, int is_packet, uint8_t *buf, int buflen, int snaplen,
+                         int32_t *meta, double *ts, int max_frames, int timeout_ms) {
+  if (fd < 0 || buf == NULL || meta == NULL || ts == NULL || buflen <= 0 || snaplen <= 0 ||
+      max_frames <= 0)
+    return -EINVAL;
+  struct pollfd p = {fd, POLLIN, 0};
+  int pr = poll(&p, 1, timeout_ms);
+  if (pr < 0) return errno == EINTR ? 0 : -errno;
+  if (pr == 0) return 0;
+  if (p.revents & (POLLERR | POLLNVAL)) return -EBADF;
+  int n = 0;
+  int off = 0;
+  while (n < max_frames && buflen - off >= snaplen) {
+    ssize_t got;
+    int pkttype = -1;
+    ssize_t orig;
+    struct timespec when;
+    int have_when = 0;
+    if (is_packet) {
+      struct sockaddr_ll from;
+      union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+      } ctrl;
+      struct iovec iov = {buf + off, (size_t)snaplen};
+      struct msghdr msg;
+      memset(&msg, 0, sizeof msg);
+      msg.msg_name = &from;
+      msg.msg_namelen = sizeof from;
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = ctrl.buf;
+      msg.msg_controllen = sizeof ctrl.buf;
+      got = recvmsg(fd, &msg, MSG_TRUNC | MSG_DONTWAIT);
+      if (got >= 0) {
+        pkttype = from.sll_pkttype;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+          if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
+              c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
+            memcpy(&when, CMSG_DATA(c), sizeof when);
+            have_when = 1;
+          }
+        }
+      }
+      orig = got;
+    } else {
+      got = read(fd, buf + off, (size_t)snaplen);
+      orig = got;
+    }
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) break;
+      if (n > 0) break;
+      return -errno;
+    }
+    if (!have_when) clock_gettime(CLOCK_REALTIME, &when);
+    int cap = got > snaplen ? snaplen : (int)got;
+    meta[n * VMKIT_NET_META_WORDS + 0] = cap;
+    meta[n * VMKIT_NET_META_WORDS + 1] = orig > 0x7fffffff ? 0x7fffffff : (int32_t)orig;
+    meta[n * VMKIT_NET_META_WORDS + 2] = pkttype;
+    meta[n * VMKIT_NET_META_WORDS + 3] = off;
+    ts[n] = (double)when.tv_sec * 1000.0 + (double)when.tv_nsec / 1e6;
+    off += (cap + 7) & ~7;
+    n++;
+  }
+  return n;
+}
+
+/* Writes one frame to `fd` (a TAP: the frame appears as sent by the VM). */
+int vmkit_net_write(int fd, const uint8_t *buf, int len) {
+  if (fd < 0 || buf == NULL || len <= 0) return -EINVAL;
+  ssize_t w = write(fd, buf, (size_t)len);
+  return w < 0 ? -errno : (int)w;
+}
+
+/* Closes a descriptor opened by this shim. */
+int vmkit_net_close(int fd) {
+  if (fd < 0) return -EBADF;
+  return close(fd) < 0 ? -errno : 0;
+}
+
+/* Writes the text of `errnum` (positive) into `out`; returns its length. */
+int vmkit_net_strerror(int errnum, char *out, int len) {
+  if (out == NULL || len <= 0) return -EINVAL;
+  const char *s = strerror(errnum);
+  int n = (int)strlen(s);
+  if (n >= len) n = len - 1;
+  memcpy(out, s, (size_t)n);
+  out[n] = '\0';
+  return n;
+}

@@ -1,0 +1,117 @@
+/**
+ * Counters over a sliding time window: a ring of fixed-width buckets with
+ * running sums, so adding a sample and reading a rate are O(1) and allocate
+ * nothing.
+ *
+ * @module
+ */
+
+/** Index of each series kept per monitor. */
+export const Metric = {
+  packets: 0,
+  bytes: 1,
+  syn: 2,
+  synAck: 3,
+  ack: 4,
+  rst: 5,
+  udp: 6,
+  icmp: 7,
+  fragments: 8,
+  newFlows: 9,
+  tcp: 10,
+  malformed: 11,
+} as const;
+
+/** Number of series in {@link Metric}. */
+export const METRIC_COUNT = 12;
+
+/** Names of {@link Metric} series, indexed by value. */
+export const METRIC_NAMES: readonly string[] = [
+  "packets",
+  "bytes",
+  "syn",
+  "syn_ack",
+  "ack",
+  "rst",
+  "udp",
+  "icmp",
+  "fragments",
+  "new_flows",
+  "tcp",
+  "malformed",
+];
+
+/** {@link METRIC_COUNT} series over a window of `buckets × bucketMs`. */
+export class SlidingCounters {
+  /** Width of one bucket in ms. */
+  readonly bucketMs: number;
+  /** Number of buckets in the window. */
+  readonly buckets: number;
+  readonly #cells: Float64Array;
+  readonly #sums: Float64Array;
+  /** Index (time / bucketMs) of the current bucket; -1 before the first sample. */
+  #current = -1;
+  #slot = 0;
+
+  /** Creates counters whose window is `windowMs` long, cut into `bucketMs` buckets. */
+  constructor(windowMs: number, bucketMs: number) {
+    this.bucketMs = bucketMs;
+    this.buckets = Math.max(1, Math.round(windowMs / bucketMs));
+    this.#cells = new Float64Array(this.buckets * METRIC_COUNT);
+    this.#sums = new Float64Array(METRIC_COUNT);
+  }
+
+  /** Window length in ms. */
+  get windowMs(): number {
+    return this.buckets * this.bucketMs;
+  }
+
+  /** Bucket index of the current bucket (-1 before any time was seen). */
+  get currentBucket(): number {
+    return this.#current;
+  }
+
+  /**
+   * Moves the current bucket to the one holding `bucket`, clearing the ones
+   * that fell out of the window. Earlier buckets are ignored.
+   */
+  rotateTo(bucket: number): void {
+    if (this.#current < 0) {
+      this.#current = bucket;
+      return;
+    }
+    let steps = bucket - this.#current;
+    if (steps <= 0) return;
+    if (steps > this.buckets) steps = this.buckets;
+    const cells = this.#cells;
+    const sums = this.#sums;
+    for (let s = 0; s < steps; s++) {
+      this.#slot = this.#slot + 1 === this.buckets ? 0 : this.#slot + 1;
+      const base = this.#slot * METRIC_COUNT;
+      for (let m = 0; m < METRIC_COUNT; m++) {
+        sums[m] = (sums[m] ?? 0) - (cells[base + m] ?? 0);
+        cells[base + m] = 0;
+      }
+    }
+    this.#current = bucket;
+  }
+
+  /** Adds `value` to series `metric` in the current bucket. */
+  add(metric: number, value: number): void {
+    const i = this.#slot * METRIC_COUNT + metric;
+    this.#cells[i] = (this.#cells[i] ?? 0) + value;
+    this.#sums[metric] = (this.#sums[metric] ?? 0) + value;
+  }
+
+  /** Sum of series `metric` over the window. */
+  sum(metric: number): number {
+    const s = this.#sums[metric] ?? 0;
+    // Subtracting floats can leave -0.0000001; a count is never negative.
+    return s < 0 ? 0 : s;
+  }
+
+  /** Rate of series `metric` per second over the window. */
+  rate(metric: number): number {
+    return (this.sum(metric) * 1000) / this.windowMs;
+  }
+}
