@@ -1,0 +1,73 @@
+import assert from "node:assert/strict";
+import { buildFrame, NetGuard, parseConfig } from "../../netguard/mod.ts";
+import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
+import { Machine } from "../../vmm/machine.ts";
+import { guest } from "./run_helpers.ts";
+
+const SYN = buildFrame({
+  src: "198.51.100.9",
+  dst: "10.0.0.2",
+  proto: "tcp",
+  dport: 80,
+  flags: 0x02,
+});
+
+function ticks(text: string): number {
+  return [...text.matchAll(/^tick \d+$/gm)].length;
+}
+
+async function spinningMachine(serial: string): Promise<Machine> {
+  const m = await Machine.create({
+    memMiB: 32,
+    vcpus: 1,
+    kernel: await Deno.readFile(guest("guest-pvh.elf")),
+    cmdline: "mode=spin",
+    devices: defaultDeviceSpecs({ serialOut: { path: serial }, serialIn: false, memMiB: 32 }),
+  });
+  await m.start();
+  return m;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+Deno.test("netguard pauses the real Machine under a SYN flood while a second Machine keeps running, then resumes it (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir();
+  const victim = await spinningMachine(`${dir}/victim`);
+  const bystander = await spinningMachine(`${dir}/bystander`);
+  const read = async (name: string) =>
+    ticks(await Deno.readTextFile(`${dir}/${name}`).catch(() => ""));
+  try {
+    const g = new NetGuard(parseConfig({
+      thresholds: { synPps: 1000 },
+      detector: { adaptive: { enabled: false } },
+      policy: { holdMs: 300 },
+    }));
+    g.registerVm("victim", victim);
+    g.registerVm("bystander", bystander);
+    const start = Date.now();
+    for (let t = start; t < start + 500; t += 0.25) g.frame("victim", "inbound", SYN, t);
+    await g.settled();
+    assert.deepEqual(g.suspended(), ["victim"]);
+    assert.equal(victim.state, "Paused");
+    assert.equal(bystander.state, "Running");
+
+    const v0 = await read("victim");
+    const b0 = await read("bystander");
+    await sleep(2_500); // ~3 ticks of guest time on this host
+    assert.equal(await read("victim"), v0, "the suspended Machine printed ticks");
+    assert.ok((await read("bystander")) > b0, "the other Machine stopped making progress");
+
+    g.advance(Date.now() + 2_000); // the attack is over and the hold time has passed
+    await g.settled();
+    assert.deepEqual(g.suspended(), []);
+    assert.equal(victim.state, "Running");
+    const v1 = await read("victim");
+    const end = performance.now() + 10_000;
+    while ((await read("victim")) <= v1 && performance.now() < end) await sleep(100);
+    assert.ok((await read("victim")) > v1, "the resumed Machine did not run again");
+  } finally {
+    await victim[Symbol.asyncDispose]();
+    await bystander[Symbol.asyncDispose]();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
