@@ -72,3 +72,25 @@ export interface Sregs {
   /** `interrupt_bitmap[4]` as 4 × 64-bit words. */
   interrupt_bitmap: [bigint, bigint, bigint, bigint];
 }
+
+/** `struct kvm_cpuid_entry2`: one CPUID leaf/subleaf as KVM reports or takes it. */
+export interface CpuidEntry {
+  /** Leaf (EAX input). */
+  function: number;
+  /** Subleaf (ECX input) when `flags` has KVM_CPUID_FLAG_SIGNIFCANT_INDEX. */
+  index: number;
+  /** `KVM_CPUID_FLAG_*` bits. */
+  flags: number;
+  eax: number;
+  ebx: number;
+  ecx: number;
+  edx: number;
+}
+
+/** `struct kvm_msr_entry`: one model-specific register. */
+export interface MsrEntry {
+  /** MSR number. */
+  index: number;
+  /** Its 64-bit value. */
+  value: bigint;
+}

@@ -1,10 +1,48 @@
 /**
  * vmkit `vmm`: the machine, vCPUs, devices and boot loaders.
  *
+ * @example
+ * ```ts
+ * import { defaultDeviceSpecs, Machine } from "./mod.ts";
+ * const kernel = await Deno.readFile("vmlinux");
+ * await using m = await Machine.create({
+ *   memMiB: 128,
+ *   vcpus: 1,
+ *   kernel,
+ *   devices: defaultDeviceSpecs({ memMiB: 128 }),
+ * });
+ * await m.start();
+ * console.log(await m.wait());
+ * ```
+ *
  * @module
  */
 
 export type { Device, DeviceEnv, Suspendable } from "./devices/device.ts";
+export { createDevices, defaultDeviceSpecs, type DeviceSpec } from "./devices/mod.ts";
 export type { GuestMemory, MemoryRegion } from "./guest_memory.ts";
 export { GuestMemoryError, MMIO_GAP_END, MMIO_GAP_START, x86Layout } from "./guest_memory.ts";
 export type { BootOptions, BootPlan, BootProtocol } from "./boot/types.ts";
+export {
+  IDENTITY_MAP_ADDR,
+  type KernelLoader,
+  Machine,
+  type MachineConfig,
+  type MachineCpuState,
+  MachineError,
+  type MachineExit,
+  type MachineState,
+  MAX_VCPUS,
+  mergeSregs,
+  TSS_ADDR,
+} from "./machine.ts";
+export {
+  HostMemory,
+  type HostMemoryOptions,
+  type HostMemoryRegion,
+  MAX_MEMORY,
+  type MemoryBacking,
+  MemoryError,
+  PAGE_SIZE,
+} from "./memory.ts";
+export { CPUID_1_ECX_CX16, guestCpuid } from "./cpuid.ts";

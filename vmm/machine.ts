@@ -1,0 +1,597 @@
+/**
+ * The machine: composes guest memory, the VM (in-kernel irqchip and PIT),
+ * 1..N vCPUs each running `KVM_RUN` on its own Worker, the devices and the
+ * boot loader, and drives the lifecycle Created → Running ⇄ Paused → Stopped.
+ *
+ * How a run ends ({@link Machine.wait}): a device's `requestStop(status,
+ * reason)` (debug-exit, i8042 reset); a triple fault (KVM_EXIT_SHUTDOWN:
+ * status 1, "guest shutdown (triple fault)"); KVM_EXIT_INTERNAL_ERROR or
+ * FAIL_ENTRY (status 1, reason with the suberror or hardware reason and rip);
+ * a failed vCPU Worker (status 1); or {@link Machine.stop} (status 0,
+ * "stopped"). A vCPU that halts with interrupts off is not taken as
+ * power-off: the in-kernel LAPIC keeps HLT inside KVM_RUN, where an NMI or
+ * INIT can still wake it (see `vcpu_worker.ts`).
+ *
+ * @example
+ * ```ts
+ * import { Machine } from "./machine.ts";
+ * import { defaultDeviceSpecs } from "./devices/mod.ts";
+ * const kernel = await Deno.readFile("vmlinux");
+ * await using m = await Machine.create({
+ *   memMiB: 256,
+ *   vcpus: 1,
+ *   kernel,
+ *   cmdline: "console=ttyS0",
+ *   devices: defaultDeviceSpecs({ memMiB: 256 }),
+ * });
+ * await m.start();
+ * console.log(await m.wait());
+ * ```
+ *
+ * @module
+ */
+
+import { loadShim } from "../native/ffi.ts";
+import {
+  installKickHandler,
+  kick,
+  Kvm,
+  msrEntries,
+  msrsBlob,
+  type Vcpu,
+  type Vm,
+} from "../native/kvm.ts";
+import {
+  restoreVcpuState,
+  restoreVmState,
+  saveVcpuState,
+  saveVmState,
+  type VcpuState,
+  type VmState,
+} from "../native/kvm_state.ts";
+import type { Regs, Sregs } from "../native/kvm_types.ts";
+import { loadKernel } from "./boot/mod.ts";
+import type { BootOptions, BootPlan } from "./boot/types.ts";
+import { guestCpuid } from "./cpuid.ts";
+import { DeviceBus } from "./devices/bus.ts";
+import type { Device, DeviceEnv } from "./devices/device.ts";
+import type { DeviceSpec } from "./devices/spec.ts";
+import type { GuestMemory } from "./guest_memory.ts";
+import { HostMemory } from "./memory.ts";
+import type { MemoryBacking } from "./memory.ts";
+import {
+  controlBytes,
+  CTL_GO,
+  CTL_REQ,
+  CTL_VCPU0,
+  loadDeviceFactory,
+  REQ_PAUSE,
+  REQ_STOP,
+  type VcpuInit,
+  type VcpuMessage,
+  VcpuRunState,
+} from "./vcpu.ts";
+
+/** Where KVM's TSS goes (three pages just below the BIOS area, inside the MMIO gap). */
+export const TSS_ADDR = 0xfffb_d000;
+/** Where KVM's identity-map page table goes (the page below the TSS). */
+export const IDENTITY_MAP_ADDR = 0xfffb_c000;
+/** Most vCPUs a machine may have. */
+export const MAX_VCPUS = 64;
+/** `MSR_IA32_MISC_ENABLE`; bit 0 = fast strings, as firmware leaves it. */
+const MSR_IA32_MISC_ENABLE = 0x1a0;
+/** How long stop() waits for Workers to leave their loops before terminating them. */
+const STOP_TIMEOUT_MS = 2000;
+/** Interval at which pause() repeats its kicks while a vCPU has not parked yet. */
+const REKICK_MS = 2;
+
+/** Loads a kernel image into guest memory (the shape of `vmm/boot/mod.ts`'s `loadKernel`). */
+export type KernelLoader = (memory: GuestMemory, image: Uint8Array, opts: BootOptions) => BootPlan;
+
+/** What to build. */
+export interface MachineConfig {
+  /** Guest RAM in MiB (1..65536). */
+  memMiB: number;
+  /** vCPU count (1..64). */
+  vcpus: number;
+  /** Kernel image bytes (the CLI reads the file). */
+  kernel: Uint8Array;
+  /** Initial ramdisk. */
+  initrd?: Uint8Array;
+  /** Kernel command line. */
+  cmdline?: string;
+  /** Devices, e.g. from `defaultDeviceSpecs(...)` of `vmm/devices/mod.ts`. */
+  devices: DeviceSpec[];
+  /** Loader for {@link MachineConfig.kernel}; default `loadKernel` of `vmm/boot/mod.ts`. */
+  loader?: KernelLoader;
+  /**
+   * Module (URL) exporting `createDevices(specs, env): Device[]`, imported on
+   * every thread; default `vmm/devices/mod.ts`. For devices outside the tree.
+   */
+  deviceModule?: string;
+  /** Backing of guest RAM (default anonymous private mappings). */
+  memoryBacking?: MemoryBacking;
+}
+
+/** Every vCPU's KVM state and the VM-wide in-kernel state, from {@link Machine.saveCpuState}. */
+export interface MachineCpuState {
+  /** One entry per vCPU, in id order. */
+  vcpus: VcpuState[];
+  /** Irqchip, PIT and kvmclock. */
+  vm: VmState;
+}
+
+/** Lifecycle state. */
+export type MachineState = "Created" | "Running" | "Paused" | "Stopped";
+
+/** How a run ended. */
+export interface MachineExit {
+  /** 0 for a clean stop or power-off; non-zero for failures or as a device reports it. */
+  status: number;
+  /** Human-readable cause. */
+  reason: string;
+}
+
+/** Raised for bad configuration or an operation in the wrong state. */
+export class MachineError extends Error {
+  /** Creates the error. */
+  constructor(message: string) {
+    super(`machine: ${message}`);
+    this.name = "MachineError";
+  }
+}
+
+function validate(config: MachineConfig): void {
+  if (!Number.isInteger(config.memMiB) || config.memMiB < 1 || config.memMiB > 65536) {
+    throw new MachineError(`memMiB ${config.memMiB} must be an integer in 1..65536`);
+  }
+  if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > MAX_VCPUS) {
+    throw new MachineError(`vcpus ${config.vcpus} must be an integer in 1..${MAX_VCPUS}`);
+  }
+}
+
+/** KVM's reset register file (all zero, rflags bit 1 set). */
+function resetRegs(): Regs {
+  return {
+    rax: 0n,
+    rbx: 0n,
+    rcx: 0n,
+    rdx: 0n,
+    rsi: 0n,
+    rdi: 0n,
+    rsp: 0n,
+    rbp: 0n,
+    r8: 0n,
+    r9: 0n,
+    r10: 0n,
+    r11: 0n,
+    r12: 0n,
+    r13: 0n,
+    r14: 0n,
+    r15: 0n,
+    rip: 0n,
+    rflags: 2n,
+  };
+}
+
+/** A virtual machine with its vCPU Workers. */
+export class Machine implements AsyncDisposable {
+  /** Guest RAM (the memory table boot, devices and checkpoints read). */
+  readonly memory: HostMemory;
+  /** Number of vCPUs. */
+  readonly vcpuCount: number;
+  /** The KVM system handle. */
+  readonly kvm: Kvm;
+  /** The VM (irqchip, PIT, clock, dirty log). */
+  readonly vm: Vm;
+  /** vCPU handles; get/set their state only while paused or stopped. */
+  readonly vcpus: readonly Vcpu[];
+  /** What the boot loader did. */
+  readonly bootPlan: BootPlan;
+
+  #state: MachineState = "Created";
+  readonly #control: SharedArrayBuffer;
+  readonly #ctl: Int32Array;
+  readonly #threads: BigInt64Array;
+  readonly #workers: Worker[];
+  readonly #devices: Device[];
+  readonly #bus: DeviceBus;
+  #exit: MachineExit | undefined;
+  #finishing: Promise<void> | undefined;
+  #pausing: Promise<void> | undefined;
+  readonly #exitPromise: Promise<MachineExit>;
+  #resolveExit: (e: MachineExit) => void = () => {};
+  #exitedCount = 0;
+  #onAllExited: (() => void) | undefined;
+  #closed = false;
+
+  private constructor(
+    kvm: Kvm,
+    vm: Vm,
+    memory: HostMemory,
+    vcpus: Vcpu[],
+    bootPlan: BootPlan,
+    devices: Device[],
+    bus: DeviceBus,
+    workers: Worker[],
+  ) {
+    this.#workers = workers;
+    this.kvm = kvm;
+    this.vm = vm;
+    this.memory = memory;
+    this.vcpus = vcpus;
+    this.vcpuCount = vcpus.length;
+    this.bootPlan = bootPlan;
+    this.#devices = devices;
+    this.#bus = bus;
+    this.#control = new SharedArrayBuffer(controlBytes(vcpus.length));
+    this.#ctl = new Int32Array(this.#control);
+    this.#threads = new BigInt64Array(new SharedArrayBuffer(8 * vcpus.length));
+    this.#exitPromise = new Promise((resolve) => this.#resolveExit = resolve);
+  }
+
+  /**
+   * Builds the VM, memory, vCPUs and devices and loads the kernel; the vCPU
+   * Workers are started and wait for {@link Machine.start}.
+   */
+  static async create(config: MachineConfig): Promise<Machine> {
+    validate(config);
+    const lib = await loadShim();
+    const loader = config.loader ?? loadKernel;
+    installKickHandler();
+    // Workers load their modules on their own threads while the VM is built here.
+    const url = new URL("./vcpu_worker.ts", import.meta.url).href;
+    const workers = Array.from(
+      { length: config.vcpus },
+      (_, id) => new Worker(url, { type: "module", name: `vcpu${id}` }),
+    );
+    const cleanup: (() => void)[] = [() => workers.forEach((w) => w.terminate())];
+    let kvm: Kvm;
+    try {
+      kvm = Kvm.open();
+    } catch (err) {
+      workers.forEach((w) => w.terminate());
+      throw err;
+    }
+    cleanup.push(() => kvm.close());
+    const undo = (): void => {
+      for (const f of cleanup.reverse()) f();
+    };
+    let machine: Machine;
+    try {
+      const vm = kvm.createVm();
+      cleanup.push(() => vm.close());
+      vm.setTssAddr(TSS_ADDR);
+      vm.setIdentityMapAddr(IDENTITY_MAP_ADDR);
+      vm.createIrqchip();
+      vm.createPit2();
+      const memory = HostMemory.create(
+        config.memMiB * 1024 * 1024,
+        config.memoryBacking === undefined ? {} : { backing: config.memoryBacking },
+      );
+      cleanup.push(() => memory.close());
+      memory.register(vm);
+
+      const supported = kvm.supportedCpuid();
+      const vcpus: Vcpu[] = [];
+      for (let id = 0; id < config.vcpus; id++) {
+        const vcpu = vm.createVcpu(id);
+        cleanup.push(() => vcpu.close());
+        vcpu.setCpuid(guestCpuid(supported, id, config.vcpus));
+        // Fast strings on, as firmware leaves it (when this KVM knows the MSR).
+        if (msrEntries(vcpu.getMsrs([MSR_IA32_MISC_ENABLE])).length === 1) {
+          vcpu.setMsrs(msrsBlob([{ index: MSR_IA32_MISC_ENABLE, value: 1n }]));
+        }
+        vcpus.push(vcpu);
+      }
+
+      const plan = loader(memory, config.kernel, {
+        cmdline: config.cmdline ?? "",
+        ...(config.initrd === undefined ? {} : { initrd: config.initrd }),
+      });
+      const boot = vcpus[0];
+      if (boot === undefined) throw new MachineError("no boot vCPU");
+      boot.setRegs({ ...resetRegs(), ...plan.regs });
+      boot.setSregs(mergeSregs(boot.getSregs(), plan.sregs));
+
+      const busLock = DeviceBus.createLock();
+      // Main-thread devices may ask to stop once the machine exists.
+      const owner: { machine?: Machine } = {};
+      const env: DeviceEnv = {
+        setIrq: (gsi, level) => vm.irqLine(gsi, level),
+        requestStop: (status, reason) => {
+          const m = owner.machine;
+          if (m !== undefined) void m.#finish({ status, reason });
+        },
+      };
+      const devices = (await loadDeviceFactory(config.deviceModule))(config.devices, env);
+      const bus = new DeviceBus(devices, busLock);
+      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers);
+      owner.machine = machine;
+      await machine.#init(lib.path, config, busLock);
+    } catch (err) {
+      undo();
+      throw err;
+    }
+    return machine;
+  }
+
+  async #init(libPath: string, config: MachineConfig, busLock: SharedArrayBuffer): Promise<void> {
+    const ready: Promise<void>[] = [];
+    for (const vcpu of this.vcpus) {
+      const w = this.#workers[vcpu.id];
+      if (w === undefined) throw new MachineError(`no Worker for vcpu ${vcpu.id}`);
+      ready.push(
+        new Promise<void>((resolve, reject) => {
+          w.onmessage = (e: MessageEvent<VcpuMessage>) => {
+            const msg = e.data;
+            if (msg.type === "ready") resolve();
+            else if (msg.type === "stop") {
+              reject(new MachineError(msg.reason));
+              this.#finish({ status: msg.status, reason: msg.reason });
+            } else if (msg.type === "exited") this.#workerExited();
+          };
+          w.onerror = (e: ErrorEvent) => {
+            e.preventDefault();
+            const reason = `vcpu ${vcpu.id} worker failed: ${e.message}`;
+            reject(new MachineError(reason));
+            this.#finish({ status: 1, reason });
+            this.#workerExited();
+          };
+        }),
+      );
+      const init: VcpuInit = {
+        libPath,
+        vmFd: this.vm.fd,
+        vcpuFd: vcpu.fd,
+        id: vcpu.id,
+        runAddr: vcpu.runAddr,
+        runSize: vcpu.runSize,
+        xsaveSize: vcpu.xsaveSize,
+        control: this.#control,
+        threads: this.#threads.buffer as SharedArrayBuffer,
+        devices: config.devices,
+        busLock,
+        ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
+      };
+      w.postMessage(init);
+    }
+    try {
+      await Promise.all(ready);
+    } catch (err) {
+      await this.#terminateWorkers();
+      throw err;
+    }
+  }
+
+  /** Current lifecycle state. */
+  get state(): MachineState {
+    return this.#state;
+  }
+
+  /** Lets every vCPU enter the guest. */
+  start(): Promise<void> {
+    if (this.#state !== "Created") {
+      return Promise.reject(
+        new MachineError(`start() needs a Created machine, it is ${this.#state}`),
+      );
+    }
+    this.#state = "Running";
+    Atomics.store(this.#ctl, CTL_GO, 1);
+    Atomics.notify(this.#ctl, CTL_GO);
+    return Promise.resolve();
+  }
+
+  /**
+   * Takes every vCPU out of `KVM_RUN` and parks it; resolves once all have
+   * acknowledged (no guest instruction runs until {@link resume}).
+   */
+  pause(): Promise<void> {
+    if (this.#pausing !== undefined) return this.#pausing;
+    if (this.#state === "Paused") return Promise.resolve();
+    if (this.#state !== "Running") {
+      return Promise.reject(
+        new MachineError(`pause() needs a Running machine, it is ${this.#state}`),
+      );
+    }
+    this.#pausing = this.#pause().finally(() => this.#pausing = undefined);
+    return this.#pausing;
+  }
+
+  async #pause(): Promise<void> {
+    Atomics.or(this.#ctl, CTL_REQ, REQ_PAUSE);
+    this.#kickAll();
+    for (let i = 0; i < this.vcpuCount; i++) {
+      const idx = CTL_VCPU0 + i;
+      for (;;) {
+        const s = Atomics.load(this.#ctl, idx);
+        if (s === VcpuRunState.PAUSED || s === VcpuRunState.EXITED) break;
+        if (this.#exit !== undefined) break;
+        const r = Atomics.waitAsync(this.#ctl, idx, s, REKICK_MS);
+        if (r.async) await r.value;
+        if (Atomics.load(this.#ctl, idx) === s) this.#kickOne(i);
+      }
+    }
+    if (this.#state === "Running") this.#state = "Paused";
+  }
+
+  /** Lets paused vCPUs run again (after a pause() in progress completes). */
+  async resume(): Promise<void> {
+    if (this.#pausing !== undefined) await this.#pausing;
+    if (this.#state === "Running") return;
+    if (this.#state !== "Paused") {
+      throw new MachineError(`resume() needs a Paused machine, it is ${this.#state}`);
+    }
+    Atomics.and(this.#ctl, CTL_REQ, ~REQ_PAUSE);
+    Atomics.notify(this.#ctl, CTL_REQ);
+    this.#state = "Running";
+  }
+
+  /** Ends the run; {@link wait} resolves with `{ status: 0, reason: "stopped" }` unless it ended already. */
+  async stop(): Promise<void> {
+    await this.#finish({ status: 0, reason: "stopped" });
+  }
+
+  /** Resolves when the run ends: a device's stop request, a guest shutdown, an error or stop(). */
+  wait(): Promise<MachineExit> {
+    return this.#exitPromise;
+  }
+
+  /** Device states by name (the machine must not be running). */
+  saveDevices(): Record<string, Uint8Array> {
+    this.#requireStill("saveDevices()");
+    return this.#bus.withLock(() => {
+      const out: Record<string, Uint8Array> = {};
+      for (const d of this.#devices) out[d.name] = d.save();
+      return out;
+    });
+  }
+
+  /**
+   * Restores device states from {@link saveDevices} (machine not running).
+   * Throws naming the first device that has no saved state or rejects it.
+   */
+  restoreDevices(states: Record<string, Uint8Array>): void {
+    this.#requireStill("restoreDevices()");
+    this.#bus.withLock(() => {
+      for (const d of this.#devices) {
+        const bytes = states[d.name];
+        if (bytes === undefined) throw new MachineError(`no saved state for device '${d.name}'`);
+        d.restore(bytes);
+      }
+    });
+  }
+
+  /**
+   * Saves every vCPU's KVM state and the VM's irqchip, PIT and clock (machine
+   * not running). MSRs are those of KVM's index list that this host can read.
+   */
+  saveCpuState(): MachineCpuState {
+    this.#requireStill("saveCpuState()");
+    const msrs = this.kvm.msrIndexList();
+    return { vcpus: this.vcpus.map((v) => saveVcpuState(v, msrs)), vm: saveVmState(this.vm) };
+  }
+
+  /** Restores {@link saveCpuState}'s result (machine Created or Paused; same vCPU count). */
+  restoreCpuState(state: MachineCpuState): void {
+    this.#requireStill("restoreCpuState()");
+    if (state.vcpus.length !== this.vcpuCount) {
+      throw new MachineError(
+        `saved state has ${state.vcpus.length} vCPUs, this machine ${this.vcpuCount}`,
+      );
+    }
+    restoreVmState(this.vm, state.vm);
+    state.vcpus.forEach((s, i) => {
+      const v = this.vcpus[i];
+      if (v === undefined || s.id !== v.id) {
+        throw new MachineError(`saved vCPU ${s.id} does not match vCPU ${i}`);
+      }
+      restoreVcpuState(v, s);
+    });
+  }
+
+  #requireStill(what: string): void {
+    if (this.#state === "Running" || this.#pausing !== undefined) {
+      throw new MachineError(`${what} needs a machine that is not running; call pause() first`);
+    }
+    if (this.#closed) throw new MachineError(`${what} on a disposed machine`);
+  }
+
+  /** Main-thread instance of a device, e.g. to push serial input. */
+  device(name: string): Device | undefined {
+    return this.#bus.device(name);
+  }
+
+  /** The pthread ids of the vCPU Workers (distinct threads; 0n before a Worker is up). */
+  threadIds(): bigint[] {
+    return Array.from(this.#threads, (t) => BigInt.asUintN(64, t));
+  }
+
+  /** The main-thread device bus (its lock guards host-side device work). */
+  get bus(): DeviceBus {
+    return this.#bus;
+  }
+
+  #kickOne(i: number): void {
+    const tid = this.#threads[i] ?? 0n;
+    const vcpu = this.vcpus[i];
+    const s = Atomics.load(this.#ctl, CTL_VCPU0 + i);
+    if (tid === 0n || vcpu === undefined || s === VcpuRunState.EXITED) return;
+    kick(BigInt.asUintN(64, tid), vcpu.runAddr);
+  }
+
+  #kickAll(): void {
+    for (let i = 0; i < this.vcpuCount; i++) this.#kickOne(i);
+  }
+
+  #workerExited(): void {
+    this.#exitedCount++;
+    if (this.#exitedCount >= this.vcpuCount) this.#onAllExited?.();
+  }
+
+  /** Stops every vCPU (once) and resolves the exit with the first cause. */
+  #finish(exit: MachineExit): Promise<void> {
+    if (this.#exit === undefined) this.#exit = exit;
+    if (this.#finishing !== undefined) return this.#finishing;
+    this.#finishing = (async () => {
+      Atomics.or(this.#ctl, CTL_REQ, REQ_STOP);
+      Atomics.notify(this.#ctl, CTL_REQ);
+      Atomics.notify(this.#ctl, CTL_GO);
+      this.#kickAll();
+      await this.#terminateWorkers();
+      this.#state = "Stopped";
+      this.#resolveExit(this.#exit ?? exit);
+    })();
+    return this.#finishing;
+  }
+
+  /** Waits (bounded) for every Worker to leave its loop, re-kicking, then terminates them. */
+  async #terminateWorkers(): Promise<void> {
+    Atomics.or(this.#ctl, CTL_REQ, REQ_STOP);
+    Atomics.notify(this.#ctl, CTL_REQ);
+    Atomics.notify(this.#ctl, CTL_GO);
+    const deadline = Date.now() + STOP_TIMEOUT_MS;
+    while (this.#exitedCount < this.#workers.length && Date.now() < deadline) {
+      this.#kickAll();
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, 5);
+        this.#onAllExited = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+    this.#onAllExited = undefined;
+    for (const w of this.#workers) w.terminate();
+  }
+
+  /** Stops the run if needed and releases vCPUs, memory, the VM and /dev/kvm. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#closed) return;
+    await this.#finish({ status: 0, reason: "stopped" });
+    this.#closed = true;
+    // A vCPU whose Worker never left KVM_RUN (it ignored every kick) keeps its
+    // kvm_run mapping: unmapping it under the thread could crash the process.
+    let stuck = 0;
+    this.vcpus.forEach((v, i) => {
+      if (Atomics.load(this.#ctl, CTL_VCPU0 + i) === VcpuRunState.EXITED) v.close();
+      else stuck++;
+    });
+    if (stuck > 0) {
+      console.error(`machine: ${stuck} vCPU thread(s) did not stop; their mappings are leaked`);
+      return;
+    }
+    this.memory.close();
+    this.vm.close();
+    this.kvm.close();
+  }
+}
+
+/** Overlays a boot plan's sregs on the vCPU's current ones (whole segments and tables). */
+export function mergeSregs(base: Sregs, plan: Partial<Sregs>): Sregs {
+  const out: Sregs = { ...base };
+  for (const [k, v] of Object.entries(plan)) {
+    if (v !== undefined) (out as unknown as Record<string, unknown>)[k] = v;
+  }
+  return out;
+}

@@ -1,0 +1,90 @@
+/**
+ * What the machine (main thread) and its vCPU Workers share: the init
+ * message, the messages a Worker posts back, and the layout of the control
+ * `SharedArrayBuffer` through which pause, resume and stop travel without a
+ * message round-trip.
+ *
+ * @module
+ */
+
+import type { Device, DeviceEnv } from "./devices/device.ts";
+import { createDevices } from "./devices/factory.ts";
+import type { DeviceSpec } from "./devices/spec.ts";
+
+/** Int32 index of the request word: bit {@link REQ_PAUSE} and {@link REQ_STOP}. */
+export const CTL_REQ = 0;
+/** Int32 index of the start gate: 0 until `Machine.start()`. */
+export const CTL_GO = 1;
+/** Int32 index of vCPU 0's state word; vCPU `i` is at `CTL_VCPU0 + i`. */
+export const CTL_VCPU0 = 8;
+/** Request bit: park every vCPU. */
+export const REQ_PAUSE = 1;
+/** Request bit: end every vCPU loop. */
+export const REQ_STOP = 2;
+
+/** A vCPU's state word values. */
+export const VcpuRunState = {
+  /** Worker setting up or waiting for start. */
+  STARTING: 0,
+  /** In (or about to enter) KVM_RUN. */
+  RUNNING: 1,
+  /** Parked in Atomics.wait, out of KVM_RUN. */
+  PAUSED: 2,
+  /** Loop ended; the Worker is about to post `exited`. */
+  EXITED: 3,
+} as const;
+
+/** Bytes of the control buffer for `vcpus` vCPUs. */
+export function controlBytes(vcpus: number): number {
+  return (CTL_VCPU0 + vcpus) * 4;
+}
+
+/** First message to a vCPU Worker. */
+export interface VcpuInit {
+  /** Path of the built shim library. */
+  readonly libPath: string;
+  /** VM fd, for KVM_IRQ_LINE. */
+  readonly vmFd: number;
+  /** vCPU fd. */
+  readonly vcpuFd: number;
+  /** vCPU id. */
+  readonly id: number;
+  /** Host address of the vCPU's `kvm_run` mapping. */
+  readonly runAddr: bigint;
+  /** Bytes of the `kvm_run` mapping. */
+  readonly runSize: number;
+  /** XSAVE blob size of the VM. */
+  readonly xsaveSize: number;
+  /** The control buffer (see `CTL_*`). */
+  readonly control: SharedArrayBuffer;
+  /** One BigInt64 per vCPU: the Worker's pthread_t, for kicks. */
+  readonly threads: SharedArrayBuffer;
+  /** Devices to instantiate on this thread. */
+  readonly devices: DeviceSpec[];
+  /** The device bus lock shared by every thread. */
+  readonly busLock: SharedArrayBuffer;
+  /** Module exporting `createDevices(specs, env)`; absent: `vmm/devices/mod.ts`. */
+  readonly deviceModule?: string;
+}
+
+/** Messages a vCPU Worker posts to the machine. */
+export type VcpuMessage =
+  | { readonly type: "ready"; readonly id: number }
+  | { readonly type: "stop"; readonly id: number; readonly status: number; readonly reason: string }
+  | { readonly type: "exited"; readonly id: number };
+
+/** Builds one thread's device instances (the shape of `createDevices` in `vmm/devices/`). */
+export type DeviceFactory = (specs: DeviceSpec[], env: DeviceEnv) => Device[];
+
+/**
+ * The `createDevices` of `module` (a URL), or of `vmm/devices/` when absent.
+ * Both the main thread and every vCPU Worker call this with the same module.
+ */
+export async function loadDeviceFactory(module: string | undefined): Promise<DeviceFactory> {
+  if (module === undefined) return createDevices;
+  const mod: { createDevices?: unknown } = await import(module);
+  if (typeof mod.createDevices !== "function") {
+    throw new Error(`vcpu: device module ${module} does not export createDevices(specs, env)`);
+  }
+  return mod.createDevices as DeviceFactory;
+}

@@ -1,0 +1,224 @@
+/**
+ * The vCPU loop: one Worker per vCPU calls `KVM_RUN` synchronously through
+ * FFI and handles each exit on its own thread with its own instances of the
+ * devices (state shared through SharedArrayBuffers under the bus lock), so a
+ * port write costs one FFI call plus a bus dispatch and never crosses threads.
+ *
+ * Pause/stop: the machine sets a request bit in the control buffer and kicks
+ * the thread (immediate_exit + signal). The loop checks the bits before every
+ * `KVM_RUN`; on pause it publishes PAUSED and parks in `Atomics.wait`.
+ *
+ * HLT: the in-kernel irqchip handles HLT inside `KVM_RUN` (userspace never
+ * sees a HLT exit), so a vCPU halted with interrupts off simply sleeps there;
+ * it is not taken as power-off, because an NMI or INIT may still wake it.
+ * The run ends through a device (debug-exit, i8042 reset), a guest shutdown
+ * or `Machine.stop()`.
+ *
+ * @module
+ */
+
+/// <reference lib="deno.worker" />
+
+import { openShim } from "../native/ffi.ts";
+import { KvmError, KvmExit, RunOffset, Vcpu } from "../native/kvm.ts";
+import { DeviceBus } from "./devices/bus.ts";
+import type { DeviceEnv } from "./devices/device.ts";
+import {
+  CTL_GO,
+  CTL_REQ,
+  CTL_VCPU0,
+  loadDeviceFactory,
+  REQ_PAUSE,
+  REQ_STOP,
+  type VcpuInit,
+  type VcpuMessage,
+  VcpuRunState,
+} from "./vcpu.ts";
+
+const KVM_SYSTEM_EVENT_SHUTDOWN = 1;
+const KVM_SYSTEM_EVENT_RESET = 2;
+const KVM_SYSTEM_EVENT_CRASH = 3;
+const KVM_EXIT_IO_OUT = 1;
+const MAX_MMIO_LEN = 8;
+
+function post(msg: VcpuMessage): void {
+  self.postMessage(msg);
+}
+
+async function main(init: VcpuInit): Promise<void> {
+  const shim = openShim(init.libPath).symbols;
+  const ctl = new Int32Array(init.control);
+  const stateIndex = CTL_VCPU0 + init.id;
+  let stopped = false;
+  const requestStop = (status: number, reason: string): void => {
+    if (stopped) return;
+    stopped = true;
+    Atomics.or(ctl, CTL_REQ, REQ_STOP);
+    post({ type: "stop", id: init.id, status, reason });
+  };
+  const env: DeviceEnv = {
+    setIrq(gsi: number, level: boolean): void {
+      const r = shim.vk_irq_line(init.vmFd, gsi, level ? 1 : 0);
+      if (r < 0) throw new KvmError("KVM_IRQ_LINE", -r, `gsi ${gsi}`);
+    },
+    requestStop,
+  };
+  const createDevices = await loadDeviceFactory(init.deviceModule);
+  const bus = new DeviceBus(createDevices(init.devices, env), init.busLock);
+  const vcpu = new Vcpu(init.vcpuFd, init.id, init.runAddr, init.runSize, init.xsaveSize, false);
+  const run = new DataView(vcpu.runBytes.buffer, vcpu.runBytes.byteOffset, vcpu.runSize);
+  const runSize = vcpu.runSize;
+  const fd = vcpu.fd;
+  const kvmRun = shim.vk_run;
+
+  new BigInt64Array(init.threads)[init.id] = BigInt.asIntN(64, BigInt(shim.vk_thread_self()));
+  post({ type: "ready", id: init.id });
+  while (Atomics.load(ctl, CTL_GO) === 0 && (Atomics.load(ctl, CTL_REQ) & REQ_STOP) === 0) {
+    Atomics.wait(ctl, CTL_GO, 0);
+  }
+
+  const fail = (reason: string): void => requestStop(1, `vcpu ${init.id}: ${reason}`);
+
+  const handleIo = (): void => {
+    const size = run.getUint8(RunOffset.IO_SIZE);
+    const port = run.getUint16(RunOffset.IO_PORT, true);
+    const count = run.getUint32(RunOffset.IO_COUNT, true);
+    // data_offset is a u64; read it as two u32s so no BigInt is allocated per exit.
+    let off = run.getUint32(RunOffset.IO_DATA_OFFSET, true);
+    const offHigh = run.getUint32(RunOffset.IO_DATA_OFFSET + 4, true);
+    if ((size !== 1 && size !== 2 && size !== 4) || count === 0) {
+      return fail(`bad I/O exit (port 0x${port.toString(16)}, size ${size}, count ${count})`);
+    }
+    const len = size * count;
+    if (offHigh !== 0 || off + len > runSize) {
+      return fail(`I/O data (offset ${off}, ${len} bytes) outside the kvm_run mapping`);
+    }
+    if (run.getUint8(RunOffset.IO_DIRECTION) === KVM_EXIT_IO_OUT) {
+      for (let i = 0; i < count; i++, off += size) {
+        const v = size === 1
+          ? run.getUint8(off)
+          : size === 2
+          ? run.getUint16(off, true)
+          : run.getUint32(off, true);
+        bus.pioWrite(port, size, v);
+      }
+    } else {
+      for (let i = 0; i < count; i++, off += size) {
+        const v = bus.pioRead(port, size) ?? 0xffff_ffff;
+        if (size === 1) run.setUint8(off, v & 0xff);
+        else if (size === 2) run.setUint16(off, v & 0xffff, true);
+        else run.setUint32(off, v >>> 0, true);
+      }
+    }
+  };
+
+  const handleMmio = (): void => {
+    const len = run.getUint32(RunOffset.MMIO_LEN, true);
+    const addr = run.getUint32(RunOffset.MMIO_PHYS_ADDR, true) +
+      run.getUint32(RunOffset.MMIO_PHYS_ADDR + 4, true) * 0x1_0000_0000;
+    if (len === 0 || len > MAX_MMIO_LEN) {
+      return fail(`bad MMIO exit at 0x${addr.toString(16)} (len ${len})`);
+    }
+    const write = run.getUint8(RunOffset.MMIO_IS_WRITE) !== 0;
+    // Accesses wider than 4 bytes go to the device as two 4-byte halves.
+    for (let part = 0; part < len; part += 4) {
+      const size = Math.min(4, len - part);
+      const off = RunOffset.MMIO_DATA + part;
+      if (write) {
+        let v = 0;
+        for (let b = size - 1; b >= 0; b--) v = v * 256 + run.getUint8(off + b);
+        bus.mmioWrite(addr + part, size, v);
+      } else {
+        const v = bus.mmioRead(addr + part, size) ?? 0xffff_ffff;
+        for (let b = 0; b < size; b++) run.setUint8(off + b, (v >>> (8 * b)) & 0xff);
+      }
+    }
+  };
+
+  const park = (): void => {
+    Atomics.store(ctl, stateIndex, VcpuRunState.PAUSED);
+    Atomics.notify(ctl, stateIndex);
+    for (;;) {
+      const req = Atomics.load(ctl, CTL_REQ);
+      if ((req & REQ_PAUSE) === 0 || (req & REQ_STOP) !== 0) break;
+      Atomics.wait(ctl, CTL_REQ, req);
+    }
+    vcpu.setImmediateExit(false);
+    Atomics.store(ctl, stateIndex, VcpuRunState.RUNNING);
+  };
+
+  Atomics.store(ctl, stateIndex, VcpuRunState.RUNNING);
+  for (;;) {
+    const req = Atomics.load(ctl, CTL_REQ);
+    if (req !== 0) {
+      if ((req & REQ_STOP) !== 0) break;
+      park();
+      continue;
+    }
+    const r = kvmRun(fd);
+    if (r < 0) {
+      if (r === -4 || r === -11) { // EINTR (kick) or EAGAIN
+        vcpu.setImmediateExit(false);
+        continue;
+      }
+      fail(new KvmError("KVM_RUN", -r).message);
+      break;
+    }
+    const reason = run.getUint32(RunOffset.EXIT_REASON, true);
+    if (reason === KvmExit.IO) {
+      handleIo();
+    } else if (reason === KvmExit.MMIO) {
+      handleMmio();
+    } else if (reason === KvmExit.INTR || reason === KvmExit.IRQ_WINDOW_OPEN) {
+      vcpu.setImmediateExit(false);
+    } else if (reason === KvmExit.HLT) {
+      // Only without an in-kernel LAPIC; the machine always has one. Keep going.
+      continue;
+    } else if (reason === KvmExit.SHUTDOWN) {
+      requestStop(1, "guest shutdown (triple fault)");
+    } else if (reason === KvmExit.SYSTEM_EVENT) {
+      const type = vcpu.systemEventType;
+      if (type === KVM_SYSTEM_EVENT_SHUTDOWN) requestStop(0, "guest powered off");
+      else if (type === KVM_SYSTEM_EVENT_RESET) requestStop(0, "guest reset");
+      else if (type === KVM_SYSTEM_EVENT_CRASH) requestStop(1, "guest crashed (system event)");
+      else fail(`unknown system event ${type}`);
+    } else if (reason === KvmExit.INTERNAL_ERROR) {
+      const rip = describeRip(vcpu);
+      const data = vcpu.internalData().map((d) => `0x${d.toString(16)}`).join(" ");
+      fail(`KVM internal error, suberror ${vcpu.internalSuberror}${rip} data [${data}]`);
+    } else if (reason === KvmExit.FAIL_ENTRY) {
+      fail(
+        `VM entry failed, hardware reason 0x${vcpu.failEntryReason.toString(16)}${
+          describeRip(vcpu)
+        }`,
+      );
+    } else {
+      fail(`unhandled exit reason ${reason}${describeRip(vcpu)}`);
+    }
+  }
+  Atomics.store(ctl, stateIndex, VcpuRunState.EXITED);
+  Atomics.notify(ctl, stateIndex);
+  post({ type: "exited", id: init.id });
+}
+
+function describeRip(vcpu: Vcpu): string {
+  try {
+    return ` at rip 0x${vcpu.getRegs().rip.toString(16)}`;
+  } catch (err) {
+    return ` (rip unavailable: ${err instanceof Error ? err.message : String(err)})`;
+  }
+}
+
+self.onmessage = (e: MessageEvent<VcpuInit>): void => {
+  self.onmessage = null;
+  const init = e.data;
+  main(init).catch((err: unknown) => {
+    const reason = err instanceof Error ? err.message : String(err);
+    const ctl = new Int32Array(init.control);
+    Atomics.or(ctl, CTL_REQ, REQ_STOP);
+    Atomics.store(ctl, CTL_VCPU0 + init.id, VcpuRunState.EXITED);
+    Atomics.notify(ctl, CTL_VCPU0 + init.id);
+    post({ type: "stop", id: init.id, status: 1, reason: `vcpu ${init.id}: ${reason}` });
+    post({ type: "exited", id: init.id });
+  });
+};
