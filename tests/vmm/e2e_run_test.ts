@@ -16,7 +16,9 @@ for (const form of FORMS) {
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /^cmdline=mode=info hello=world$/m);
-    const mem = [...r.stdout.matchAll(/^mem (?:0x)?([0-9a-f]+) (?:0x)?([0-9a-f]+) (\d+)$/gm)].map((m) => ({
+    const mem = [...r.stdout.matchAll(/^mem (?:0x)?([0-9a-f]+) (?:0x)?([0-9a-f]+) (\d+)$/gm)].map((
+      m,
+    ) => ({
       start: parseInt(m[1] ?? "", 16),
       end: parseInt(m[2] ?? "", 16),
       type: Number(m[3]),
@@ -49,7 +51,9 @@ Deno.test("a guest passes an initrd through the boot protocol intact (needs /dev
         "mode=info",
       ]);
       assert.equal(r.code, 0, r.stderr);
-      const m = r.stdout.match(/^initrd (?:0x)?([0-9a-f]+) (?:0x)?([0-9a-f]+) sum (?:0x)?([0-9a-f]+)$/m);
+      const m = r.stdout.match(
+        /^initrd (?:0x)?([0-9a-f]+) (?:0x)?([0-9a-f]+) sum (?:0x)?([0-9a-f]+)$/m,
+      );
       assert.ok(m, `${form}: no initrd line in ${r.stdout}`);
       assert.equal(parseInt(m[2] ?? "", 16), initrd.length);
       assert.equal(parseInt(m[3] ?? "", 16), sum);
