@@ -1,0 +1,83 @@
+/**
+ * Copying an image (through its whole chain) to a new, self-contained file
+ * in the background: the "copy the parent for retention" step of a live
+ * checkpoint.
+ *
+ * @module
+ */
+
+import { createImage, type ImageFormat, openImage } from "./chain.ts";
+import type { DiskImage } from "./disk_image.ts";
+import { type BackgroundOptions, isZero, Pacer } from "./progress.ts";
+
+/** Options for {@link copyParent}. */
+export interface CopyOptions extends BackgroundOptions {
+  /** Format of the copy (default qcow2). */
+  format?: ImageFormat;
+  /** Cluster size when the copy is qcow2 (default 64 KiB). */
+  clusterSize?: number;
+}
+
+/** What {@link copyParent} did. */
+export interface CopyResult {
+  /** Virtual size copied. */
+  size: number;
+  /** Bytes written to the copy (all-zero chunks are left sparse). */
+  written: number;
+}
+
+/**
+ * Copies what `src` reads as (flattening its chain) into a new image at
+ * `dst`, chunk by chunk, yielding to the event loop between chunks and
+ * keeping under `bandwidth`. `src` should no longer be written (after a
+ * checkpoint switch the parent is read-only); a source that is written
+ * meanwhile yields a copy that is not point-in-time.
+ *
+ * @example
+ * ```ts
+ * import { copyParent } from "./copy_parent.ts";
+ * await copyParent("/tmp/disk.raw", "/tmp/disk.copy.qcow2", {
+ *   bandwidth: 100 << 20,
+ *   onProgress: ({ done, total }) => console.error(`${done}/${total}`),
+ * });
+ * ```
+ */
+export async function copyParent(
+  src: DiskImage | string,
+  dst: string,
+  options: CopyOptions = {},
+): Promise<CopyResult> {
+  const source = typeof src === "string" ? openImage(src, { readOnly: true }) : src;
+  try {
+    const size = source.size;
+    const out = createImage(dst, {
+      size,
+      format: options.format ?? "qcow2",
+      ...(options.clusterSize !== undefined ? { clusterSize: options.clusterSize } : {}),
+    });
+    let written = 0;
+    try {
+      const pacer = new Pacer(options);
+      const chunk = options.chunkSize ?? 1 << 20;
+      const buf = new Uint8Array(chunk);
+      options.onProgress?.({ done: 0, total: size });
+      for (let off = 0; off < size; off += chunk) {
+        const n = Math.min(chunk, size - off);
+        const part = n === chunk ? buf : buf.subarray(0, n);
+        source.readSync(off, part);
+        if (!isZero(part)) {
+          out.writeSync(off, part);
+          written += n;
+        }
+        options.onProgress?.({ done: off + n, total: size });
+        await pacer.step(n);
+      }
+      out.flushSync();
+    } finally {
+      out.closeSync();
+    }
+    return { size, written };
+  } finally {
+    if (typeof src === "string") source.closeSync();
+  }
+}

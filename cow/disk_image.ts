@@ -1,0 +1,67 @@
+/**
+ * The synchronous image contract that raw and qcow2 files implement beneath
+ * the async {@link BlockDevice} surface. Live operations and chains use the
+ * synchronous methods so that each step is atomic with respect to other JS
+ * code on the same thread (a writer cannot slip in between a read and a
+ * write of one cluster).
+ *
+ * @module
+ */
+
+import type { BlockDevice } from "./block_device.ts";
+
+/** Allocation state of a run of bytes in one image layer. */
+export type AllocationKind = "data" | "zero" | "unallocated";
+
+/** One run of {@link DiskImage.blockStatus}. */
+export interface BlockStatus {
+  /** Where this layer's answer for the range comes from. */
+  kind: AllocationKind;
+  /** Length of the run in bytes (at least 1). */
+  length: number;
+}
+
+/** A disk image file: raw or qcow2, with synchronous methods. */
+export interface DiskImage extends BlockDevice {
+  /** The image format. */
+  readonly format: "raw" | "qcow2";
+  /** The path the image was opened with. */
+  readonly path: string;
+  /** Whether writes are refused. */
+  readonly readOnly: boolean;
+  /** The image this one reads unallocated ranges from, or null. */
+  readonly backing: DiskImage | null;
+  /** Synchronous {@link BlockDevice.read}. */
+  readSync(offset: number, buf: Uint8Array): void;
+  /** Synchronous {@link BlockDevice.write}. */
+  writeSync(offset: number, data: Uint8Array): void;
+  /** Synchronous {@link BlockDevice.flush}. */
+  flushSync(): void;
+  /** Synchronous {@link BlockDevice.discard}. */
+  discardSync(offset: number, length: number): void;
+  /** Grows the image to `newSize` bytes (never shrinks). */
+  grow(newSize: number): void;
+  /** Allocation of this layer at `offset` (one run, up to `length` bytes). */
+  blockStatus(offset: number, length: number): BlockStatus;
+  /** Synchronous {@link BlockDevice.close}; also closes an owned backing image. */
+  closeSync(): void;
+}
+
+/** Throws when `[offset, offset + length)` is not inside a device of `size` bytes. */
+export function checkRange(
+  what: string,
+  path: string,
+  offset: number,
+  length: number,
+  size: number,
+  errorClass: new (message: string) => Error,
+): void {
+  if (
+    !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 ||
+    offset + length > size
+  ) {
+    throw new errorClass(
+      `${what} of ${length} bytes at offset ${offset} is outside '${path}' (size ${size} bytes)`,
+    );
+  }
+}
