@@ -22,6 +22,16 @@ async function waitFor<T>(
   throw new Error(`timed out after ${ms} ms waiting for ${what}`);
 }
 
+/** Kills `child` if it still runs and reaps it. */
+async function stopChild(child: Deno.ChildProcess): Promise<void> {
+  try {
+    child.kill("SIGKILL");
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err; // TypeError: it already exited
+  }
+  await child.output().catch((err) => err);
+}
+
 Deno.test("a spinning guest makes no progress while paused from the control socket and resumes after (needs /dev/kvm)", async () => {
   const dir = await Deno.makeTempDir();
   const sock = `${dir}/api.sock`;
@@ -84,12 +94,7 @@ Deno.test("a spinning guest makes no progress while paused from the control sock
     const status = await child.status;
     assert.equal(status.code, 0);
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch (err) {
-      if (!(err instanceof TypeError)) throw err; // already exited
-    }
-    await child.output().catch((err) => err);
+    await stopChild(child);
     await Deno.remove(dir, { recursive: true });
   }
 });
