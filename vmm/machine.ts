@@ -539,6 +539,8 @@ export class Machine implements AsyncDisposable {
       Atomics.notify(this.#ctl, CTL_GO);
       this.#kickAll();
       await this.#terminateWorkers();
+      // Output a vCPU thread buffered (in shared state) reaches its sink before wait() resolves.
+      for (const d of this.#devices) d.flush?.();
       this.#state = "Stopped";
       this.#resolveExit(this.#exit ?? exit);
     })();

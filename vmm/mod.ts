@@ -46,3 +46,13 @@ export {
   PAGE_SIZE,
 } from "./memory.ts";
 export { CPUID_1_ECX_CX16, guestCpuid } from "./cpuid.ts";
+export { BootError, loadKernel } from "./boot/mod.ts";
+export { DeviceBus } from "./devices/mod.ts";
+export {
+  ApiClientError,
+  type ApiReply,
+  apiRequest,
+  type ApiServer,
+  type ApiTarget,
+  startApiServer,
+} from "./api/mod.ts";

@@ -46,4 +46,9 @@ export interface Device extends Suspendable {
   read(addr: number, size: number): number;
   /** Guest write of `size` bytes of `value` at `addr`. */
   write(addr: number, size: number, value: number): void;
+  /**
+   * Writes output buffered in the shared state (by any thread's instance) to
+   * its sink. The machine calls it when a run ends, so nothing is lost.
+   */
+  flush?(): void;
 }
