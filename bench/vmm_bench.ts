@@ -75,7 +75,9 @@ async function vmkitExits(): Promise<{ exits: number; ns: number }> {
 }
 
 /** RSS of a `vmkit run` child minus the resident pages of its guest-RAM mapping. */
-async function vmkitOverheadMiB(memMiB: number): Promise<{ total: number; guest: number }> {
+async function vmkitOverheadMiB(
+  memMiB: number,
+): Promise<{ total: number; guest: number; anon: number; exe: number }> {
   const dir = await Deno.makeTempDir();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -106,6 +108,8 @@ async function vmkitOverheadMiB(memMiB: number): Promise<{ total: number; guest:
     const smaps = await Deno.readTextFile(`/proc/${child.pid}/smaps`);
     let total = 0;
     let guest = 0;
+    let anon = 0;
+    let exe = 0;
     const guestBytes = memMiB * 2 ** 20;
     for (const vma of smaps.split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
       const range = vma.match(/^([0-9a-f]+)-([0-9a-f]+) /);
@@ -115,8 +119,10 @@ async function vmkitOverheadMiB(memMiB: number): Promise<{ total: number; guest:
       const kb = Number(rss[1]);
       total += kb;
       if (size === guestBytes) guest += kb;
+      else anon += Number(vma.match(/^Anonymous:\s+(\d+) kB$/m)?.[1] ?? 0);
+      if (vma.split("\n")[0]?.endsWith("/deno")) exe += kb;
     }
-    return { total: total / 1024, guest: guest / 1024 };
+    return { total: total / 1024, guest: guest / 1024, anon: anon / 1024, exe: exe / 1024 };
   } finally {
     child.kill("SIGKILL");
     await child.status;
@@ -189,6 +195,18 @@ const rows: Array<[string, string, string, string]> = [
     overhead.toFixed(1),
     peerRss.toFixed(1),
     (peerRss / overhead).toFixed(3),
+  ],
+  [
+    "  of which private anonymous MiB (heaps, isolates, stacks)",
+    rss.anon.toFixed(1),
+    "",
+    "",
+  ],
+  [
+    "  of which the deno executable's shared text MiB",
+    rss.exe.toFixed(1),
+    "",
+    "",
   ],
 ];
 for (const r of rows) console.log(`| ${r.join(" | ")} |`);
