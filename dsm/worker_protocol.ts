@@ -1,0 +1,44 @@
+/**
+ * Messages between a node's protocol thread and its workers.
+ *
+ * @module
+ */
+
+import type { RegionBuffers } from "./layout.ts";
+import type { Params } from "./program.ts";
+
+/** Everything a worker needs to start, sent once by its node. */
+export interface WorkerInit {
+  /** URL of the program module (named export `program`). */
+  programUrl: string;
+  /** Run parameters. */
+  params: Params;
+  /** The node's region buffers, in region-index order. */
+  regions: RegionBuffers[];
+  /** Per-worker control words (see `Ctrl` in layout.ts). */
+  ctrl: SharedArrayBuffer;
+  /** Per-worker rings of miss requests (see `RING_STRIDE` in layout.ts). */
+  rings: SharedArrayBuffer;
+  /** Node-wide control words and failure message. */
+  nodeCtrl: SharedArrayBuffer;
+  /** Node id. */
+  nodeId: number;
+  /** Number of nodes. */
+  nodeCount: number;
+  /** Worker index within the node. */
+  workerId: number;
+  /** Workers per node. */
+  workers: number;
+  /** True to run with blocking stores. */
+  blockingStores: boolean;
+}
+
+/** A message from a worker to its node. */
+export type WorkerMessage =
+  | { op: "ready" }
+  | { op: "lock"; id: number }
+  | { op: "unlock"; id: number }
+  | { op: "barrier" }
+  | { op: "result"; value: unknown }
+  | { op: "done" }
+  | { op: "error"; name: string; message: string };

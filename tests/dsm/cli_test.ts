@@ -1,0 +1,91 @@
+import assert from "node:assert/strict";
+import { loadProgram } from "../../dsm/node_main.ts";
+
+const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
+const FIXTURE = new URL("./fixtures/typed_program.ts", import.meta.url).pathname;
+
+async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "dsm", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+}
+
+Deno.test("vmkit dsm run matmul --nodes 2 --check reports a result identical to the sequential run", async () => {
+  const r = await vmkit("run", "matmul", "--nodes", "2", "--param", "n=24", "--check", "--json");
+  assert.equal(r.code, 0, r.stderr);
+  const out = JSON.parse(r.stdout) as { check: boolean; messages: number; stats: unknown[] };
+  assert.equal(out.check, true);
+  assert.equal(out.stats.length, 2);
+  assert.ok(out.messages > 0);
+});
+
+Deno.test("vmkit dsm run accepts a program given as a module path", async () => {
+  const r = await vmkit("run", FIXTURE, "--nodes", "2");
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /"u32":4000000000/);
+});
+
+Deno.test("vmkit dsm --help and node --help print usage and exit 0", async () => {
+  const a = await vmkit("--help");
+  assert.equal(a.code, 0);
+  assert.match(a.stdout, /vmkit dsm run PROGRAM --nodes N/);
+  const b = await vmkit("node", "--help");
+  assert.equal(b.code, 0);
+  assert.match(b.stdout, /--listen HOST:PORT --peers HOST:PORT/);
+});
+
+Deno.test("vmkit dsm with bad arguments prints one clear line and exits 2", async () => {
+  const cases: Array<[string[], RegExp]> = [
+    [["run", "sor"], /--nodes '' must be an integer from 1 to 32/],
+    [["run", "sor", "--nodes", "2", "--bogus"], /Unknown option '--bogus'/],
+    [["node", "--listen", "nohost", "--program", "sor"], /'nohost' is not HOST:PORT/],
+    [["frob"], /unknown subcommand 'frob'/],
+  ];
+  for (const [args, re] of cases) {
+    const r = await vmkit(...args);
+    assert.equal(r.code, 2, args.join(" "));
+    assert.match(r.stderr, re);
+  }
+});
+
+Deno.test("vmkit dsm run with an unknown program exits 1 naming the built-ins", async () => {
+  const r = await vmkit("run", "no_such_program", "--nodes", "2");
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /neither a built-in \(sor, matmul, lu, histogram/);
+});
+
+Deno.test("two 'vmkit dsm node' processes given each other as peers run LU and node 0 prints the sequential result", async () => {
+  const ports: number[] = [];
+  for (let i = 0; i < 2; i++) {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    ports.push((l.addr as Deno.NetAddr).port);
+    l.close();
+  }
+  ports.sort((a, b) => a - b);
+  const [p0, p1] = ports;
+  const node = (self: number | undefined, peer: number | undefined) =>
+    vmkit(
+      "node",
+      "--listen",
+      `127.0.0.1:${self}`,
+      "--peers",
+      `127.0.0.1:${peer}`,
+      "--program",
+      "lu",
+      "--param",
+      "n=16",
+    );
+  const [a, b] = await Promise.all([node(p0, p1), node(p1, p0)]);
+  assert.equal(a.code, 0, a.stderr);
+  assert.equal(b.code, 0, b.stderr);
+  const { program } = await loadProgram("lu");
+  const expected = JSON.stringify(program.sequential?.({ n: 16 }));
+  assert.match(a.stdout, /^DSM-READY$/m);
+  assert.ok(a.stdout.includes(`DSM-RESULT ${expected}`), a.stdout);
+  assert.doesNotMatch(b.stdout, /DSM-RESULT/);
+  assert.match(b.stdout, /DSM-STATS \{"node":1,/);
+});
