@@ -47,6 +47,56 @@ export interface DiskImage extends BlockDevice {
   closeSync(): void;
 }
 
+/** Runs a synchronous image call as the async {@link BlockDevice} method. */
+function settle(call: () => void): Promise<void> {
+  try {
+    call();
+    return Promise.resolve();
+  } catch (err) {
+    return Promise.reject(err);
+  }
+}
+
+/**
+ * Base of the image classes: the async {@link BlockDevice} surface derived
+ * once from the synchronous {@link DiskImage} methods.
+ */
+export abstract class SyncDiskImage implements DiskImage {
+  abstract readonly format: "raw" | "qcow2";
+  abstract readonly path: string;
+  abstract readonly readOnly: boolean;
+  abstract readonly backing: DiskImage | null;
+  abstract readonly size: number;
+  abstract readSync(offset: number, buf: Uint8Array): void;
+  abstract writeSync(offset: number, data: Uint8Array): void;
+  abstract flushSync(): void;
+  abstract discardSync(offset: number, length: number): void;
+  abstract grow(newSize: number): void;
+  abstract blockStatus(offset: number, length: number): BlockStatus;
+  abstract closeSync(): void;
+
+  /** Async {@link DiskImage.readSync}. */
+  read(offset: number, buf: Uint8Array): Promise<void> {
+    return settle(() => this.readSync(offset, buf));
+  }
+  /** Async {@link DiskImage.writeSync}. */
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return settle(() => this.writeSync(offset, data));
+  }
+  /** Async {@link DiskImage.flushSync}. */
+  flush(): Promise<void> {
+    return settle(() => this.flushSync());
+  }
+  /** Async {@link DiskImage.discardSync}. */
+  discard(offset: number, length: number): Promise<void> {
+    return settle(() => this.discardSync(offset, length));
+  }
+  /** Async {@link DiskImage.closeSync}. */
+  close(): Promise<void> {
+    return settle(() => this.closeSync());
+  }
+}
+
 /** Throws when `[offset, offset + length)` is not inside a device of `size` bytes. */
 export function checkRange(
   what: string,

@@ -42,6 +42,7 @@
 
 export type { BlockDevice } from "./block_device.ts";
 export type { AllocationKind, BlockStatus, DiskImage } from "./disk_image.ts";
+export { SyncDiskImage } from "./disk_image.ts";
 export {
   BackingChainError,
   BlockRangeError,

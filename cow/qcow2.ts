@@ -19,7 +19,7 @@
 
 import { inflateRawSync } from "node:zlib";
 import type { BlockStatus, DiskImage } from "./disk_image.ts";
-import { checkRange } from "./disk_image.ts";
+import { checkRange, SyncDiskImage } from "./disk_image.ts";
 import {
   BackingChainError,
   BlockRangeError,
@@ -94,7 +94,7 @@ export interface Qcow2CreateOptions {
 }
 
 /** A qcow2 image file as a {@link DiskImage}. */
-export class Qcow2Image implements DiskImage {
+export class Qcow2Image extends SyncDiskImage {
   /** Always "qcow2". */
   readonly format: "qcow2" = "qcow2";
   /** The path the image was opened with. */
@@ -130,6 +130,7 @@ export class Qcow2Image implements DiskImage {
   #lastFresh = false;
 
   private constructor(file: ImageFile, h: Qcow2Header, options: Qcow2OpenOptions) {
+    super();
     this.path = file.path;
     this.#file = file;
     this.readOnly = options.readOnly ?? false;
@@ -967,51 +968,5 @@ export class Qcow2Image implements DiskImage {
     this.#closed = true;
     this.#file.close();
     if (this.#ownsBacking && this.#backing !== null) this.#backing.closeSync();
-  }
-
-  /** Async {@link readSync}. */
-  read(offset: number, buf: Uint8Array): Promise<void> {
-    try {
-      this.readSync(offset, buf);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link writeSync}. */
-  write(offset: number, data: Uint8Array): Promise<void> {
-    try {
-      this.writeSync(offset, data);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link flushSync}. */
-  flush(): Promise<void> {
-    try {
-      this.flushSync();
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link discardSync}. */
-  discard(offset: number, length: number): Promise<void> {
-    try {
-      this.discardSync(offset, length);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link closeSync}. */
-  close(): Promise<void> {
-    try {
-      this.closeSync();
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
   }
 }

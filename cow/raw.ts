@@ -5,7 +5,7 @@
  */
 
 import type { AllocationKind, BlockStatus, DiskImage } from "./disk_image.ts";
-import { checkRange } from "./disk_image.ts";
+import { checkRange, SyncDiskImage } from "./disk_image.ts";
 import { BlockRangeError, CowError } from "./errors.ts";
 import { type FaultInjector, ImageFile } from "./file_io.ts";
 
@@ -18,7 +18,7 @@ export interface RawOpenOptions {
 }
 
 /** A raw image file as a {@link DiskImage}. */
-export class RawImage implements DiskImage {
+export class RawImage extends SyncDiskImage {
   /** Always "raw". */
   readonly format: "raw" = "raw";
   /** The path the image was opened with. */
@@ -32,6 +32,7 @@ export class RawImage implements DiskImage {
   #zeros: Uint8Array | null = null;
 
   private constructor(file: ImageFile, readOnly: boolean) {
+    super();
     this.path = file.path;
     this.#file = file;
     this.readOnly = readOnly;
@@ -120,51 +121,5 @@ export class RawImage implements DiskImage {
   /** Closes the file. */
   closeSync(): void {
     this.#file.close();
-  }
-
-  /** Async {@link readSync}. */
-  read(offset: number, buf: Uint8Array): Promise<void> {
-    try {
-      this.readSync(offset, buf);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link writeSync}. */
-  write(offset: number, data: Uint8Array): Promise<void> {
-    try {
-      this.writeSync(offset, data);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link flushSync}. */
-  flush(): Promise<void> {
-    try {
-      this.flushSync();
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link discardSync}. */
-  discard(offset: number, length: number): Promise<void> {
-    try {
-      this.discardSync(offset, length);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
-  }
-  /** Async {@link closeSync}. */
-  close(): Promise<void> {
-    try {
-      this.closeSync();
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
   }
 }
