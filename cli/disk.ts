@@ -19,6 +19,7 @@ import {
   resolveBackingPath,
   stream,
 } from "../cow/mod.ts";
+import { isUsageError, UsageError, usageFailure } from "./usage.ts";
 
 const USAGE = `usage: vmkit disk <command> [options]
 
@@ -34,8 +35,6 @@ commands:
                                 (above PATH, if given)
 
 Sizes take K, M, G, T suffixes (powers of 1024).`;
-
-class UsageError extends Error {}
 
 /** Parses "64K", "1G", "4096" into bytes. */
 export function parseSize(text: string, what: string): number {
@@ -351,10 +350,7 @@ export async function main(args: string[]): Promise<number> {
         return 2;
     }
   } catch (err) {
-    if (err instanceof UsageError || (err instanceof TypeError && "code" in err)) {
-      console.error(`vmkit disk ${cmd}: ${err.message}`);
-      return 2;
-    }
+    if (isUsageError(err)) return usageFailure(`disk ${cmd}`, err);
     if (err instanceof CowError) {
       console.error(`vmkit disk ${cmd}: ${err.message}`);
       return 1;

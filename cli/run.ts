@@ -20,6 +20,7 @@ import { parseArgs } from "node:util";
 import { type ApiServer, startApiServer } from "../vmm/api/mod.ts";
 import { BootError } from "../vmm/boot/errors.ts";
 import { defaultDeviceSpecs, Serial16550 } from "../vmm/devices/mod.ts";
+import { isUsageError, UsageError, usageFailure } from "./usage.ts";
 
 /** Default kernel command line: console on COM1, reboot through the i8042 (which powers off). */
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1";
@@ -50,9 +51,6 @@ export function usage(): string {
     "Exit status: 0 when the guest powers off, else the run's status.",
   ].join("\n");
 }
-
-/** Raised for a bad command line; `main` prints it and exits 2. */
-class UsageError extends Error {}
 
 /** Parses a decimal or 0x-hex integer flag in `[min, max]`. */
 function intFlag(
@@ -200,10 +198,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     opts = parse(args);
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`vmkit run: ${err.message} (see vmkit run --help)`);
-      return 2;
-    }
+    if (isUsageError(err)) return usageFailure("run", err);
     throw err;
   }
   if (opts === "help") {

@@ -18,6 +18,7 @@ import {
   parseIscsiUrl,
   SanError,
 } from "../san/mod.ts";
+import { isUsageError, UsageError, usageFailure } from "./usage.ts";
 
 const USAGE = `usage:
   vmkit san discover --initiator NAME iscsi://HOST[:PORT]
@@ -33,8 +34,6 @@ options:
   --timeout-ms N      login timeout (default 10000)
   --json              print JSON instead of text
   -h, --help          show this help`;
-
-class UsageError extends Error {}
 
 /** Runs `vmkit san`; returns the exit status. */
 export async function main(args: string[]): Promise<number> {
@@ -141,10 +140,7 @@ export async function main(args: string[]): Promise<number> {
     }
     return 0;
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`vmkit san: ${err.message} (see vmkit san --help)`);
-      return 2;
-    }
+    if (isUsageError(err)) return usageFailure("san", err);
     if (err instanceof SanError) {
       console.error(`vmkit san: ${err.message}`);
       return err.name === "SuiFormatError" ? 2 : 1;

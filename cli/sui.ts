@@ -12,6 +12,7 @@
 
 import { parseArgs } from "node:util";
 import { openRegistry, parseSuiType, SanError, type SuiRecord, type SuiType } from "../san/mod.ts";
+import { isUsageError, UsageError, usageFailure } from "./usage.ts";
 
 const USAGE = `usage:
   vmkit sui alloc --vm ID [--type iqn|wwpn|nqn] [--registry PATH|etcd://HOST:PORT] [--json]
@@ -32,8 +33,6 @@ options:
   --quarantine-ms N   how long released identities are withheld (default 86400000)
   --json              print JSON instead of text
   -h, --help          show this help`;
-
-class UsageError extends Error {}
 
 async function defaultRegistry(): Promise<string> {
   const env = Deno.env.get("VMKIT_SUI_REGISTRY");
@@ -135,10 +134,7 @@ export async function main(args: string[]): Promise<number> {
     }
     return 0;
   } catch (err) {
-    if (err instanceof UsageError) {
-      console.error(`vmkit sui: ${err.message} (see vmkit sui --help)`);
-      return 2;
-    }
+    if (isUsageError(err)) return usageFailure("sui", err);
     if (err instanceof SanError) {
       console.error(`vmkit sui: ${err.message}`);
       return err.name === "SuiFormatError" ? 2 : 1;
