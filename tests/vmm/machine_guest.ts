@@ -9,7 +9,8 @@
 import type { Regs, Sregs } from "../../native/kvm_types.ts";
 import type { BootPlan } from "../../vmm/boot/types.ts";
 import type { GuestMemory } from "../../vmm/guest_memory.ts";
-import type { KernelLoader } from "../../vmm/machine.ts";
+import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
+import { type KernelLoader, Machine, type MachineExit } from "../../vmm/machine.ts";
 
 /** Where test code is placed. */
 export const CODE_ADDR = 0x1000;
@@ -186,4 +187,20 @@ export function longModeLoader(code: Uint8Array): KernelLoader {
       kernel: { start: CODE_ADDR, end: CODE_ADDR + code.length },
     };
   };
+}
+
+/**
+ * Boots `code` as a real-mode guest with 16 MiB and the default devices, COM1
+ * writing to `serialPath`, and returns how the run ended.
+ */
+export async function runRealModeGuest(code: Uint8Array, serialPath: string): Promise<MachineExit> {
+  await using m = await Machine.create({
+    memMiB: 16,
+    vcpus: 1,
+    kernel: new Uint8Array(1),
+    loader: realModeLoader(code),
+    devices: defaultDeviceSpecs({ serialOut: { path: serialPath }, serialIn: false, memMiB: 16 }),
+  });
+  await m.start();
+  return await m.wait();
 }

@@ -1,12 +1,10 @@
 import assert from "node:assert/strict";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { Machine } from "../../vmm/machine.ts";
-import { realModeLoader } from "./machine_guest.ts";
+import { runRealModeGuest } from "./machine_guest.ts";
 
 /**
- * Real mode, string I/O storms: `rep outsb`/`rep insb`/`rep outsw`/`rep insd` (each
- * element is one exit on this host's emulator, so counts stay small) to the UART, an unclaimed port and the RTC (outs read
- * the whole data segment); then a reset through the i8042.
+ * Real mode, string I/O storms: `rep outsb`/`rep insb`/`rep outsw`/`rep insd` to the
+ * UART, an unclaimed port and the RTC (each element is one exit on this host's
+ * emulator, so counts stay small); then a reset through the i8042.
  */
 function stringIoStorm(): Uint8Array {
   const code: number[] = [0xfc]; // cld
@@ -27,15 +25,7 @@ Deno.test("a guest storming the devices with huge rep ins/outs gets answers and 
   const dir = await Deno.makeTempDir();
   try {
     const path = `${dir}/serial.log`;
-    await using m = await Machine.create({
-      memMiB: 16,
-      vcpus: 1,
-      kernel: new Uint8Array(1),
-      loader: realModeLoader(stringIoStorm()),
-      devices: defaultDeviceSpecs({ serialOut: { path }, serialIn: false, memMiB: 16 }),
-    });
-    await m.start();
-    const exit = await m.wait();
+    const exit = await runRealModeGuest(stringIoStorm(), path);
     assert.equal(exit.status, 0, exit.reason);
     assert.equal(exit.reason, "guest reset via i8042");
     // 0x200 bytes of outsb, and one byte (the low one: THR is 8 bits) per outsw word.

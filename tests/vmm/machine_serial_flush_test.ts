@@ -1,7 +1,5 @@
 import assert from "node:assert/strict";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { Machine } from "../../vmm/machine.ts";
-import { realModeLoader } from "./machine_guest.ts";
+import { runRealModeGuest } from "./machine_guest.ts";
 
 /** Real mode: write "partial" to COM1 with no newline, then reset through the i8042. */
 function partialLineThenReset(): Uint8Array {
@@ -16,15 +14,7 @@ Deno.test("serial output a vCPU thread buffered without a newline reaches the fi
   const dir = await Deno.makeTempDir();
   try {
     const path = `${dir}/serial.log`;
-    await using m = await Machine.create({
-      memMiB: 16,
-      vcpus: 1,
-      kernel: new Uint8Array(1),
-      loader: realModeLoader(partialLineThenReset()),
-      devices: defaultDeviceSpecs({ serialOut: { path }, serialIn: false, memMiB: 16 }),
-    });
-    await m.start();
-    const exit = await m.wait();
+    const exit = await runRealModeGuest(partialLineThenReset(), path);
     assert.equal(exit.status, 0, exit.reason);
     assert.equal(await Deno.readTextFile(path), "partial");
   } finally {
