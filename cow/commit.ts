@@ -28,8 +28,9 @@ import { openImage } from "./chain.ts";
 import type { DiskImage } from "./disk_image.ts";
 import { LiveOperationError } from "./errors.ts";
 import { type BackgroundOptions, Pacer } from "./progress.ts";
-import { Qcow2Image } from "./qcow2.ts";
+import type { Qcow2Image } from "./qcow2.ts";
 import type { SwitchableDevice } from "./switchable_device.ts";
+import { openQcow2Overlay } from "./overlay.ts";
 
 /** Options for {@link commit}. */
 export interface CommitOptions extends BackgroundOptions {
@@ -204,17 +205,7 @@ export async function commit(
   overlayArg: Qcow2Image | string,
   options: CommitOptions = {},
 ): Promise<CommitResult> {
-  let overlay: Qcow2Image;
-  if (typeof overlayArg === "string") {
-    const img = openImage(overlayArg);
-    if (!(img instanceof Qcow2Image)) {
-      img.closeSync();
-      throw new LiveOperationError(`'${overlayArg}' is a raw image; only qcow2 overlays commit`);
-    }
-    overlay = img;
-  } else {
-    overlay = overlayArg;
-  }
+  const overlay = openQcow2Overlay(overlayArg, "commit");
   try {
     return await commitOpen(overlay, options);
   } catch (err) {

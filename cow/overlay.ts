@@ -8,6 +8,7 @@ import { dirname, relative, resolve } from "node:path";
 import type { DiskImage } from "./disk_image.ts";
 import { LiveOperationError } from "./errors.ts";
 import { Qcow2Image } from "./qcow2.ts";
+import { openImage } from "./chain.ts";
 import type { SwitchableDevice } from "./switchable_device.ts";
 
 /** Options for {@link createOverlay}. */
@@ -88,4 +89,18 @@ export async function switchToOverlay(
     throw err;
   }
   return overlay;
+}
+
+/**
+ * `arg` itself, or the qcow2 image (with its chain) opened from that path; a raw
+ * image is refused because only overlays can `verb`.
+ */
+export function openQcow2Overlay(arg: Qcow2Image | string, verb: string): Qcow2Image {
+  if (typeof arg !== "string") return arg;
+  const img = openImage(arg);
+  if (!(img instanceof Qcow2Image)) {
+    img.closeSync();
+    throw new LiveOperationError(`'${arg}' is a raw image; only qcow2 overlays ${verb}`);
+  }
+  return img;
 }

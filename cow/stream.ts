@@ -10,7 +10,8 @@ import { openImage } from "./chain.ts";
 import type { DiskImage } from "./disk_image.ts";
 import { LiveOperationError } from "./errors.ts";
 import { type BackgroundOptions, isZero, Pacer } from "./progress.ts";
-import { Qcow2Image } from "./qcow2.ts";
+import type { Qcow2Image } from "./qcow2.ts";
+import { openQcow2Overlay } from "./overlay.ts";
 
 /** Options for {@link stream}. */
 export interface StreamOptions extends BackgroundOptions {
@@ -46,17 +47,7 @@ export async function stream(
   overlayArg: Qcow2Image | string,
   options: StreamOptions = {},
 ): Promise<StreamResult> {
-  let overlay: Qcow2Image;
-  if (typeof overlayArg === "string") {
-    const img = openImage(overlayArg);
-    if (!(img instanceof Qcow2Image)) {
-      img.closeSync();
-      throw new LiveOperationError(`'${overlayArg}' is a raw image; only qcow2 overlays stream`);
-    }
-    overlay = img;
-  } else {
-    overlay = overlayArg;
-  }
+  const overlay = openQcow2Overlay(overlayArg, "stream");
   try {
     const layers: DiskImage[] = [];
     let base: DiskImage | null = null;
