@@ -53,8 +53,7 @@ export async function main(args: string[]): Promise<number> {
       },
     });
   } catch (err) {
-    console.error(`vmkit san: ${(err as Error).message} (see vmkit san --help)`);
-    return 2;
+    return usageFailure("san", err as Error);
   }
   const { values, positionals } = parsed;
   if (values.help) {

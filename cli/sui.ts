@@ -66,8 +66,7 @@ export async function main(args: string[]): Promise<number> {
       },
     });
   } catch (err) {
-    console.error(`vmkit sui: ${(err as Error).message} (see vmkit sui --help)`);
-    return 2;
+    return usageFailure("sui", err as Error);
   }
   const { values, positionals } = parsed;
   if (values.help) {
