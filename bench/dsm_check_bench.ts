@@ -62,6 +62,20 @@ console.log(
 console.log(
   row("store hit, accessor hoisted vs u32[i] = v", m.dsmStoreHoistedNs ?? 0, m.plainStoreNs ?? 0),
 );
+console.log(
+  row(
+    "stencil point (3 f64 loads + 1 store, SOR-like) vs the same over a Float64Array",
+    m.dsmStencilNs ?? 0,
+    m.plainStencilNs ?? 0,
+  ),
+);
+console.log(
+  row(
+    "dot-product element (2 f64 loads + multiply-add, matmul-like) vs the same over a Float64Array",
+    m.dsmDotNs ?? 0,
+    m.plainDotNs ?? 0,
+  ),
+);
 const loadX = (m.dsmLoadNs ?? 0) / (m.plainLoadNs ?? 1);
 const storeX = (m.dsmStoreNs ?? 0) / (m.plainStoreNs ?? 1);
 console.log(

@@ -148,29 +148,46 @@ export class FrameReader {
 
   /** Appends received bytes and decodes every complete frame. */
   push(chunk: Uint8Array): void {
-    if (this.#len + chunk.length > this.#buf.length) {
-      const next = new Uint8Array(Math.max(this.#buf.length * 2, this.#len + chunk.length));
+    if (this.#len === 0) {
+      // The common case: nothing buffered. Decode straight from the chunk and
+      // keep only a trailing partial frame.
+      const used = this.#decodeAll(chunk);
+      if (used < chunk.length) this.#append(chunk.subarray(used));
+      return;
+    }
+    this.#append(chunk);
+    const used = this.#decodeAll(this.#buf.subarray(0, this.#len));
+    if (used > 0) {
+      this.#buf.copyWithin(0, used, this.#len);
+      this.#len -= used;
+    }
+  }
+
+  #append(bytes: Uint8Array): void {
+    if (this.#len + bytes.length > this.#buf.length) {
+      const next = new Uint8Array(Math.max(this.#buf.length * 2, this.#len + bytes.length));
       next.set(this.#buf.subarray(0, this.#len));
       this.#buf = next;
     }
-    this.#buf.set(chunk, this.#len);
-    this.#len += chunk.length;
+    this.#buf.set(bytes, this.#len);
+    this.#len += bytes.length;
+  }
+
+  /** Decodes every complete frame at the start of `bytes`; returns the bytes used. */
+  #decodeAll(bytes: Uint8Array): number {
+    const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
     let pos = 0;
-    const dv = new DataView(this.#buf.buffer);
-    while (this.#len - pos >= LENGTH_SIZE) {
+    while (bytes.length - pos >= LENGTH_SIZE) {
       const n = dv.getUint32(pos, true);
       if (n < HEADER_SIZE || n > HEADER_SIZE + MAX_PAYLOAD) {
         throw new DsmProtocolError(
           `frame length ${n} is outside ${HEADER_SIZE}..${HEADER_SIZE + MAX_PAYLOAD}`,
         );
       }
-      if (this.#len - pos < LENGTH_SIZE + n) break;
-      this.#onFrame(decodeBody(this.#buf.subarray(pos + LENGTH_SIZE, pos + LENGTH_SIZE + n)));
+      if (bytes.length - pos < LENGTH_SIZE + n) break;
+      this.#onFrame(decodeBody(bytes.subarray(pos + LENGTH_SIZE, pos + LENGTH_SIZE + n)));
       pos += LENGTH_SIZE + n;
     }
-    if (pos > 0) {
-      this.#buf.copyWithin(0, pos, this.#len);
-      this.#len -= pos;
-    }
+    return pos;
   }
 }

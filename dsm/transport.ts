@@ -243,35 +243,46 @@ export class Mesh {
     const frame = encodeFrame(msg);
     this.stats.messages++;
     this.stats.bytes += frame.length;
-    peer.queue.push(frame);
-    if (!peer.writing) this.#flush(peer);
+    if (peer.writing) peer.queue.push(frame);
+    else this.#write(peer, frame);
   }
 
-  async #flush(peer: Peer): Promise<void> {
+  /**
+   * Writes `out`, then whatever was queued meanwhile, coalesced into one
+   * buffer. Plain promise callbacks rather than an async loop: a miss's frame
+   * reaches the socket in the same turn it was sent, with no extra awaits.
+   */
+  #write(peer: Peer, out: Uint8Array): void {
     peer.writing = true;
-    try {
-      while (peer.queue.length > 0 && !peer.closed) {
-        const frames = peer.queue;
-        peer.queue = [];
-        let total = 0;
-        for (const f of frames) total += f.length;
-        const out = new Uint8Array(total);
-        let off = 0;
-        for (const f of frames) {
-          out.set(f, off);
-          off += f.length;
+    peer.conn.write(out).then(
+      (n) => {
+        if (peer.closed) {
+          peer.writing = false;
+        } else if (n < out.length) {
+          this.#write(peer, out.subarray(n));
+        } else if (peer.queue.length === 0) {
+          peer.writing = false;
+        } else {
+          const frames = peer.queue;
+          peer.queue = [];
+          let total = 0;
+          for (const f of frames) total += f.length;
+          const next = new Uint8Array(total);
+          let off = 0;
+          for (const f of frames) {
+            next.set(f, off);
+            off += f.length;
+          }
+          this.#write(peer, next);
         }
-        await writeAll(peer.conn, out);
-      }
-    } catch (err) {
-      if (!peer.closed && !peer.saidBye) {
-        // The read loop reports the death; a failed write alone only stops this queue.
+      },
+      (err: unknown) => {
+        peer.writing = false;
         peer.queue = [];
-        console.error(`dsm: write to peer failed: ${err}`);
-      }
-    } finally {
-      peer.writing = false;
-    }
+        // The read loop reports the death; a failed write alone only stops this queue.
+        if (!peer.closed && !peer.saidBye) console.error(`dsm: write to peer failed: ${err}`);
+      },
+    );
   }
 
   /** Resolves once every queued frame has been written (or after `timeoutMs`). */

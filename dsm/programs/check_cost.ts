@@ -48,6 +48,48 @@ function plainStores(a: Uint32Array, words: number, reps: number): void {
   for (let k = 0; k < reps; k++) for (let i = 0; i < words; i++) a[i] = i + k;
 }
 
+// A three-point stencil over f64 words (three loads and a store per point),
+// the shape of a red-black SOR sweep, through the region and over plain memory.
+function dsmStencil(r: Region, words: number, reps: number): void {
+  const n = words >>> 1;
+  for (let k = 0; k < reps; k++) {
+    for (let i = 1; i < n - 1; i++) {
+      const v = 0.25 * (r.loadF64((i - 1) << 3) + r.loadF64((i + 1) << 3)) +
+        0.5 * r.loadF64(i << 3);
+      r.storeF64(i << 3, v);
+    }
+  }
+}
+function plainStencil(a: Float64Array, words: number, reps: number): void {
+  const n = words >>> 1;
+  for (let k = 0; k < reps; k++) {
+    for (let i = 1; i < n - 1; i++) {
+      const v = 0.25 * ((a[i - 1] ?? 0) + (a[i + 1] ?? 0)) + 0.5 * (a[i] ?? 0);
+      a[i] = v;
+    }
+  }
+}
+
+// A dot product of the two halves of the region (two f64 loads and a
+// multiply-add per element), the inner loop of matrix multiply.
+function dsmDot(r: Region, words: number, reps: number): number {
+  const n = words >>> 2;
+  const half = n << 3;
+  let s = 0;
+  for (let k = 0; k < reps; k++) {
+    for (let i = 0; i < n; i++) s += r.loadF64(i << 3) * r.loadF64(half + (i << 3));
+  }
+  return s;
+}
+function plainDot(a: Float64Array, words: number, reps: number): number {
+  const n = words >>> 2;
+  let s = 0;
+  for (let k = 0; k < reps; k++) {
+    for (let i = 0; i < n; i++) s += (a[i] ?? 0) * (a[n + i] ?? 0);
+  }
+  return s;
+}
+
 function time(f: () => unknown): number {
   const t0 = performance.now();
   f();
@@ -58,12 +100,24 @@ function time(f: () => unknown): number {
 export const program: DsmProgram = {
   name: "check_cost",
   defaults: { words: 16384, reps: 200, trials: 5 },
-  regions: (p: Readonly<Params>) => [{ name: "m", size: (p.words ?? 0) * 4, blockSize: 4096 }],
+  regions: (p: Readonly<Params>) => [
+    { name: "m", size: (p.words ?? 0) * 4, blockSize: 4096 },
+    { name: "f", size: (p.words ?? 0) * 4, blockSize: 4096 },
+  ],
   run(ctx: DsmContext): void {
     if (ctx.rank !== 0) return;
     const { words = 0, reps = 0, trials = 1 } = ctx.params;
     const m = ctx.region("m");
     const plain = new Uint32Array(words);
+    // The f64 kernels run on a region of their own holding the same ordinary
+    // values as their plain array (the u32 loops' words read as f64 would be
+    // denormals, which the FPU handles slowly).
+    const f = ctx.region("f");
+    const plainF64 = new Float64Array(words >>> 1);
+    for (let i = 0; i < plainF64.length; i++) {
+      plainF64[i] = 1 + i / plainF64.length;
+      f.storeF64(i << 3, plainF64[i] ?? 0);
+    }
     for (let i = 0; i < words; i++) m.storeU32(i * 4, i); // take every block exclusive
     ctx.fence();
     let best = {
@@ -75,8 +129,13 @@ export const program: DsmProgram = {
       ds: Infinity,
       dsh: Infinity,
       ps: Infinity,
+      dk: Infinity,
+      pk: Infinity,
+      dd: Infinity,
+      pd: Infinity,
     };
     let sink = 0;
+    let fsink = 0;
     for (let t = 0; t < trials; t++) {
       best = {
         dl: Math.min(best.dl, time(() => (sink += dsmLoads(m, words, reps)))),
@@ -87,6 +146,10 @@ export const program: DsmProgram = {
         ds: Math.min(best.ds, time(() => dsmStores(m, words, reps))),
         dsh: Math.min(best.dsh, time(() => dsmStoresHoisted(m, words, reps))),
         ps: Math.min(best.ps, time(() => plainStores(plain, words, reps))),
+        dk: Math.min(best.dk, time(() => dsmStencil(f, words, reps))),
+        pk: Math.min(best.pk, time(() => plainStencil(plainF64, words, reps))),
+        dd: Math.min(best.dd, time(() => (fsink += dsmDot(f, words, reps)))),
+        pd: Math.min(best.pd, time(() => (fsink += plainDot(plainF64, words, reps)))),
       };
     }
     const per = 1e6 / (words * reps);
@@ -98,7 +161,14 @@ export const program: DsmProgram = {
     measured.plainAddrStoreNs = best.pas * per;
     measured.dsmStoreNs = best.ds * per;
     measured.plainStoreNs = best.ps * per;
+    const points = ((words >>> 1) - 2) * reps;
+    measured.dsmStencilNs = best.dk * 1e6 / points;
+    measured.plainStencilNs = best.pk * 1e6 / points;
+    const elements = (words >>> 2) * reps;
+    measured.dsmDotNs = best.dd * 1e6 / elements;
+    measured.plainDotNs = best.pd * 1e6 / elements;
     measured.sink = sink & 1;
+    measured.fsink = fsink;
   },
   result(): Record<string, number> {
     return measured;

@@ -48,6 +48,30 @@ Deno.test("frames split at random points reassemble in order", () => {
   assert.deepEqual(got, msgs, `seed ${seed}`);
 });
 
+Deno.test("frames read through one reused buffer, as a socket reader does, decode intact", () => {
+  const seed = 20261125;
+  const rand = prng(seed);
+  const msgs = Array.from({ length: 200 }, (_, i) => sample(i));
+  const stream = new Uint8Array(msgs.reduce((n, m) => n + encodeFrame(m).length, 0));
+  let off = 0;
+  for (const m of msgs) {
+    const f = encodeFrame(m);
+    stream.set(f, off);
+    off += f.length;
+  }
+  const got: Message[] = [];
+  const reader = new FrameReader((m) => got.push(m));
+  const scratch = new Uint8Array(256);
+  for (let pos = 0; pos < stream.length;) {
+    const n = Math.min(1 + (rand() % 255), stream.length - pos);
+    scratch.set(stream.subarray(pos, pos + n));
+    reader.push(scratch.subarray(0, n));
+    scratch.fill(0xee); // the next read overwrites the buffer
+    pos += n;
+  }
+  assert.deepEqual(got, msgs, `seed ${seed}`);
+});
+
 Deno.test("a frame with an impossible length or an unknown type is rejected", () => {
   const reader = new FrameReader(() => {});
   const huge = new Uint8Array(8);
