@@ -24,6 +24,18 @@ import {
 import { Metric, METRIC_COUNT, METRIC_NAMES, SlidingCounters } from "./sliding_window.ts";
 import { TopK } from "./top_k.ts";
 
+/** The per-protocol counter each {@link PacketClass} adds to (-1: none). */
+const CLASS_METRIC: Int8Array = (() => {
+  const t = new Int8Array(16).fill(-1);
+  t[PacketClass.tcpSyn] = Metric.syn;
+  t[PacketClass.tcpSynAck] = Metric.synAck;
+  t[PacketClass.tcpRst] = Metric.rst;
+  t[PacketClass.udp] = Metric.udp;
+  t[PacketClass.icmp] = Metric.icmp;
+  t[PacketClass.malformed] = Metric.malformed;
+  return t;
+})();
+
 /** Bytes of each sample packet kept (from the IP header on). */
 const SAMPLE_BYTES = 128;
 /** Every this many packets of a kind, one is kept as a sample. */
@@ -210,27 +222,7 @@ export class DirectionMonitor {
     t[Metric.packets] = (t[Metric.packets] ?? 0) + 1;
     t[Metric.bytes] = (t[Metric.bytes] ?? 0) + wireLen;
     const cls = info.cls;
-    let metric = -1;
-    switch (cls) {
-      case PacketClass.tcpSyn:
-        metric = Metric.syn;
-        break;
-      case PacketClass.tcpSynAck:
-        metric = Metric.synAck;
-        break;
-      case PacketClass.tcpRst:
-        metric = Metric.rst;
-        break;
-      case PacketClass.udp:
-        metric = Metric.udp;
-        break;
-      case PacketClass.icmp:
-        metric = Metric.icmp;
-        break;
-      case PacketClass.malformed:
-        metric = Metric.malformed;
-        break;
-    }
+    const metric = CLASS_METRIC[cls] ?? -1;
     if (metric >= 0) {
       c.add(metric, 1);
       t[metric] = (t[metric] ?? 0) + 1;
