@@ -42,22 +42,26 @@ async function vmkitRun(port: number, w: Workload): Promise<{ iops: number; mbps
   let done = 0;
   let seed = 12345;
   const rand = (): number => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed / 0x80000000;
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return seed / 0x1_0000_0000;
   };
   const t0 = performance.now();
   const end = t0 + SECONDS * 1000;
   const worker = async (): Promise<void> => {
     const buf = new Uint8Array(w.blocks * 512);
     while (performance.now() < end) {
+      // The same pattern as iscsi-perf: random = any start block (not aligned
+      // to the transfer size), sequential = consecutive from block 0, wrapping;
+      // a transfer is cut short at the end of the LUN.
       let lba: number;
       if (w.random) {
-        lba = Math.floor(rand() * (totalBlocks / w.blocks)) * w.blocks;
+        lba = Math.floor(rand() * totalBlocks);
       } else {
         lba = cursor;
         cursor = (cursor + w.blocks) % totalBlocks;
       }
-      await s.read16(1, lba, w.blocks, buf);
+      const blocks = Math.min(w.blocks, totalBlocks - lba);
+      await s.read16(1, lba, blocks, buf.subarray(0, blocks * 512));
       done++;
     }
   };
@@ -69,7 +73,9 @@ async function vmkitRun(port: number, w: Workload): Promise<{ iops: number; mbps
 }
 
 function peerArgs(port: number, w: Workload): string[] {
-  const args = ["-i", VM, "-m", String(w.depth), "-b", String(w.blocks)];
+  // -t: iscsi-perf measures exactly SECONDS (from its first command) and exits,
+  // the same window as vmkit's run.
+  const args = ["-i", VM, "-m", String(w.depth), "-b", String(w.blocks), "-t", String(SECONDS)];
   if (w.random) args.push("-r");
   args.push(`iscsi://127.0.0.1:${port}/${TARGET}/1`);
   return args;
@@ -81,7 +87,8 @@ async function peerRun(port: number, w: Workload): Promise<{ iops: number; mbps:
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => child.kill("SIGINT"), SECONDS * 1000);
+  // A safety net only: iscsi-perf stops by itself after SECONDS.
+  const timer = setTimeout(() => child.kill("SIGINT"), SECONDS * 1000 + 10_000);
   const out = await child.output();
   clearTimeout(timer);
   const text = new TextDecoder().decode(out.stdout).replaceAll("\r", "\n");
@@ -135,7 +142,7 @@ try {
   console.log("");
   for (const w of WORKLOADS) {
     console.log(
-      `peer command: iscsi-perf ${peerArgs(tgt.port, w).join(" ")}  (SIGINT after ${SECONDS} s)`,
+      `peer command: iscsi-perf ${peerArgs(tgt.port, w).join(" ")}`,
     );
   }
 } finally {

@@ -263,12 +263,31 @@ export function cdbReadWrite16(
   blocks: number,
   fua = false,
 ): void {
+  if (!Number.isSafeInteger(lba) || lba < 0) {
+    throw new RangeError(`LBA ${lba} is not a non-negative safe integer`);
+  }
+  if (!Number.isInteger(blocks) || blocks < 0 || blocks > 0xffff_ffff) {
+    throw new RangeError(`transfer length ${blocks} is out of range 0..4294967295`);
+  }
   cdb.fill(0);
   cdb[0] = opcode;
   cdb[1] = fua ? 0x08 : 0;
-  const v = new DataView(cdb.buffer, cdb.byteOffset, 16);
-  v.setBigUint64(2, BigInt(lba));
-  v.setUint32(10, blocks);
+  // Big-endian LBA (bytes 2..9) and transfer length (10..13), byte by byte: no
+  // DataView or BigInt, which would allocate on every I/O.
+  const hi = Math.floor(lba / 0x1_0000_0000);
+  const lo = lba >>> 0;
+  cdb[2] = hi >>> 24;
+  cdb[3] = (hi >>> 16) & 0xff;
+  cdb[4] = (hi >>> 8) & 0xff;
+  cdb[5] = hi & 0xff;
+  cdb[6] = lo >>> 24;
+  cdb[7] = (lo >>> 16) & 0xff;
+  cdb[8] = (lo >>> 8) & 0xff;
+  cdb[9] = lo & 0xff;
+  cdb[10] = blocks >>> 24;
+  cdb[11] = (blocks >>> 16) & 0xff;
+  cdb[12] = (blocks >>> 8) & 0xff;
+  cdb[13] = blocks & 0xff;
 }
 
 /** Fills `cdb` with SYNCHRONIZE CACHE(16) over the whole medium. */

@@ -27,7 +27,10 @@ async function readFull(conn: Deno.Conn, buf: Uint8Array): Promise<boolean> {
  * hostile PDUs `misbehave` builds.
  */
 async function fakeTarget(
-  misbehave: (cmd: DataView, cmdSN: number) => Uint8Array | Promise<Uint8Array>,
+  misbehave: (
+    cmd: DataView,
+    cmdSN: number,
+  ) => Uint8Array | Uint8Array[] | Promise<Uint8Array>,
   run: (port: number) => Promise<void>,
   window = 16,
 ): Promise<void> {
@@ -63,6 +66,12 @@ async function fakeTarget(
         if (reply instanceof Promise) {
           // Answer later while this loop keeps reading, as a real target would.
           pending.push(reply.then((b) => conn.write(b)));
+        } else if (Array.isArray(reply)) {
+          // Pieces written one by one with pauses: the initiator sees partial PDUs.
+          for (const piece of reply) {
+            await conn.write(piece);
+            await new Promise((r) => setTimeout(r, 2));
+          }
         } else {
           await conn.write(reply);
         }
@@ -180,4 +189,164 @@ Deno.test("a target's CmdSN window of one command is honoured with many commands
       await s.close();
     }
   }, 1);
+});
+
+/** Splits `bytes` into pieces of `size` bytes (the last may be shorter). */
+function pieces(bytes: Uint8Array, size: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let o = 0; o < bytes.length; o += size) out.push(bytes.subarray(o, o + size));
+  return out;
+}
+
+Deno.test("large Data-In arriving in small pieces lands intact in the read buffer", async () => {
+  const seed = 20261125;
+  const half = 32 << 10;
+  const payload = new Uint8Array(2 * half);
+  let x = seed;
+  for (let i = 0; i < payload.length; i++) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    payload[i] = x >>> 24;
+  }
+  await fakeTarget((cmd, sn) => {
+    // Two Data-In PDUs of 32 KiB (the second carries the status), cut into
+    // pieces that split headers and payloads at odd places.
+    const first = dataIn(cmd, sn, 0, half);
+    first[1] = 0x00; // neither Final nor Status
+    first.set(payload.subarray(0, half), 48);
+    const second = dataIn(cmd, sn, half, half);
+    second.set(payload.subarray(half), 48);
+    const wire = new Uint8Array(first.length + second.length);
+    wire.set(first);
+    wire.set(second, first.length);
+    return [wire.subarray(0, 20), ...pieces(wire.subarray(20), 5000)];
+  }, async (port) => {
+    const s = await IscsiSession.connect({
+      host: "127.0.0.1",
+      port,
+      initiatorName: "iqn.2026-01.dev.vmkit.test:pieces",
+      targetName: "iqn.2026-01.dev.vmkit.test:fake",
+      keepaliveMs: 0,
+      reconnect: false,
+    });
+    try {
+      const buf = new Uint8Array(payload.length);
+      await s.read16(0, 0, payload.length / 512, buf);
+      const bad = buf.findIndex((b, i) => b !== payload[i]);
+      assert.equal(bad, -1, `byte ${bad} differs (seed ${seed})`);
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+Deno.test("a hostile target's large Data-In beyond the read buffer fails that command and writes nothing", async () => {
+  await fakeTarget((cmd, sn) => {
+    const pdu = dataIn(cmd, sn, 16 << 10, 32 << 10);
+    pdu.fill(0xee, 48);
+    return pieces(pdu, 4096);
+  }, async (port) => {
+    const s = await IscsiSession.connect({
+      host: "127.0.0.1",
+      port,
+      initiatorName: "iqn.2026-01.dev.vmkit.test:hostile",
+      targetName: "iqn.2026-01.dev.vmkit.test:fake",
+      keepaliveMs: 0,
+      reconnect: false,
+    });
+    try {
+      const buf = new Uint8Array(32 << 10);
+      await assert.rejects(() => s.read16(0, 0, buf.length / 512, buf), IscsiProtocolError);
+      assert.ok(buf.every((b) => b === 0), "out-of-range data leaked into the buffer");
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+Deno.test("commands re-issued one by one while many are at the target all complete", async () => {
+  let served = 0;
+  let maxAtTarget = 0;
+  let atTarget = 0;
+  await fakeTarget((cmd, sn) => {
+    served++;
+    atTarget++;
+    maxAtTarget = Math.max(maxAtTarget, atTarget);
+    const out = new Uint8Array(48);
+    const o = new DataView(out.buffer);
+    o.setUint8(0, 0x21);
+    o.setUint8(1, 0x80);
+    o.setUint32(16, cmd.getUint32(16));
+    o.setUint32(24, 2 + served);
+    o.setUint32(28, sn + 1);
+    o.setUint32(32, sn + 64);
+    return new Promise<Uint8Array>((resolve) =>
+      setTimeout(() => {
+        atTarget--;
+        resolve(out);
+      }, 1 + (served % 3))
+    );
+  }, async (port) => {
+    const s = await IscsiSession.connect({
+      host: "127.0.0.1",
+      port,
+      initiatorName: "iqn.2026-01.dev.vmkit.test:reissue",
+      targetName: "iqn.2026-01.dev.vmkit.test:fake",
+      keepaliveMs: 0,
+      reconnect: false,
+    });
+    try {
+      // 24 workers, each issuing its next command as soon as the previous completes.
+      await Promise.all(
+        Array.from({ length: 24 }, async () => {
+          for (let i = 0; i < 10; i++) await s.testUnitReady(0);
+        }),
+      );
+      assert.equal(served, 240);
+      assert.equal(s.pending, 0);
+      assert.ok(maxAtTarget >= 16, `only ${maxAtTarget} commands reached the target at once`);
+    } finally {
+      await s.close();
+    }
+  }, 64);
+});
+
+Deno.test("a command issued while the target is busy goes out when the target's queue drains", async () => {
+  let served = 0;
+  await fakeTarget((cmd, sn) => {
+    served++;
+    const out = new Uint8Array(48);
+    const o = new DataView(out.buffer);
+    o.setUint8(0, 0x21);
+    o.setUint8(1, 0x80);
+    o.setUint32(16, cmd.getUint32(16));
+    o.setUint32(24, 2 + served);
+    o.setUint32(28, sn + 1);
+    o.setUint32(32, sn + 64);
+    return new Promise<Uint8Array>((resolve) => setTimeout(() => resolve(out), 20));
+  }, async (port) => {
+    const s = await IscsiSession.connect({
+      host: "127.0.0.1",
+      port,
+      initiatorName: "iqn.2026-01.dev.vmkit.test:drain",
+      targetName: "iqn.2026-01.dev.vmkit.test:fake",
+      keepaliveMs: 0,
+      reconnect: false,
+    });
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      // 20 commands keep the target busy; one more, issued alone a moment later,
+      // may wait for company but must leave once the 20 complete.
+      const busy = Array.from({ length: 20 }, () => s.testUnitReady(0));
+      await new Promise((r) => setTimeout(r, 5));
+      const late = s.testUnitReady(0);
+      const stuck = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error("the late command never completed")), 5000);
+      });
+      await Promise.race([Promise.all([...busy, late]), stuck]);
+      assert.equal(served, 21);
+    } finally {
+      clearTimeout(timer);
+      await s.close();
+    }
+  }, 64);
 });
