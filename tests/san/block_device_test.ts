@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import type { BlockDevice } from "../../cow/block_device.ts";
 import { IscsiBlockDevice, SanDeviceError } from "../../san/mod.ts";
 import { backingFile, Tgtd } from "./tgt.ts";
+import { prng } from "../prng.ts";
 
 const TARGET = "iqn.2026-01.dev.vmkit.test:blockdev";
 const VM = "iqn.2026-01.dev.vmkit.test:vm-blockdev";
@@ -37,17 +38,6 @@ async function withDevice(
     await tgt.stop();
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 Deno.test("an iSCSI LUN block device matches a byte model under random unaligned reads and writes", async () => {

@@ -9,6 +9,7 @@ import {
   STATUS_CHECK_CONDITION,
 } from "../../san/mod.ts";
 import { backingFile, qemuIo, type TargetSpec, Tgtd } from "./tgt.ts";
+import { prng } from "../prng.ts";
 
 const TARGET = "iqn.2026-01.dev.vmkit.test:disk1";
 const VM_A = "iqn.2026-01.dev.vmkit.test:vm-a";
@@ -48,18 +49,6 @@ function connect(t: Tgtd, initiatorName: string): Promise<IscsiSession> {
     targetName: TARGET,
     keepaliveMs: 0,
   });
-}
-
-/** Deterministic PRNG (mulberry32) so failures can be replayed from the seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 Deno.test("VM A's SUI from the registry sees its LUN and VM B's SUI is refused with a typed login error", async () => {
