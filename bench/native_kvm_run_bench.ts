@@ -11,9 +11,8 @@
  */
 
 import { defaultDeviceSpecs } from "../vmm/devices/mod.ts";
-import type { BootPlan } from "../vmm/boot/types.ts";
-import type { GuestMemory } from "../vmm/guest_memory.ts";
 import { Machine } from "../vmm/machine.ts";
+import { realModeLoader } from "../tests/vmm/machine_guest.ts";
 
 const OUTER = 10;
 const INNER = 10_000;
@@ -113,32 +112,6 @@ async function runPeer(bin: string, port: number): Promise<{ exits: number; ns: 
   return JSON.parse(new TextDecoder().decode(out.stdout));
 }
 
-function loader(code: Uint8Array) {
-  return (memory: GuestMemory): BootPlan => {
-    memory.write(0x1000, code);
-    const seg = (type: number) => ({
-      base: 0n,
-      limit: 0xffff,
-      selector: 0,
-      type,
-      present: 1,
-      dpl: 0,
-      db: 0,
-      s: 1,
-      l: 0,
-      g: 0,
-      avl: 0,
-      unusable: 0,
-    });
-    return {
-      protocol: "pvh",
-      regs: { rip: 0x1000n, rflags: 2n },
-      sregs: { cs: seg(11), ds: seg(3), es: seg(3), ss: seg(3) },
-      kernel: { start: 0x1000, end: 0x1000 + code.length },
-    };
-  };
-}
-
 async function runVmkit(port: number): Promise<{ exitsPerSec: number; startupMs: number }> {
   const t0 = performance.now();
   await using m = await Machine.create({
@@ -146,7 +119,7 @@ async function runVmkit(port: number): Promise<{ exitsPerSec: number; startupMs:
     vcpus: 1,
     kernel: new Uint8Array(0),
     devices: defaultDeviceSpecs({ serialOut: "none", memMiB: 16, debugExitPort: STOP_PORT }),
-    loader: loader(guest(port)),
+    loader: realModeLoader(guest(port)),
   });
   const t1 = performance.now();
   await m.start();
