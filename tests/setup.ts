@@ -17,7 +17,12 @@ import { buildGuests } from "./guests/build.ts";
  */
 export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
   { probe: "/usr/bin/gcc", pkg: "gcc" },
+  // The shim includes <linux/kvm.h> and libc headers; gcc only recommends them.
+  { probe: "/usr/include/stdio.h", pkg: "libc6-dev" },
+  { probe: "/usr/include/linux/kvm.h", pkg: "linux-libc-dev" },
   { probe: "/usr/bin/qemu-img", pkg: "qemu-utils" },
+  // qemu-io's iscsi:// driver (the libiscsi interop test); only recommended by qemu-utils.
+  { probe: "/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so", pkg: "qemu-block-extra" },
   { probe: "/usr/sbin/tgtd", pkg: "tgt" },
   { probe: "/usr/bin/iscsi-inq", pkg: "libiscsi-bin" },
   { probe: "/usr/bin/etcd", pkg: "etcd-server" },
