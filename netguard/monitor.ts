@@ -423,32 +423,26 @@ export class DirectionMonitor {
     const pps = c.rate(Metric.packets);
     // A SYN surge with normal handshakes (ACKs) is a busy service, not a flood.
     const synValue = synShare >= t.synRatio ? syn : 0;
-    const rs = this.#cusumSyn.update(now, synValue);
-    if (rs !== Transition.none) {
-      if (rs === Transition.raised) this.#cusumSynSince = now;
-      this.onTransition(this, {
-        kind: "syn_flood",
-        detector: "cusum",
-        raised: rs === Transition.raised,
-        ts: rs === Transition.raised ? now : this.#cusumSyn.clearedAt,
-        rate: synValue,
-        threshold: this.#cusumSyn.mean + this.#cusumSyn.k * this.#cusumSyn.sigma(),
-        peak: this.#cusumSyn.peak,
-      });
-    }
-    const rp = this.#cusumPps.update(now, pps);
-    if (rp !== Transition.none) {
-      if (rp === Transition.raised) this.#cusumPpsSince = now;
-      this.onTransition(this, {
-        kind: "pps",
-        detector: "cusum",
-        raised: rp === Transition.raised,
-        ts: rp === Transition.raised ? now : this.#cusumPps.clearedAt,
-        rate: pps,
-        threshold: this.#cusumPps.mean + this.#cusumPps.k * this.#cusumPps.sigma(),
-        peak: this.#cusumPps.peak,
-      });
-    }
+    this.#cusumStep(this.#cusumSyn, "syn_flood", now, synValue);
+    this.#cusumStep(this.#cusumPps, "pps", now, pps);
+  }
+
+  /** Feeds `value` to an adaptive detector and reports a raise or a clear. */
+  #cusumStep(d: CusumDetector, kind: "syn_flood" | "pps", now: number, value: number): void {
+    const tr = d.update(now, value);
+    if (tr === Transition.none) return;
+    const raised = tr === Transition.raised;
+    if (raised && kind === "syn_flood") this.#cusumSynSince = now;
+    else if (raised) this.#cusumPpsSince = now;
+    this.onTransition(this, {
+      kind,
+      detector: "cusum",
+      raised,
+      ts: raised ? now : d.clearedAt,
+      rate: value,
+      threshold: d.mean + d.k * d.sigma(),
+      peak: d.peak,
+    });
   }
 
   /** When the raised detector of `kind` was raised (ms), for durations. */
