@@ -670,32 +670,31 @@ export class NetGuard {
   /** The guard's counters in the Prometheus text exposition format. */
   metricsText(): string {
     const m = this.metrics();
-    const lines = [
-      "# HELP netguard_frames_total Frames seen by netguard.",
-      "# TYPE netguard_frames_total counter",
-      `netguard_frames_total ${m.frames}`,
-      "# HELP netguard_malformed_frames_total Frames that did not parse.",
-      "# TYPE netguard_malformed_frames_total counter",
-      `netguard_malformed_frames_total ${m.malformed}`,
-      "# HELP netguard_dropped_frames_total Frames the tap was told to drop.",
-      "# TYPE netguard_dropped_frames_total counter",
-      `netguard_dropped_frames_total ${m.dropped}`,
-      "# HELP netguard_alerts_total Alerts raised.",
-      "# TYPE netguard_alerts_total counter",
-      `netguard_alerts_total ${m.alerts}`,
-      "# HELP netguard_clears_total Alerts cleared.",
-      "# TYPE netguard_clears_total counter",
-      `netguard_clears_total ${m.clears}`,
-      "# HELP netguard_decisions_total Decisions taken, by action.",
-      "# TYPE netguard_decisions_total counter",
-      ...Object.entries(m.decisions).map(([a, n]) =>
-        `netguard_decisions_total{action="${a}"} ${n}`
-      ),
-      "# HELP netguard_suspended_vms VMs netguard holds suspended.",
-      "# TYPE netguard_suspended_vms gauge",
-      `netguard_suspended_vms ${m.suspended.length}`,
+    const metric = (name: string, type: string, help: string, samples: string[]): string[] => [
+      `# HELP ${name} ${help}`,
+      `# TYPE ${name} ${type}`,
+      ...samples.map((v) => `${name}${v}`),
     ];
-    return lines.join("\n") + "\n";
+    return [
+      ...metric("netguard_frames_total", "counter", "Frames seen by netguard.", [` ${m.frames}`]),
+      ...metric("netguard_malformed_frames_total", "counter", "Frames that did not parse.", [
+        ` ${m.malformed}`,
+      ]),
+      ...metric("netguard_dropped_frames_total", "counter", "Frames the tap was told to drop.", [
+        ` ${m.dropped}`,
+      ]),
+      ...metric("netguard_alerts_total", "counter", "Alerts raised.", [` ${m.alerts}`]),
+      ...metric("netguard_clears_total", "counter", "Alerts cleared.", [` ${m.clears}`]),
+      ...metric(
+        "netguard_decisions_total",
+        "counter",
+        "Decisions taken, by action.",
+        Object.entries(m.decisions).map(([a, n]) => `{action="${a}"} ${n}`),
+      ),
+      ...metric("netguard_suspended_vms", "gauge", "VMs netguard holds suspended.", [
+        ` ${m.suspended.length}`,
+      ]),
+    ].join("\n") + "\n";
   }
 
   /** Emits (and returns) a `stats` event for every monitor that saw traffic. */

@@ -27,17 +27,23 @@ Deno.test("a frame encodes its header little-endian and decodes to the same mess
   assert.deepEqual(decodeBody(frame.subarray(4)), msg);
 });
 
+/** The frames of `msgs` back to back, as one byte stream. */
+function encodeStream(msgs: Message[]): Uint8Array {
+  const frames = msgs.map(encodeFrame);
+  const stream = new Uint8Array(frames.reduce((n, f) => n + f.length, 0));
+  let off = 0;
+  for (const f of frames) {
+    stream.set(f, off);
+    off += f.length;
+  }
+  return stream;
+}
+
 Deno.test("frames split at random points reassemble in order", () => {
   const seed = 20261124;
   const rand = prng(seed);
   const msgs = Array.from({ length: 200 }, (_, i) => sample(i));
-  const stream = new Uint8Array(msgs.reduce((n, m) => n + encodeFrame(m).length, 0));
-  let off = 0;
-  for (const m of msgs) {
-    const f = encodeFrame(m);
-    stream.set(f, off);
-    off += f.length;
-  }
+  const stream = encodeStream(msgs);
   const got: Message[] = [];
   const reader = new FrameReader((m) => got.push(m));
   for (let pos = 0; pos < stream.length;) {
@@ -52,13 +58,7 @@ Deno.test("frames read through one reused buffer, as a socket reader does, decod
   const seed = 20261125;
   const rand = prng(seed);
   const msgs = Array.from({ length: 200 }, (_, i) => sample(i));
-  const stream = new Uint8Array(msgs.reduce((n, m) => n + encodeFrame(m).length, 0));
-  let off = 0;
-  for (const m of msgs) {
-    const f = encodeFrame(m);
-    stream.set(f, off);
-    off += f.length;
-  }
+  const stream = encodeStream(msgs);
   const got: Message[] = [];
   const reader = new FrameReader((m) => got.push(m));
   const scratch = new Uint8Array(256);
