@@ -104,16 +104,21 @@ function dataIn(cmd: DataView, cmdSN: number, offset: number, len: number): Uint
   return out;
 }
 
+/** A session to the fake target on `port` as initiator `...:tag`, with no keepalive or reconnect. */
+function connectFake(port: number, tag: string): Promise<IscsiSession> {
+  return IscsiSession.connect({
+    host: "127.0.0.1",
+    port,
+    initiatorName: `iqn.2026-01.dev.vmkit.test:${tag}`,
+    targetName: "iqn.2026-01.dev.vmkit.test:fake",
+    keepaliveMs: 0,
+    reconnect: false,
+  });
+}
+
 Deno.test("a hostile target's Data-In beyond the read buffer fails that command, not the host", async () => {
   await fakeTarget((cmd, sn) => dataIn(cmd, sn, 4096, 512), async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:hostile",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "hostile");
     try {
       const buf = new Uint8Array(512);
       await assert.rejects(() => s.read16(0, 0, 1, buf), IscsiProtocolError);
@@ -131,14 +136,7 @@ Deno.test("a hostile target's unknown opcode drops the connection with a typed e
     new DataView(out.buffer).setUint32(16, cmd.getUint32(16));
     return out;
   }, async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:hostile",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "hostile");
     try {
       const err = await s.testUnitReady(0).then(() => undefined, (e: unknown) => e);
       assert.ok(err instanceof IscsiConnectionError, `expected IscsiConnectionError, got ${err}`);
@@ -173,14 +171,7 @@ Deno.test("a target's CmdSN window of one command is honoured with many commands
       }, 3)
     );
   }, async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:window",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "window");
     try {
       await Promise.all(Array.from({ length: 20 }, () => s.testUnitReady(0)));
       assert.equal(served, 20);
@@ -220,14 +211,7 @@ Deno.test("large Data-In arriving in small pieces lands intact in the read buffe
     wire.set(second, first.length);
     return [wire.subarray(0, 20), ...pieces(wire.subarray(20), 5000)];
   }, async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:pieces",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "pieces");
     try {
       const buf = new Uint8Array(payload.length);
       await s.read16(0, 0, payload.length / 512, buf);
@@ -245,14 +229,7 @@ Deno.test("a hostile target's large Data-In beyond the read buffer fails that co
     pdu.fill(0xee, 48);
     return pieces(pdu, 4096);
   }, async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:hostile",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "hostile");
     try {
       const buf = new Uint8Array(32 << 10);
       await assert.rejects(() => s.read16(0, 0, buf.length / 512, buf), IscsiProtocolError);
@@ -286,14 +263,7 @@ Deno.test("commands re-issued one by one while many are at the target all comple
       }, 1 + (served % 3))
     );
   }, async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:reissue",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "reissue");
     try {
       // 24 workers, each issuing its next command as soon as the previous completes.
       await Promise.all(
@@ -324,14 +294,7 @@ Deno.test("a command issued while the target is busy goes out when the target's 
     o.setUint32(32, sn + 64);
     return new Promise<Uint8Array>((resolve) => setTimeout(() => resolve(out), 20));
   }, async (port) => {
-    const s = await IscsiSession.connect({
-      host: "127.0.0.1",
-      port,
-      initiatorName: "iqn.2026-01.dev.vmkit.test:drain",
-      targetName: "iqn.2026-01.dev.vmkit.test:fake",
-      keepaliveMs: 0,
-      reconnect: false,
-    });
+    const s = await connectFake(port, "drain");
     let timer: ReturnType<typeof setTimeout> | undefined;
     try {
       // 20 commands keep the target busy; one more, issued alone a moment later,
