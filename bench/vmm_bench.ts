@@ -74,6 +74,34 @@ async function vmkitExits(): Promise<{ exits: number; ns: number }> {
   return { exits: PIO_N + 1, ns };
 }
 
+/**
+ * Resident memory of process `pid` from its smaps, in MiB: in all, in the
+ * guest-RAM mapping (the VMA of `guestBytes`), private anonymous outside it,
+ * and the deno executable's text.
+ */
+async function residentMiB(
+  pid: number,
+  guestBytes: number,
+): Promise<{ total: number; guest: number; anon: number; exe: number }> {
+  const smaps = await Deno.readTextFile(`/proc/${pid}/smaps`);
+  let total = 0;
+  let guest = 0;
+  let anon = 0;
+  let exe = 0;
+  for (const vma of smaps.split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
+    const range = vma.match(/^([0-9a-f]+)-([0-9a-f]+) /);
+    const rss = vma.match(/^Rss:\s+(\d+) kB$/m);
+    if (!range || !rss) continue;
+    const size = parseInt(range[2] ?? "0", 16) - parseInt(range[1] ?? "0", 16);
+    const kb = Number(rss[1]);
+    total += kb;
+    if (size === guestBytes) guest += kb;
+    else anon += Number(vma.match(/^Anonymous:\s+(\d+) kB$/m)?.[1] ?? 0);
+    if (vma.split("\n")[0]?.endsWith("/deno")) exe += kb;
+  }
+  return { total: total / 1024, guest: guest / 1024, anon: anon / 1024, exe: exe / 1024 };
+}
+
 /** RSS of a `vmkit run` child minus the resident pages of its guest-RAM mapping. */
 async function vmkitOverheadMiB(
   memMiB: number,
@@ -105,24 +133,7 @@ async function vmkitOverheadMiB(
       if (text.includes("tick 1\n")) break;
       await new Promise((r) => setTimeout(r, 100));
     }
-    const smaps = await Deno.readTextFile(`/proc/${child.pid}/smaps`);
-    let total = 0;
-    let guest = 0;
-    let anon = 0;
-    let exe = 0;
-    const guestBytes = memMiB * 2 ** 20;
-    for (const vma of smaps.split(/\n(?=[0-9a-f]+-[0-9a-f]+ )/)) {
-      const range = vma.match(/^([0-9a-f]+)-([0-9a-f]+) /);
-      const rss = vma.match(/^Rss:\s+(\d+) kB$/m);
-      if (!range || !rss) continue;
-      const size = parseInt(range[2] ?? "0", 16) - parseInt(range[1] ?? "0", 16);
-      const kb = Number(rss[1]);
-      total += kb;
-      if (size === guestBytes) guest += kb;
-      else anon += Number(vma.match(/^Anonymous:\s+(\d+) kB$/m)?.[1] ?? 0);
-      if (vma.split("\n")[0]?.endsWith("/deno")) exe += kb;
-    }
-    return { total: total / 1024, guest: guest / 1024, anon: anon / 1024, exe: exe / 1024 };
+    return await residentMiB(child.pid, memMiB * 2 ** 20);
   } finally {
     child.kill("SIGKILL");
     await child.status;
@@ -130,17 +141,21 @@ async function vmkitOverheadMiB(
   }
 }
 
+/** Resident MiB of the C peer beyond its guest RAM (64 MiB), sampled as for vmkit. */
 async function peerRssMiB(peer: string): Promise<number> {
-  // The C VMM holds no guest in this mode long enough to sample; report its
-  // binary's steady RSS through /usr/bin/time's maxrss instead.
-  const r = await new Deno.Command("sh", {
-    args: [
-      "-c",
-      `command -v /usr/bin/time >/dev/null && /usr/bin/time -f %M ${peer} ${GUEST} mode=pio:1000 2>&1 >/dev/null | tail -1`,
-    ],
-  }).output();
-  const kb = Number(new TextDecoder().decode(r.stdout).trim());
-  return Number.isFinite(kb) && kb > 0 ? kb / 1024 : NaN;
+  const child = new Deno.Command(peer, {
+    args: [GUEST, "mode=spin"],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    await new Promise((r) => setTimeout(r, 1500));
+    const rss = await residentMiB(child.pid, 64 * 2 ** 20);
+    return rss.total - rss.guest;
+  } finally {
+    child.kill("SIGKILL");
+    await child.status;
+  }
 }
 
 const peer = await buildPeer();
