@@ -332,13 +332,14 @@ static uint8_t rtc_seconds(void)
 
 void ap_main(unsigned cpu)
 {
-	uint32_t one = 1;
-	__asm__ volatile("lock xaddl %0, %1" : "+r"(one), "+m"(cpus_up) : : "memory");
 	struct line l = {.len = 0};
 	add_str(&l, "cpu ");
 	add_dec(&l, cpu);
 	add_str(&l, " up");
 	emit(&l);
+	/* Check in only after the line is out: the BSP powers off once all have. */
+	uint32_t one = 1;
+	__asm__ volatile("lock xaddl %0, %1" : "+r"(one), "+m"(cpus_up) : : "memory");
 	halt_forever();
 }
 
