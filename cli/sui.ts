@@ -12,7 +12,7 @@
 
 import { parseArgs } from "node:util";
 import { openRegistry, parseSuiType, SanError, type SuiRecord, type SuiType } from "../san/mod.ts";
-import { isUsageError, UsageError, usageFailure } from "./usage.ts";
+import { checkPathArg, isUsageError, UsageError, usageFailure } from "./usage.ts";
 
 const USAGE = `usage:
   vmkit sui alloc --vm ID [--type iqn|wwpn|nqn] [--registry PATH|etcd://HOST:PORT] [--json]
@@ -34,12 +34,23 @@ options:
   --json              print JSON instead of text
   -h, --help          show this help`;
 
-async function defaultRegistry(): Promise<string> {
+/** The default registry; a writer creates its directory, a reader creates nothing. */
+async function defaultRegistry(create: boolean): Promise<string> {
   const env = Deno.env.get("VMKIT_SUI_REGISTRY");
   if (env !== undefined && env !== "") return env;
   const base = Deno.env.get("XDG_DATA_HOME") ?? `${Deno.env.get("HOME") ?? "."}/.local/share`;
-  await Deno.mkdir(`${base}/vmkit`, { recursive: true });
+  if (create) await Deno.mkdir(`${base}/vmkit`, { recursive: true });
   return `${base}/vmkit/sui.journal`;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
 }
 
 function show(r: SuiRecord): string {
@@ -102,8 +113,13 @@ export async function main(args: string[]): Promise<number> {
     if ((cmd === "alloc" || cmd === "release") && values.vm === undefined) {
       throw new UsageError(`'${cmd}' needs --vm ID`);
     }
-    const spec = values.registry ?? (await defaultRegistry());
+    const readOnly = cmd === "list";
+    const spec = checkPathArg("--registry", values.registry ?? (await defaultRegistry(!readOnly)));
+    if (readOnly && !spec.startsWith("etcd://") && !(await exists(spec))) {
+      console.error(`vmkit sui: no registry at '${spec}' yet: nothing is allocated`);
+    }
     const reg = await openRegistry(spec, {
+      readOnly,
       ...(values["iqn-prefix"] === undefined ? {} : { iqnPrefix: values["iqn-prefix"] }),
       ...(oui === undefined ? {} : { oui }),
       ...(quarantineMs === undefined ? {} : { quarantineMs }),

@@ -101,6 +101,7 @@ export class EtcdSuiRegistry implements SuiRegistry {
   readonly #quarantineMs: number;
   readonly #now: () => number;
   readonly #concurrency: number;
+  readonly #readOnly: boolean;
   #closed = false;
 
   /** Creates a registry client for the etcd at `endpoint`. */
@@ -111,6 +112,11 @@ export class EtcdSuiRegistry implements SuiRegistry {
     this.#quarantineMs = options.quarantineMs ?? DEFAULT_QUARANTINE_MS;
     this.#now = options.now ?? Date.now;
     this.#concurrency = options.concurrency ?? 16;
+    this.#readOnly = options.readOnly ?? false;
+  }
+
+  #checkWritable(): void {
+    if (this.#readOnly) throw new SuiRegistryError(`etcd registry ${this.endpoint} is read-only`);
   }
 
   async #call<T>(path: string, body: unknown): Promise<T> {
@@ -167,6 +173,7 @@ export class EtcdSuiRegistry implements SuiRegistry {
 
   /** Returns the VM's SUI of `type`, allocating a unique one if needed; durable once resolved. */
   async alloc(vmId: string, type: SuiType = "iqn"): Promise<SuiRecord> {
+    this.#checkWritable();
     validateVmId(vmId);
     const vmKey = b64(this.#vmKey(vmId, type));
     for (let i = 0; i < MAX_CANDIDATES; i++) {
@@ -258,6 +265,7 @@ export class EtcdSuiRegistry implements SuiRegistry {
 
   /** Releases the VM's SUI of `type` (all types if omitted) into quarantine; returns what was released. */
   async release(vmId: string, type?: SuiType): Promise<SuiRecord[]> {
+    this.#checkWritable();
     validateVmId(vmId);
     const out: SuiRecord[] = [];
     for (const t of type === undefined ? (["iqn", "wwpn", "nqn"] as const) : [type]) {

@@ -1,24 +1,40 @@
 /**
  * The embedded SUI registry: one append-only journal file shared by any number
- * of processes.
+ * of processes (format: `san/FORMAT.md`).
  *
- * Every operation takes an exclusive `flock` on `<path>.lock`, catches up with
+ * Every write takes an exclusive `flock` on `<path>.lock`, catches up with
  * what other processes appended (or re-reads the file if another process
  * compacted it: the inode changed), appends its entries in one `write`, and
- * `fdatasync`s before returning, so a returned allocation survives a crash. A
- * process killed mid-append leaves a torn last line without its newline; the
- * next writer truncates it (the killed caller never saw that allocation).
+ * `fdatasync`s before returning, so a returned allocation survives a crash.
+ * Every record carries a CRC-32C over its line number and bytes, so a
+ * corrupt, removed or reordered complete record is refused with its line
+ * number; only a trailing partial line (no newline) is a torn write, which
+ * the next writer truncates (the killed caller never saw that allocation).
  * Concurrent calls in one process are group-committed: one lock and one fsync
  * for all of them. When the journal holds many more lines than live state it
  * is compacted by atomic replace (write temp, fsync, rename, fsync directory).
+ *
+ * A registry opened read-only writes nothing: it creates no lock file (it
+ * takes a shared lock only if the lock file exists), truncates nothing and
+ * does not create a missing journal. Nothing is ever written to a file that
+ * does not start with a registry header.
  *
  * @module
  */
 
 import { SuiRegistryError } from "./errors.ts";
+import { classifyHeader, encodeRecords, HEADER_LEN, headerBytes, scanRecords } from "./journal.ts";
+import {
+  foreignFileError,
+  peekHeader,
+  readFully,
+  statJournal,
+  syncDir,
+  writeAllAt,
+  writeFileSynced,
+} from "./journal_file.ts";
 import {
   DEFAULT_QUARANTINE_MS,
-  parseEntry,
   type RegistryEntry,
   type RegistryOptions,
   RegistryState,
@@ -33,8 +49,6 @@ import {
   validateVmId,
 } from "./sui.ts";
 
-const HEADER = '{"vmkit-sui-registry":1}\n';
-const NEWLINE = 0x0a;
 /** Compact when the journal grew by this many lines plus its size after the last compaction. */
 const COMPACT_SLACK = 4096;
 
@@ -46,16 +60,12 @@ interface Pending {
   reject: (err: unknown) => void;
 }
 
-function dirname(path: string): string {
-  const i = path.lastIndexOf("/");
-  return i <= 0 ? (i === 0 ? "/" : ".") : path.slice(0, i);
-}
-
 /**
  * A registry stored in a local journal file.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs a writable /var/lib/vmkit
  * const reg = await FileSuiRegistry.open("/var/lib/vmkit/sui.journal");
  * const rec = await reg.alloc("vm-1", "iqn");
  * console.log(rec.sui);
@@ -65,50 +75,62 @@ function dirname(path: string): string {
 export class FileSuiRegistry implements SuiRegistry {
   /** Path of the journal. */
   readonly path: string;
-  readonly #lockFile: Deno.FsFile;
+  /** True when opened read-only: nothing is ever written. */
+  readonly readOnly: boolean;
+  /** The lock file: created by writers; a reader opens it only if it exists. */
+  #lockFile: Deno.FsFile | undefined;
   #file: Deno.FsFile | undefined;
   #ino = -1;
   #offset = 0;
   #lines = 0;
+  /** Journal format version of the file read (1 is migrated to 2 by the first writer). */
+  #version: 1 | 2 = 2;
   /** Lines right after the last compaction (or load): the growth baseline. */
   #baseLines = 0;
   readonly #state = new RegistryState();
   readonly #generate: SuiGenerator;
   readonly #quarantineMs: number;
   readonly #now: () => number;
-  readonly #encoder = new TextEncoder();
-  readonly #decoder = new TextDecoder();
   #queue: Pending[] = [];
   #running = false;
   #drained: Promise<void> = Promise.resolve();
   #closed = false;
 
-  private constructor(path: string, lockFile: Deno.FsFile, options: RegistryOptions) {
+  private constructor(path: string, lockFile: Deno.FsFile | undefined, options: RegistryOptions) {
     this.path = path;
+    this.readOnly = options.readOnly ?? false;
     this.#lockFile = lockFile;
     this.#generate = options.generate ?? randomSuiGenerator(options);
     this.#quarantineMs = options.quarantineMs ?? DEFAULT_QUARANTINE_MS;
     this.#now = options.now ?? Date.now;
   }
 
-  /** Opens (creating if needed) the registry journal at `path`. */
+  /**
+   * Opens the registry journal at `path`; a writer creates it if needed. A
+   * file that is not a journal is refused without being touched.
+   */
   static async open(path: string, options: RegistryOptions = {}): Promise<FileSuiRegistry> {
-    let lockFile: Deno.FsFile;
-    try {
-      lockFile = await Deno.open(`${path}.lock`, { read: true, write: true, create: true });
-    } catch (err) {
-      throw new SuiRegistryError(
-        `cannot open the registry lock file '${path}.lock': ${(err as Error).message}; ` +
-          `check that the directory exists and is writable`,
-        { cause: err },
-      );
+    const st = await statJournal(path);
+    if (st !== undefined && (await peekHeader(path)).kind === "foreign") {
+      throw foreignFileError(path);
+    }
+    let lockFile: Deno.FsFile | undefined;
+    if (!options.readOnly) {
+      try {
+        lockFile = await Deno.open(`${path}.lock`, { read: true, write: true, create: true });
+      } catch (err) {
+        throw new SuiRegistryError(
+          `cannot open the registry lock file '${path}.lock': ${(err as Error).message}; ` +
+            `check that the directory exists and is writable`,
+          { cause: err },
+        );
+      }
     }
     const reg = new FileSuiRegistry(path, lockFile, options);
     try {
       await reg.#run((): void => {});
     } catch (err) {
-      lockFile.close();
-      reg.#file?.close();
+      reg.#closeFiles();
       throw err;
     }
     return reg;
@@ -125,13 +147,27 @@ export class FileSuiRegistry implements SuiRegistry {
     });
   }
 
+  /** Takes the lock (shared for a reader, if there is a lock file at all). */
+  async #lock(): Promise<void> {
+    if (this.readOnly && this.#lockFile === undefined) {
+      try {
+        this.#lockFile = await Deno.open(`${this.path}.lock`, { read: true });
+      } catch (err) {
+        // No lock file: no writer ever ran here; read the journal as it is.
+        if (!(err instanceof Deno.errors.NotFound)) throw err;
+        return;
+      }
+    }
+    await this.#lockFile?.lock(!this.readOnly);
+  }
+
   async #drain(): Promise<void> {
     this.#running = true;
     while (this.#queue.length > 0) {
       const batch = this.#queue;
       this.#queue = [];
       try {
-        await this.#lockFile.lock(true);
+        await this.#lock();
         try {
           await this.#refresh();
           const out: RegistryEntry[] = [];
@@ -150,14 +186,16 @@ export class FileSuiRegistry implements SuiRegistry {
           if (out.length > 0) await this.#append(out);
           // A failed op may have touched the state before throwing: re-read next time.
           if (errors.some((e) => e !== undefined)) this.#ino = -1;
-          if (this.#lines > this.#baseLines * 2 + COMPACT_SLACK) await this.#compact();
+          if (!this.readOnly && this.#lines > this.#baseLines * 2 + COMPACT_SLACK) {
+            await this.#compact();
+          }
           batch.forEach((p, i) => {
             const e = errors[i];
             if (e === undefined) p.resolve();
             else p.reject(e);
           });
         } finally {
-          await this.#lockFile.unlock();
+          await this.#lockFile?.unlock();
         }
       } catch (err) {
         // State may be ahead of the file after a failed write: force a full re-read.
@@ -168,116 +206,107 @@ export class FileSuiRegistry implements SuiRegistry {
     this.#running = false;
   }
 
+  /** Creates the journal with its header (lock held), unless someone else already did. */
+  async #create(): Promise<void> {
+    const tmp = `${this.path}.tmp`;
+    await writeFileSynced(tmp, headerBytes());
+    try {
+      // link(2) fails if the path exists: a file created meanwhile is never clobbered.
+      await Deno.link(tmp, this.path);
+    } catch (err) {
+      if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+    } finally {
+      await Deno.remove(tmp);
+    }
+    await syncDir(this.path);
+  }
+
+  /** Resets the in-memory view to an unread file. */
+  #reset(ino: number): void {
+    this.#ino = ino;
+    this.#offset = 0;
+    this.#lines = 0;
+    this.#baseLines = 0;
+    this.#state.clear();
+  }
+
   /** Brings the in-memory state up to date with the journal (lock held). */
   async #refresh(): Promise<void> {
-    let st: Deno.FileInfo | undefined;
-    try {
-      st = await Deno.stat(this.path);
-    } catch (err) {
-      if (!(err instanceof Deno.errors.NotFound)) throw err;
-    }
+    let st = await statJournal(this.path);
     if (st === undefined) {
       this.#file?.close();
       this.#file = undefined;
-      const f = await Deno.open(this.path, { read: true, append: true, create: true });
-      await f.write(this.#encoder.encode(HEADER));
-      await f.syncData();
-      await this.#syncDir();
-      this.#file = f;
-      this.#ino = (await f.stat()).ino ?? 0;
-      this.#offset = HEADER.length;
-      this.#lines = 1;
-      this.#baseLines = 1;
-      this.#state.clear();
-      return;
+      this.#reset(-1);
+      if (this.readOnly) return; // nothing allocated yet, and a reader creates nothing
+      await this.#create();
+      st = await statJournal(this.path);
+      if (st === undefined) throw new SuiRegistryError(`registry '${this.path}' vanished`);
     }
     // Under the lock nobody renames the journal, so the path's inode is the file we open.
     if (this.#file === undefined || st.ino !== this.#ino) {
       this.#file?.close();
-      this.#file = await Deno.open(this.path, { read: true, append: true });
-      this.#ino = st.ino ?? 0;
-      this.#offset = 0;
-      this.#lines = 0;
-      this.#baseLines = 0;
-      this.#state.clear();
+      this.#file = undefined;
+      this.#file = await Deno.open(this.path, { read: true, write: !this.readOnly });
+      this.#reset(st.ino ?? 0);
+    }
+    const f = this.#file;
+    if (this.#offset === 0) {
+      const h = classifyHeader(await readFully(f, 0, HEADER_LEN));
+      if (h.kind === "foreign") throw foreignFileError(this.path);
+      if (h.kind === "unborn") {
+        // A crash while creating it left it empty or with part of its header.
+        if (this.readOnly) return;
+        await f.truncate(0);
+        await writeAllAt(f, 0, headerBytes());
+        await f.syncData();
+        this.#version = 2;
+      } else this.#version = h.version;
+      this.#offset = HEADER_LEN;
+      this.#lines = 1;
+      st = await f.stat();
     }
     const size = st.size;
-    if (size <= this.#offset) return;
-    const buf = new Uint8Array(size - this.#offset);
-    await this.#file.seek(this.#offset, Deno.SeekMode.Start);
-    let got = 0;
-    while (got < buf.length) {
-      const n = await this.#file.read(buf.subarray(got));
-      if (n === null) break;
-      got += n;
-    }
-    const end = buf.subarray(0, got).lastIndexOf(NEWLINE) + 1;
-    const text = this.#decoder.decode(buf.subarray(0, end));
-    const lines = text.split("\n");
-    lines.pop();
-    let consumed = 0;
-    for (let i = 0; i < lines.length; i++) {
-      const line = lines[i] ?? "";
-      const lineBytes = this.#encoder.encode(line).length + 1;
-      let value: unknown;
-      try {
-        value = JSON.parse(line);
-      } catch (err) {
-        if (i === lines.length - 1) break; // torn tail from a crashed writer
-        throw new SuiRegistryError(
-          `registry journal '${this.path}' is corrupt at byte ${this.#offset + consumed}; ` +
-            `restore it from backup or remove the bad line`,
-          { cause: err },
-        );
+    if (size > this.#offset) {
+      const buf = await readFully(f, this.#offset, size - this.#offset);
+      const r = scanRecords(buf, this.#version, this.#lines + 1, this.path, (e) => {
+        this.#state.apply(e);
+      });
+      this.#offset += r.consumed;
+      this.#lines += r.lines;
+      if (this.#offset < size && !this.readOnly) {
+        // A crashed writer left a partial line; nobody saw it succeed, so drop it.
+        await f.truncate(this.#offset);
+        await f.syncData();
       }
-      if (this.#offset + consumed === 0) {
-        if (typeof value !== "object" || value === null || !("vmkit-sui-registry" in value)) {
-          throw new SuiRegistryError(`'${this.path}' is not a vmkit SUI registry journal`);
-        }
-      } else {
-        this.#state.apply(parseEntry(value));
-      }
-      consumed += lineBytes;
-      this.#lines++;
     }
-    this.#offset += consumed;
     if (this.#baseLines === 0) this.#baseLines = this.#lines;
-    if (this.#offset < size) {
-      // A crashed writer left a partial entry; nobody saw it succeed, so drop it.
-      await this.#file.truncate(this.#offset);
-      await this.#file.syncData();
-    }
+    // The first writer to meet a version 1 journal rewrites it with checksums.
+    if (this.#version === 1 && !this.readOnly) await this.#compact();
   }
 
   async #append(entries: RegistryEntry[]): Promise<void> {
+    if (this.readOnly) {
+      throw new SuiRegistryError(`registry '${this.path}' is opened read-only`);
+    }
     const f = this.#file;
     if (f === undefined) throw new SuiRegistryError("registry journal is not open");
-    let text = "";
-    for (const e of entries) text += JSON.stringify(e) + "\n";
-    const bytes = this.#encoder.encode(text);
-    let done = 0;
-    while (done < bytes.length) done += await f.write(bytes.subarray(done));
+    const bytes = encodeRecords(entries, this.#lines + 1);
+    await writeAllAt(f, this.#offset, bytes);
     await f.syncData();
     this.#offset += bytes.length;
     this.#lines += entries.length;
   }
 
   async #compact(): Promise<void> {
-    const tmp = `${this.path}.tmp`;
-    let text = HEADER;
     const snap = this.#state.snapshot(this.#now(), this.#quarantineMs);
-    for (const e of snap) text += JSON.stringify(e) + "\n";
-    const bytes = this.#encoder.encode(text);
-    const f = await Deno.open(tmp, { write: true, create: true, truncate: true });
-    try {
-      let done = 0;
-      while (done < bytes.length) done += await f.write(bytes.subarray(done));
-      await f.sync();
-    } finally {
-      f.close();
-    }
-    await Deno.rename(tmp, this.path);
-    await this.#syncDir();
+    const head = headerBytes();
+    const body = encodeRecords(snap, 2);
+    const bytes = new Uint8Array(head.length + body.length);
+    bytes.set(head);
+    bytes.set(body, head.length);
+    await writeFileSynced(`${this.path}.tmp`, bytes);
+    await Deno.rename(`${this.path}.tmp`, this.path);
+    await syncDir(this.path);
     // Re-read what we wrote so expired quarantine entries are gone from memory too.
     this.#file?.close();
     this.#file = undefined;
@@ -286,12 +315,11 @@ export class FileSuiRegistry implements SuiRegistry {
     this.#baseLines = this.#lines;
   }
 
-  async #syncDir(): Promise<void> {
-    const d = await Deno.open(dirname(this.path), { read: true });
-    try {
-      await d.sync();
-    } finally {
-      d.close();
+  #checkWritable(): void {
+    if (this.readOnly) {
+      throw new SuiRegistryError(
+        `registry '${this.path}' is opened read-only; open it for writing to change it`,
+      );
     }
   }
 
@@ -305,6 +333,7 @@ export class FileSuiRegistry implements SuiRegistry {
 
   /** Allocates (or returns) SUIs for many VMs in one durable step. */
   async allocMany(vmIds: readonly string[], type: SuiType = "iqn"): Promise<SuiRecord[]> {
+    this.#checkWritable();
     for (const id of vmIds) validateVmId(id);
     const out: SuiRecord[] = [];
     await this.#run((state, entries) => {
@@ -347,6 +376,7 @@ export class FileSuiRegistry implements SuiRegistry {
 
   /** Releases the VM's SUI of `type` (all types if omitted) into quarantine; returns what was released. */
   async release(vmId: string, type?: SuiType): Promise<SuiRecord[]> {
+    this.#checkWritable();
     validateVmId(vmId);
     const released: SuiRecord[] = [];
     await this.#run((state, entries) => {
@@ -370,8 +400,13 @@ export class FileSuiRegistry implements SuiRegistry {
     if (this.#closed) return;
     this.#closed = true;
     await this.#drained;
+    this.#closeFiles();
+  }
+
+  #closeFiles(): void {
     this.#file?.close();
     this.#file = undefined;
-    this.#lockFile.close();
+    this.#lockFile?.close();
+    this.#lockFile = undefined;
   }
 }

@@ -52,6 +52,11 @@ export interface RegistryOptions extends SuiGeneratorOptions {
   readonly generate?: SuiGenerator;
   /** Clock, milliseconds since the epoch (default `Date.now`). */
   readonly now?: () => number;
+  /**
+   * Open for reading only: `alloc` and `release` fail, and nothing is written
+   * (no lock file, journal or directory is created, nothing is truncated).
+   */
+  readonly readOnly?: boolean;
 }
 
 /** A journal entry: an allocation or a release. */

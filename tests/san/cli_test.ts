@@ -53,6 +53,73 @@ Deno.test("vmkit sui alloc is idempotent, list shows it and release frees it", a
   }
 });
 
+Deno.test("vmkit sui list refuses a file that is not a registry and writes nothing beside it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-san-cli-" });
+  try {
+    const qcow = new Uint8Array(65536);
+    qcow.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    await Deno.writeFile(`${dir}/disk.qcow2`, qcow);
+    await Deno.writeTextFile(`${dir}/notes.txt`, "keep me\n");
+    for (const name of ["disk.qcow2", "notes.txt"]) {
+      const before = await Deno.readFile(`${dir}/${name}`);
+      for (const sub of [["list"], ["alloc", "--vm", "vm-1"], ["release", "--vm", "vm-1"]]) {
+        const r = await vmkit("sui", ...sub, "--registry", `${dir}/${name}`);
+        assert.equal(r.code, 1, `${sub[0]} ${name}: ${r.stderr}`);
+        assert.match(r.stderr, /not a vmkit SUI registry journal/);
+        assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
+        assert.deepEqual(await Deno.readFile(`${dir}/${name}`), before, `${name} was modified`);
+      }
+    }
+    // list of a registry that does not exist yet: empty, and nothing created.
+    const none = await vmkit("sui", "list", "--registry", `${dir}/new.journal`, "--json");
+    assert.equal(none.code, 0, none.stderr);
+    assert.equal(none.stdout, "[]\n");
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(names, ["disk.qcow2", "notes.txt"], "sui created files");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmkit sui on a directory, FIFO, device or non-UTF-8 registry path gives one line and exits non-zero", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-san-cli-" });
+  try {
+    await new Deno.Command("mkfifo", { args: [`${dir}/fifo`] }).output();
+    const cases: Array<[string, RegExp]> = [
+      [dir, /is a directory/],
+      [`${dir}/fifo`, /not a regular file/],
+      ["/dev/zero", /not a regular file/],
+    ];
+    await Promise.all(cases.flatMap(([path, re]) =>
+      ["list", "alloc"].map(async (sub) => {
+        const r = await vmkit("sui", sub, "--vm", "vm-1", "--registry", path);
+        assert.equal(r.code, 1, `${sub} ${path}: ${r.stderr}`);
+        assert.match(r.stderr, re);
+        assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
+      })
+    ));
+    // A name that is not UTF-8 reaches Deno as U+FFFD: refused rather than mapped to another file.
+    const out = await new Deno.Command("sh", {
+      args: [
+        "-c",
+        `exec "$0" run -A "$1" sui alloc --vm vm-1 --registry "$(printf '${dir}/bad\\377')"`,
+        Deno.execPath(),
+        MAIN,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 2, stderr);
+    assert.match(stderr, /not valid UTF-8/);
+    assert.equal(stderr.trimEnd().split("\n").length, 1, stderr);
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name);
+    assert.deepEqual(names, ["fifo"], "a file was created under another name");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("vmkit sui and san reject bad input with a one-line error and exit 2", async () => {
   const cases: Array<[string[], RegExp]> = [
     [["sui", "alloc", "--registry", "/nonexistent/x"], /needs --vm/],

@@ -111,8 +111,10 @@ Deno.test("a torn journal tail left by a killed writer is dropped and the regist
     } finally {
       await again.close();
     }
-    const text = await Deno.readTextFile(path);
-    for (const line of text.trimEnd().split("\n")) JSON.parse(line);
+    const [header, ...records] = (await Deno.readTextFile(path)).trimEnd().split("\n");
+    assert.equal(header, '{"vmkit-sui-registry":2}');
+    for (const line of records) JSON.parse(line.replace(/^[0-9a-f]{8} /, ""));
+    assert.equal(records.length, 2, "the torn entry was truncated and vm-b appended");
   });
 });
 
@@ -174,5 +176,190 @@ Deno.test("a VM's SUI saved in its configuration restores after a checkpoint and
 Deno.test("8 processes × 1000 allocations on one journal, one killed mid-way, give 0 duplicates", async () => {
   await withDir(async (dir) => {
     await runConcurrentAllocations(`${dir}/sui.journal`, 8, 1000, 60_000);
+  });
+});
+
+/** The journal's lines (without their newlines). */
+async function journalLines(path: string): Promise<string[]> {
+  return (await Deno.readTextFile(path)).replace(/\n$/, "").split("\n");
+}
+
+async function writeLines(path: string, lines: string[]): Promise<void> {
+  await Deno.writeTextFile(path, lines.map((l) => `${l}\n`).join(""));
+}
+
+Deno.test("a corrupted final complete record is refused with its line number and the file is left alone", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/sui.journal`;
+    const reg = await FileSuiRegistry.open(path);
+    await reg.alloc("vm-a");
+    await reg.alloc("vm-b");
+    await reg.close();
+    const lines = await journalLines(path);
+    assert.equal(lines.length, 3);
+    // A complete, newline-terminated last record whose bytes went bad is not a torn write.
+    lines[2] = (lines[2] ?? "").replace('"vm-b"', '"vm-b\u0001');
+    await writeLines(path, lines);
+    const before = await Deno.readFile(path);
+    await assert.rejects(() => FileSuiRegistry.open(path), /line 3\b/);
+    await assert.rejects(() => FileSuiRegistry.open(path, { readOnly: true }), /line 3\b/);
+    assert.deepEqual(await Deno.readFile(path), before, "the refused journal was modified");
+  });
+});
+
+Deno.test("a record altered into other valid JSON anywhere in the journal fails its checksum", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/sui.journal`;
+    const reg = await FileSuiRegistry.open(path);
+    await reg.allocMany(["vm-a", "vm-b", "vm-c"]);
+    await reg.close();
+    const lines = await journalLines(path);
+    assert.ok((lines[2] ?? "").includes('"vm-b"'));
+    // Still well-formed JSON and a well-formed entry: only a checksum can tell.
+    lines[2] = (lines[2] ?? "").replace('"vm-b"', '"vm-x"');
+    await writeLines(path, lines);
+    await assert.rejects(() => FileSuiRegistry.open(path), /line 3 fails its checksum/);
+  });
+});
+
+Deno.test("a record deleted from the middle of the journal is detected at the next line", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/sui.journal`;
+    const reg = await FileSuiRegistry.open(path);
+    await reg.allocMany(["vm-a", "vm-b", "vm-c"]);
+    await reg.close();
+    const lines = await journalLines(path);
+    lines.splice(2, 1);
+    await writeLines(path, lines);
+    await assert.rejects(() => FileSuiRegistry.open(path), /line 3\b/);
+  });
+});
+
+Deno.test("an empty journal left by a crash at creation is initialised and stays usable", async () => {
+  await withDir(async (dir) => {
+    for (const content of ["", '{"vmkit-sui']) {
+      const path = `${dir}/sui-${content.length}.journal`;
+      await Deno.writeTextFile(path, content);
+      const reg = await FileSuiRegistry.open(path);
+      const a = await reg.alloc("vm-a");
+      await reg.close();
+      const again = await FileSuiRegistry.open(path);
+      try {
+        assert.equal((await again.get("vm-a"))?.sui, a.sui);
+      } finally {
+        await again.close();
+      }
+    }
+  });
+});
+
+Deno.test("a read-only registry writes nothing: no lock file, no truncated tail, no new journal", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/sui.journal`;
+    const none = await FileSuiRegistry.open(path, { readOnly: true });
+    assert.deepEqual(await none.list(), []);
+    await none.close();
+    assert.deepEqual([...Deno.readDirSync(dir)], [], "a read-only open created files");
+    const reg = await FileSuiRegistry.open(path);
+    const a = await reg.alloc("vm-a");
+    await reg.close();
+    await Deno.remove(`${path}.lock`);
+    const f = await Deno.open(path, { append: true });
+    await f.write(new TextEncoder().encode('0badc0de {"op":"al'));
+    f.close();
+    const before = await Deno.readFile(path);
+    const ro = await FileSuiRegistry.open(path, { readOnly: true });
+    try {
+      assert.deepEqual((await ro.list()).map((r) => r.sui), [a.sui]);
+      await assert.rejects(() => ro.alloc("vm-b"), /read-only/);
+    } finally {
+      await ro.close();
+    }
+    assert.deepEqual(await Deno.readFile(path), before);
+    assert.deepEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["sui.journal"]);
+  });
+});
+
+Deno.test("files that are not registries are refused unchanged and gain no lock file beside them", async () => {
+  await withDir(async (dir) => {
+    const qcow = new Uint8Array(512);
+    qcow.set([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3]);
+    const files: Record<string, Uint8Array> = {
+      "disk.qcow2": qcow,
+      "notes.txt": new TextEncoder().encode("hello\nworld\n"),
+      "one-line.txt": new TextEncoder().encode("no newline here"),
+      "json.txt": new TextEncoder().encode('{"op":"alloc"}\n'),
+    };
+    for (const [name, bytes] of Object.entries(files)) {
+      await Deno.writeFile(`${dir}/${name}`, bytes);
+      for (const readOnly of [true, false]) {
+        await assert.rejects(
+          () => FileSuiRegistry.open(`${dir}/${name}`, { readOnly }),
+          /not a vmkit SUI registry journal/,
+          `${name} (readOnly ${readOnly})`,
+        );
+        assert.deepEqual(await Deno.readFile(`${dir}/${name}`), bytes, `${name} was modified`);
+      }
+    }
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assert.deepEqual(names, Object.keys(files).sort(), "lock files were created");
+  });
+});
+
+Deno.test("a version 1 journal (no checksums) is read as is and rewritten as version 2 by the first writer", async () => {
+  await withDir(async (dir) => {
+    const path = `${dir}/sui.journal`;
+    const v1 = [
+      '{"vmkit-sui-registry":1}',
+      '{"op":"alloc","vm":"vm-a","type":"iqn","sui":"iqn.2024-01.dev.vmkit:a","at":1}',
+      '{"op":"alloc","vm":"vm-b","type":"iqn","sui":"iqn.2024-01.dev.vmkit:b","at":2}',
+      '{"op":"release","vm":"vm-b","type":"iqn","sui":"iqn.2024-01.dev.vmkit:b","at":3}',
+    ];
+    await writeLines(path, v1);
+    const before = await Deno.readFile(path);
+    const ro = await FileSuiRegistry.open(path, { readOnly: true });
+    assert.deepEqual((await ro.list()).map((r) => r.vmId), ["vm-a"]);
+    await ro.close();
+    assert.deepEqual(await Deno.readFile(path), before, "a reader migrated the journal");
+    const reg = await FileSuiRegistry.open(path, { now: () => 10 });
+    try {
+      assert.equal((await reg.get("vm-a"))?.sui, "iqn.2024-01.dev.vmkit:a");
+      await reg.alloc("vm-c");
+    } finally {
+      await reg.close();
+    }
+    const lines = await journalLines(path);
+    assert.equal(lines[0], '{"vmkit-sui-registry":2}');
+    for (const l of lines.slice(1)) assert.match(l, /^[0-9a-f]{8} \{/);
+    const again = await FileSuiRegistry.open(path, { readOnly: true, now: () => 10 });
+    try {
+      assert.deepEqual((await again.list()).map((r) => r.vmId), ["vm-a", "vm-c"]);
+    } finally {
+      await again.close();
+    }
+  });
+});
+
+Deno.test("registry paths that are not regular files fail with one clear error and never block", async () => {
+  await withDir(async (dir) => {
+    const fifo = `${dir}/fifo`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const cases: Array<[string, RegExp]> = [
+      [dir, /is a directory/],
+      [fifo, /not a regular file/],
+      ["/dev/zero", /not a regular file/],
+      [`${dir}/a\0b`, /NUL/],
+      [`${dir}/missing-dir/sui.journal`, /directory/],
+    ];
+    for (const [path, re] of cases) {
+      for (const readOnly of [true, false]) {
+        if (readOnly && path.includes("missing-dir")) continue;
+        await assert.rejects(
+          () => FileSuiRegistry.open(path, { readOnly }),
+          (err: unknown) => err instanceof SuiRegistryError && re.test(err.message),
+          `${JSON.stringify(path)} readOnly=${readOnly}`,
+        );
+      }
+    }
   });
 });
