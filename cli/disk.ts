@@ -1,57 +1,39 @@
 /**
  * `vmkit disk`: create, inspect, check, copy, commit and stream qcow2/raw
- * images (see `cow/`).
+ * images (see `cow/`), with qemu-img's conventions: `--output json` with
+ * kebab-case keys, `disk check` exit statuses 0/1/2/3/63, progress on a
+ * terminal (`-p` forces it, `-q` silences it).
  *
  * @module
  */
 
-import { parseArgs } from "node:util";
 import {
   checkImage,
   commit,
   copyParent,
   CowError,
   createImage,
-  type ImageFormat,
   imageInfo,
+  type LayerInfo,
   openImage,
-  type Progress,
+  probeFormat,
+  QcowError,
   resolveBackingPath,
   stream,
+  UnsupportedFeatureError,
 } from "../cow/mod.ts";
-import { isUsageError, UsageError, usageFailure } from "./usage.ts";
+import { command, type Entry } from "./command.ts";
+import { Exit } from "./exit.ts";
+import { choice, flag, size, str } from "./options.ts";
+import { UsageError } from "./usage.ts";
 
-const USAGE = `usage: vmkit disk <command> [options]
+const FORMATS = ["qcow2", "raw"] as const;
 
-commands:
-  create FILE (--size BYTES | --backing PARENT [--backing-format raw|qcow2])
-              [--size BYTES] [--cluster-size N] [--format qcow2|raw]
-  info FILE [--json]            the chain, sizes and allocation
-  check FILE                    consistency check (exit 2: errors, 3: leaks only)
-  copy SRC DST [--format qcow2|raw] [--cluster-size N] [--bandwidth BYTES_PER_S]
-  commit FILE [--bandwidth BYTES_PER_S]   copy FILE's clusters into its backing file
-  stream FILE [--base PATH] [--bandwidth BYTES_PER_S]
-                                pull backing data into FILE and drop the backing files
-                                (above PATH, if given)
-
-Sizes take K, M, G, T suffixes (powers of 1024).`;
-
-/** Parses "64K", "1G", "4096" into bytes. */
-export function parseSize(text: string, what: string): number {
-  const m = /^(\d+)([KMGT]?)i?B?$/i.exec(text.trim());
-  if (m === null) throw new UsageError(`${what} '${text}' is not a size (e.g. 4096, 64K, 1G)`);
-  const units: Record<string, number> = { "": 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 };
-  const n = Number(m[1]) * (units[(m[2] ?? "").toUpperCase()] ?? 1);
-  if (!Number.isSafeInteger(n)) throw new UsageError(`${what} '${text}' is too large`);
-  return n;
-}
-
-function formatArg(v: string | undefined, what: string): ImageFormat | undefined {
-  if (v === undefined) return undefined;
-  if (v !== "raw" && v !== "qcow2") {
-    throw new UsageError(`${what} must be raw or qcow2, got '${v}'`);
-  }
-  return v;
+/** Corrupt qcow2 metadata is exit 2; every other error of `cow/` is 1. */
+function diskExit(err: Error): number {
+  if (err instanceof UnsupportedFeatureError) return Exit.FAILURE;
+  if (err instanceof QcowError) return Exit.CORRUPT;
+  return Exit.FAILURE;
 }
 
 function human(n: number): string {
@@ -65,300 +47,276 @@ function human(n: number): string {
   return i === 0 ? `${n} B` : `${v.toFixed(1)} ${units[i]}`;
 }
 
-/** A progress bar on stderr, redrawn at most every 100 ms. */
-function progressBar(label: string): { update: (p: Progress) => void; done: () => void } {
-  const enc = new TextEncoder();
-  let last = 0;
-  let shown = false;
-  const draw = (p: Progress): void => {
-    const frac = p.total === 0 ? 1 : p.done / p.total;
-    const width = 30;
-    const fill = Math.round(frac * width);
-    const bar = "#".repeat(fill) + ".".repeat(width - fill);
-    const line = `\r${label} [${bar}] ${(frac * 100).toFixed(0).padStart(3)}% ` +
-      `${human(p.done)} / ${human(p.total)}`;
-    Deno.stderr.writeSync(enc.encode(line));
-    shown = true;
-  };
-  return {
-    update(p: Progress): void {
-      const now = performance.now();
-      if (now - last < 100 && p.done < p.total) return;
-      last = now;
-      draw(p);
-    },
-    done(): void {
-      if (shown) Deno.stderr.writeSync(enc.encode("\n"));
-    },
-  };
-}
+const bandwidth = size("BYTES_PER_S", "limit the copy rate", { min: 1 });
 
-function one(positionals: string[], names: string[]): string[] {
-  if (positionals.length !== names.length) {
-    throw new UsageError(`expected ${names.join(" ")}, got ${positionals.length} arguments`);
-  }
-  return positionals;
-}
-
-function create(args: string[]): number {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      size: { type: "string" },
-      backing: { type: "string" },
-      "backing-format": { type: "string" },
-      "cluster-size": { type: "string" },
-      format: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) return help();
-  const [file] = one(positionals, ["FILE"]);
-  if (file === undefined) throw new UsageError("missing FILE");
-  if (values.size === undefined && values.backing === undefined) {
-    throw new UsageError("create needs --size BYTES or --backing PARENT");
-  }
-  const size = values.size !== undefined ? parseSize(values.size, "--size") : undefined;
-  const backingFormat = formatArg(values["backing-format"], "--backing-format");
-  const format = formatArg(values.format, "--format");
-  if (values.backing !== undefined) {
-    const ppath = resolveBackingPath(file, values.backing);
-    try {
-      Deno.statSync(ppath);
-    } catch (err) {
-      if (err instanceof Deno.errors.NotFound) {
-        throw new CowError(`backing file '${values.backing}' (${ppath}) does not exist`);
+const create = command({
+  name: "create",
+  summary: "create a qcow2 or raw image, optionally over a backing file",
+  args: ["FILE"],
+  description: "Give --size, --backing or both (the size defaults to the backing file's).\n" +
+    "Sizes take K, M, G, T suffixes (powers of 1024).",
+  options: {
+    size: size("BYTES", "virtual size"),
+    backing: str("PARENT", "backing file (relative to FILE's folder)"),
+    "backing-format": choice(FORMATS, "format of the backing file (default: probed)"),
+    "cluster-size": size("BYTES", "qcow2 cluster size (512 to 2M, a power of two)"),
+    format: choice(FORMATS, "format of the new image", { default: "qcow2" }),
+  },
+  output: true,
+  exitCode: diskExit,
+  run(ctx) {
+    const [file = ""] = ctx.positionals;
+    const o = ctx.values;
+    if (o.size === undefined && o.backing === undefined) {
+      throw new UsageError("create needs --size BYTES or --backing PARENT");
+    }
+    if (o.backing !== undefined) {
+      const ppath = resolveBackingPath(file, o.backing);
+      try {
+        Deno.statSync(ppath);
+      } catch (err) {
+        if (err instanceof Deno.errors.NotFound) {
+          throw new CowError(`backing file '${o.backing}' (${ppath}) does not exist`);
+        }
+        throw err;
       }
-      throw err;
+      const parent = openImage(ppath, {
+        readOnly: true,
+        ...(o["backing-format"] ? { format: o["backing-format"] } : {}),
+      });
+      const psize = parent.size;
+      parent.closeSync();
+      if (o.size !== undefined && o.size < psize) {
+        throw new CowError(
+          `size mismatch: --size ${o.size} is smaller than the backing file (${psize} bytes); ` +
+            `omit --size to use the parent's size`,
+        );
+      }
     }
-    const parent = openImage(resolveBackingPath(file, values.backing), {
-      readOnly: true,
-      ...(backingFormat ? { format: backingFormat } : {}),
+    const img = createImage(file, {
+      ...(o.size !== undefined ? { size: o.size } : {}),
+      ...(o.backing !== undefined ? { backingFile: o.backing } : {}),
+      ...(o["backing-format"] ? { backingFormat: o["backing-format"] } : {}),
+      ...(o["cluster-size"] !== undefined ? { clusterSize: o["cluster-size"] } : {}),
+      format: o.format,
     });
-    const psize = parent.size;
-    parent.closeSync();
-    if (size !== undefined && size < psize) {
-      throw new CowError(
-        `size mismatch: --size ${size} is smaller than the backing file (${psize} bytes); ` +
-          `omit --size to use the parent's size`,
-      );
-    }
-  }
-  const img = createImage(file, {
-    ...(size !== undefined ? { size } : {}),
-    ...(values.backing !== undefined ? { backingFile: values.backing } : {}),
-    ...(backingFormat ? { backingFormat } : {}),
-    ...(values["cluster-size"] !== undefined
-      ? { clusterSize: parseSize(values["cluster-size"], "--cluster-size") }
-      : {}),
-    ...(format ? { format } : {}),
-  });
-  const s = img.size;
-  img.closeSync();
-  console.log(`created ${file} (${img.format}, ${s} bytes)`);
-  return 0;
-}
-
-function info(args: string[]): number {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: { json: { type: "boolean" }, help: { type: "boolean", short: "h" } },
-  });
-  if (values.help) return help();
-  const [file] = one(positionals, ["FILE"]);
-  if (file === undefined) throw new UsageError("missing FILE");
-  const inf = imageInfo(file);
-  if (values.json) {
-    console.log(JSON.stringify(inf, null, 2));
-    return 0;
-  }
-  inf.chain.forEach((l, i) => {
-    if (i > 0) console.log("");
-    console.log(`image: ${l.path}`);
-    console.log(`file format: ${l.format}`);
-    console.log(`virtual size: ${human(l.virtualSize)} (${l.virtualSize} bytes)`);
-    console.log(`disk size: ${human(l.diskSize)}`);
-    console.log(`allocated: ${human(l.allocatedBytes)}`);
-    if (l.clusterSize !== null) console.log(`cluster_size: ${l.clusterSize}`);
-    if (l.backingFile !== null) console.log(`backing file: ${l.backingFile}`);
-    if (l.backingFormat !== null) console.log(`backing file format: ${l.backingFormat}`);
-  });
-  return 0;
-}
-
-function check(args: string[]): number {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: { help: { type: "boolean", short: "h" } },
-  });
-  if (values.help) return help();
-  const [file] = one(positionals, ["FILE"]);
-  if (file === undefined) throw new UsageError("missing FILE");
-  const r = checkImage(file);
-  for (const e of r.errors) console.log(`ERROR ${e}`);
-  if (r.errors.length > 0) {
-    console.log(`\n${r.errors.length} errors were found on the image.`);
-  } else {
-    console.log("No errors were found on the image.");
-  }
-  if (r.leaks > 0) console.log(`${r.leaks} leaked clusters were found on the image.`);
-  const pct = r.totalClusters === 0 ? 0 : (100 * r.allocatedClusters) / r.totalClusters;
-  console.log(`${r.allocatedClusters}/${r.totalClusters} = ${pct.toFixed(2)}% allocated`);
-  console.log(`Image end offset: ${r.imageEndOffset}`);
-  return r.errors.length > 0 ? 2 : r.leaks > 0 ? 3 : 0;
-}
-
-async function copy(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      format: { type: "string" },
-      "cluster-size": { type: "string" },
-      bandwidth: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) return help();
-  const [src, dst] = one(positionals, ["SRC", "DST"]);
-  if (src === undefined || dst === undefined) throw new UsageError("missing SRC or DST");
-  const bar = progressBar("copy");
-  try {
-    const format = formatArg(values.format, "--format");
-    const r = await copyParent(src, dst, {
-      onProgress: bar.update,
-      ...(format ? { format } : {}),
-      ...(values["cluster-size"] !== undefined
-        ? { clusterSize: parseSize(values["cluster-size"], "--cluster-size") }
-        : {}),
-      ...(values.bandwidth !== undefined
-        ? { bandwidth: parseSize(values.bandwidth, "--bandwidth") }
-        : {}),
-    });
-    bar.done();
-    console.log(`copied ${src} to ${dst} (${r.size} bytes, ${r.written} written)`);
-  } catch (err) {
-    bar.done();
-    throw err;
-  }
-  return 0;
-}
-
-async function commitCmd(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: { bandwidth: { type: "string" }, help: { type: "boolean", short: "h" } },
-  });
-  if (values.help) return help();
-  const [file] = one(positionals, ["FILE"]);
-  if (file === undefined) throw new UsageError("missing FILE");
-  const bar = progressBar("commit");
-  try {
-    const r = await commit(file, {
-      onProgress: bar.update,
-      ...(values.bandwidth !== undefined
-        ? { bandwidth: parseSize(values.bandwidth, "--bandwidth") }
-        : {}),
-    });
-    bar.done();
-    const parentPath = r.parent.path;
-    r.parent.closeSync();
-    const from = r.resumedFrom > 0 ? ` (resumed at ${r.resumedFrom})` : "";
-    console.log(`committed ${file} into ${parentPath}: ${r.copied} bytes copied${from}`);
-  } catch (err) {
-    bar.done();
-    throw err;
-  }
-  return 0;
-}
-
-async function streamCmd(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    strict: true,
-    allowPositionals: true,
-    options: {
-      base: { type: "string" },
-      bandwidth: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-  });
-  if (values.help) return help();
-  const [file] = one(positionals, ["FILE"]);
-  if (file === undefined) throw new UsageError("missing FILE");
-  const bar = progressBar("stream");
-  try {
-    const r = await stream(file, {
-      onProgress: bar.update,
-      ...(values.base !== undefined ? { base: values.base } : {}),
-      ...(values.bandwidth !== undefined
-        ? { bandwidth: parseSize(values.bandwidth, "--bandwidth") }
-        : {}),
-    });
-    bar.done();
-    console.log(
-      `streamed into ${file}: ${r.copied} bytes copied; backing file now ` +
-        (r.backingFile ?? "(none)"),
+    const s = img.size;
+    const format = img.format;
+    img.closeSync();
+    ctx.print(
+      { filename: file, format, virtualSize: s },
+      () => `created ${file} (${format}, ${s} bytes)`,
     );
-  } catch (err) {
-    bar.done();
-    throw err;
-  }
-  return 0;
+    return Exit.OK;
+  },
+});
+
+/** One layer as qemu-img info's JSON names it. */
+function layerJson(l: LayerInfo): Record<string, unknown> {
+  return {
+    filename: l.path,
+    format: l.format,
+    "virtual-size": l.virtualSize,
+    "actual-size": l.diskSize,
+    "allocated-bytes": l.allocatedBytes,
+    ...(l.clusterSize === null ? {} : { "cluster-size": l.clusterSize }),
+    ...(l.backingFile === null ? {} : {
+      "backing-filename": l.backingFile,
+      "full-backing-filename": resolveBackingPath(l.path, l.backingFile),
+    }),
+    ...(l.backingFormat === null ? {} : { "backing-filename-format": l.backingFormat }),
+  };
 }
 
-function help(): number {
-  console.log(USAGE);
-  return 0;
-}
+const info = command({
+  name: "info",
+  summary: "show an image's format, sizes, allocation and backing file",
+  args: ["FILE"],
+  options: {
+    "backing-chain": flag("show every layer of the backing chain (JSON: an array)"),
+  },
+  output: true,
+  exitCode: diskExit,
+  run(ctx) {
+    const [file = ""] = ctx.positionals;
+    const all = ctx.values["backing-chain"];
+    const chain = imageInfo(file).chain;
+    const layers = all ? chain : chain.slice(0, 1);
+    const json = all ? layers.map(layerJson) : layers.map(layerJson)[0];
+    ctx.print(json, () =>
+      layers.map((l) =>
+        [
+          `image: ${l.path}`,
+          `file format: ${l.format}`,
+          `virtual size: ${human(l.virtualSize)} (${l.virtualSize} bytes)`,
+          `disk size: ${human(l.diskSize)}`,
+          `allocated: ${human(l.allocatedBytes)}`,
+          ...(l.clusterSize === null ? [] : [`cluster_size: ${l.clusterSize}`]),
+          ...(l.backingFile === null ? [] : [`backing file: ${l.backingFile}`]),
+          ...(l.backingFormat === null ? [] : [`backing file format: ${l.backingFormat}`]),
+        ].join("\n")
+      ).join("\n\n"));
+    return Exit.OK;
+  },
+});
 
-/** Runs `vmkit disk`; returns the exit status. */
-export async function main(args: string[]): Promise<number> {
-  const [cmd, ...rest] = args;
-  try {
-    switch (cmd) {
-      case undefined:
-        console.error(USAGE);
-        return 2;
-      case "--help":
-      case "-h":
-      case "help":
-        return help();
-      case "create":
-        return create(rest);
-      case "info":
-        return info(rest);
-      case "check":
-        return check(rest);
-      case "copy":
-        return await copy(rest);
-      case "commit":
-        return await commitCmd(rest);
-      case "stream":
-        return await streamCmd(rest);
-      default:
-        console.error(`vmkit disk: unknown command '${cmd}' (try 'vmkit disk --help')`);
-        return 2;
+const check = command({
+  name: "check",
+  summary: "check a qcow2 image's metadata for corruption and leaks",
+  args: ["FILE"],
+  description: "Exit status as qemu-img check: 0 clean, 1 could not check, 2 corruptions,\n" +
+    "3 leaked clusters only, 63 the format has no checks (raw).",
+  options: {},
+  output: true,
+  exitCode: () => Exit.FAILURE,
+  run(ctx) {
+    const [file = ""] = ctx.positionals;
+    if (probeFormat(file) === "raw") {
+      console.error(
+        `vmkit disk check: '${file}' is not a qcow2 image (raw): this format has no checks`,
+      );
+      return Exit.UNSUPPORTED;
     }
-  } catch (err) {
-    if (isUsageError(err)) return usageFailure(`disk ${cmd}`, err);
-    if (err instanceof CowError) {
-      console.error(`vmkit disk ${cmd}: ${err.message}`);
-      return 1;
-    }
-    throw err;
-  }
-}
+    const r = checkImage(file);
+    ctx.print({
+      filename: file,
+      format: "qcow2",
+      checkErrors: 0,
+      corruptions: r.errors.length,
+      leaks: r.leaks,
+      imageEndOffset: r.imageEndOffset,
+      totalClusters: r.totalClusters,
+      allocatedClusters: r.allocatedClusters,
+      errors: r.errors,
+    }, () => {
+      const lines = r.errors.map((e) => `ERROR ${e}`);
+      lines.push(
+        r.errors.length > 0
+          ? `\n${r.errors.length} errors were found on the image.`
+          : "No errors were found on the image.",
+      );
+      if (r.leaks > 0) lines.push(`${r.leaks} leaked clusters were found on the image.`);
+      const pct = r.totalClusters === 0 ? 0 : (100 * r.allocatedClusters) / r.totalClusters;
+      lines.push(
+        `${r.allocatedClusters}/${r.totalClusters} = ${pct.toFixed(2)}% allocated`,
+        `Image end offset: ${r.imageEndOffset}`,
+      );
+      return lines.join("\n");
+    });
+    return r.errors.length > 0 ? Exit.CORRUPT : r.leaks > 0 ? Exit.LEAKS : Exit.OK;
+  },
+});
 
-if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
-}
+const copy = command({
+  name: "copy",
+  summary: "copy what SRC reads as (its chain flattened) into a new image DST",
+  args: ["SRC", "DST"],
+  options: {
+    format: choice(FORMATS, "format of DST", { default: "qcow2" }),
+    "cluster-size": size("BYTES", "qcow2 cluster size of DST"),
+    bandwidth,
+  },
+  output: true,
+  progress: true,
+  exitCode: diskExit,
+  async run(ctx) {
+    const [src = "", dst = ""] = ctx.positionals;
+    const o = ctx.values;
+    const bar = ctx.progress("copy");
+    try {
+      const r = await copyParent(src, dst, {
+        onProgress: bar.update,
+        format: o.format,
+        ...(o["cluster-size"] !== undefined ? { clusterSize: o["cluster-size"] } : {}),
+        ...(o.bandwidth !== undefined ? { bandwidth: o.bandwidth } : {}),
+      });
+      bar.done();
+      ctx.print(
+        { source: src, destination: dst, size: r.size, written: r.written },
+        () => `copied ${src} to ${dst} (${r.size} bytes, ${r.written} written)`,
+      );
+    } finally {
+      bar.done();
+    }
+    return Exit.OK;
+  },
+});
+
+const commitCmd = command({
+  name: "commit",
+  summary: "copy FILE's clusters into its backing file",
+  args: ["FILE"],
+  description: "An interrupted commit resumes where it stopped when run again.",
+  options: { bandwidth },
+  output: true,
+  progress: true,
+  exitCode: diskExit,
+  async run(ctx) {
+    const [file = ""] = ctx.positionals;
+    const bar = ctx.progress("commit");
+    try {
+      const r = await commit(file, {
+        onProgress: bar.update,
+        ...(ctx.values.bandwidth !== undefined ? { bandwidth: ctx.values.bandwidth } : {}),
+      });
+      bar.done();
+      const parentPath = r.parent.path;
+      r.parent.closeSync();
+      const from = r.resumedFrom > 0 ? ` (resumed at ${r.resumedFrom})` : "";
+      ctx.print(
+        {
+          filename: file,
+          backingFilename: parentPath,
+          copied: r.copied,
+          resumedFrom: r.resumedFrom,
+        },
+        () => `committed ${file} into ${parentPath}: ${r.copied} bytes copied${from}`,
+      );
+    } finally {
+      bar.done();
+    }
+    return Exit.OK;
+  },
+});
+
+const streamCmd = command({
+  name: "stream",
+  summary: "pull backing data into FILE and drop its backing files (above --base)",
+  args: ["FILE"],
+  options: {
+    base: str("PATH", "keep this backing file and those below it"),
+    bandwidth,
+  },
+  output: true,
+  progress: true,
+  exitCode: diskExit,
+  async run(ctx) {
+    const [file = ""] = ctx.positionals;
+    const o = ctx.values;
+    const bar = ctx.progress("stream");
+    try {
+      const r = await stream(file, {
+        onProgress: bar.update,
+        ...(o.base !== undefined ? { base: o.base } : {}),
+        ...(o.bandwidth !== undefined ? { bandwidth: o.bandwidth } : {}),
+      });
+      bar.done();
+      ctx.print(
+        { filename: file, copied: r.copied, backingFilename: r.backingFile },
+        () =>
+          `streamed into ${file}: ${r.copied} bytes copied; backing file now ` +
+          (r.backingFile ?? "(none)"),
+      );
+    } finally {
+      bar.done();
+    }
+    return Exit.OK;
+  },
+});
+
+/** The `vmkit disk` command group. */
+export const entry: Entry = {
+  name: "disk",
+  summary: "copy-on-write disk images (qcow2)",
+  commands: [create, info, check, copy, commitCmd, streamCmd],
+};

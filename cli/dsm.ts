@@ -12,123 +12,137 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { runLocalCluster } from "../dsm/cluster.ts";
-import { DsmError } from "../dsm/errors.ts";
-import { loadProgram, nodeMain, parseParams } from "../dsm/node_main.ts";
+import { DsmConfigError } from "../dsm/errors.ts";
+import { loadProgram, parseParams, runNode } from "../dsm/node_main.ts";
 import { BUILTIN_PROGRAMS } from "../dsm/programs/mod.ts";
+import { formatEndpoint, parseEndpoint } from "../dsm/transport.ts";
+import { command, type Entry } from "./command.ts";
+import { Exit } from "./exit.ts";
+import { flag, int, list, str } from "./options.ts";
+import { UsageError } from "./usage.ts";
 
-const USAGE = `usage: vmkit dsm <node|run> [options]
-
-  vmkit dsm node --listen HOST:PORT --peers HOST:PORT,... --program NAME|PATH
-                 [--workers N] [--param KEY=VALUE]... [--blocking-stores]
-      run one node of a cluster (see 'vmkit dsm node --help')
-
-  vmkit dsm run PROGRAM --nodes N [--workers N] [--param KEY=VALUE]...
-                [--blocking-stores] [--check] [--json]
-      start N local node processes on 127.0.0.1 and run PROGRAM on them
-
-PROGRAM: ${Object.keys(BUILTIN_PROGRAMS).join(", ")}, or the path of a module
+const PROGRAMS = `PROGRAM: ${Object.keys(BUILTIN_PROGRAMS).join(", ")}, or the path of a module
 whose named export 'program' is a DsmProgram (see dsm/program.ts).`;
 
-/** Runs `vmkit dsm`; returns the exit status. */
-export async function main(args: string[]): Promise<number> {
-  const [sub, ...rest] = args;
-  if (sub === undefined || sub === "--help" || sub === "-h" || sub === "help") {
-    console.log(USAGE);
-    return sub === undefined ? 2 : 0;
+const SHARED = {
+  workers: int("N", "workers per node", { min: 1, max: 31, default: 1 }),
+  param: list("KEY=VALUE", "override a program parameter (a number)"),
+  "blocking-stores": flag("stores wait for the exclusive copy (the baseline DSM)"),
+};
+
+/** Runs `parse` on command-line text: a malformed address or parameter is a usage error. */
+function fromArgs<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof DsmConfigError) throw new UsageError(err.message);
+    throw err;
   }
-  if (sub === "node") return await nodeMain(rest);
-  if (sub === "run") return await runMain(rest);
-  console.error(`vmkit dsm: unknown subcommand '${sub}' (expected node or run)`);
-  return 2;
 }
 
-async function runMain(args: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        nodes: { type: "string" },
-        workers: { type: "string" },
-        param: { type: "string", multiple: true },
-        "blocking-stores": { type: "boolean" },
-        check: { type: "boolean" },
-        json: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
-    });
-  } catch (err) {
-    console.error(`vmkit dsm run: ${err instanceof Error ? err.message : String(err)}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help === true) {
-    console.log(USAGE);
-    return 0;
-  }
-  const name = positionals[0];
-  if (name === undefined || positionals.length > 1) {
-    console.error("vmkit dsm run: give exactly one PROGRAM (a built-in name or a module path)");
-    return 2;
-  }
-  const nodes = Number(values.nodes ?? "");
-  const workers = Number(values.workers ?? "1");
-  if (!Number.isInteger(nodes) || nodes < 1 || nodes > 32) {
-    console.error(`vmkit dsm run: --nodes '${values.nodes ?? ""}' must be an integer from 1 to 32`);
-    return 2;
-  }
-  if (!Number.isInteger(workers) || workers < 1 || workers > 31) {
-    console.error(`vmkit dsm run: --workers '${values.workers}' must be an integer from 1 to 31`);
-    return 2;
-  }
-  try {
+const node = command({
+  name: "node",
+  summary: "run one node of a DSM cluster",
+  synopsis: "--listen HOST:PORT --peers HOST:PORT,... --program NAME|PATH [options]",
+  description: "Every node gets the same program and the same membership (its own --listen\n" +
+    "plus --peers); node ids are the members sorted by host then port.\n" + PROGRAMS,
+  options: {
+    listen: str("HOST:PORT", "this node's address (required)"),
+    peers: str("HOST:PORT,...", "the other nodes"),
+    program: str("NAME|PATH", "the program (required)", { complete: "file" }),
+    ...SHARED,
+  },
+  async run(ctx) {
+    const o = ctx.values;
+    if (o.listen === undefined) throw new UsageError("--listen HOST:PORT is required");
+    if (o.program === undefined) throw new UsageError("--program NAME|PATH is required");
+    const listen = fromArgs(() => parseEndpoint(o.listen ?? ""));
+    const args = {
+      listen,
+      peers: fromArgs(() =>
+        o.peers === undefined || o.peers === "" ? [] : o.peers.split(",").map(parseEndpoint)
+      ),
+      program: o.program,
+      workers: o.workers,
+      params: o.param,
+      blockingStores: o["blocking-stores"],
+    };
+    try {
+      const report = await runNode(args, () => console.log("DSM-READY"));
+      if (report.result !== undefined) console.log(`DSM-RESULT ${JSON.stringify(report.result)}`);
+      console.log(`DSM-STATS ${JSON.stringify(report.stats)}`);
+    } catch (err) {
+      if (err instanceof Error && !(err instanceof DsmConfigError)) {
+        throw new Error(`node ${formatEndpoint(listen)}: ${err.message}`, { cause: err });
+      }
+      throw err;
+    }
+    return Exit.OK;
+  },
+});
+
+const run = command({
+  name: "run",
+  summary: "start N local node processes on 127.0.0.1 and run PROGRAM on them",
+  args: ["PROGRAM"],
+  synopsis: "PROGRAM --nodes N [options]",
+  description: "--check compares the result with the program's sequential run (exit 1 if it\n" +
+    "differs).\n" + PROGRAMS,
+  options: {
+    nodes: int("N", "node processes (required)", { min: 1, max: 32 }),
+    ...SHARED,
+    check: flag("compare the result with the program's sequential run"),
+  },
+  output: true,
+  async run(ctx) {
+    const o = ctx.values;
+    const [name = ""] = ctx.positionals;
+    if (o.nodes === undefined) throw new UsageError("--nodes N is required");
     const { program } = await loadProgram(name);
-    const params = parseParams(program.defaults, values.param ?? []);
-    console.error(`vmkit dsm run: ${program.name} on ${nodes} node(s) x ${workers} worker(s)`);
-    const run = await runLocalCluster({
+    const params = fromArgs(() => parseParams(program.defaults, o.param));
+    console.error(`vmkit dsm run: ${program.name} on ${o.nodes} node(s) x ${o.workers} worker(s)`);
+    const result = await runLocalCluster({
       program: name,
-      nodes,
-      workers,
+      nodes: o.nodes,
+      workers: o.workers,
       params,
-      blockingStores: values["blocking-stores"] === true,
+      blockingStores: o["blocking-stores"],
     });
     let check: boolean | undefined;
-    if (values.check === true) {
+    if (o.check) {
       if (program.sequential === undefined) {
-        console.error(
-          `vmkit dsm run: program '${program.name}' has no sequential version to check against`,
-        );
-        return 1;
+        throw new Error(`program '${program.name}' has no sequential version to check against`);
       }
-      check = JSON.stringify(program.sequential(params)) === JSON.stringify(run.result);
+      check = JSON.stringify(program.sequential(params)) === JSON.stringify(result.result);
     }
-    const messages = run.stats.reduce((s, x) => s + x.messages, 0);
-    const bytes = run.stats.reduce((s, x) => s + x.bytes, 0);
-    if (values.json === true) {
-      console.log(JSON.stringify({ result: run.result, check, messages, bytes, stats: run.stats }));
-    } else {
-      console.log(`result: ${JSON.stringify(run.result)}`);
-      if (check !== undefined) {
-        console.log(
-          `check: ${check ? "identical to the sequential run" : "DIFFERS from the sequential run"}`,
-        );
-      }
-      console.log(`messages: ${messages}  bytes: ${bytes}  wall: ${run.wallMs.toFixed(0)} ms`);
-      for (const s of run.stats) {
-        console.log(
-          `  node ${s.node}: ${s.messages} msgs, ${s.bytes} B, ${s.readMisses} read misses, ` +
-            `${s.writeMisses} write misses, ${s.upgrades} upgrades, ${s.elapsedMs} ms`,
-        );
-      }
-    }
-    return check === false ? 1 : 0;
-  } catch (err) {
-    const msg = err instanceof DsmError || err instanceof Error ? err.message : String(err);
-    console.error(`vmkit dsm run: ${msg}`);
-    return 1;
-  }
-}
+    const messages = result.stats.reduce((s, x) => s + x.messages, 0);
+    const bytes = result.stats.reduce((s, x) => s + x.bytes, 0);
+    ctx.print(
+      { result: result.result, check, messages, bytes, wallMs: result.wallMs, stats: result.stats },
+      () =>
+        [
+          `result: ${JSON.stringify(result.result)}`,
+          ...(check === undefined ? [] : [
+            `check: ${
+              check ? "identical to the sequential run" : "DIFFERS from the sequential run"
+            }`,
+          ]),
+          `messages: ${messages}  bytes: ${bytes}  wall: ${result.wallMs.toFixed(0)} ms`,
+          ...result.stats.map((s) =>
+            `  node ${s.node}: ${s.messages} msgs, ${s.bytes} B, ${s.readMisses} read misses, ` +
+            `${s.writeMisses} write misses, ${s.upgrades} upgrades, ${s.elapsedMs} ms`
+          ),
+        ].join("\n"),
+    );
+    return check === false ? Exit.FAILURE : Exit.OK;
+  },
+});
+
+/** The `vmkit dsm` command group. */
+export const entry: Entry = {
+  name: "dsm",
+  summary: "distributed shared memory nodes and programs",
+  description: PROGRAMS,
+  commands: [node, run],
+};

@@ -1,51 +1,90 @@
 /**
  * The `vmkit` command: dispatches to one module per subcommand.
  *
- * Each subcommand module (`cli/<name>.ts`) exports `main(args): Promise<number>`
- * returning the process exit status, and prints its own `--help`.
+ * Each subcommand module (`cli/<name>.ts`) exports `entry`, a {@link Entry}
+ * declared with `command()` (see `command.ts`): its option table drives the
+ * parser, `--help` and the shell completion scripts (`vmkit completion bash`).
  *
  * @module
  */
 
-/** What a subcommand module exports. */
-export interface Subcommand {
-  /** Runs the subcommand with the arguments after its name; returns the exit status. */
-  main(args: string[]): Promise<number>;
+import { VERSION } from "../version.ts";
+import { type Entry, isGroup, runEntry } from "./command.ts";
+import { Exit, exitTableText } from "./exit.ts";
+
+/** A top-level subcommand: its summary and how to load its module. */
+interface Loader {
+  summary: string;
+  load: () => Promise<{ entry: Entry }>;
 }
 
-const SUBCOMMANDS: Record<string, { summary: string; load: () => Promise<Subcommand> }> = {
+const SUBCOMMANDS: Record<string, Loader> = {
   run: { summary: "boot a kernel in a new VM", load: () => import("./run.ts") },
   disk: { summary: "copy-on-write disk images (qcow2)", load: () => import("./disk.ts") },
   sui: { summary: "per-VM storage-network identities", load: () => import("./sui.ts") },
   san: { summary: "iSCSI discovery and probing", load: () => import("./san.ts") },
   netguard: { summary: "per-VM denial-of-service monitor", load: () => import("./netguard.ts") },
   dsm: { summary: "distributed shared memory nodes and programs", load: () => import("./dsm.ts") },
+  completion: {
+    summary: "print a bash or zsh completion script",
+    load: () => import("./completion_cmd.ts"),
+  },
 };
+
+/** Loads every subcommand's entry (for completion scripts), in `--help` order. */
+export async function allEntries(): Promise<Entry[]> {
+  const out: Entry[] = [];
+  for (const l of Object.values(SUBCOMMANDS)) out.push((await l.load()).entry);
+  return out;
+}
 
 /** The top-level usage text. */
 export function usage(): string {
   const lines = ["usage: vmkit <command> [options]", "", "commands:"];
   for (const [name, { summary }] of Object.entries(SUBCOMMANDS)) {
-    lines.push(`  ${name.padEnd(10)} ${summary}`);
+    lines.push(`  ${name.padEnd(11)} ${summary}`);
   }
-  lines.push("", "Run `vmkit <command> --help` for the options of a command.");
+  lines.push(
+    "",
+    "options:",
+    "  -h, --help   show this help",
+    "  --version    print the vmkit version",
+    "",
+    exitTableText(),
+    "",
+    "Run `vmkit <command> --help` for the options of a command.",
+  );
   return lines.join("\n");
 }
 
 /** Runs the CLI with `args` and returns the exit status. */
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;
-  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
-    console.log(usage());
-    return name === undefined ? 2 : 0;
+  if (name === undefined || name === "--help" || name === "-h") {
+    if (name === undefined) console.error(usage());
+    else console.log(usage());
+    return name === undefined ? Exit.USAGE : Exit.OK;
   }
-  const entry = SUBCOMMANDS[name];
-  if (entry === undefined) {
-    console.error(`vmkit: unknown command '${name}'\n\n${usage()}`);
-    return 2;
+  if (name === "--version" || name === "-V") {
+    console.log(`vmkit ${VERSION}`);
+    return Exit.OK;
   }
-  const mod = await entry.load();
-  return await mod.main(rest);
+  if (name === "help") {
+    // `vmkit help disk create` is `vmkit disk create --help`.
+    const sub = rest[0] === undefined ? undefined : SUBCOMMANDS[rest[0]];
+    if (sub === undefined) {
+      console.log(usage());
+      return Exit.OK;
+    }
+    const entry = (await sub.load()).entry;
+    return await runEntry(entry, isGroup(entry) ? ["help", ...rest.slice(1)] : ["--help"]);
+  }
+  const loader = SUBCOMMANDS[name];
+  if (loader === undefined) {
+    console.error(`vmkit: unknown command '${name}' (see vmkit --help)`);
+    return Exit.USAGE;
+  }
+  return await runEntry((await loader.load()).entry, rest);
 }
 
 if (import.meta.main) {

@@ -6,7 +6,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import {
   type Capture,
   defaultConfig,
@@ -17,7 +16,6 @@ import {
   loadConfigFile,
   NetGuard,
   type NetguardConfig,
-  NetguardError,
   type NetguardEvent,
   PcapWriter,
   readCaptureFile,
@@ -26,126 +24,95 @@ import {
   watchInterface,
   watchTap,
 } from "../netguard/mod.ts";
+import { command, type Entry, kebabKeys } from "./command.ts";
+import { Exit } from "./exit.ts";
+import { int, str } from "./options.ts";
+import { UsageError } from "./usage.ts";
 
-const USAGE = `usage:
-  vmkit netguard watch (--pcap FILE | --iface IF | --tap NAME) [options]
-  vmkit netguard report FILE.pcap [--config FILE] [--json]
+const CONFIG = str("FILE", "JSON configuration (thresholds, detector, policy, whitelist, vms)", {
+  complete: "file",
+});
 
-watch options:
-  --config FILE          JSON configuration (thresholds, detector, policy, whitelist, vms)
-  --json                 one JSON object per line (ts, event, vm, direction, kind, action, ...)
-  --netns NAME           open --iface/--tap inside network namespace NAME
-  --vm ID                VM id for --tap traffic (default: the TAP name)
-  --duration MS          stop a live watch after MS milliseconds (default: until Ctrl-C)
-  --stats-interval MS    emit 'stats' events every MS ms (live; 0 = off; default 5000)
-  --samples-pcap FILE    write the sample packets of every alert to FILE (raw-IP pcap)
-  --help                 show this help
-
-report prints packet classes, malformed frames, top talkers and the alerts and
-decisions netguard would take on the capture.`;
-
-function fail(msg: string, code = 2): number {
-  console.error(`vmkit netguard: ${msg}`);
-  return code;
-}
-
-/** Runs `vmkit netguard`; returns the exit status. */
-export async function main(args: string[]): Promise<number> {
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: true,
-      options: {
-        pcap: { type: "string" },
-        iface: { type: "string" },
-        tap: { type: "string" },
-        config: { type: "string" },
-        json: { type: "boolean", default: false },
-        netns: { type: "string" },
-        vm: { type: "string" },
-        duration: { type: "string" },
-        "stats-interval": { type: "string" },
-        "samples-pcap": { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
+const watch = command({
+  name: "watch",
+  summary: "watch a capture, host interface or TAP device and print alerts and decisions",
+  synopsis: "(--pcap FILE | --iface IF | --tap NAME) [options]",
+  description: "Give exactly one of --pcap, --iface, --tap. With --output json, one JSON object\n" +
+    "per line (ts, event, vm, direction, kind, action, ...).",
+  options: {
+    pcap: str("FILE", "replay this pcap/pcapng capture", { complete: "file" }),
+    iface: str("IF", "watch this host interface (AF_PACKET)"),
+    tap: str("NAME", "watch this TAP device"),
+    config: CONFIG,
+    netns: str("NAME", "open --iface/--tap inside network namespace NAME"),
+    vm: str("ID", "VM id for --tap traffic (default: the TAP name)"),
+    duration: int("MS", "stop a live watch after MS milliseconds (default: until Ctrl-C)"),
+    "stats-interval": int("MS", "emit 'stats' events every MS ms (live; 0 = off)", {
+      default: 5000,
+    }),
+    "samples-pcap": str("FILE", "write the sample packets of every alert to FILE (raw-IP pcap)", {
+      complete: "file",
+    }),
+  },
+  output: true,
+  async run(ctx) {
+    const o = ctx.values;
+    const sources = [o.pcap, o.iface, o.tap].filter((s) => s !== undefined).length;
+    if (sources !== 1) {
+      throw new UsageError("watch needs exactly one of --pcap FILE, --iface IF, --tap NAME");
+    }
+    const config = o.config !== undefined ? await loadConfigFile(o.config) : defaultConfig();
+    const guard = new NetGuard(config);
+    const samples = o["samples-pcap"] !== undefined ? new PcapWriter(LINKTYPE_RAW) : null;
+    guard.onEvent((e) => {
+      print(e, ctx.json);
+      if (samples !== null && e.event === "alert") {
+        for (const s of e.evidence.samples) {
+          if (s.summary.startsWith("non-IP")) continue;
+          samples.write(hexBytes(s.hex), s.ts);
+        }
+      }
     });
-  } catch (err) {
-    return fail(`${err instanceof Error ? err.message : String(err)} (see --help)`);
-  }
-  const { values: o, positionals } = parsed;
-  if (o.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  const [cmd, ...rest] = positionals;
-  if (cmd === undefined) return fail("missing subcommand: watch or report (see --help)");
-  let config: NetguardConfig;
-  try {
-    config = o.config !== undefined ? await loadConfigFile(o.config) : defaultConfig();
-  } catch (err) {
-    return fail(err instanceof Error ? err.message : String(err), 1);
-  }
-  if (cmd === "report") {
-    if (rest.length !== 1 || rest[0] === undefined) {
-      return fail("report takes exactly one capture file");
-    }
-    return await report(rest[0], config, o.json);
-  }
-  if (cmd !== "watch") return fail(`unknown subcommand '${cmd}' (expected watch or report)`);
-  if (rest.length > 0) return fail(`unexpected argument '${rest[0]}'`);
-  const sources = [o.pcap, o.iface, o.tap].filter((s) => s !== undefined).length;
-  if (sources !== 1) return fail("watch needs exactly one of --pcap FILE, --iface IF, --tap NAME");
-  const duration = numberOption(o.duration, "--duration");
-  const statsEvery = numberOption(o["stats-interval"], "--stats-interval");
-  if (typeof duration === "string") return fail(duration);
-  if (typeof statsEvery === "string") return fail(statsEvery);
-
-  const guard = new NetGuard(config);
-  const samples = o["samples-pcap"] !== undefined ? new PcapWriter(LINKTYPE_RAW) : null;
-  guard.onEvent((e) => {
-    print(e, o.json);
-    if (samples !== null && e.event === "alert") {
-      for (const s of e.evidence.samples) {
-        if (s.summary.startsWith("non-IP")) continue;
-        samples.write(hexBytes(s.hex), s.ts);
+    try {
+      if (o.pcap !== undefined) {
+        const cap: Capture = await readCaptureFile(o.pcap);
+        replayCapture(guard, cap, o.vm !== undefined ? { vm: o.vm } : {});
+        guard.stats();
+        await guard.settled();
+      } else {
+        await watchLive(guard, o.iface, o.tap, o.netns, o.vm, o.duration ?? 0, o["stats-interval"]);
+      }
+    } finally {
+      if (samples !== null && o["samples-pcap"] !== undefined) {
+        await Deno.writeFile(o["samples-pcap"], samples.bytes());
       }
     }
-  });
-  try {
-    if (o.pcap !== undefined) {
-      let cap: Capture;
-      try {
-        cap = await readCaptureFile(o.pcap);
-      } catch (err) {
-        return fail(err instanceof Error ? err.message : String(err), 1);
-      }
-      replayCapture(guard, cap, o.vm !== undefined ? { vm: o.vm } : {});
-      guard.stats();
-      await guard.settled();
-    } else {
-      await watchLive(guard, o.iface, o.tap, o.netns, o.vm, duration ?? 0, statsEvery ?? 5000);
-    }
-  } catch (err) {
-    if (err instanceof NetguardError) return fail(err.message, 1);
-    throw err;
-  } finally {
-    if (samples !== null && o["samples-pcap"] !== undefined) {
-      await Deno.writeFile(o["samples-pcap"], samples.bytes());
-    }
-  }
-  return 0;
-}
+    return Exit.OK;
+  },
+});
 
-function numberOption(v: string | undefined, name: string): number | undefined | string {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n < 0) {
-    return `${name} wants a non-negative number of milliseconds, got '${v}'`;
-  }
-  return n;
-}
+const reportCmd = command({
+  name: "report",
+  summary: "summarise a capture and the alerts and decisions netguard would take on it",
+  args: ["FILE"],
+  description: "Prints packet classes, malformed frames, top talkers and the alerts and\n" +
+    "decisions netguard would take on the capture.",
+  options: { config: CONFIG },
+  output: true,
+  async run(ctx) {
+    const [file = ""] = ctx.positionals;
+    const o = ctx.values;
+    const config = o.config !== undefined ? await loadConfigFile(o.config) : defaultConfig();
+    return await report(file, config, ctx.json);
+  },
+});
+
+/** The `vmkit netguard` command group. */
+export const entry: Entry = {
+  name: "netguard",
+  summary: "per-VM denial-of-service monitor",
+  commands: [watch, reportCmd],
+};
 
 function print(e: NetguardEvent, json: boolean): void {
   console.log(json ? eventToJson(e) : eventToText(e));
@@ -192,16 +159,11 @@ async function watchLive(
 }
 
 async function report(path: string, config: NetguardConfig, json: boolean): Promise<number> {
-  let cap: Capture;
-  try {
-    cap = await readCaptureFile(path);
-  } catch (err) {
-    return fail(err instanceof Error ? err.message : String(err), 1);
-  }
+  const cap = await readCaptureFile(path);
   const r = summarizeCapture(cap, config, config.topN);
   if (json) {
-    console.log(JSON.stringify({ file: path, ...r }));
-    return 0;
+    console.log(JSON.stringify(kebabKeys({ file: path, ...r })));
+    return Exit.OK;
   }
   const lines = [
     `${path}: ${r.format}, ${r.packets} packets, ${r.bytes} bytes` +
@@ -220,5 +182,5 @@ async function report(path: string, config: NetguardConfig, json: boolean): Prom
     ...r.events.map((e) => `  ${eventToText(e)}`),
   ];
   console.log(lines.join("\n"));
-  return 0;
+  return Exit.OK;
 }

@@ -9,18 +9,21 @@
  *
  * @example
  * ```ts ignore
- * import { main } from "./run.ts";
- * Deno.exit(await main(["--kernel", "vmlinux", "--mem", "128", "--cmdline", "console=ttyS0"]));
+ * import { entry } from "./run.ts";
+ * import { runEntry } from "./command.ts";
+ * Deno.exit(await runEntry(entry, ["--kernel", "vmlinux", "--mem", "128"]));
  * ```
  *
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { type ApiServer, startApiServer } from "../vmm/api/mod.ts";
 import { BootError } from "../vmm/boot/errors.ts";
 import { defaultDeviceSpecs, Serial16550 } from "../vmm/devices/mod.ts";
-import { isUsageError, UsageError, usageFailure } from "./usage.ts";
+import { command, type Entry, kebabKeys } from "./command.ts";
+import { Exit } from "./exit.ts";
+import { int, str, type Values } from "./options.ts";
+import { UsageError } from "./usage.ts";
 
 /** Default kernel command line: console on COM1, reboot through the i8042 (which powers off). */
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1";
@@ -28,49 +31,44 @@ const FLUSH_MS = 50;
 const INPUT_RETRY_MS = 10;
 const CTRL_A = 0x01;
 
-/** The usage text of `vmkit run`. */
-export function usage(): string {
-  return [
-    "usage: vmkit run --kernel PATH [options]",
-    "",
-    "Boots a kernel (ELF vmlinux, PVH ELF or bzImage) in a new microVM; COM1 is the terminal.",
-    "",
-    "options:",
-    "  --kernel PATH       kernel image (required)",
-    "  --initrd PATH       initial ramdisk",
-    `  --cmdline STR       kernel command line (default '${DEFAULT_CMDLINE}')`,
-    "  --mem MiB           guest RAM, 1..65536 (default 256)",
-    "  --vcpus N           vCPUs, 1..64 (default 1)",
-    "  --api-sock PATH     serve the control API on this Unix socket",
-    "  --serial-out PATH   write the guest's serial output to PATH (truncated) instead of stdout",
-    "  --debug-exit PORT   add a debug-exit device on PORT (0..0xffff; a write of v exits with",
-    "                      status (v << 1) | 1)",
-    "  -h, --help          show this help",
-    "",
-    "Numbers may be decimal or 0x-prefixed hex. On a terminal, Ctrl-A x stops the VM.",
-    "Exit status: 0 when the guest powers off, else the run's status.",
-  ].join("\n");
-}
+/** `vmkit run`'s options. */
+const OPTIONS = {
+  kernel: str("PATH", "kernel image: ELF vmlinux, PVH ELF or bzImage (required)", {
+    complete: "file",
+  }),
+  initrd: str("PATH", "initial ramdisk", { complete: "file" }),
+  cmdline: str("STR", "kernel command line", { default: DEFAULT_CMDLINE }),
+  mem: int("MiB", "guest RAM", { min: 1, max: 65536, default: 256, unit: "MiB" }),
+  vcpus: int("N", "vCPUs", { min: 1, max: 64, default: 1 }),
+  "api-sock": str("PATH", "serve the control API on this Unix socket", { complete: "file" }),
+  "serial-out": str("PATH", "write the guest's serial output to PATH (truncated), not stdout", {
+    complete: "file",
+  }),
+  "debug-exit": int("PORT", "add a debug-exit device on PORT (a write of v exits (v << 1) | 1)", {
+    max: 0xffff,
+  }),
+};
 
-/** Parses a decimal or 0x-hex integer flag in `[min, max]`. */
-function intFlag(
-  name: string,
-  text: string | undefined,
-  fallback: number,
-  min: number,
-  max: number,
-  unit = "",
-): number {
-  if (text === undefined) return fallback;
-  const t = text.trim();
-  let v = Number.NaN;
-  if (/^0x[0-9a-f]+$/i.test(t)) v = Number.parseInt(t.slice(2), 16);
-  else if (/^[0-9]+$/.test(t)) v = Number.parseInt(t, 10);
-  if (!Number.isSafeInteger(v) || v < min || v > max) {
-    throw new UsageError(`--${name} must be an integer in ${min}..${max}${unit}, got '${text}'`);
-  }
-  return v;
-}
+type RunOptions = Values<typeof OPTIONS> & { kernel: string };
+
+/** The `vmkit run` command. */
+export const entry: Entry = command({
+  name: "run",
+  summary: "boot a kernel in a new microVM; COM1 is the terminal",
+  description:
+    "Numbers may be decimal or 0x-prefixed hex. On a terminal, Ctrl-A x stops the VM.\n" +
+    "Exit status: 0 when the guest powers off, else the run's status (see vmkit --help).\n" +
+    "--output json prints the final status as JSON on stdout when the VM stops.",
+  options: OPTIONS,
+  output: true,
+  async run(ctx) {
+    const opts = ctx.values;
+    if (opts.kernel === undefined || opts.kernel === "") {
+      throw new UsageError("--kernel PATH is required");
+    }
+    return await run({ ...opts, kernel: opts.kernel }, ctx.json);
+  },
+});
 
 async function readInput(what: string, path: string): Promise<Uint8Array> {
   try {
@@ -87,65 +85,6 @@ async function readInput(what: string, path: string): Promise<Uint8Array> {
     }
     throw new Error(`cannot read ${what} '${path}': ${(err as Error).message}`);
   }
-}
-
-interface RunOptions {
-  kernel: string;
-  initrd: string | undefined;
-  cmdline: string;
-  memMiB: number;
-  vcpus: number;
-  apiSock: string | undefined;
-  serialOut: string | undefined;
-  debugExit: number | undefined;
-}
-
-function parse(args: string[]): RunOptions | "help" {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        kernel: { type: "string" },
-        initrd: { type: "string" },
-        cmdline: { type: "string" },
-        mem: { type: "string" },
-        vcpus: { type: "string" },
-        "api-sock": { type: "string" },
-        "serial-out": { type: "string" },
-        "debug-exit": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (err) {
-    // parseArgs messages span lines and suggest `--`; keep the first sentence.
-    const first = (err as Error).message.split("\n")[0] ?? "bad arguments";
-    const ambiguous = /^Option '(--[a-z-]+)' argument is ambiguous/.exec(first);
-    if (ambiguous !== null) {
-      throw new UsageError(
-        `${ambiguous[1]} needs a value (write ${ambiguous[1]}=VALUE for one starting with '-')`,
-      );
-    }
-    throw new UsageError(first.replace(/\. To specify a positional argument.*$/, ""));
-  }
-  if (values.help === true) return "help";
-  if (values.kernel === undefined || values.kernel === "") {
-    throw new UsageError("--kernel PATH is required");
-  }
-  return {
-    kernel: values.kernel,
-    initrd: values.initrd,
-    cmdline: values.cmdline ?? DEFAULT_CMDLINE,
-    memMiB: intFlag("mem", values.mem, 256, 1, 65536, " (MiB)"),
-    vcpus: intFlag("vcpus", values.vcpus, 1, 1, 64),
-    apiSock: values["api-sock"],
-    serialOut: values["serial-out"],
-    debugExit: values["debug-exit"] === undefined
-      ? undefined
-      : intFlag("debug-exit", values["debug-exit"], 0, 0, 0xffff),
-  };
 }
 
 /** Feeds stdin to COM1 until stdin ends or `stopped` is set; Ctrl-A x on a terminal calls `quit`. */
@@ -192,49 +131,29 @@ async function pumpStdin(
   }
 }
 
-/** Runs `vmkit run`; returns the exit status. */
-export async function main(args: string[]): Promise<number> {
-  let opts: RunOptions | "help";
-  try {
-    opts = parse(args);
-  } catch (err) {
-    if (isUsageError(err)) return usageFailure("run", err);
-    throw err;
-  }
-  if (opts === "help") {
-    console.log(usage());
-    return 0;
-  }
-  try {
-    return await run(opts);
-  } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    console.error(`vmkit run: ${msg.split("\n")[0]}`);
-    return 1;
-  }
-}
-
-async function run(opts: RunOptions): Promise<number> {
+async function run(opts: RunOptions, json: boolean): Promise<number> {
   const kernel = await readInput("kernel", opts.kernel);
   const initrd = opts.initrd === undefined ? undefined : await readInput("initrd", opts.initrd);
-  if (opts.serialOut !== undefined) {
+  if (opts["serial-out"] !== undefined) {
     try {
-      await Deno.writeFile(opts.serialOut, new Uint8Array(0));
+      await Deno.writeFile(opts["serial-out"], new Uint8Array(0));
     } catch (err) {
-      throw new Error(`cannot write serial output '${opts.serialOut}': ${(err as Error).message}`);
+      throw new Error(
+        `cannot write serial output '${opts["serial-out"]}': ${(err as Error).message}`,
+      );
     }
   }
   const devices = defaultDeviceSpecs({
-    memMiB: opts.memMiB,
-    serialOut: opts.serialOut === undefined ? "stdout" : { path: opts.serialOut },
+    memMiB: opts.mem,
+    serialOut: opts["serial-out"] === undefined ? "stdout" : { path: opts["serial-out"] },
     serialIn: true,
-    ...(opts.debugExit === undefined ? {} : { debugExitPort: opts.debugExit }),
+    ...(opts["debug-exit"] === undefined ? {} : { debugExitPort: opts["debug-exit"] }),
   });
   const { Machine } = await import("../vmm/machine.ts");
   let machine;
   try {
     machine = await Machine.create({
-      memMiB: opts.memMiB,
+      memMiB: opts.mem,
       vcpus: opts.vcpus,
       kernel,
       cmdline: opts.cmdline,
@@ -262,7 +181,7 @@ async function run(opts: RunOptions): Promise<number> {
   try {
     Deno.addSignalListener("SIGINT", onInt);
     Deno.addSignalListener("SIGTERM", onTerm);
-    if (opts.apiSock !== undefined) api = await startApiServer(opts.apiSock, vm);
+    if (opts["api-sock"] !== undefined) api = await startApiServer(opts["api-sock"], vm);
     if (tty) Deno.stdin.setRaw(true);
     await vm.start();
     if (serial !== undefined) {
@@ -272,14 +191,20 @@ async function run(opts: RunOptions): Promise<number> {
     }
     const exit = await vm.wait();
     stopped = true;
-    if (signalled !== undefined) {
-      console.error(`vmkit run: stopped by ${signalled}`);
-      return signalled === "SIGINT" ? 130 : 143;
+    const code = signalled !== undefined
+      ? (signalled === "SIGINT" ? Exit.SIGINT : Exit.SIGTERM)
+      : exit.status === 0
+      ? Exit.OK
+      : (exit.status & 0xff) === 0
+      ? Exit.FAILURE
+      : exit.status & 0xff;
+    const reason = signalled !== undefined ? `stopped by ${signalled}` : exit.reason;
+    if (json) {
+      serial?.flush();
+      console.log(JSON.stringify(kebabKeys({ status: exit.status, reason, exitCode: code })));
     }
-    if (exit.status === 0) return 0;
-    console.error(`vmkit run: ${exit.reason}`);
-    const code = exit.status & 0xff;
-    return code === 0 ? 1 : code;
+    if (code !== 0) console.error(`vmkit run: ${reason}`);
+    return code;
   } finally {
     stopped = true;
     if (flusher !== undefined) clearInterval(flusher);

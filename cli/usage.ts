@@ -1,5 +1,6 @@
 /**
- * Command-line errors shared by the subcommands: one line on stderr, exit status 2.
+ * The command-line error every subcommand throws for bad input: printed as
+ * one line naming the command, exit status 64 (see `exit.ts`).
  *
  * @module
  */
@@ -11,19 +12,6 @@ export class UsageError extends Error {
     super(message);
     this.name = "UsageError";
   }
-}
-
-/** Whether `err` is a command-line error: a {@link UsageError} or one of `parseArgs`' own. */
-export function isUsageError(err: unknown): err is Error {
-  if (err instanceof UsageError) return true;
-  return err instanceof TypeError &&
-    String((err as { code?: unknown }).code).startsWith("ERR_PARSE_ARGS");
-}
-
-/** Prints `err` as a usage error of `vmkit <command>` and returns the exit status 2. */
-export function usageFailure(command: string, err: Error): number {
-  console.error(`vmkit ${command}: ${err.message} (see vmkit ${command} --help)`);
-  return 2;
 }
 
 /**

@@ -31,6 +31,10 @@ export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
   { probe: "/usr/bin/iperf3", pkg: "iperf3" },
   { probe: "/bin/busybox", pkg: "busybox-static" },
   { probe: "/usr/bin/ip", pkg: "iproute2" },
+  // The CLI's completion scripts are tested in the shells they are for.
+  { probe: "/usr/bin/zsh", pkg: "zsh" },
+  { probe: "/usr/share/bash-completion/bash_completion", pkg: "bash-completion" },
+  { probe: "/usr/bin/node", pkg: "nodejs" },
 ];
 
 async function exists(path: string): Promise<boolean> {

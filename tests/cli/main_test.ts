@@ -20,8 +20,8 @@ Deno.test("vmkit --help lists every command and exits 0", async () => {
   }
 });
 
-Deno.test("vmkit with an unknown command exits 2 naming it", async () => {
+Deno.test("vmkit with an unknown command exits 64 naming it", async () => {
   const r = await vmkit("frobnicate");
-  assert.equal(r.code, 2);
+  assert.equal(r.code, 64);
   assert.match(r.stderr, /unknown command 'frobnicate'/);
 });

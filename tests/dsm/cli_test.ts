@@ -38,16 +38,17 @@ Deno.test("vmkit dsm --help and node --help print usage and exit 0", async () =>
   assert.match(b.stdout, /--listen HOST:PORT --peers HOST:PORT/);
 });
 
-Deno.test("vmkit dsm with bad arguments prints one clear line and exits 2", async () => {
+Deno.test("vmkit dsm with bad arguments prints one clear line and exits 64", async () => {
   const cases: Array<[string[], RegExp]> = [
-    [["run", "sor"], /--nodes '' must be an integer from 1 to 32/],
-    [["run", "sor", "--nodes", "2", "--bogus"], /Unknown option '--bogus'/],
+    [["run", "sor"], /--nodes N is required/],
+    [["run", "sor", "--nodes", "33"], /--nodes must be an integer in 1\.\.32, got '33'/],
+    [["run", "sor", "--nodes", "2", "--bogus"], /unknown option '--bogus'/],
     [["node", "--listen", "nohost", "--program", "sor"], /'nohost' is not HOST:PORT/],
     [["frob"], /unknown subcommand 'frob'/],
   ];
   for (const [args, re] of cases) {
     const r = await vmkit(...args);
-    assert.equal(r.code, 2, args.join(" "));
+    assert.equal(r.code, 64, args.join(" "));
     assert.match(r.stderr, re);
   }
 });
