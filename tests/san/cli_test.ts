@@ -144,7 +144,7 @@ Deno.test("vmkit sui and san reject bad input with a one-line error and exit 64"
   }));
   const help = await vmkit("san", "--help");
   assert.equal(help.code, 0);
-  assert.match(help.stdout, /^  discover /m);
+  assert.match(help.stdout, /^ {2}discover /m);
 });
 
 Deno.test("vmkit san discover and probe log in with the given initiator name and refuse an unbound one", async () => {
