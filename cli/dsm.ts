@@ -31,6 +31,18 @@ const SHARED = {
   "blocking-stores": flag("stores wait for the exclusive copy (the baseline DSM)"),
 };
 
+/**
+ * How `dsm run` starts its nodes: a compiled `vmkit` runs itself as
+ * `vmkit dsm node` (its `Deno.execPath()` is not a `deno` that could run a
+ * module); otherwise the cluster's default, this Deno running the node module.
+ */
+export function dsmNodeCommand(
+  standalone: boolean = Deno.build.standalone,
+  execPath: string = Deno.execPath(),
+): string[] | undefined {
+  return standalone ? [execPath, "dsm", "node"] : undefined;
+}
+
 /** Runs `parse` on command-line text: a malformed address or parameter is a usage error. */
 function fromArgs<T>(parse: () => T): T {
   try {
@@ -102,12 +114,14 @@ const run = command({
     const { program } = await loadProgram(name);
     const params = fromArgs(() => parseParams(program.defaults, o.param));
     console.error(`vmkit dsm run: ${program.name} on ${o.nodes} node(s) x ${o.workers} worker(s)`);
+    const nodeCommand = dsmNodeCommand();
     const result = await runLocalCluster({
       program: name,
       nodes: o.nodes,
       workers: o.workers,
       params,
       blockingStores: o["blocking-stores"],
+      ...(nodeCommand === undefined ? {} : { nodeCommand }),
     });
     let check: boolean | undefined;
     if (o.check) {

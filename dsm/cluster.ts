@@ -24,6 +24,12 @@ export interface ClusterOptions {
   blockingStores?: boolean;
   /** Kill every node after this long (default 120 s). */
   timeoutMs?: number;
+  /**
+   * The command that starts one node, before the node's own arguments
+   * (default: this Deno running `node_main.ts`; a compiled `vmkit` passes
+   * itself and `dsm node`).
+   */
+  nodeCommand?: readonly string[];
 }
 
 /** How one node process ended. */
@@ -90,11 +96,10 @@ export async function startLocalCluster(opts: ClusterOptions): Promise<LocalClus
   const params = Object.entries(opts.params ?? {}).flatMap(([k, v]) => ["--param", `${k}=${v}`]);
   const children = addrs.map((addr) => {
     const peers = addrs.filter((x) => x !== addr).join(",");
+    const [cmd = Deno.execPath(), ...prefix] = opts.nodeCommand ??
+      [Deno.execPath(), "run", "-A", "--no-prompt", NODE_MAIN];
     const args = [
-      "run",
-      "-A",
-      "--no-prompt",
-      NODE_MAIN,
+      ...prefix,
       "--listen",
       addr,
       "--peers",
@@ -106,7 +111,7 @@ export async function startLocalCluster(opts: ClusterOptions): Promise<LocalClus
       ...params,
     ];
     if (opts.blockingStores === true) args.push("--blocking-stores");
-    return new Deno.Command(Deno.execPath(), {
+    return new Deno.Command(cmd, {
       args,
       stdout: "piped",
       stderr: "piped",
