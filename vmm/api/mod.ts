@@ -1,6 +1,7 @@
 /**
  * vmkit control socket: a Firecracker-style HTTP/JSON API over a Unix socket
- * to inspect, pause, resume and shut down a running machine.
+ * to inspect, pause, resume and shut down a running machine, served by a
+ * small HTTP/1.1 server that bounds every client.
  *
  * @example
  * ```ts ignore
@@ -18,8 +19,32 @@ export type { ApiMemoryRegion, ApiTarget } from "./target.ts";
 export {
   apiHandler,
   type ApiServer,
-  ApiServerError,
-  MAX_BODY_BYTES,
+  type ApiServerOptions,
+  machineRoutes,
+  serialQueue,
+  serveApiRoutes,
   startApiServer,
 } from "./server.ts";
+export { ApiServerError, listenPrivateUnix, type PrivateUnixListener } from "./socket.ts";
+export {
+  type ApiContext,
+  ApiFault,
+  type ApiRoute,
+  ApiRouter,
+  fault,
+  json,
+  MAX_BODY_BYTES,
+  noContent,
+  onlyFields,
+  parseJsonObject,
+} from "./router.ts";
+export {
+  DEFAULT_HTTP_LIMITS,
+  type HttpExchange,
+  type HttpHandler,
+  type HttpLimits,
+  type HttpServeOptions,
+  type HttpServer,
+  serveHttp,
+} from "./http.ts";
 export { ApiClientError, type ApiReply, apiRequest } from "./client.ts";

@@ -1,6 +1,7 @@
 /**
- * The control socket: HTTP/1.1 over a Unix socket, JSON bodies, in the style
- * of Firecracker's API.
+ * The control socket: HTTP/1.1 over a Unix socket (mode 0600), JSON bodies,
+ * in the style of Firecracker's API, served by the bounded server of
+ * `http.ts` from a route table (`router.ts`) that other files extend.
  *
  * | method | path       | body                                  | reply                        |
  * | ------ | ---------- | ------------------------------------- | ---------------------------- |
@@ -10,25 +11,18 @@
  *
  * Errors reply `{"fault_message": "…"}`: 400 for a bad body or a request the
  * VM's state forbids, 404 for an unknown path, 405 for a wrong method, 500
- * when the machine itself fails.
+ * when the machine itself fails; 431, 501, 503 and 505 come from the HTTP
+ * layer's limits.
  *
  * @module
  */
 
+import { type HttpExchange, type HttpLimits, serveHttp } from "./http.ts";
+import { ApiFault, type ApiRoute, ApiRouter, json, noContent, onlyFields } from "./router.ts";
+import { listenPrivateUnix } from "./socket.ts";
 import type { ApiTarget } from "./target.ts";
 
-/** Largest request body accepted. */
-export const MAX_BODY_BYTES = 64 * 1024;
 const MIB = 1024 * 1024;
-
-/** Raised when the control socket cannot be created. */
-export class ApiServerError extends Error {
-  /** Creates the error for socket `path`. */
-  constructor(path: string, detail: string) {
-    super(`api socket ${path}: ${detail}`);
-    this.name = "ApiServerError";
-  }
-}
 
 /** A running control socket. */
 export interface ApiServer {
@@ -38,51 +32,14 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-/** A client error: replied with `status` and the message as `fault_message`. */
-class Fault extends Error {
-  constructor(readonly status: number, message: string) {
-    super(message);
-  }
-}
-
-function json(status: number, body: unknown, headers: Record<string, string> = {}): Response {
-  return new Response(JSON.stringify(body), {
-    status,
-    headers: { "content-type": "application/json", ...headers },
-  });
-}
-
-function fault(status: number, message: string, headers: Record<string, string> = {}): Response {
-  return json(status, { fault_message: message }, headers);
-}
-
-async function readJsonObject(req: Request): Promise<Record<string, unknown>> {
-  const declared = Number(req.headers.get("content-length") ?? "0");
-  if (declared > MAX_BODY_BYTES) {
-    throw new Fault(400, `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES}`);
-  }
-  const bytes = new Uint8Array(await req.arrayBuffer());
-  if (bytes.length > MAX_BODY_BYTES) {
-    throw new Fault(400, `request body exceeds ${MAX_BODY_BYTES} bytes`);
-  }
-  let value: unknown;
-  try {
-    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
-  } catch (err) {
-    throw new Fault(400, `request body is not valid JSON: ${(err as Error).message}`);
-  }
-  if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    throw new Fault(400, "request body must be a JSON object");
-  }
-  return value as Record<string, unknown>;
-}
-
-function onlyFields(body: Record<string, unknown>, allowed: readonly string[]): void {
-  for (const key of Object.keys(body)) {
-    if (!allowed.includes(key)) {
-      throw new Fault(400, `unknown field '${key}' (allowed: ${allowed.join(", ")})`);
-    }
-  }
+/** Options of {@link startApiServer}. */
+export interface ApiServerOptions {
+  /** Routes served before the built-in ones (e.g. `/snapshot/*`). */
+  readonly routes?: readonly ApiRoute[];
+  /** Client limits, overriding the defaults of `http.ts` field by field. */
+  readonly limits?: Partial<HttpLimits>;
+  /** Called after each reply (for logs and metrics). */
+  readonly onExchange?: (e: HttpExchange) => void;
 }
 
 function describe(target: ApiTarget): unknown {
@@ -96,104 +53,89 @@ function describe(target: ApiTarget): unknown {
   };
 }
 
-/**
- * Builds the request handler for `target` (what {@link startApiServer} serves;
- * exposed to embed the API in another server).
- */
-export function apiHandler(target: ApiTarget): (req: Request) => Promise<Response> {
-  // Lifecycle requests run one at a time, in arrival order.
+/** Runs lifecycle requests one at a time, in arrival order. */
+export function serialQueue(): <T>(fn: () => Promise<T>) => Promise<T> {
   let queue: Promise<unknown> = Promise.resolve();
-  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+  return <T>(fn: () => Promise<T>): Promise<T> => {
     const run = queue.then(fn, fn);
     queue = run.catch((_err: unknown) => undefined); // errors reach the caller through `run`
     return run;
   };
-
-  const patchVm = async (req: Request): Promise<Response> => {
-    const body = await readJsonObject(req);
-    onlyFields(body, ["state"]);
-    const want = body.state;
-    if (want !== "Paused" && want !== "Resumed") {
-      throw new Fault(400, `'state' must be "Paused" or "Resumed", got ${JSON.stringify(want)}`);
-    }
-    await serial(async () => {
-      const now = target.state;
-      if (want === "Paused") {
-        if (now === "Paused") return;
-        if (now !== "Running") throw new Fault(400, `cannot pause a VM that is ${now}`);
-        await target.pause();
-      } else {
-        if (now === "Running") return;
-        if (now !== "Paused") throw new Fault(400, `cannot resume a VM that is ${now}`);
-        await target.resume();
-      }
-    });
-    return new Response(null, { status: 204 });
-  };
-
-  const putActions = async (req: Request): Promise<Response> => {
-    const body = await readJsonObject(req);
-    onlyFields(body, ["action_type"]);
-    const action = body.action_type;
-    if (action !== "Shutdown") {
-      throw new Fault(
-        400,
-        `'action_type' must be "Shutdown", got ${JSON.stringify(action)}`,
-      );
-    }
-    await serial(async () => {
-      if (target.state !== "Stopped") await target.stop();
-    });
-    return new Response(null, { status: 204 });
-  };
-
-  return async (req: Request): Promise<Response> => {
-    const path = new URL(req.url).pathname;
-    try {
-      if (path === "/vm") {
-        if (req.method === "GET") return json(200, describe(target));
-        if (req.method === "PATCH") return await patchVm(req);
-        return fault(405, `method ${req.method} is not allowed on /vm`, { allow: "GET, PATCH" });
-      }
-      if (path === "/actions") {
-        if (req.method === "PUT") return await putActions(req);
-        return fault(405, `method ${req.method} is not allowed on /actions`, { allow: "PUT" });
-      }
-      return fault(404, `no such resource '${path}' (try /vm or /actions)`);
-    } catch (err) {
-      if (err instanceof Fault) return fault(err.status, err.message);
-      return fault(500, `the machine failed: ${(err as Error).message}`);
-    }
-  };
 }
 
-async function removeStaleSocket(path: string): Promise<void> {
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.lstat(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) return;
-    throw new ApiServerError(path, `cannot inspect it: ${(err as Error).message}`);
-  }
-  if (info.isSocket !== true) {
-    throw new ApiServerError(path, "exists and is not a socket; pick another path or remove it");
-  }
-  try {
-    const conn = await Deno.connect({ transport: "unix", path });
-    conn.close();
-  } catch (err) {
-    if (err instanceof Deno.errors.ConnectionRefused || err instanceof Deno.errors.NotFound) {
-      await Deno.remove(path); // nobody listens: a leftover of a previous run
-      return;
-    }
-    throw new ApiServerError(path, `cannot probe it: ${(err as Error).message}`);
-  }
-  throw new ApiServerError(path, "another process is serving on it; stop it or pick another path");
+/** The routes that drive a running machine: `GET/PATCH /vm`, `PUT /actions {Shutdown}`. */
+export function machineRoutes(
+  target: ApiTarget,
+  serial: <T>(fn: () => Promise<T>) => Promise<T> = serialQueue(),
+): ApiRoute[] {
+  return [
+    { method: "GET", path: "/vm", handler: () => json(200, describe(target)) },
+    {
+      method: "PATCH",
+      path: "/vm",
+      handler: async (ctx) => {
+        const body = await ctx.body();
+        onlyFields(body, ["state"]);
+        const want = body.state;
+        if (want !== "Paused" && want !== "Resumed") {
+          throw new ApiFault(
+            400,
+            `'state' must be "Paused" or "Resumed", got ${JSON.stringify(want)}`,
+          );
+        }
+        await serial(async () => {
+          const now = target.state;
+          if (want === "Paused") {
+            if (now === "Paused") return;
+            if (now !== "Running") throw new ApiFault(400, `cannot pause a VM that is ${now}`);
+            await target.pause();
+          } else {
+            if (now === "Running") return;
+            if (now !== "Paused") throw new ApiFault(400, `cannot resume a VM that is ${now}`);
+            await target.resume();
+          }
+        });
+        return noContent();
+      },
+    },
+    {
+      method: "PUT",
+      path: "/actions",
+      handler: async (ctx) => {
+        const body = await ctx.body();
+        onlyFields(body, ["action_type"]);
+        const action = body.action_type;
+        if (action !== "Shutdown") {
+          throw new ApiFault(
+            400,
+            `'action_type' must be "Shutdown", got ${JSON.stringify(action)}`,
+          );
+        }
+        await serial(async () => {
+          if (target.state !== "Stopped") await target.stop();
+        });
+        return noContent();
+      },
+    },
+  ];
 }
 
 /**
- * Serves the control API for `target` on the Unix socket `path` (removing a
- * stale socket file left by a previous run first).
+ * Builds the request handler for `target` (what {@link startApiServer} serves;
+ * exposed to embed the API in another server).
+ */
+export function apiHandler(
+  target: ApiTarget,
+  routes: readonly ApiRoute[] = [],
+): (req: Request) => Promise<Response> {
+  const router = new ApiRouter().add(routes).add(machineRoutes(target));
+  return (req) => router.handle(req);
+}
+
+/**
+ * Serves the control API for `target` on a new Unix socket at `path`, mode
+ * 0600 (a stale socket file left by a previous run is replaced; anything else
+ * at `path` is refused).
  *
  * @example
  * ```ts ignore
@@ -203,25 +145,32 @@ async function removeStaleSocket(path: string): Promise<void> {
  * await server.close();
  * ```
  */
-export async function startApiServer(path: string, target: ApiTarget): Promise<ApiServer> {
-  await removeStaleSocket(path);
-  let server: Deno.HttpServer<Deno.UnixAddr>;
-  try {
-    server = Deno.serve({ path, transport: "unix", onListen() {} }, apiHandler(target));
-  } catch (err) {
-    throw new ApiServerError(path, `cannot listen: ${(err as Error).message}`);
-  }
+export async function startApiServer(
+  path: string,
+  target: ApiTarget,
+  opts: ApiServerOptions = {},
+): Promise<ApiServer> {
+  return await serveApiRoutes(path, apiHandler(target, opts.routes ?? []), opts);
+}
+
+/** Serves `handler` on a new 0600 Unix socket at `path` under the HTTP layer's limits. */
+export async function serveApiRoutes(
+  path: string,
+  handler: (req: Request) => Promise<Response>,
+  opts: Pick<ApiServerOptions, "limits" | "onExchange"> = {},
+): Promise<ApiServer> {
+  const { listener, unlink } = await listenPrivateUnix(path);
+  const server = serveHttp(listener, handler, {
+    ...(opts.limits === undefined ? {} : { limits: opts.limits }),
+    ...(opts.onExchange === undefined ? {} : { onExchange: opts.onExchange }),
+  });
   let closed: Promise<void> | undefined;
   return {
     path,
     close(): Promise<void> {
       closed ??= (async () => {
-        await server.shutdown();
-        try {
-          await Deno.remove(path);
-        } catch (err) {
-          if (!(err instanceof Deno.errors.NotFound)) throw err;
-        }
+        await server.close();
+        await unlink();
       })();
       return closed;
     },
