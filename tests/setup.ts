@@ -35,6 +35,9 @@ export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
   { probe: "/usr/bin/zsh", pkg: "zsh" },
   { probe: "/usr/share/bash-completion/bash_completion", pkg: "bash-completion" },
   { probe: "/usr/bin/node", pkg: "nodejs" },
+  { probe: "/usr/bin/ping", pkg: "iputils-ping" },
+  // QEMU's virtio-net (microvm, TCG) checks the suite's guest net driver against a real device.
+  { probe: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86" },
 ];
 
 async function exists(path: string): Promise<boolean> {

@@ -26,6 +26,10 @@ export const GUEST_FILES: readonly string[] = [
 const SOURCES = [
   "guest.h",
   "core.c",
+  "virtio_mmio.h",
+  "virtio_mmio.c",
+  "irq.c",
+  "virtio_net.c",
   "boot_pvh.c",
   "boot_linux.c",
   "entry_pvh.S",
@@ -183,9 +187,10 @@ async function build(dir: string): Promise<void> {
   const o = (n: string) => `${dir}/${n}`;
   const cc32 = ["-m32", ...CFLAGS];
   const cc64 = ["-m64", "-mno-red-zone", ...CFLAGS];
-  const core32 = ["core", "boot_pvh"].map((f) => ({ src: `${f}.c`, obj: `${f}32.o` }));
+  const drivers = ["virtio_mmio", "irq", "virtio_net"];
+  const core32 = ["core", "boot_pvh", ...drivers].map((f) => ({ src: `${f}.c`, obj: `${f}32.o` }));
   const asm32 = ["entry_pvh", "trampoline"].map((f) => ({ src: `${f}.S`, obj: `${f}32.o` }));
-  const core64 = ["core", "boot_linux", "entry_64", "trampoline"].map((f) => ({
+  const core64 = ["core", "boot_linux", "entry_64", "trampoline", ...drivers].map((f) => ({
     src: `${f}.${f.startsWith("entry") || f === "trampoline" ? "S" : "c"}`,
     obj: `${f}64.o`,
   }));
@@ -194,7 +199,8 @@ async function build(dir: string): Promise<void> {
     run("gcc", [...cc32, '-DDEFAULT_MODE="demo"', "-c", `${SRC}core.c`, "-o", o("demo32.o")]),
     ...core64.map((u) => run("gcc", [...cc64, "-c", SRC + u.src, "-o", o(u.obj)])),
   ]);
-  const pvhRest = ["boot_pvh32.o", "entry_pvh32.o", "trampoline32.o"].map(o);
+  const pvhRest = ["boot_pvh32.o", "entry_pvh32.o", "trampoline32.o", ...drivers.map((d) => `${d}32.o`)]
+    .map(o);
   const ld32 = ["-m", "elf_i386", "-T", `${SRC}pvh.ld`, ...LDFLAGS];
   await run("ld", [...ld32, "-o", o("guest-pvh.elf"), o("core32.o"), ...pvhRest]);
   await run("ld", [...ld32, "-o", o("demo.elf"), o("demo32.o"), ...pvhRest]);

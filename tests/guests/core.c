@@ -12,6 +12,7 @@
  *   mode=pio:N    N writes to port 0x80, then debug-exit 0
  *   mode=smp:N    starts the APs by INIT-SIPI-SIPI, waits for N CPUs, "smp ok N"
  *   mode=demo     a tour: memory map, command line, CPU vendor, a computation
+ *   mode=net      virtio-net driver answering ARP and ICMP echo (virtio_net.c)
  *
  * Without mode= the guest runs DEFAULT_MODE (info, or demo for demo.elf).
  */
@@ -102,21 +103,23 @@ static char getc_serial(void)
 	return (char)inb(COM1);
 }
 
+int poll_serial(void)
+{
+	if (!(inb(COM1 + 5) & LSR_DATA_READY))
+		return -1;
+	return (uint8_t)inb(COM1);
+}
+
 /* ---- formatting into a line buffer ---- */
 
-struct line {
-	char buf[160];
-	unsigned len;
-};
-
-static void add_str(struct line *l, const char *s)
+void add_str(struct line *l, const char *s)
 {
 	while (*s && l->len < sizeof(l->buf) - 1)
 		l->buf[l->len++] = *s++;
 	l->buf[l->len] = 0;
 }
 
-static void add_hex(struct line *l, uint64_t v)
+void add_hex(struct line *l, uint64_t v)
 {
 	char tmp[19];
 	int i = 18;
@@ -130,7 +133,7 @@ static void add_hex(struct line *l, uint64_t v)
 	add_str(l, tmp + i);
 }
 
-static void add_dec(struct line *l, uint32_t v)
+void add_dec(struct line *l, uint32_t v)
 {
 	char tmp[11];
 	int i = 10;
@@ -142,7 +145,7 @@ static void add_dec(struct line *l, uint32_t v)
 	add_str(l, tmp + i);
 }
 
-static void emit(struct line *l)
+void emit(struct line *l)
 {
 	add_str(l, "\n");
 	puts_serial(l->buf);
@@ -152,7 +155,7 @@ static void emit(struct line *l)
 
 /* ---- command line ---- */
 
-static int starts_with(const char *s, const char *p)
+int starts_with(const char *s, const char *p)
 {
 	while (*p)
 		if (*s++ != *p++)
@@ -178,7 +181,7 @@ static void find_mode(const char *cmd, char *out, unsigned cap)
 	out[i] = 0;
 }
 
-static uint32_t parse_dec(const char *s)
+uint32_t parse_dec(const char *s)
 {
 	uint32_t v = 0;
 	while (*s >= '0' && *s <= '9')
@@ -188,19 +191,19 @@ static uint32_t parse_dec(const char *s)
 
 /* ---- ways to stop ---- */
 
-static void __attribute__((noreturn)) halt_forever(void)
+void halt_forever(void)
 {
 	for (;;)
 		__asm__ volatile("cli; hlt");
 }
 
-static void __attribute__((noreturn)) debug_exit(uint8_t v)
+void debug_exit(uint8_t v)
 {
 	outb(DEBUG_EXIT_PORT, v);
 	halt_forever();
 }
 
-static void __attribute__((noreturn)) poweroff(void)
+void poweroff(void)
 {
 	outb(I8042_CMD, 0xfe);
 	halt_forever();
@@ -468,6 +471,8 @@ void guest_main(const struct boot_info *bi)
 		smp(parse_dec(mode + 4));
 	if (starts_with(mode, "demo"))
 		demo(bi);
+	if (starts_with(mode, "net") && mode[3] == 0)
+		net_main(bi);
 	struct line l = {.len = 0};
 	add_str(&l, "unknown mode: ");
 	add_str(&l, mode);

@@ -32,12 +32,32 @@ struct boot_info {
 	uint64_t initrd_size;
 };
 
+/* A line of serial output being formatted. */
+struct line {
+	char buf[160];
+	unsigned len;
+};
+
 /* core.c */
 void guest_main(const struct boot_info *bi) __attribute__((noreturn));
 void ap_main(unsigned cpu) __attribute__((noreturn));
 void puts_serial(const char *s);
+/* The next COM1 byte if one is waiting, else -1 (never blocks). */
+int poll_serial(void);
 void *memset(void *d, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
+void add_str(struct line *l, const char *s);
+void add_hex(struct line *l, uint64_t v);
+void add_dec(struct line *l, uint32_t v);
+void emit(struct line *l);
+int starts_with(const char *s, const char *p);
+uint32_t parse_dec(const char *s);
+void halt_forever(void) __attribute__((noreturn));
+void debug_exit(uint8_t v) __attribute__((noreturn));
+void poweroff(void) __attribute__((noreturn));
+
+/* virtio_net.c */
+void net_main(const struct boot_info *bi) __attribute__((noreturn));
 
 /* The real-mode trampoline (trampoline.S), copied to TRAMP_BASE. */
 extern const char tramp_start[], tramp_end[], tramp_cr3[];
