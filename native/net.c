@@ -1,9 +1,13 @@
 /*
- * vmkit network shim: what Deno cannot do alone for netguard's live inputs.
- * TAP devices (TUNSETIFF), AF_PACKET sockets bound to an interface, both
- * optionally created inside a named network namespace (on a short-lived
- * thread, so the caller's namespace never changes), and batched reads with
- * a poll timeout so a Deno `nonblocking` FFI call never spins.
+ * vmkit network shim: what Deno cannot do alone for netguard's live inputs
+ * and the virtio-net back end. TAP devices (TUNSETIFF, optionally with a
+ * virtio-net header: IFF_VNET_HDR, TUNSETVNETHDRSZ, TUNSETOFFLOAD), AF_PACKET
+ * sockets bound to an interface, both optionally created inside a named
+ * network namespace (on a short-lived thread, so the caller's namespace
+ * never changes), batched reads with a poll timeout so a Deno `nonblocking`
+ * FFI call never spins, and batched scatter/gather TAP I/O straight to and
+ * from iovecs the caller built (the device validates every address first:
+ * nothing here knows guest memory or virtqueues).
  *
  * Every function returns a non-negative result or -errno.
  */
@@ -11,6 +15,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <linux/if.h>
 #include <linux/if_ether.h>
 #include <linux/if_packet.h>
@@ -22,6 +27,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,18 +37,26 @@ struct open_req {
   const char *ifname;
   const char *netns; /* path of a netns file, or NULL/"" for the current one */
   int kind;          /* 0 = TAP, 1 = AF_PACKET */
-  int promisc;
+  int promisc;       /* AF_PACKET: promiscuous; TAP: virtio-net header bytes (0 = none) */
   int result;
 };
 
-static int open_tap(const char *ifname) {
+static int open_tap(const char *ifname, int vnet_hdr) {
   int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return -errno;
+  if (vnet_hdr > 0) {
+    unsigned int features = 0;
+    if (ioctl(fd, TUNGETFEATURES, &features) < 0 || !(features & IFF_VNET_HDR)) {
+      close(fd);
+      return -EOPNOTSUPP;
+    }
+  }
   struct ifreq ifr;
   memset(&ifr, 0, sizeof ifr);
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr > 0 ? IFF_VNET_HDR : 0);
   strncpy(ifr.ifr_name, ifname, IFNAMSIZ - 1);
-  if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+  if (ioctl(fd, TUNSETIFF, &ifr) < 0 ||
+      (vnet_hdr > 0 && ioctl(fd, TUNSETVNETHDRSZ, &vnet_hdr) < 0)) {
     int e = errno;
     close(fd);
     return -e;
@@ -107,7 +121,7 @@ static void *open_thread(void *arg) {
     }
     close(nsfd);
   }
-  r->result = r->kind == 0 ? open_tap(r->ifname) : open_packet(r->ifname, r->promisc);
+  r->result = r->kind == 0 ? open_tap(r->ifname, r->promisc) : open_packet(r->ifname, r->promisc);
   return NULL;
 }
 
@@ -128,6 +142,119 @@ static int open_in_netns(struct open_req *r) {
 int vmkit_net_tap_open(const char *ifname, const char *netns) {
   struct open_req r = {ifname, netns, 0, 0, 0};
   return open_in_netns(&r);
+}
+
+/*
+ * Opens TAP device `ifname` (in netns `netns` if set) so that every frame
+ * read or written starts with a `vnet_hdr`-byte virtio-net header
+ * (IFF_VNET_HDR + TUNSETVNETHDRSZ; 12 = struct virtio_net_hdr_v1).
+ * Returns the non-blocking fd or -errno (-EOPNOTSUPP without IFF_VNET_HDR).
+ */
+int vmkit_net_tap_open_vnet(const char *ifname, const char *netns, int vnet_hdr) {
+  if (vnet_hdr < 10 || vnet_hdr > 64) return -EINVAL;
+  struct open_req r = {ifname, netns, 0, vnet_hdr, 0};
+  return open_in_netns(&r);
+}
+
+/*
+ * TUNSETOFFLOAD: which offloads (TUN_F_CSUM 1, TSO4 2, TSO6 4, TSO_ECN 8,
+ * UFO 16) frames read from the TAP may carry. Returns 0 or -errno.
+ */
+int vmkit_net_tap_set_offload(int fd, unsigned int flags) {
+  return ioctl(fd, TUNSETOFFLOAD, (unsigned long)flags) < 0 ? -errno : 0;
+}
+
+/*
+ * Reads frames from TAP `fd` (non-blocking) straight into caller-built
+ * buffers. The buffers are `nchains` groups of iovecs: group c is
+ * iov[first[c] .. first[c+1]). Each frame goes into the next unused group;
+ * with `merge` set it may run on into the groups after it (virtio-net
+ * mergeable receive buffers), and is read only when the groups left hold
+ * at least `need` bytes (0: no minimum), so a frame is not cut short for
+ * lack of buffers. Behind the groups given to one read sits `scratch`
+ * (`scratch_len` bytes, the caller's): a frame longer than its groups spills
+ * there, which is how a cut-short frame is told from one that just fits
+ * (the TAP returns no more than the space it was given).
+ *
+ * out[2*i] is frame i's length (capped at the groups' space plus
+ * `scratch_len`), out[2*i+1] the number of groups it filled, or 0 when it
+ * did not fit (the caller drops it; its groups stay free for the next frame).
+ * Returns the number of frames (0 when the TAP is empty or space ran out),
+ * or -errno for a failed read before any frame.
+ */
+int vmkit_net_tap_read_chains(int fd, const struct iovec *iov, const int32_t *first, int nchains,
+                              int merge, int need, uint8_t *scratch, int scratch_len, int32_t *out,
+                              int max_frames) {
+  if (fd < 0 || iov == NULL || first == NULL || out == NULL || scratch == NULL ||
+      scratch_len <= 0 || nchains < 0 || max_frames < 0)
+    return -EINVAL;
+  struct iovec vec[IOV_MAX];
+  int frames = 0;
+  int c = 0;
+  while (frames < max_frames && c < nchains) {
+    /* The groups this frame may use, and their space. */
+    int end = c;
+    int64_t given = 0;
+    int nvec = 0;
+    do {
+      int lo = first[end], hi = first[end + 1];
+      if (hi < lo || nvec + (hi - lo) > IOV_MAX - 1) break;
+      for (int i = lo; i < hi; i++) {
+        vec[nvec++] = iov[i];
+        given += (int64_t)iov[i].iov_len;
+      }
+      end++;
+    } while (merge && end < nchains && (need <= 0 || given < need));
+    if (end == c) return frames > 0 ? frames : -EINVAL;
+    if (merge && need > 0 && given < need) break;
+    vec[nvec].iov_base = scratch;
+    vec[nvec].iov_len = (size_t)scratch_len;
+    ssize_t n = readv(fd, vec, nvec + 1);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR || frames > 0) break;
+      return -errno;
+    }
+    int used = 0;
+    if (n > 0 && n <= given) {
+      /* Groups the frame filled: up to the one its last byte landed in. */
+      for (int64_t covered = 0; covered < n; used++) {
+        for (int i = first[c + used]; i < first[c + used + 1]; i++) {
+          covered += (int64_t)iov[i].iov_len;
+        }
+      }
+    }
+    out[2 * frames] = n > 0x7fffffff ? 0x7fffffff : (int32_t)n;
+    out[2 * frames + 1] = used;
+    frames++;
+    if (n == 0) break;
+    c += used;
+  }
+  return frames;
+}
+
+/*
+ * Writes frames to TAP `fd`, frame i being the next counts[i] iovecs of
+ * `iov`. res[i] is bytes written or -errno (a bad frame fails alone).
+ * Stops early when the TAP would block (EAGAIN); returns the number of
+ * frames attempted.
+ */
+int vmkit_net_tap_write_frames(int fd, const struct iovec *iov, const int32_t *counts, int nframes,
+                               int32_t *res) {
+  if (fd < 0 || iov == NULL || counts == NULL || res == NULL || nframes < 0) return -EINVAL;
+  int pos = 0;
+  for (int f = 0; f < nframes; f++) {
+    int n = counts[f];
+    if (n <= 0 || n > IOV_MAX) {
+      res[f] = -EINVAL;
+      pos += n > 0 ? n : 0;
+      continue;
+    }
+    ssize_t w = writev(fd, iov + pos, n);
+    if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return f;
+    res[f] = w < 0 ? -errno : (int32_t)w;
+    pos += n;
+  }
+  return nframes;
 }
 
 /* Opens an AF_PACKET socket bound to `ifname` (all protocols), in netns `netns` if set. */

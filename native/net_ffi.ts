@@ -1,7 +1,9 @@
 /**
- * FFI bindings of the network shim (`net.c`): TAP devices, AF_PACKET
- * sockets (optionally inside a named network namespace) and batched reads
- * that wait in `poll` on Deno's FFI thread pool (`nonblocking: true`).
+ * FFI bindings of the network shim (`net.c`): TAP devices (optionally with
+ * a virtio-net header), AF_PACKET sockets (optionally inside a named network
+ * namespace), batched reads that wait in `poll` on Deno's FFI thread pool
+ * (`nonblocking: true`), and the virtio-net back end's batched
+ * scatter/gather TAP reads and writes (synchronous: the TAP is non-blocking).
  *
  * @module
  */
@@ -21,6 +23,16 @@ export const NET_SYMBOLS = {
     nonblocking: true,
   },
   vmkit_net_write: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  vmkit_net_tap_open_vnet: { parameters: ["buffer", "buffer", "i32"], result: "i32" },
+  vmkit_net_tap_set_offload: { parameters: ["i32", "u32"], result: "i32" },
+  vmkit_net_tap_read_chains: {
+    parameters: ["i32", "buffer", "buffer", "i32", "i32", "i32", "buffer", "i32", "buffer", "i32"],
+    result: "i32",
+  },
+  vmkit_net_tap_write_frames: {
+    parameters: ["i32", "buffer", "buffer", "i32", "buffer"],
+    result: "i32",
+  },
   vmkit_net_close: { parameters: ["i32"], result: "i32" },
   vmkit_net_strerror: { parameters: ["i32", "buffer", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;

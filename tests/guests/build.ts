@@ -199,7 +199,12 @@ async function build(dir: string): Promise<void> {
     run("gcc", [...cc32, '-DDEFAULT_MODE="demo"', "-c", `${SRC}core.c`, "-o", o("demo32.o")]),
     ...core64.map((u) => run("gcc", [...cc64, "-c", SRC + u.src, "-o", o(u.obj)])),
   ]);
-  const pvhRest = ["boot_pvh32.o", "entry_pvh32.o", "trampoline32.o", ...drivers.map((d) => `${d}32.o`)]
+  const pvhRest = [
+    "boot_pvh32.o",
+    "entry_pvh32.o",
+    "trampoline32.o",
+    ...drivers.map((d) => `${d}32.o`),
+  ]
     .map(o);
   const ld32 = ["-m", "elf_i386", "-T", `${SRC}pvh.ld`, ...LDFLAGS];
   await run("ld", [...ld32, "-o", o("guest-pvh.elf"), o("core32.o"), ...pvhRest]);
