@@ -29,6 +29,15 @@ class SerialLog {
   }
 }
 
+/** Kills `child` unless it has exited already. */
+function kill(child: Deno.ChildProcess): void {
+  try {
+    child.kill("SIGKILL");
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err;
+  }
+}
+
 async function pingQemuGuest(
   extraCmdline: string,
   pingSizes: number[],
@@ -86,12 +95,10 @@ async function pingQemuGuest(
     if (merged) assert.ok(Number(m[6]) >= 3, `merged frames: ${m[6]}`);
     else assert.equal(Number(m[6]), 0);
   } finally {
-    await writer.close().catch(() => {});
-    try {
-      child.kill("SIGKILL");
-    } catch (err) {
-      if (!(err instanceof TypeError)) throw err;
-    }
+    await writer.close().catch((e: unknown) => {
+      if (!(e instanceof Deno.errors.BrokenPipe)) throw e;
+    });
+    kill(child);
     await child.status;
     await log.done;
     await errLog.done;
