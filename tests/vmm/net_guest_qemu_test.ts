@@ -68,7 +68,7 @@ async function pingQemuGuest(
   const writer = child.stdin.getWriter();
   try {
     assert.ok(
-      await waitFor(() => log.text.includes("net up"), 30_000),
+      await waitFor(() => /net up .*\n/.test(log.text), 30_000),
       `guest did not come up: ${log.text} ${errLog.text}`,
     );
     assert.match(log.text, /net up mac 52:54:00:92:00:02 ip 10\.92\.0\.2 /);
@@ -84,7 +84,7 @@ async function pingQemuGuest(
       sent += 3;
     }
     await writer.write(new TextEncoder().encode("stats\n"));
-    assert.ok(await waitFor(() => /net stats /.test(log.text), 10_000), log.text);
+    assert.ok(await waitFor(() => /net stats .* bad=\d+\n/.test(log.text), 10_000), log.text);
     const m = /net stats rx=(\d+) tx=(\d+) arp=(\d+) icmp=(\d+) other=(\d+) merged=(\d+) bad=(\d+)/
       .exec(log.text);
     assert.ok(m !== null, log.text);
