@@ -14,7 +14,7 @@
  *   mem: int("MiB", "guest RAM", { min: 1, max: 65536, default: 256 }),
  *   kernel: str("PATH", "kernel image", { complete: "file" }),
  * };
- * const { values } = parseOptions(opts, ["--mem", "128"], { max: 0 });
+ * const { values } = parseOptions(opts, ["--mem", "128"], { min: 0, max: 0 });
  * console.log(values.mem + 1); // 129
  * ```
  *

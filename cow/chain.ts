@@ -71,11 +71,14 @@ function realPath(path: string): string {
  *
  * @example
  * ```ts
- * import { openImage } from "./chain.ts";
- * const disk = openImage("/var/lib/vm/overlay.qcow2");
+ * import { createImage, openImage } from "./chain.ts";
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/overlay.qcow2`, { size: 1 << 20 }).closeSync();
+ * const disk = openImage(`${dir}/overlay.qcow2`);
  * const buf = new Uint8Array(4096);
  * await disk.read(0, buf);
  * await disk.close();
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function openImage(path: string, options: OpenImageOptions = {}): DiskImage {

@@ -33,9 +33,14 @@ const TWO32 = 2 ** 32;
  *
  * @example
  * ```ts
+ * import { createImage } from "./chain.ts";
  * import { checkImage } from "./check.ts";
- * const r = checkImage("/tmp/disk.qcow2");
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/disk.qcow2`, { size: 1 << 20 }).closeSync();
+ * const r = checkImage(`${dir}/disk.qcow2`);
  * if (r.errors.length > 0) console.error(r.errors.join("\n"));
+ * console.log(r.errors.length, r.leaks); // 0 0
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function checkImage(path: string): CheckResult {

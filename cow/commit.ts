@@ -194,11 +194,16 @@ function writableParent(overlay: Qcow2Image): DiskImage {
  *
  * @example
  * ```ts
+ * import { createImage } from "./chain.ts";
  * import { commit } from "./commit.ts";
- * const { parent } = await commit("/tmp/disk.overlay.qcow2", {
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/disk.qcow2`, { size: 1 << 20 }).closeSync();
+ * createImage(`${dir}/disk.overlay.qcow2`, { backingFile: "disk.qcow2" }).closeSync();
+ * const { parent } = await commit(`${dir}/disk.overlay.qcow2`, {
  *   onProgress: ({ done, total }) => console.error(`${done}/${total}`),
  * });
  * await parent.close();
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function commit(

@@ -35,11 +35,15 @@ export interface CopyResult {
  *
  * @example
  * ```ts
+ * import { createImage } from "./chain.ts";
  * import { copyParent } from "./copy_parent.ts";
- * await copyParent("/tmp/disk.raw", "/tmp/disk.copy.qcow2", {
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/disk.raw`, { size: 1 << 20, format: "raw" }).closeSync();
+ * await copyParent(`${dir}/disk.raw`, `${dir}/disk.copy.qcow2`, {
  *   bandwidth: 100 << 20,
  *   onProgress: ({ done, total }) => console.error(`${done}/${total}`),
  * });
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function copyParent(

@@ -30,9 +30,13 @@ export interface OverlayOptions {
  * @example
  * ```ts
  * import { createOverlay } from "./overlay.ts";
- * import { openImage } from "./chain.ts";
- * const parent = openImage("/tmp/disk.raw");
- * const overlay = createOverlay(parent, "/tmp/disk.overlay.qcow2");
+ * import { createImage, openImage } from "./chain.ts";
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/disk.raw`, { size: 1 << 20, format: "raw" }).closeSync();
+ * const parent = openImage(`${dir}/disk.raw`);
+ * const overlay = createOverlay(parent, `${dir}/disk.overlay.qcow2`, { adoptParent: true });
+ * await overlay.close(); // closes the parent too (adoptParent)
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export function createOverlay(
@@ -64,10 +68,15 @@ export function createOverlay(
  *
  * @example
  * ```ts
- * import { openImage, SwitchableDevice, switchToOverlay } from "./mod.ts";
- * const parent = openImage("/tmp/disk.qcow2");
+ * import { createImage, openImage, SwitchableDevice, switchToOverlay } from "./mod.ts";
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/disk.qcow2`, { size: 1 << 20 }).closeSync();
+ * const parent = openImage(`${dir}/disk.qcow2`);
  * const dev = new SwitchableDevice(parent);
- * const overlay = await switchToOverlay(dev, parent, "/tmp/disk.ckpt1.qcow2");
+ * const overlay = await switchToOverlay(dev, parent, `${dir}/disk.ckpt1.qcow2`);
+ * await overlay.close();
+ * await parent.close();
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export async function switchToOverlay(

@@ -26,13 +26,17 @@ export interface SwitchOptions {
  * @example
  * ```ts
  * import { SwitchableDevice } from "./switchable_device.ts";
- * import { openImage } from "./chain.ts";
+ * import { createImage, openImage } from "./chain.ts";
  * import { createOverlay } from "./overlay.ts";
- * const parent = openImage("/tmp/disk.qcow2");
+ * const dir = await Deno.makeTempDir();
+ * createImage(`${dir}/disk.qcow2`, { size: 1 << 20 }).closeSync();
+ * const parent = openImage(`${dir}/disk.qcow2`);
  * const dev = new SwitchableDevice(parent);
  * // ... a writer uses `dev` ...
- * const overlay = createOverlay(parent, "/tmp/disk.ckpt.qcow2");
+ * const overlay = createOverlay(parent, `${dir}/disk.ckpt.qcow2`, { adoptParent: true });
  * await dev.switchTo(overlay); // from here on, writes land in the overlay
+ * await overlay.close();
+ * await Deno.remove(dir, { recursive: true });
  * ```
  */
 export class SwitchableDevice implements BlockDevice {

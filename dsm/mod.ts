@@ -97,5 +97,12 @@ export {
   runLocalCluster,
   startLocalCluster,
 } from "./cluster.ts";
-export { type LoadedProgram, loadProgram, nodeMain, parseParams, runNode } from "./node_main.ts";
+export {
+  type LoadedProgram,
+  loadProgram,
+  type NodeArgs,
+  nodeMain,
+  parseParams,
+  runNode,
+} from "./node_main.ts";
 export { BUILTIN_PROGRAMS } from "./programs/mod.ts";

@@ -20,8 +20,14 @@
  */
 
 export type { CpuidEntry, DTable, MsrEntry, Regs, Segment, Sregs } from "./kvm_types.ts";
-export { buildShim } from "./build.ts";
-export { type LoadedShim, loadShim, openShim, type Shim } from "./ffi.ts";
+export {
+  buildShim,
+  type BuildShimOptions,
+  type EnvLookup,
+  ShimBuildError,
+  shimCacheDir,
+} from "./build.ts";
+export { type LoadedShim, loadShim, openShim, type Shim, SHIM_SYMBOLS } from "./ffi.ts";
 export {
   errnoText,
   installKickHandler,

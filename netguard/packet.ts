@@ -145,11 +145,11 @@ export class PacketInfo {
   /** Innermost EtherType (after VLAN tags); 0 for raw IP input. */
   etherType = 0;
   /** Outermost VLAN id, or -1 when untagged. */
-  vlan = -1;
+  vlan: number = -1;
   /** 4 or 6 for IP packets, 0 otherwise. */
   ipVersion = 0;
   /** Offset of the IP header in the buffer, -1 if none. */
-  l3Off = -1;
+  l3Off: number = -1;
   /** Offset of the source address in the buffer. */
   srcOff = 0;
   /** Offset of the destination address in the buffer. */
@@ -159,13 +159,13 @@ export class PacketInfo {
   /** IPv4 destination as an unsigned 32-bit number (0 for IPv6). */
   dst4 = 0;
   /** Upper-layer protocol (after IPv6 extension headers). */
-  proto = -1;
+  proto: number = -1;
   /** True for any fragment (first or later). */
   fragment = false;
   /** True for a fragment other than the first (it carries no L4 header). */
   laterFragment = false;
   /** Offset of the L4 header in the buffer, -1 if absent. */
-  l4Off = -1;
+  l4Off: number = -1;
   /** TCP/UDP source port, 0 if none. */
   srcPort = 0;
   /** TCP/UDP destination port, 0 if none. */
@@ -173,9 +173,9 @@ export class PacketInfo {
   /** TCP flags byte, 0 if not TCP. */
   tcpFlags = 0;
   /** ICMP/ICMPv6 type, -1 if not ICMP. */
-  icmpType = -1;
+  icmpType: number = -1;
   /** ICMP/ICMPv6 code, -1 if not ICMP. */
-  icmpCode = -1;
+  icmpCode: number = -1;
   /** {@link PacketClass} of the frame. */
   cls = 0;
 

@@ -85,7 +85,8 @@ export function parseEtcdUrl(url: string): { endpoint: string; prefix: string | 
  * A registry in etcd.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs an etcd server on 127.0.0.1:2379.
  * const reg = new EtcdSuiRegistry("http://127.0.0.1:2379");
  * const rec = await reg.alloc("vm-1", "wwpn");
  * console.log(rec.sui, rec.wwnn);

@@ -34,7 +34,8 @@ export interface IscsiBlockDeviceOptions extends IscsiSessionOptions {
  * An iSCSI LUN as a {@link BlockDevice}.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs an iSCSI target on 127.0.0.1:3260.
  * const dev = await IscsiBlockDevice.open({
  *   host: "127.0.0.1", port: 3260, lun: 1,
  *   initiatorName: "iqn.2024-01.dev.vmkit:vm-1",

@@ -26,7 +26,8 @@ export interface DiscoveryOptions {
  * Lists the targets a portal offers to `initiatorName`.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs an iSCSI portal on 127.0.0.1:3260.
  * const targets = await discoverTargets({ host: "127.0.0.1", initiatorName: "iqn.2024-01.dev.vmkit:vm-1" });
  * for (const t of targets) console.log(t.name, t.addresses);
  * ```

@@ -269,7 +269,8 @@ function randomIsid(): Uint8Array {
  * A logged-in iSCSI session.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs an iSCSI target on 127.0.0.1:3260.
  * const s = await IscsiSession.connect({
  *   host: "127.0.0.1", port: 3260,
  *   initiatorName: "iqn.2024-01.dev.vmkit:vm-1",

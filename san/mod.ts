@@ -17,10 +17,11 @@
  * single caller's one-at-a-time rate is bounded by the disk's fsync latency.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs an iSCSI target serving iqn.2024-01.example:disk1 on 127.0.0.1:3260.
  * import { FileSuiRegistry, IscsiBlockDevice } from "@vmkit/vmkit/san";
  *
- * const reg = await FileSuiRegistry.open("/var/lib/vmkit/sui.journal");
+ * const reg = await FileSuiRegistry.open(`${await Deno.makeTempDir()}/sui.journal`);
  * const { sui } = await reg.alloc("vm-1", "iqn");
  * const disk = await IscsiBlockDevice.open({
  *   host: "127.0.0.1", port: 3260, lun: 1,

@@ -13,7 +13,8 @@
  * INIT can still wake it (see `vcpu_worker.ts`).
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs a kernel image (vmlinux) and /dev/kvm.
  * import { Machine } from "./machine.ts";
  * import { defaultDeviceSpecs } from "./devices/mod.ts";
  * const kernel = await Deno.readFile("vmlinux");

@@ -2,7 +2,8 @@
  * vmkit `vmm`: the machine, vCPUs, devices and boot loaders.
  *
  * @example
- * ```ts
+ * ```ts ignore
+ * // ignore: needs a kernel image (vmlinux) and /dev/kvm.
  * import { defaultDeviceSpecs, Machine } from "./mod.ts";
  * const kernel = await Deno.readFile("vmlinux");
  * await using m = await Machine.create({
@@ -18,8 +19,14 @@
  * @module
  */
 
-export type { Device, DeviceEnv, Suspendable } from "./devices/device.ts";
-export { createDevices, defaultDeviceSpecs, type DeviceSpec } from "./devices/mod.ts";
+export type { AddressRange, Device, DeviceEnv, Suspendable } from "./devices/device.ts";
+export {
+  createDevices,
+  type DefaultDeviceOptions,
+  defaultDeviceSpecs,
+  type DeviceSpec,
+  type SerialOutput,
+} from "./devices/mod.ts";
 export type { GuestMemory, MemoryRegion } from "./guest_memory.ts";
 export { GuestMemoryError, MMIO_GAP_END, MMIO_GAP_START, x86Layout } from "./guest_memory.ts";
 export type { BootOptions, BootPlan, BootProtocol } from "./boot/types.ts";
@@ -50,6 +57,7 @@ export { BootError, loadKernel } from "./boot/mod.ts";
 export { DeviceBus } from "./devices/mod.ts";
 export {
   ApiClientError,
+  type ApiMemoryRegion,
   type ApiReply,
   apiRequest,
   type ApiServer,

@@ -14,7 +14,9 @@
 
 /** A half-open range of I/O ports or MMIO addresses. */
 export interface AddressRange {
+  /** First port or address of the range. */
   readonly base: number;
+  /** Number of ports or bytes. */
   readonly length: number;
 }
 
