@@ -57,10 +57,15 @@ export { BootError, loadKernel } from "./boot/mod.ts";
 export { DeviceBus } from "./devices/mod.ts";
 export {
   ApiClientError,
+  type ApiContext,
   type ApiMemoryRegion,
   type ApiReply,
   apiRequest,
+  type ApiRoute,
   type ApiServer,
+  type ApiServerOptions,
   type ApiTarget,
+  type HttpExchange,
+  type HttpLimits,
   startApiServer,
 } from "./api/mod.ts";
