@@ -7,7 +7,6 @@
  */
 
 import {
-  type Capture,
   defaultConfig,
   eventToJson,
   eventToText,
@@ -16,18 +15,19 @@ import {
   loadConfigFile,
   NetGuard,
   type NetguardConfig,
+  NetguardError,
   type NetguardEvent,
+  openCaptureStream,
   PcapWriter,
-  readCaptureFile,
-  replayCapture,
-  summarizeCapture,
+  replayCaptureStream,
+  summarizeCaptureStream,
   watchInterface,
   watchTap,
 } from "../netguard/mod.ts";
 import { command, type Entry, kebabKeys } from "./command.ts";
 import { Exit } from "./exit.ts";
 import { int, str } from "./options.ts";
-import { UsageError } from "./usage.ts";
+import { checkPathArg, UsageError } from "./usage.ts";
 
 const CONFIG = str("FILE", "JSON configuration (thresholds, detector, policy, whitelist, vms)", {
   complete: "file",
@@ -38,9 +38,13 @@ const watch = command({
   summary: "watch a capture, host interface or TAP device and print alerts and decisions",
   synopsis: "(--pcap FILE | --iface IF | --tap NAME) [options]",
   description: "Give exactly one of --pcap, --iface, --tap. With --output json, one JSON object\n" +
-    "per line (ts, event, vm, direction, kind, action, ...).",
+    "per line (ts, event, vm, direction, kind, action, ...). --pcap takes a pcap or pcapng\n" +
+    "file, FIFO or device, or - for standard input: it is streamed (bounded memory at any\n" +
+    "size) and reading stops at the first bad record.",
   options: {
-    pcap: str("FILE", "replay this pcap/pcapng capture", { complete: "file" }),
+    pcap: str("FILE", "replay this pcap/pcapng capture (- for standard input)", {
+      complete: "file",
+    }),
     iface: str("IF", "watch this host interface (AF_PACKET)"),
     tap: str("NAME", "watch this TAP device"),
     config: CONFIG,
@@ -61,6 +65,10 @@ const watch = command({
     if (sources !== 1) {
       throw new UsageError("watch needs exactly one of --pcap FILE, --iface IF, --tap NAME");
     }
+    for (const name of ["pcap", "config", "samples-pcap"] as const) {
+      const v = o[name];
+      if (v !== undefined) checkPathArg(`--${name}`, v);
+    }
     const config = o.config !== undefined ? await loadConfigFile(o.config) : defaultConfig();
     const guard = new NetGuard(config);
     const samples = o["samples-pcap"] !== undefined ? new PcapWriter(LINKTYPE_RAW) : null;
@@ -73,20 +81,32 @@ const watch = command({
         }
       }
     });
+    let failure: unknown = undefined;
     try {
       if (o.pcap !== undefined) {
-        const cap: Capture = await readCaptureFile(o.pcap);
-        replayCapture(guard, cap, o.vm !== undefined ? { vm: o.vm } : {});
+        const stream = await openCaptureStream(o.pcap);
+        const r = await replayCaptureStream(guard, stream, {
+          source: o.pcap === "-" ? "<stdin>" : o.pcap,
+          ...(o.vm !== undefined ? { vm: o.vm } : {}),
+        });
         guard.stats();
         await guard.settled();
+        if (r.truncatedTail) console.error(`netguard: ${o.pcap}: the last record was cut short`);
       } else {
         await watchLive(guard, o.iface, o.tap, o.netns, o.vm, o.duration ?? 0, o["stats-interval"]);
       }
-    } finally {
-      if (samples !== null && o["samples-pcap"] !== undefined) {
+    } catch (err) {
+      // The samples of alerts raised before a bad record are still written.
+      failure = err;
+    }
+    if (samples !== null && o["samples-pcap"] !== undefined) {
+      try {
         await Deno.writeFile(o["samples-pcap"], samples.bytes());
+      } catch (err) {
+        throw new NetguardError(`cannot write --samples-pcap: ${(err as Error).message}`);
       }
     }
+    if (failure !== undefined) throw failure;
     return Exit.OK;
   },
 });
@@ -95,13 +115,16 @@ const reportCmd = command({
   name: "report",
   summary: "summarise a capture and the alerts and decisions netguard would take on it",
   args: ["FILE"],
-  description: "Prints packet classes, malformed frames, top talkers and the alerts and\n" +
+  description: "FILE is streamed like watch's --pcap (- for standard input).\n" +
+    "Prints packet classes, malformed frames, top talkers and the alerts and\n" +
     "decisions netguard would take on the capture.",
   options: { config: CONFIG },
   output: true,
   async run(ctx) {
     const [file = ""] = ctx.positionals;
     const o = ctx.values;
+    checkPathArg("FILE", file);
+    if (o.config !== undefined) checkPathArg("--config", o.config);
     const config = o.config !== undefined ? await loadConfigFile(o.config) : defaultConfig();
     return await report(file, config, ctx.json);
   },
@@ -159,8 +182,13 @@ async function watchLive(
 }
 
 async function report(path: string, config: NetguardConfig, json: boolean): Promise<number> {
-  const cap = await readCaptureFile(path);
-  const r = summarizeCapture(cap, config, config.topN);
+  const stream = await openCaptureStream(path);
+  const r = await summarizeCaptureStream(
+    stream,
+    config,
+    config.topN,
+    path === "-" ? "<stdin>" : path,
+  );
   if (json) {
     console.log(JSON.stringify(kebabKeys({ file: path, ...r })));
     return Exit.OK;
@@ -168,7 +196,8 @@ async function report(path: string, config: NetguardConfig, json: boolean): Prom
   const lines = [
     `${path}: ${r.format}, ${r.packets} packets, ${r.bytes} bytes` +
     (r.packets > 0 ? `, ${((r.lastTs - r.firstTs) / 1000).toFixed(3)} s` : "") +
-    (r.truncatedTail ? " (last record cut short)" : ""),
+    (r.truncatedTail ? " (last record cut short)" : "") +
+    (r.outOfOrder > 0 ? ` (${r.outOfOrder} records stamped earlier than one before them)` : ""),
     `rates: average ${Math.round(r.avgPps)} pps, peak ${r.peakPps} packets in one second`,
     `IPv4 ${r.ipv4}, IPv6 ${r.ipv6}, VLAN-tagged ${r.vlanTagged}, fragments ${r.fragments}`,
     `classes: ${Object.entries(r.classes).map(([k, v]) => `${k}=${v}`).join(" ") || "none"}`,

@@ -459,6 +459,8 @@ export function parseConfig(x: unknown): NetguardConfig {
   };
 }
 
+const MAX_CONFIG_BYTES = 4 * 1024 * 1024;
+
 /**
  * Reads and validates a JSON configuration file.
  *
@@ -467,8 +469,17 @@ export function parseConfig(x: unknown): NetguardConfig {
 export async function loadConfigFile(path: string): Promise<NetguardConfig> {
   let text: string;
   try {
-    text = await Deno.readTextFile(path);
+    // Only a regular file of sane size: /dev/zero or a FIFO would be read forever.
+    const st = await Deno.stat(path);
+    if (!st.isFile) {
+      throw new ConfigError(path, st.isDirectory ? "is a directory" : "is not a regular file");
+    }
+    if (st.size > MAX_CONFIG_BYTES) {
+      throw new ConfigError(path, `is ${st.size} bytes; a configuration is at most 4 MiB`);
+    }
+    text = new TextDecoder("utf-8", { fatal: true }).decode(await Deno.readFile(path));
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError(
       path,
       `cannot read the file (${err instanceof Error ? err.message : String(err)})`,

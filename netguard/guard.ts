@@ -22,7 +22,8 @@ import { VmRegistryError } from "./errors.ts";
 import type { DecisionEvent, NetguardEvent, StatsEvent } from "./events.ts";
 import { DirectionMonitor, type TransitionReport } from "./monitor.ts";
 import { PacketClass, PacketInfo } from "./packet.ts";
-import { LINKTYPE_ETHERNET, PACKET_OUTGOING, parseLinkFrame } from "./pcap.ts";
+import { PACKET_OUTGOING, parseLinkFrame } from "./pcap.ts";
+import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
 import { TokenBucket } from "./token_bucket.ts";
 
 /**

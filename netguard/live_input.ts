@@ -17,7 +17,7 @@ import {
 } from "../native/net_ffi.ts";
 import { NativeNetError } from "./errors.ts";
 import type { NetGuard } from "./guard.ts";
-import { LINKTYPE_ETHERNET } from "./pcap.ts";
+import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
 
 /** Options of a live reader. */
 export interface LiveOptions {

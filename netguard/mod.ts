@@ -13,8 +13,11 @@
  *   lowest-priority VMs, or rate-limits/drops, and resumes after a hold time.
  *   VMs are anything {@link PausableVm} (the vmm `Machine` is one).
  * - Inputs: the frame tap ({@link NetGuard.frame}), TAP devices and host
- *   interfaces ({@link LiveReader}), pcap/pcapng files ({@link readCaptureFile},
- *   {@link replayCapture}); {@link PcapWriter} writes samples for tcpdump.
+ *   interfaces ({@link LiveReader}), pcap/pcapng as Web Streams of any size
+ *   with bounded memory ({@link readCaptureStream}, {@link replayCaptureStream},
+ *   {@link openCaptureStream} for files, FIFOs and stdin) or indexed in memory
+ *   ({@link readCapture}, {@link replayCapture}); one incremental parser,
+ *   {@link CaptureDecoder}, serves both. {@link PcapWriter} writes samples for tcpdump.
  *
  * @example
  * ```ts
@@ -38,7 +41,9 @@
 
 export * from "./errors.ts";
 export * from "./packet.ts";
+export * from "./pcap_decoder.ts";
 export * from "./pcap.ts";
+export * from "./capture_stream.ts";
 export * from "./cidr.ts";
 export * from "./config.ts";
 export * from "./events.ts";

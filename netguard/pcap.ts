@@ -1,72 +1,31 @@
 /**
- * Capture files: reads classic pcap (microsecond and nanosecond, either byte
- * order) and pcapng (section, interface and packet blocks), and writes pcap
- * that tcpdump and Wireshark open.
- *
- * Reading indexes every record into typed arrays in one pass, so replaying
- * and classifying the capture afterwards allocates nothing per packet.
+ * Capture files in memory: indexes a classic pcap or pcapng (parsed by
+ * {@link CaptureDecoder}) into typed arrays in one pass, so replaying and
+ * classifying it afterwards allocates nothing per packet; parses a record of
+ * any supported link type; and writes pcap that tcpdump and Wireshark open.
  *
  * @module
  */
 
 import { CaptureFormatError } from "./errors.ts";
 import { PacketClass, type PacketInfo, parseEthernet, parseRawIp } from "./packet.ts";
-
-/** Link type of Ethernet frames. */
-export const LINKTYPE_ETHERNET = 1;
-/** Link type of raw IP packets (version from the first nibble). */
-export const LINKTYPE_RAW = 101;
-/** Link type of Linux "cooked" captures (`tcpdump -i any`, v1). */
-export const LINKTYPE_LINUX_SLL = 113;
-/** Link type of raw IPv4 packets. */
-export const LINKTYPE_IPV4 = 228;
-/** Link type of raw IPv6 packets. */
-export const LINKTYPE_IPV6 = 229;
-/** Link type of Linux "cooked" captures, v2. */
-export const LINKTYPE_LINUX_SLL2 = 276;
-
-const SUPPORTED_LINKTYPES: ReadonlySet<number> = new Set([
+import {
+  CaptureDecoder,
   LINKTYPE_ETHERNET,
-  LINKTYPE_RAW,
   LINKTYPE_LINUX_SLL,
-  LINKTYPE_IPV4,
-  LINKTYPE_IPV6,
   LINKTYPE_LINUX_SLL2,
-]);
-
-// Classic pcap: 24-byte file header, 16-byte record header.
-const PCAP_MAGIC_US = 0xa1b2c3d4;
-const PCAP_MAGIC_NS = 0xa1b23c4d;
-const PCAP_FILE_HEADER = 24;
-const PCAP_OFF_VERSION_MAJOR = 4;
-const PCAP_OFF_VERSION_MINOR = 6;
-const PCAP_OFF_SNAPLEN = 16;
-const PCAP_OFF_LINKTYPE = 20;
-const PCAP_RECORD_HEADER = 16;
-const REC_OFF_TS_SEC = 0;
-const REC_OFF_TS_FRAC = 4;
-const REC_OFF_CAPLEN = 8;
-const REC_OFF_ORIGLEN = 12;
-
-// pcapng: blocks of type, total length, body, total length.
-const PCAPNG_SHB = 0x0a0d0d0a;
-const PCAPNG_IDB = 0x00000001;
-const PCAPNG_SPB = 0x00000003;
-const PCAPNG_EPB = 0x00000006;
-const PCAPNG_BYTE_ORDER_MAGIC = 0x1a2b3c4d;
-const PCAPNG_BLOCK_MIN = 12;
-const SHB_OFF_BOM = 8;
-const IDB_OFF_LINKTYPE = 8;
-const IDB_OFF_OPTIONS = 16;
-const EPB_OFF_IFACE = 8;
-const EPB_OFF_TS_HIGH = 12;
-const EPB_OFF_TS_LOW = 16;
-const EPB_OFF_CAPLEN = 20;
-const EPB_OFF_ORIGLEN = 24;
-const EPB_OFF_DATA = 28;
-const SPB_OFF_ORIGLEN = 8;
-const SPB_OFF_DATA = 12;
-const OPT_IF_TSRESOL = 9;
+  PCAP_FILE_HEADER,
+  PCAP_MAGIC_US,
+  PCAP_OFF_LINKTYPE,
+  PCAP_OFF_SNAPLEN,
+  PCAP_OFF_VERSION_MAJOR,
+  PCAP_OFF_VERSION_MINOR,
+  PCAP_RECORD_HEADER,
+  REC_OFF_CAPLEN,
+  REC_OFF_ORIGLEN,
+  REC_OFF_TS_FRAC,
+  REC_OFF_TS_SEC,
+} from "./pcap_decoder.ts";
 
 // Linux cooked headers.
 const SLL_HEADER = 16;
@@ -77,9 +36,6 @@ const SLL2_OFF_PROTOCOL = 0;
 const SLL2_OFF_PKTTYPE = 10;
 /** Linux packet type of a frame the host sent (`PACKET_OUTGOING`). */
 export const PACKET_OUTGOING = 4;
-
-/** Largest record accepted; anything larger is a corrupt or hostile file. */
-export const MAX_RECORD_LEN: number = 256 * 1024;
 
 /** Every record of a capture, indexed into typed arrays over one buffer. */
 export interface Capture {
@@ -160,222 +116,51 @@ class CaptureBuilder {
   }
 }
 
-function checkLinkType(source: string, link: number): void {
-  if (!SUPPORTED_LINKTYPES.has(link)) {
-    throw new CaptureFormatError(
-      source,
-      `unknown link type ${link}; netguard reads Ethernet (1), raw IP (101, 228, 229) and ` +
-        `Linux cooked (113, 276) captures`,
-    );
-  }
-}
-
 /**
- * Reads a pcap or pcapng capture held in memory.
+ * Reads a pcap or pcapng capture held in memory into an index over it
+ * (zero-copy: records point into `bytes`). For captures of any size, stream
+ * them instead with {@link readCaptureStream}.
  *
  * @param bytes the whole file.
  * @param source a name for error messages (usually the path).
  * @throws {CaptureFormatError} on a bad magic, unknown link type or corrupt block.
  */
 export function readCapture(bytes: Uint8Array, source = "<memory>"): Capture {
-  if (bytes.length < 4) throw new CaptureFormatError(source, "file is too short to be a capture");
-  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const magicBe = v.getUint32(0, false);
-  if (magicBe === PCAPNG_SHB) return readPcapng(bytes, v, source);
-  return readPcap(bytes, v, source);
+  const dec = new CaptureDecoder(source);
+  const b = new CaptureBuilder();
+  const base = bytes.byteOffset;
+  dec.push(bytes, (buf, off, len, wire, ts, link) => {
+    // A record is either in place in `bytes` or, for a cut tail, in the decoder's carry.
+    if (buf.buffer === bytes.buffer) b.push(buf.byteOffset - base + off, len, wire, ts, link);
+  });
+  const info = dec.end();
+  return b.finish(bytes, info.format, info.truncatedTail);
 }
 
-/** Reads a capture file from disk; see {@link readCapture}. */
+/**
+ * Reads a capture file from disk into memory; see {@link readCapture}. Only
+ * regular files are read this way (a FIFO or device could be endless):
+ * stream those with {@link openCaptureStream}.
+ */
 export async function readCaptureFile(path: string): Promise<Capture> {
   let bytes: Uint8Array;
   try {
+    const st = await Deno.stat(path);
+    if (!st.isFile) {
+      throw new CaptureFormatError(
+        path,
+        st.isDirectory ? "is a directory, not a capture file" : "is not a regular file; stream it",
+      );
+    }
     bytes = await Deno.readFile(path);
   } catch (err) {
+    if (err instanceof CaptureFormatError) throw err;
     throw new CaptureFormatError(
       path,
       `cannot read the file (${err instanceof Error ? err.message : String(err)})`,
     );
   }
   return readCapture(bytes, path);
-}
-
-function readPcap(bytes: Uint8Array, v: DataView, source: string): Capture {
-  if (bytes.length < PCAP_FILE_HEADER) {
-    throw new CaptureFormatError(source, "file is shorter than a pcap header (24 bytes)");
-  }
-  let le: boolean;
-  let nanos: boolean;
-  const magicLe = v.getUint32(0, true);
-  if (magicLe === PCAP_MAGIC_US || magicLe === PCAP_MAGIC_NS) {
-    le = true;
-    nanos = magicLe === PCAP_MAGIC_NS;
-  } else {
-    const magicBe = v.getUint32(0, false);
-    if (magicBe !== PCAP_MAGIC_US && magicBe !== PCAP_MAGIC_NS) {
-      throw new CaptureFormatError(
-        source,
-        `not a pcap or pcapng file (magic 0x${magicBe.toString(16).padStart(8, "0")})`,
-      );
-    }
-    le = false;
-    nanos = magicBe === PCAP_MAGIC_NS;
-  }
-  const major = v.getUint16(PCAP_OFF_VERSION_MAJOR, le);
-  if (major !== 2) {
-    throw new CaptureFormatError(
-      source,
-      `unsupported pcap version ${major}.${v.getUint16(PCAP_OFF_VERSION_MINOR, le)}`,
-    );
-  }
-  void v.getUint32(PCAP_OFF_SNAPLEN, le);
-  // The upper bits of the link-type field carry FCS information; the type is the low 16 bits.
-  const link = v.getUint32(PCAP_OFF_LINKTYPE, le) & 0xffff;
-  checkLinkType(source, link);
-  const frac = nanos ? 1e-6 : 1e-3;
-  const b = new CaptureBuilder();
-  let p = PCAP_FILE_HEADER;
-  let truncated = false;
-  while (p < bytes.length) {
-    if (p + PCAP_RECORD_HEADER > bytes.length) {
-      truncated = true;
-      break;
-    }
-    const cap = v.getUint32(p + REC_OFF_CAPLEN, le);
-    const orig = v.getUint32(p + REC_OFF_ORIGLEN, le);
-    if (cap > MAX_RECORD_LEN) {
-      throw new CaptureFormatError(
-        source,
-        `record at byte ${p} claims ${cap} bytes (limit ${MAX_RECORD_LEN}); the file is corrupt`,
-      );
-    }
-    const data = p + PCAP_RECORD_HEADER;
-    if (data + cap > bytes.length) {
-      truncated = true;
-      break;
-    }
-    const ts = v.getUint32(p + REC_OFF_TS_SEC, le) * 1000 +
-      v.getUint32(p + REC_OFF_TS_FRAC, le) * frac;
-    b.push(data, cap, orig < cap ? cap : orig, ts, link);
-    p = data + cap;
-  }
-  return b.finish(bytes, "pcap", truncated);
-}
-
-function readPcapng(bytes: Uint8Array, v: DataView, source: string): Capture {
-  const b = new CaptureBuilder();
-  let le = true;
-  // Per-interface link type and timestamp unit (in ms) of the current section.
-  let ifLink: number[] = [];
-  let ifUnitMs: number[] = [];
-  let p = 0;
-  let truncated = false;
-  while (p < bytes.length) {
-    if (p + PCAPNG_BLOCK_MIN > bytes.length) {
-      truncated = true;
-      break;
-    }
-    const typeBe = v.getUint32(p, false);
-    if (typeBe === PCAPNG_SHB) {
-      if (p + SHB_OFF_BOM + 4 > bytes.length) {
-        truncated = true;
-        break;
-      }
-      const bomLe = v.getUint32(p + SHB_OFF_BOM, true);
-      if (bomLe === PCAPNG_BYTE_ORDER_MAGIC) le = true;
-      else if (v.getUint32(p + SHB_OFF_BOM, false) === PCAPNG_BYTE_ORDER_MAGIC) le = false;
-      else {throw new CaptureFormatError(
-          source,
-          `pcapng section at byte ${p} has a bad byte-order magic`,
-        );}
-      ifLink = [];
-      ifUnitMs = [];
-    }
-    const type = v.getUint32(p, le);
-    const len = v.getUint32(p + 4, le);
-    if (len < PCAPNG_BLOCK_MIN || len % 4 !== 0 || len > MAX_RECORD_LEN + 64) {
-      throw new CaptureFormatError(source, `pcapng block at byte ${p} has a bad length ${len}`);
-    }
-    if (p + len > bytes.length) {
-      truncated = true;
-      break;
-    }
-    if (v.getUint32(p + len - 4, le) !== len) {
-      throw new CaptureFormatError(
-        source,
-        `pcapng block at byte ${p}: trailing length does not match ${len}`,
-      );
-    }
-    const bodyEnd = p + len - 4;
-    if (type === PCAPNG_IDB) {
-      if (p + IDB_OFF_OPTIONS > bodyEnd) {
-        throw new CaptureFormatError(source, `pcapng interface block at byte ${p} is too short`);
-      }
-      const link = v.getUint16(p + IDB_OFF_LINKTYPE, le);
-      checkLinkType(source, link);
-      ifLink.push(link);
-      ifUnitMs.push(idbUnitMs(v, p + IDB_OFF_OPTIONS, bodyEnd, le));
-    } else if (type === PCAPNG_EPB) {
-      if (p + EPB_OFF_DATA > bodyEnd) {
-        throw new CaptureFormatError(source, `pcapng packet block at byte ${p} is too short`);
-      }
-      const iface = v.getUint32(p + EPB_OFF_IFACE, le);
-      const link = ifLink[iface];
-      const unit = ifUnitMs[iface];
-      if (link === undefined || unit === undefined) {
-        throw new CaptureFormatError(
-          source,
-          `pcapng packet at byte ${p} names undeclared interface ${iface}`,
-        );
-      }
-      const cap = v.getUint32(p + EPB_OFF_CAPLEN, le);
-      const orig = v.getUint32(p + EPB_OFF_ORIGLEN, le);
-      if (p + EPB_OFF_DATA + cap > bodyEnd) {
-        throw new CaptureFormatError(source, `pcapng packet at byte ${p} overruns its block`);
-      }
-      const ts =
-        (v.getUint32(p + EPB_OFF_TS_HIGH, le) * 4294967296 + v.getUint32(p + EPB_OFF_TS_LOW, le)) *
-        unit;
-      b.push(p + EPB_OFF_DATA, cap, orig < cap ? cap : orig, ts, link);
-    } else if (type === PCAPNG_SPB) {
-      const link = ifLink[0];
-      if (link === undefined) {
-        throw new CaptureFormatError(
-          source,
-          `pcapng simple packet at byte ${p} before any interface`,
-        );
-      }
-      const room = bodyEnd - (p + SPB_OFF_DATA);
-      if (room < 0) {
-        throw new CaptureFormatError(
-          source,
-          `pcapng simple packet block at byte ${p} is too short`,
-        );
-      }
-      const orig = v.getUint32(p + SPB_OFF_ORIGLEN, le);
-      const cap = orig < room ? orig : room;
-      b.push(p + SPB_OFF_DATA, cap, orig, 0, link);
-    }
-    p += len;
-  }
-  return b.finish(bytes, "pcapng", truncated);
-}
-
-/** Reads the `if_tsresol` option of an interface block; default microseconds. */
-function idbUnitMs(v: DataView, p: number, end: number, le: boolean): number {
-  let unit = 1e-3;
-  while (p + 4 <= end) {
-    const code = v.getUint16(p, le);
-    const olen = v.getUint16(p + 2, le);
-    if (code === 0) break;
-    if (code === OPT_IF_TSRESOL && olen >= 1 && p + 5 <= end) {
-      const r = v.getUint8(p + 4);
-      const exp = r & 0x7f;
-      // Bit 7 set: a power of two; otherwise a power of ten (units per second).
-      unit = (r & 0x80 ? Math.pow(2, -exp) : Math.pow(10, -exp)) * 1000;
-    }
-    p += 4 + ((olen + 3) & ~3);
-  }
-  return unit;
 }
 
 /**

@@ -4,13 +4,36 @@ import { PcapWriter, synthesizeTrace } from "../../netguard/mod.ts";
 const CLI = new URL("../../cli/main.ts", import.meta.url).pathname;
 
 async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
+  return await vmkitIn(null, ...args);
+}
+
+/** Runs `vmkit netguard ARGS` with `stdin` piped in (or none); killed after 60 s. */
+async function vmkitIn(
+  stdin: Uint8Array | null,
+  ...args: string[]
+): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
+  const t0 = performance.now();
+  const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", CLI, "netguard", ...args],
+    stdin: stdin === null ? "null" : "piped",
     stdout: "piped",
     stderr: "piped",
-  }).output();
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+  if (stdin !== null) {
+    const w = child.stdin.getWriter();
+    await w.write(stdin);
+    await w.close();
+  }
+  const out = await child.output();
+  clearTimeout(timer);
   const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  return {
+    code: out.code,
+    stdout: dec.decode(out.stdout),
+    stderr: dec.decode(out.stderr),
+    ms: performance.now() - t0,
+  };
 }
 
 /** A pcap of 1 s of benign traffic then 0.5 s of a 20 000 pps SYN flood to 10.0.0.2. */
@@ -136,6 +159,123 @@ Deno.test("vmkit netguard gives clear errors on bad input", async () => {
       r.stderr,
       /packet_open\(ngnosuchif0\) failed: (No such device|Operation not permitted)/,
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmkit netguard watch --pcap - streams standard input to the same events as the file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netguard-cli-" });
+  try {
+    const { path } = await floodPcap(dir);
+    const file = await vmkit("watch", "--pcap", path, "--json");
+    const piped = await vmkitIn(await Deno.readFile(path), "watch", "--pcap", "-", "--json");
+    assert.equal(piped.code, 0, piped.stderr);
+    assert.equal(piped.stdout, file.stdout);
+    assert.match(piped.stdout, /"kind":"syn_flood"/);
+    const rep = await vmkitIn(await Deno.readFile(path), "report", "-", "--json");
+    assert.equal(rep.code, 0, rep.stderr);
+    assert.equal(
+      JSON.parse(rep.stdout).packets,
+      JSON.parse((await vmkit("report", path, "--json")).stdout).packets,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmkit netguard on /dev/zero, a directory, a FIFO of garbage or a non-UTF-8 name stops with one line", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netguard-cli-" });
+  try {
+    // An endless input is streamed and refused at its first bytes, not read into memory.
+    for (const sub of ["watch --pcap", "report"]) {
+      const r = await vmkitIn(null, ...sub.split(" "), "/dev/zero");
+      assert.equal(r.code, 1, `${sub}: ${r.stderr}`);
+      assert.match(r.stderr, /\/dev\/zero: not a pcap or pcapng file \(magic 0x00000000\)/);
+      assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
+      assert.ok(r.ms < 30_000, `${sub} /dev/zero took ${r.ms} ms`);
+    }
+    const d = await vmkit("report", dir);
+    assert.equal(d.code, 1);
+    assert.match(d.stderr, /is a directory/);
+    assert.equal(d.stderr.trimEnd().split("\n").length, 1, d.stderr);
+    const cfg = await vmkit("report", "/dev/null", "--config", "/dev/zero");
+    assert.equal(cfg.code, 1);
+    assert.match(cfg.stderr, /\/dev\/zero: is not a regular file/);
+    // A FIFO is a stream: a writer's garbage is refused at the first bad record.
+    const fifo = `${dir}/fifo`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const writer = new Deno.Command("sh", {
+      args: ["-c", `head -c 100000 /dev/urandom > ${fifo}`],
+      stderr: "null",
+    }).spawn();
+    const f = await vmkit("watch", "--pcap", fifo);
+    await writer.status;
+    assert.equal(f.code, 1, f.stderr);
+    assert.match(f.stderr, /not a pcap or pcapng file/);
+    assert.equal(f.stderr.trimEnd().split("\n").length, 1, f.stderr);
+    const out = await new Deno.Command("sh", {
+      args: [
+        "-c",
+        `exec "$0" run -A "$1" netguard report "$(printf '${dir}/bad\\377.pcap')"`,
+        Deno.execPath(),
+        CLI,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 2, stderr);
+    assert.match(stderr, /not valid UTF-8/);
+    assert.equal(stderr.trimEnd().split("\n").length, 1, stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmkit netguard says what is wrong with a negative number instead of calling it ambiguous", async () => {
+  for (const opt of ["--duration", "--stats-interval"]) {
+    const r = await vmkit("watch", "--pcap", "/dev/null", opt, "-5");
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(
+      r.stderr,
+      new RegExp(`${opt} wants a non-negative number of milliseconds, got '-5'`),
+    );
+    assert.doesNotMatch(r.stderr, /ambiguous/);
+  }
+});
+
+Deno.test("a capture whose timestamps go backwards reports no negative duration or rate", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "netguard-cli-" });
+  try {
+    const trace = synthesizeTrace({
+      seed: 9,
+      startMs: 1_800_000_000_000,
+      benignPps: 1000,
+      durationMs: 1500,
+      victim: "10.0.0.2",
+      attack: { kind: "syn", atMs: 500, forMs: 500, pps: 20_000 },
+    });
+    const w = new PcapWriter();
+    const n = trace.frames.length;
+    // The second half is stamped an hour earlier than the first: a clock step back.
+    trace.frames.forEach((f, i) => w.write(f, (trace.tsMs[i] ?? 0) - (i > n / 2 ? 3_600_000 : 0)));
+    await Deno.writeFile(`${dir}/back.pcap`, w.bytes());
+    const rep = await vmkit("report", `${dir}/back.pcap`, "--json");
+    assert.equal(rep.code, 0, rep.stderr);
+    const r = JSON.parse(rep.stdout);
+    assert.ok(r.lastTs >= r.firstTs, `span ${r.lastTs - r.firstTs}`);
+    assert.ok(r.avgPps >= 0, `avgPps ${r.avgPps}`);
+    assert.ok(r.outOfOrder > 0 && r.outOfOrder < n);
+    const text = await vmkit("report", `${dir}/back.pcap`);
+    assert.doesNotMatch(text.stdout, /-\d+(\.\d+)? s\b|average -/);
+    const watch = await vmkit("watch", "--pcap", `${dir}/back.pcap`, "--json");
+    assert.equal(watch.code, 0, watch.stderr);
+    const events = watch.stdout.trim().split("\n").map((l) => JSON.parse(l));
+    assert.ok(events.some((e) => e.event === "alert"), "the flood is still detected");
+    for (const e of events) {
+      if (e.durationMs !== undefined) assert.ok(e.durationMs >= 0, JSON.stringify(e));
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -13,6 +13,7 @@ import {
   prng,
   readCapture,
   readCaptureFile,
+  readCaptureStream,
 } from "../../netguard/mod.ts";
 import { run } from "./helpers.ts";
 
@@ -230,4 +231,147 @@ Deno.test("Linux cooked captures (SLL and SLL2) parse to IP and report the packe
   assert.equal(info.dstPort, 25);
   assert.equal(parseLinkFrame(LINKTYPE_LINUX_SLL2, sll2, 0, 10, info), -1);
   assert.ok(info.error > 0, "a cooked header cut short is malformed");
+});
+
+/** A stream of `bytes` cut into chunks of random sizes from 1 to `max` bytes. */
+function chunked(bytes: Uint8Array, rnd: () => number, max: number): ReadableStream<Uint8Array> {
+  let pos = 0;
+  return new ReadableStream({
+    pull(c) {
+      if (pos >= bytes.length) return c.close();
+      const n = 1 + Math.floor(rnd() * max);
+      c.enqueue(bytes.slice(pos, pos + n));
+      pos += n;
+    },
+  });
+}
+
+type Rec = [number, number, number, number, number];
+
+/** A record as comparable numbers: FNV-1a of its bytes, length, wire length, time, link. */
+function rec(
+  buf: Uint8Array,
+  off: number,
+  len: number,
+  wire: number,
+  ts: number,
+  link: number,
+): Rec {
+  let h = 0x811c9dc5;
+  for (let i = off; i < off + len; i++) h = Math.imul(h ^ (buf[i] ?? 0), 16777619);
+  return [h >>> 0, len, wire, ts, link];
+}
+
+async function streamed(bytes: Uint8Array, rnd: () => number, max: number) {
+  const recs: Rec[] = [];
+  const info = await readCaptureStream(
+    chunked(bytes, rnd, max),
+    (buf, off, len, wire, ts, link) => {
+      recs.push(rec(buf, off, len, wire, ts, link));
+    },
+  );
+  return { recs, truncatedTail: info.truncatedTail };
+}
+
+function indexed(bytes: Uint8Array) {
+  const cap = readCapture(bytes);
+  const recs: Rec[] = [];
+  for (let i = 0; i < cap.count; i++) {
+    recs.push(rec(
+      cap.buf,
+      cap.offsets[i] ?? 0,
+      cap.lengths[i] ?? 0,
+      cap.origLengths[i] ?? 0,
+      cap.tsMs[i] ?? 0,
+      cap.linkTypes[i] ?? 0,
+    ));
+  }
+  return { recs, truncatedTail: cap.truncatedTail };
+}
+
+Deno.test("a capture streamed in chunks of any size gives exactly the records of the whole file, or the same error (seeded)", async () => {
+  const seed = 0x5eed12;
+  const rnd = prng(seed);
+  const w = new PcapWriter();
+  frames().forEach((f, i) => w.write(f, 1_700_000_000_000 + i));
+  const big = new PcapWriter();
+  for (let i = 0; i < 40; i++) big.write(new Uint8Array(1 + ((i * 977) % 9000)).fill(i), i);
+  const templates = [w.bytes(), pcapng(frames(), [1n, 2n, 3n]), big.bytes()];
+  try {
+    for (let n = 0; n < 600; n++) {
+      const t = templates[n % 3] ?? new Uint8Array();
+      const b = t.slice(0, n < 300 ? t.length : Math.floor(rnd() * (t.length + 1)));
+      if (n >= 150) {
+        for (let k = 0; k < 1 + Math.floor(rnd() * 4) && b.length > 0; k++) {
+          b[Math.floor(rnd() * b.length)] = Math.floor(rnd() * 256);
+        }
+      }
+      let want: ReturnType<typeof indexed> | Error;
+      try {
+        want = indexed(b);
+      } catch (err) {
+        want = err as Error;
+      }
+      // Chunks down to one byte; a 1-byte stream of the large template would only be slow.
+      const max = (t.length > 4096 ? [29, 300, 5000, 70000] : [1, 7, 100, 5000])[(n >> 2) % 4] ?? 1;
+      let got: Awaited<ReturnType<typeof streamed>> | Error;
+      try {
+        got = await streamed(b, rnd, max);
+      } catch (err) {
+        got = err as Error;
+      }
+      if (want instanceof Error) {
+        assert.ok(got instanceof CaptureFormatError, `case ${n}: stream gave ${got}, not ${want}`);
+        assert.equal(got.message.replace("<stream>", "<memory>"), want.message, `case ${n}`);
+      } else {
+        assert.ok(!(got instanceof Error), `case ${n}: ${got}`);
+        assert.deepEqual(got, want, `case ${n} (chunks up to ${max} bytes)`);
+      }
+    }
+  } catch (err) {
+    console.error(`seed ${seed}`);
+    throw err;
+  }
+});
+
+Deno.test("a 384 MiB capture stream is parsed with bounded memory", async () => {
+  // One period of 1514-byte frames, cut into fresh 64 KiB chunks at every offset:
+  // a decoder that kept chunks, or grew a buffer, would hold hundreds of MiB.
+  const w = new PcapWriter();
+  const frame = buildFrame({ src: "10.0.0.1", dst: "10.0.0.2", proto: "tcp", payload: 1460 });
+  for (let i = 0; i < 64; i++) w.write(frame, 1_700_000_000_000 + i);
+  const period = w.bytes().subarray(24);
+  const header = w.bytes().subarray(0, 24);
+  const total = 384 * 1024 * 1024;
+  let sent = 0;
+  const stream = new ReadableStream<Uint8Array>({
+    pull(c) {
+      if (sent === 0) c.enqueue(header.slice());
+      if (sent >= total) return c.close();
+      const chunk = new Uint8Array(65536);
+      for (let o = 0; o < chunk.length;) {
+        const at = (sent + o) % period.length;
+        const n = Math.min(chunk.length - o, period.length - at);
+        chunk.set(period.subarray(at, at + n), o);
+        o += n;
+      }
+      sent += chunk.length;
+      c.enqueue(chunk);
+    },
+  });
+  const rss0 = Deno.memoryUsage().rss;
+  let peak = rss0;
+  let records = 0;
+  let bytes = 0;
+  const info = await readCaptureStream(stream, (_b, _o, len) => {
+    records++;
+    bytes += len;
+    if ((records & 8191) === 0) peak = Math.max(peak, Deno.memoryUsage().rss);
+  });
+  const perRecord = period.length / 64;
+  assert.equal(records, Math.floor(total / perRecord));
+  assert.equal(bytes, records * frame.length);
+  assert.equal(info.truncatedTail, total % perRecord !== 0);
+  const grew = (peak - rss0) / 1048576;
+  assert.ok(grew < 96, `resident memory grew by ${grew.toFixed(0)} MiB while streaming 384 MiB`);
 });
