@@ -225,7 +225,7 @@ Deno.test("vmkit netguard on /dev/zero, a directory, a FIFO of garbage or a non-
       stderr: "piped",
     }).output();
     const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 2, stderr);
+    assert.equal(out.code, 64, stderr);
     assert.match(stderr, /not valid UTF-8/);
     assert.equal(stderr.trimEnd().split("\n").length, 1, stderr);
   } finally {
@@ -236,11 +236,8 @@ Deno.test("vmkit netguard on /dev/zero, a directory, a FIFO of garbage or a non-
 Deno.test("vmkit netguard says what is wrong with a negative number instead of calling it ambiguous", async () => {
   for (const opt of ["--duration", "--stats-interval"]) {
     const r = await vmkit("watch", "--pcap", "/dev/null", opt, "-5");
-    assert.equal(r.code, 2, r.stderr);
-    assert.match(
-      r.stderr,
-      new RegExp(`${opt} wants a non-negative number of milliseconds, got '-5'`),
-    );
+    assert.equal(r.code, 64, r.stderr);
+    assert.match(r.stderr, new RegExp(`${opt} must be an integer 0 or more, got '-5'`));
     assert.doesNotMatch(r.stderr, /ambiguous/);
   }
 });
@@ -264,9 +261,9 @@ Deno.test("a capture whose timestamps go backwards reports no negative duration 
     const rep = await vmkit("report", `${dir}/back.pcap`, "--json");
     assert.equal(rep.code, 0, rep.stderr);
     const r = JSON.parse(rep.stdout);
-    assert.ok(r.lastTs >= r.firstTs, `span ${r.lastTs - r.firstTs}`);
-    assert.ok(r.avgPps >= 0, `avgPps ${r.avgPps}`);
-    assert.ok(r.outOfOrder > 0 && r.outOfOrder < n);
+    assert.ok(r["last-ts"] >= r["first-ts"], `span ${r["last-ts"] - r["first-ts"]}`);
+    assert.ok(r["avg-pps"] >= 0, `avg-pps ${r["avg-pps"]}`);
+    assert.ok(r["out-of-order"] > 0 && r["out-of-order"] < n);
     const text = await vmkit("report", `${dir}/back.pcap`);
     assert.doesNotMatch(text.stdout, /-\d+(\.\d+)? s\b|average -/);
     const watch = await vmkit("watch", "--pcap", `${dir}/back.pcap`, "--json");
