@@ -45,9 +45,9 @@ export class CaptureReplay {
   /** Records whose timestamp went backwards. */
   outOfOrder = 0;
   /** Earliest and latest timestamps seen (ms); +Infinity/-Infinity before any record. */
-  firstTs = Infinity;
+  firstTs: number = Infinity;
   /** Latest timestamp seen (ms). */
-  lastTs = -Infinity;
+  lastTs: number = -Infinity;
   readonly #guard: NetGuard;
   readonly #options: ReplayOptions;
 
