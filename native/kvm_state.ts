@@ -63,6 +63,14 @@ export interface VmState {
   clock: Uint8Array;
 }
 
+/** Every vCPU's KVM state and the VM-wide in-kernel state (what a machine checkpoint holds). */
+export interface MachineCpuState {
+  /** One entry per vCPU, in id order. */
+  vcpus: VcpuState[];
+  /** Irqchip, PIT and kvmclock. */
+  vm: VmState;
+}
+
 /** Saves a paused vCPU's whole state; `msrIndices` is usually `kvm.msrIndexList()`. */
 export function saveVcpuState(vcpu: Vcpu, msrIndices: readonly number[]): VcpuState {
   return {

@@ -51,6 +51,7 @@ export {
   Vm,
 } from "./kvm.ts";
 export {
+  type MachineCpuState,
   restoreVcpuState,
   restoreVmState,
   saveVcpuState,

@@ -43,12 +43,11 @@ import {
   type Vm,
 } from "../native/kvm.ts";
 import {
+  type MachineCpuState,
   restoreVcpuState,
   restoreVmState,
   saveVcpuState,
   saveVmState,
-  type VcpuState,
-  type VmState,
 } from "../native/kvm_state.ts";
 import type { Regs, Sregs } from "../native/kvm_types.ts";
 import { loadKernel } from "./boot/mod.ts";
@@ -95,8 +94,12 @@ export interface MachineConfig {
   memMiB: number;
   /** vCPU count (1..64). */
   vcpus: number;
-  /** Kernel image bytes (the CLI reads the file). */
-  kernel: Uint8Array;
+  /**
+   * Kernel image bytes (the CLI reads the file). Absent only when
+   * {@link MachineConfig.memory} is given: the machine is then not booted but
+   * restored (its caller sets CPU and device state before `start()`).
+   */
+  kernel?: Uint8Array;
   /** Initial ramdisk. */
   initrd?: Uint8Array;
   /** Kernel command line. */
@@ -112,15 +115,15 @@ export interface MachineConfig {
   deviceModule?: string;
   /** Backing of guest RAM (default anonymous private mappings). */
   memoryBacking?: MemoryBacking;
+  /**
+   * Guest RAM already mapped (a checkpoint restore fills it lazily); it must
+   * hold `memMiB`. The machine owns it from then on.
+   */
+  memory?: HostMemory;
 }
 
-/** Every vCPU's KVM state and the VM-wide in-kernel state, from {@link Machine.saveCpuState}. */
-export interface MachineCpuState {
-  /** One entry per vCPU, in id order. */
-  vcpus: VcpuState[];
-  /** Irqchip, PIT and kvmclock. */
-  vm: VmState;
-}
+/** Every vCPU's KVM state and the VM-wide state, from {@link Machine.saveCpuState}. */
+export type { MachineCpuState };
 
 /** Lifecycle state. */
 export type MachineState = "Created" | "Running" | "Paused" | "Stopped";
@@ -187,8 +190,10 @@ export class Machine implements AsyncDisposable {
   readonly vm: Vm;
   /** vCPU handles; get/set their state only while paused or stopped. */
   readonly vcpus: readonly Vcpu[];
-  /** What the boot loader did. */
-  readonly bootPlan: BootPlan;
+  /** What the boot loader did (undefined for a machine restored from a checkpoint). */
+  readonly bootPlan: BootPlan | undefined;
+  /** The configuration the machine was built from. */
+  readonly config: Readonly<MachineConfig>;
 
   #state: MachineState = "Created";
   readonly #control: SharedArrayBuffer;
@@ -211,11 +216,13 @@ export class Machine implements AsyncDisposable {
     vm: Vm,
     memory: HostMemory,
     vcpus: Vcpu[],
-    bootPlan: BootPlan,
+    bootPlan: BootPlan | undefined,
     devices: Device[],
     bus: DeviceBus,
     workers: Worker[],
+    config: MachineConfig,
   ) {
+    this.config = config;
     this.#workers = workers;
     this.kvm = kvm;
     this.vm = vm;
@@ -266,10 +273,15 @@ export class Machine implements AsyncDisposable {
       vm.setIdentityMapAddr(IDENTITY_MAP_ADDR);
       vm.createIrqchip();
       vm.createPit2();
-      const memory = HostMemory.create(
+      const memory = config.memory ?? HostMemory.create(
         config.memMiB * 1024 * 1024,
         config.memoryBacking === undefined ? {} : { backing: config.memoryBacking },
       );
+      if (memory.size !== config.memMiB * 1024 * 1024) {
+        throw new MachineError(
+          `the given memory is ${memory.size} bytes, not ${config.memMiB} MiB`,
+        );
+      }
       cleanup.push(() => memory.close());
       memory.register(vm);
 
@@ -286,14 +298,19 @@ export class Machine implements AsyncDisposable {
         vcpus.push(vcpu);
       }
 
-      const plan = loader(memory, config.kernel, {
-        cmdline: config.cmdline ?? "",
-        ...(config.initrd === undefined ? {} : { initrd: config.initrd }),
-      });
-      const boot = vcpus[0];
-      if (boot === undefined) throw new MachineError("no boot vCPU");
-      boot.setRegs({ ...resetRegs(), ...plan.regs });
-      boot.setSregs(mergeSregs(boot.getSregs(), plan.sregs));
+      let plan: BootPlan | undefined;
+      if (config.kernel !== undefined) {
+        plan = loader(memory, config.kernel, {
+          cmdline: config.cmdline ?? "",
+          ...(config.initrd === undefined ? {} : { initrd: config.initrd }),
+        });
+        const boot = vcpus[0];
+        if (boot === undefined) throw new MachineError("no boot vCPU");
+        boot.setRegs({ ...resetRegs(), ...plan.regs });
+        boot.setSregs(mergeSregs(boot.getSregs(), plan.sregs));
+      } else if (config.memory === undefined) {
+        throw new MachineError("a kernel is needed unless memory is given (a restore)");
+      }
 
       const busLock = DeviceBus.createLock();
       // Main-thread devices may ask to stop once the machine exists.
@@ -307,7 +324,7 @@ export class Machine implements AsyncDisposable {
       };
       const devices = (await loadDeviceFactory(config.deviceModule))(config.devices, env);
       const bus = new DeviceBus(devices, busLock);
-      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers);
+      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, config);
       owner.machine = machine;
       await machine.#init(lib.path, config, busLock);
     } catch (err) {

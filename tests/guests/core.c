@@ -13,6 +13,8 @@
  *   mode=smp:N    starts the APs by INIT-SIPI-SIPI, waits for N CPUs, "smp ok N"
  *   mode=demo     a tour: memory map, command line, CPU vendor, a computation
  *   mode=net      virtio-net driver answering ARP and ICMP echo (virtio_net.c)
+ *   mode=seq:N    "seq ready", then forever writes sequence numbers over N pages
+ *                 from 16 MiB: number s goes to page s%N, word (s/N)%1024
  *
  * Without mode= the guest runs DEFAULT_MODE (info, or demo for demo.elf).
  */
@@ -382,6 +384,20 @@ static void __attribute__((noreturn)) smp(uint32_t n)
 	poweroff();
 }
 
+/* ---- sequence writer (checkpoint tests) ---- */
+
+#define SEQ_BASE 0x1000000u
+
+static void __attribute__((noreturn)) seq_writer(uint32_t pages)
+{
+	volatile uint32_t *base = (volatile uint32_t *)(uintptr_t)SEQ_BASE;
+	if (pages == 0)
+		pages = 1;
+	puts_serial("seq ready\n");
+	for (uint32_t s = 1;; s++)
+		base[(s % pages) * 1024u + (s / pages) % 1024u] = s;
+}
+
 /* ---- demo ---- */
 
 static void __attribute__((noreturn)) demo(const struct boot_info *bi)
@@ -473,6 +489,8 @@ void guest_main(const struct boot_info *bi)
 		demo(bi);
 	if (starts_with(mode, "net") && mode[3] == 0)
 		net_main(bi);
+	if (starts_with(mode, "seq:"))
+		seq_writer(parse_dec(mode + 4));
 	struct line l = {.len = 0};
 	add_str(&l, "unknown mode: ");
 	add_str(&l, mode);

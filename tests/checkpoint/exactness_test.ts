@@ -1,0 +1,54 @@
+import assert from "node:assert/strict";
+import { Checkpointer } from "../../checkpoint/live.ts";
+import { restoreMachine } from "../../vmm/checkpoint.ts";
+import {
+  copyRam,
+  firstDifference,
+  ReferenceTarget,
+  SEQ_BASE,
+  seqMachine,
+  sleep,
+} from "./helpers.ts";
+
+Deno.test("a live checkpoint restores to the RAM and registers of its pause while the guest kept writing (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-ckpt-" });
+  const path = `${dir}/vm.ckpt`;
+  await using m = await seqMachine(64, 2048);
+  await sleep(400);
+  const target = new ReferenceTarget(m);
+  using cp = await Checkpointer.create(target);
+  const save = await cp.checkpoint({ path });
+  assert.ok(save.pauseUs > 0);
+  const summary = await save.done;
+  assert.equal(summary.inheritedPages, 0);
+  assert.ok(summary.dataPages >= 2048, `data pages ${summary.dataPages}`);
+  await sleep(300); // the guest goes on writing
+  await m.pause();
+  const later = copyRam(m);
+  assert.notEqual(
+    firstDifference(later, target.ram),
+    -1,
+    "the guest wrote nothing after the pause",
+  );
+  await m.resume();
+
+  await using r = await restoreMachine(path);
+  const restored = copyRam(r.machine);
+  const diff = firstDifference(restored, target.ram);
+  assert.equal(diff, -1, `restored RAM differs from the pause's at 0x${diff.toString(16)}`);
+  const cpu = r.machine.saveCpuState();
+  assert.equal(cpu.vcpus[0]?.regs.rip, target.cpu?.vcpus[0]?.regs.rip);
+  assert.equal(cpu.vcpus[0]?.regs.rax, target.cpu?.vcpus[0]?.regs.rax);
+
+  // The restored guest runs on from there.
+  await r.machine.start();
+  await sleep(300);
+  await r.machine.pause();
+  const after = r.machine.memory.read(SEQ_BASE, 2048 * 4096);
+  const before = target.ram[0]?.subarray(SEQ_BASE, SEQ_BASE + 2048 * 4096);
+  assert.ok(
+    before !== undefined && after.some((b, i) => b !== before[i]),
+    "the restored guest did not run",
+  );
+  await Deno.remove(dir, { recursive: true });
+});
