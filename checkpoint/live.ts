@@ -27,6 +27,7 @@ import {
   PageKind,
   scanPages,
   WP_PAGE,
+  type WpCounters,
   WriteProtect,
 } from "../native/uffd_ffi.ts";
 import { CheckpointError } from "./errors.ts";
@@ -204,7 +205,7 @@ export class Checkpointer implements Disposable {
   }
 
   /** The write-protect context's counters (faults, copies, fault time). */
-  counters(): ReturnType<WriteProtect["counters"]> | undefined {
+  counters(): WpCounters | undefined {
     return this.#wp?.counters();
   }
 

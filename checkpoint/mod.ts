@@ -38,5 +38,6 @@ export {
   openCheckpoint,
 } from "./reader.ts";
 export { MemorySource } from "./restore.ts";
+export type { WpCounters } from "../native/uffd_ffi.ts";
 export { Kind as PageKind, type PageRun, type RegionPages } from "./pagemap.ts";
 export { FORMAT_VERSION, type Header, Section, type SectionEntry } from "./format.ts";

@@ -289,6 +289,7 @@ export class CheckpointChain implements Disposable {
   /** Newest first. */
   readonly chain: readonly CheckpointFile[];
 
+  /** Wraps opened files, newest first (see {@link openCheckpoint}). */
   constructor(chain: CheckpointFile[]) {
     this.chain = chain;
   }

@@ -79,8 +79,29 @@ export const WP_COUNTERS = [
   "missing",
   "errors",
 ] as const;
-/** Counters of a {@link WriteProtect} context. */
-export type WpCounters = Record<typeof WP_COUNTERS[number], number>;
+/** Counters of a {@link WriteProtect} context (the names of {@link WP_COUNTERS}). */
+export interface WpCounters {
+  /** Fault events handled. */
+  faults: number;
+  /** Pages copied into the ring before a write. */
+  copies: number;
+  /** Write faults recorded (RECORD mode). */
+  recorded: number;
+  /** Faults on pages the writer was saving. */
+  leftToWriter: number;
+  /** Waits for a free ring slot. */
+  ringWaits: number;
+  /** Nanoseconds spent handling events. */
+  faultNs: number;
+  /** Pages re-protected. */
+  reprotected: number;
+  /** Longest event batch (ns). */
+  maxFaultNs: number;
+  /** Missing pages filled from the source. */
+  missing: number;
+  /** Fills that failed. */
+  errors: number;
+}
 
 /** `MADV_HUGEPAGE`. */
 export const MADV_HUGEPAGE = 14;
@@ -270,9 +291,9 @@ export class WriteProtect implements Disposable {
   counters(): WpCounters {
     const raw = new BigUint64Array(WP_COUNTERS.length);
     check("counters", uffd().vk_wp_counters(this.#h, new Uint8Array(raw.buffer), raw.length));
-    const out = {} as WpCounters;
+    const out: Record<string, number> = {};
     WP_COUNTERS.forEach((k, i) => out[k] = Number(raw[i] ?? 0n));
-    return out;
+    return out as unknown as WpCounters;
   }
 
   /** Stops the fault thread, unprotects everything and closes the userfaultfd. */
