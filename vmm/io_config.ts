@@ -70,6 +70,12 @@ export interface NetConfig {
   readonly id: string;
   /** Host TAP device name (Firecracker's `host_dev_name`). */
   readonly tap: string;
+  /**
+   * Network namespace the TAP lives in: a name under /var/run/netns or a
+   * path (vmkit's addition; Firecracker runs the whole VMM in the namespace).
+   * Default: the VMM's own.
+   */
+  readonly netns?: string;
   /** Guest MAC `aa:bb:cc:dd:ee:ff` (Firecracker's `guest_mac`); default derived from the VM id. */
   readonly mac?: string;
   /** Optional rate limiters, guest receive and transmit. */

@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import {
+  type DecisionEvent,
+  NetGuard,
+  type NetguardEvent,
+  parseConfig,
+} from "../../netguard/mod.ts";
+import { Tap } from "../../native/tap.ts";
+import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
+import { Machine } from "../../vmm/machine.ts";
+import { VmNetWatch } from "../../vmm/net_guard.ts";
+import { Netns, sleep, waitFor } from "../netguard/helpers.ts";
+import { guest } from "./run_helpers.ts";
+
+async function spinningMachine(serial: string): Promise<Machine> {
+  const m = await Machine.create({
+    memMiB: 16,
+    vcpus: 1,
+    kernel: await Deno.readFile(guest("guest-pvh.elf")),
+    cmdline: "mode=spin",
+    devices: defaultDeviceSpecs({ serialOut: { path: serial }, serialIn: false, memMiB: 16 }),
+  });
+  await m.start();
+  return m;
+}
+
+function decisions(events: NetguardEvent[]): string[] {
+  return events
+    .filter((e): e is DecisionEvent => e.event === "decision")
+    .map((e) => `${e.action}:${e.kind}:${e.targets.join(",")}@${e.iface}`);
+}
+
+Deno.test("netguard watching each VM's TAP pauses VM A under an hping3 flood into A's TAP while VM B keeps running, then resumes A (root, netns, /dev/kvm)", async () => {
+  const ns = await Netns.create("g");
+  const dir = await Deno.makeTempDir({ prefix: "h8-netguard-" });
+  const tag = Deno.pid % 100000;
+  const tapA = `h8ga${tag}`;
+  const tapB = `h8gb${tag}`;
+  // The TAPs' device ends stay open (as a VM's net device holds them) but unread.
+  const taps: Tap[] = [];
+  const machines: Machine[] = [];
+  const watches: VmNetWatch[] = [];
+  try {
+    taps.push(await Tap.open(tapA, { netns: ns.name }), await Tap.open(tapB, { netns: ns.name }));
+    for (const [t, net] of [[tapA, "10.94.0"], [tapB, "10.94.1"]] as const) {
+      await ns.ip(`link set ${t} up`);
+      await ns.ip(`addr add ${net}.1/24 dev ${t}`);
+      await ns.ip(`neigh add ${net}.2 lladdr 02:00:00:00:94:02 dev ${t}`);
+    }
+    const a = await spinningMachine(`${dir}/a`);
+    machines.push(a);
+    const b = await spinningMachine(`${dir}/b`);
+    machines.push(b);
+    const guard = new NetGuard(parseConfig({
+      thresholds: { pps: 0, bps: 0, flows: 0, udpPps: 500 },
+      detector: { adaptive: { enabled: false } },
+      policy: { holdMs: 500 },
+    }));
+    const events: NetguardEvent[] = [];
+    guard.onEvent((e) => events.push(e));
+    watches.push(
+      await VmNetWatch.start(guard, "A", a, [{ id: "eth0", tap: tapA, netns: ns.name }]),
+    );
+    watches.push(
+      await VmNetWatch.start(guard, "B", b, [{ id: "eth0", tap: tapB, netns: ns.name }]),
+    );
+
+    // Benign traffic to B throughout; a bounded UDP flood (3000 frames, ~5000/s) to A.
+    const benign = ns.exec(["ping", "-c", "20", "-i", "0.1", "-W", "1", "10.94.1.2"], true);
+    const flood = ns.exec(
+      ["timeout", "20", "hping3", "-2", "-p", "53", "-c", "3000", "-i", "u200", "-q", "10.94.0.2"],
+      true,
+    );
+    assert.ok(
+      await waitFor(() => a.state === "Paused", 10_000),
+      `A never paused: ${decisions(events)}`,
+    );
+    assert.equal(b.state, "Running", "B is not touched");
+    const r = await flood;
+    assert.ok(r.code === 0 || r.code === 1, `hping3 failed: ${r.stderr}`);
+    assert.ok(
+      await waitFor(() => a.state === "Running", 10_000),
+      `A never resumed: ${decisions(events)}`,
+    );
+    await benign;
+    await guard.settled();
+    assert.deepEqual(decisions(events), [
+      `suspend:udp_flood:A@${tapA}`,
+      `resume:udp_flood:A@${tapA}`,
+    ]);
+    assert.equal(b.state, "Running");
+    const seenA = watches[0]?.frames.get(tapA) ?? 0;
+    const seenB = watches[1]?.frames.get(tapB) ?? 0;
+    assert.ok(seenA >= 2900, `netguard saw ${seenA} frames on A's TAP`);
+    assert.ok(seenB >= 15 && seenB < 100, `netguard saw ${seenB} frames on B's TAP`);
+    // B kept making progress (its serial shows ticks) all along.
+    const ticks = (await Deno.readTextFile(`${dir}/b`)).match(/^tick \d+$/gm)?.length ?? 0;
+    assert.ok(ticks >= 1, "B ran");
+  } finally {
+    for (const w of watches) await w.close();
+    for (const m of machines) await m[Symbol.asyncDispose]();
+    for (const t of taps) t.close();
+    await sleep(10);
+    await ns.delete();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
