@@ -59,6 +59,7 @@ import type { DeviceSpec } from "./devices/spec.ts";
 import type { GuestMemory } from "./guest_memory.ts";
 import { HostMemory } from "./memory.ts";
 import type { MemoryBacking } from "./memory.ts";
+import { MachineMetrics } from "./metrics/machine_metrics.ts";
 import {
   controlBytes,
   CTL_GO,
@@ -194,6 +195,8 @@ export class Machine implements AsyncDisposable {
   readonly bootPlan: BootPlan | undefined;
   /** The configuration the machine was built from. */
   readonly config: Readonly<MachineConfig>;
+  /** Exit and pause counters, and the registry devices add their metrics to. */
+  readonly metrics: MachineMetrics;
 
   #state: MachineState = "Created";
   readonly #control: SharedArrayBuffer;
@@ -230,6 +233,7 @@ export class Machine implements AsyncDisposable {
     this.vcpus = vcpus;
     this.vcpuCount = vcpus.length;
     this.bootPlan = bootPlan;
+    this.metrics = new MachineMetrics(vcpus.length);
     this.#devices = devices;
     this.#bus = bus;
     this.#control = new SharedArrayBuffer(controlBytes(vcpus.length));
@@ -370,6 +374,7 @@ export class Machine implements AsyncDisposable {
         threads: this.#threads.buffer as SharedArrayBuffer,
         devices: config.devices,
         busLock,
+        exitCounters: this.metrics.exits,
         ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
       };
       w.postMessage(init);
@@ -417,6 +422,7 @@ export class Machine implements AsyncDisposable {
   }
 
   async #pause(): Promise<void> {
+    const t0 = performance.now();
     Atomics.or(this.#ctl, CTL_REQ, REQ_PAUSE);
     this.#kickAll();
     for (let i = 0; i < this.vcpuCount; i++) {
@@ -430,7 +436,10 @@ export class Machine implements AsyncDisposable {
         if (Atomics.load(this.#ctl, idx) === s) this.#kickOne(i);
       }
     }
-    if (this.#state === "Running") this.#state = "Paused";
+    if (this.#state === "Running") {
+      this.#state = "Paused";
+      this.metrics.recordPause(performance.now() - t0);
+    }
   }
 
   /** Lets paused vCPUs run again (after a pause() in progress completes). */

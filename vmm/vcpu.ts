@@ -63,6 +63,8 @@ export interface VcpuInit {
   readonly devices: DeviceSpec[];
   /** The device bus lock shared by every thread. */
   readonly busLock: SharedArrayBuffer;
+  /** Exit counters (`metrics/machine_metrics.ts`); this vCPU writes row `id` only. */
+  readonly exitCounters: SharedArrayBuffer;
   /** Module exporting `createDevices(specs, env)`; absent: `vmm/devices/mod.ts`. */
   readonly deviceModule?: string;
 }

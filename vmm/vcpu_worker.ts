@@ -23,6 +23,7 @@ import { openShim } from "../native/ffi.ts";
 import { KvmError, KvmExit, RunOffset, Vcpu } from "../native/kvm.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { DeviceEnv } from "./devices/device.ts";
+import { EXIT_SLOT, exitCounterRow } from "./metrics/machine_metrics.ts";
 import {
   CTL_GO,
   CTL_REQ,
@@ -70,6 +71,12 @@ async function main(init: VcpuInit): Promise<void> {
   const runSize = vcpu.runSize;
   const fd = vcpu.fd;
   const kvmRun = shim.vk_run;
+  // Exit counters for GET /metrics: this vCPU's row, written by this thread only.
+  const exits = exitCounterRow(init.exitCounters, init.id);
+  const X = EXIT_SLOT;
+  const tally = (slot: number): void => {
+    exits[slot] = (exits[slot] ?? 0) + 1;
+  };
 
   new BigInt64Array(init.threads)[init.id] = BigInt.asIntN(64, BigInt(shim.vk_thread_self()));
   post({ type: "ready", id: init.id });
@@ -94,6 +101,7 @@ async function main(init: VcpuInit): Promise<void> {
       return fail(`I/O data (offset ${off}, ${len} bytes) outside the kvm_run mapping`);
     }
     if (run.getUint8(RunOffset.IO_DIRECTION) === KVM_EXIT_IO_OUT) {
+      tally(X.io_out);
       for (let i = 0; i < count; i++, off += size) {
         const v = size === 1
           ? run.getUint8(off)
@@ -103,6 +111,7 @@ async function main(init: VcpuInit): Promise<void> {
         bus.pioWrite(port, size, v);
       }
     } else {
+      tally(X.io_in);
       for (let i = 0; i < count; i++, off += size) {
         const v = bus.pioRead(port, size) ?? 0xffff_ffff;
         if (size === 1) run.setUint8(off, v & 0xff);
@@ -120,6 +129,7 @@ async function main(init: VcpuInit): Promise<void> {
       return fail(`bad MMIO exit at 0x${addr.toString(16)} (len ${len})`);
     }
     const write = run.getUint8(RunOffset.MMIO_IS_WRITE) !== 0;
+    tally(write ? X.mmio_write : X.mmio_read);
     // Accesses wider than 4 bytes go to the device as two 4-byte halves.
     for (let part = 0; part < len; part += 4) {
       const size = Math.min(4, len - part);
@@ -158,6 +168,7 @@ async function main(init: VcpuInit): Promise<void> {
     const r = kvmRun(fd);
     if (r < 0) {
       if (r === -4 || r === -11) { // EINTR (kick) or EAGAIN
+        tally(X.intr);
         vcpu.setImmediateExit(false);
         continue;
       }
@@ -170,29 +181,36 @@ async function main(init: VcpuInit): Promise<void> {
     } else if (reason === KvmExit.MMIO) {
       handleMmio();
     } else if (reason === KvmExit.INTR || reason === KvmExit.IRQ_WINDOW_OPEN) {
+      tally(X.intr);
       vcpu.setImmediateExit(false);
     } else if (reason === KvmExit.HLT) {
       // Only without an in-kernel LAPIC; the machine always has one. Keep going.
+      tally(X.hlt);
       continue;
     } else if (reason === KvmExit.SHUTDOWN) {
+      tally(X.shutdown);
       requestStop(1, "guest shutdown (triple fault)");
     } else if (reason === KvmExit.SYSTEM_EVENT) {
+      tally(X.system_event);
       const type = vcpu.systemEventType;
       if (type === KVM_SYSTEM_EVENT_SHUTDOWN) requestStop(0, "guest powered off");
       else if (type === KVM_SYSTEM_EVENT_RESET) requestStop(0, "guest reset");
       else if (type === KVM_SYSTEM_EVENT_CRASH) requestStop(1, "guest crashed (system event)");
       else fail(`unknown system event ${type}`);
     } else if (reason === KvmExit.INTERNAL_ERROR) {
+      tally(X.internal_error);
       const rip = describeRip(vcpu);
       const data = vcpu.internalData().map((d) => `0x${d.toString(16)}`).join(" ");
       fail(`KVM internal error, suberror ${vcpu.internalSuberror}${rip} data [${data}]`);
     } else if (reason === KvmExit.FAIL_ENTRY) {
+      tally(X.fail_entry);
       fail(
         `VM entry failed, hardware reason 0x${vcpu.failEntryReason.toString(16)}${
           describeRip(vcpu)
         }`,
       );
     } else {
+      tally(X.other);
       fail(`unhandled exit reason ${reason}${describeRip(vcpu)}`);
     }
   }
