@@ -69,3 +69,12 @@ export {
   type HttpLimits,
   startApiServer,
 } from "./api/mod.ts";
+export { EXIT_KINDS, type ExitKind, MachineMetrics } from "./metrics/machine_metrics.ts";
+export {
+  type MetricFamily,
+  type MetricSample,
+  type MetricsCollector,
+  MetricsRegistry,
+  renderPrometheus,
+} from "./metrics/prometheus.ts";
+export { SharedCounters } from "./metrics/shared_counters.ts";

@@ -98,6 +98,8 @@ Deno.test("the machine counts pauses and the time each took (needs /dev/kvm)", a
     loader: realModeLoader(REAL_MODE_COUNTER),
   });
   await m.start();
+  // Let both vCPUs enter KVM_RUN (the BSP counting, the AP waiting for SIPI), so pausing kicks them.
+  await new Promise((r) => setTimeout(r, 200));
   for (let i = 0; i < 3; i++) {
     await m.pause();
     await m.resume();
