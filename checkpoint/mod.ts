@@ -38,6 +38,14 @@ export {
   openCheckpoint,
 } from "./reader.ts";
 export { MemorySource } from "./restore.ts";
+export {
+  type CheckpointInfo,
+  describeCheckpoint,
+  mergeCheckpoint,
+  type MergeResult,
+  verifyCheckpoint,
+  type VerifyResult,
+} from "./tools.ts";
 export type { WpCounters } from "../native/uffd_ffi.ts";
 export { Kind as PageKind, type PageRun, type RegionPages } from "./pagemap.ts";
 export { FORMAT_VERSION, type Header, Section, type SectionEntry } from "./format.ts";
