@@ -33,6 +33,8 @@
  */
 
 import { loadShim } from "../native/ffi.ts";
+import { type AcpiLayout, buildAcpi } from "./acpi/build.ts";
+import { acpiConfigFromSpecs, writeAcpi } from "./acpi/install.ts";
 import {
   installKickHandler,
   kick,
@@ -121,6 +123,11 @@ export interface MachineConfig {
    * hold `memMiB`. The machine owns it from then on.
    */
   memory?: HostMemory;
+  /**
+   * ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) and the VM generation id
+   * page, handed to the kernel by the boot loader (default true).
+   */
+  acpi?: boolean;
 }
 
 /** Every vCPU's KVM state and the VM-wide state, from {@link Machine.saveCpuState}. */
@@ -197,6 +204,8 @@ export class Machine implements AsyncDisposable {
   readonly config: Readonly<MachineConfig>;
   /** Exit and pause counters, and the registry devices add their metrics to. */
   readonly metrics: MachineMetrics;
+  /** The ACPI tables and generation id page in guest memory (undefined with `acpi: false`). */
+  readonly acpi: AcpiLayout | undefined;
 
   #state: MachineState = "Created";
   readonly #control: SharedArrayBuffer;
@@ -224,8 +233,10 @@ export class Machine implements AsyncDisposable {
     bus: DeviceBus,
     workers: Worker[],
     config: MachineConfig,
+    acpi: AcpiLayout | undefined,
   ) {
     this.config = config;
+    this.acpi = acpi;
     this.#workers = workers;
     this.kvm = kvm;
     this.vm = vm;
@@ -302,11 +313,17 @@ export class Machine implements AsyncDisposable {
         vcpus.push(vcpu);
       }
 
+      // The tables are written for a fresh boot; restored memory already holds them.
+      // Virtio-mmio devices join the tables once the MMIO/GSI allocator hands them out.
+      const acpiConfig = acpiConfigFromSpecs(config.vcpus, config.devices, []);
+      const acpi = config.acpi === false ? undefined : buildAcpi(acpiConfig);
       let plan: BootPlan | undefined;
       if (config.kernel !== undefined) {
+        if (acpi !== undefined) writeAcpi(memory, acpi);
         plan = loader(memory, config.kernel, {
           cmdline: config.cmdline ?? "",
           ...(config.initrd === undefined ? {} : { initrd: config.initrd }),
+          ...(acpi === undefined ? {} : { acpiRsdp: acpi.rsdpAddr }),
         });
         const boot = vcpus[0];
         if (boot === undefined) throw new MachineError("no boot vCPU");
@@ -328,7 +345,7 @@ export class Machine implements AsyncDisposable {
       };
       const devices = (await loadDeviceFactory(config.deviceModule))(config.devices, env);
       const bus = new DeviceBus(devices, busLock);
-      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, config);
+      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, config, acpi);
       owner.machine = machine;
       await machine.#init(lib.path, config, busLock);
     } catch (err) {

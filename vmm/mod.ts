@@ -78,3 +78,25 @@ export {
   renderPrometheus,
 } from "./metrics/prometheus.ts";
 export { SharedCounters } from "./metrics/shared_counters.ts";
+export {
+  ACPI_AREA_END,
+  type AcpiConfig,
+  acpiConfigFromSpecs,
+  AcpiError,
+  type AcpiLayout,
+  type AcpiTable,
+  buildAcpi,
+  dumpTable,
+  dumpTables,
+  installAcpi,
+  type MmioDeviceInfo,
+  newVmGenId,
+  readVmGenId,
+  RSDP_ADDR,
+  type SerialPortInfo,
+  VMGENID_ADDR,
+  VMGENID_SIZE,
+  type VmGenIdLocation,
+  writeAcpi,
+  writeVmGenId,
+} from "./acpi/mod.ts";

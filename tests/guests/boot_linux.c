@@ -4,6 +4,7 @@
  */
 #include "guest.h"
 
+#define ZP_ACPI_RSDP_ADDR 0x070
 #define ZP_EXT_RAMDISK_IMAGE 0x0c0
 #define ZP_EXT_RAMDISK_SIZE 0x0c4
 #define ZP_EXT_CMD_LINE_PTR 0x0c8
@@ -50,5 +51,6 @@ void linux_main(const uint8_t *zp)
 			 ((uint64_t)rd32(zp, ZP_EXT_RAMDISK_IMAGE) << 32);
 	bi.initrd_size = rd32(zp, ZP_RAMDISK_SIZE) |
 			 ((uint64_t)rd32(zp, ZP_EXT_RAMDISK_SIZE) << 32);
+	bi.rsdp = rd64(zp, ZP_ACPI_RSDP_ADDR);
 	guest_main(&bi);
 }

@@ -47,6 +47,7 @@ void pvh_main(const struct hvm_start_info *si)
 	}
 	bi.boot = "pvh";
 	bi.cmdline = si->cmdline_paddr ? (const char *)(uintptr_t)si->cmdline_paddr : "";
+	bi.rsdp = si->rsdp_paddr;
 	if (si->version >= 1) {
 		const struct hvm_memmap_table_entry *m =
 			(const struct hvm_memmap_table_entry *)(uintptr_t)si->memmap_paddr;

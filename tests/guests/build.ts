@@ -26,6 +26,7 @@ export const GUEST_FILES: readonly string[] = [
 const SOURCES = [
   "guest.h",
   "core.c",
+  "acpi.c",
   "virtio_mmio.h",
   "virtio_mmio.c",
   "irq.c",
@@ -187,7 +188,7 @@ async function build(dir: string): Promise<void> {
   const o = (n: string) => `${dir}/${n}`;
   const cc32 = ["-m32", ...CFLAGS];
   const cc64 = ["-m64", "-mno-red-zone", ...CFLAGS];
-  const drivers = ["virtio_mmio", "irq", "virtio_net"];
+  const drivers = ["virtio_mmio", "irq", "virtio_net", "acpi"];
   const core32 = ["core", "boot_pvh", ...drivers].map((f) => ({ src: `${f}.c`, obj: `${f}32.o` }));
   const asm32 = ["entry_pvh", "trampoline"].map((f) => ({ src: `${f}.S`, obj: `${f}32.o` }));
   const core64 = ["core", "boot_linux", "entry_64", "trampoline", ...drivers].map((f) => ({

@@ -15,6 +15,8 @@
  *   mode=net      virtio-net driver answering ARP and ICMP echo (virtio_net.c)
  *   mode=seq:N    "seq ready", then forever writes sequence numbers over N pages
  *                 from 16 MiB: number s goes to page s%N, word (s/N)%1024
+ *   mode=acpi     finds the RSDP (boot pointer and BIOS-area scan), walks XSDT, FADT,
+ *                 MADT and DSDT checking checksums (acpi.c); powers off if all is well
  *
  * Without mode= the guest runs DEFAULT_MODE (info, or demo for demo.elf).
  */
@@ -491,6 +493,11 @@ void guest_main(const struct boot_info *bi)
 		net_main(bi);
 	if (starts_with(mode, "seq:"))
 		seq_writer(parse_dec(mode + 4));
+	if (starts_with(mode, "acpi")) {
+		if (acpi_check(bi) == 0)
+			poweroff();
+		debug_exit(3);
+	}
 	struct line l = {.len = 0};
 	add_str(&l, "unknown mode: ");
 	add_str(&l, mode);

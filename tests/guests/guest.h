@@ -30,6 +30,7 @@ struct boot_info {
 	unsigned nmem;
 	uint64_t initrd_addr;
 	uint64_t initrd_size;
+	uint64_t rsdp; /* ACPI RSDP address the loader passed, or 0 */
 };
 
 /* A line of serial output being formatted. */
@@ -55,6 +56,9 @@ uint32_t parse_dec(const char *s);
 void halt_forever(void) __attribute__((noreturn));
 void debug_exit(uint8_t v) __attribute__((noreturn));
 void poweroff(void) __attribute__((noreturn));
+
+/* acpi.c: walks the ACPI tables and prints what it finds; 0 when all are valid. */
+int acpi_check(const struct boot_info *bi);
 
 /* virtio_net.c */
 void net_main(const struct boot_info *bi) __attribute__((noreturn));

@@ -14,7 +14,13 @@ import { e820FromRegions } from "./e820.ts";
 import { BootError, hex, mib } from "./errors.ts";
 import { guestWrite, inRam, ramEnd } from "./guest_access.ts";
 import { placeInitrd } from "./initrd.ts";
-import { BOOT_DATA_END, BOOT_STACK_TOP, HIGH_MEMORY, ZERO_PAGE_ADDR } from "./layout.ts";
+import {
+  BOOT_DATA_END,
+  BOOT_STACK_TOP,
+  HIGH_MEMORY,
+  overlapsBiosArea,
+  ZERO_PAGE_ADDR,
+} from "./layout.ts";
 import {
   HDR,
   HDRS_MAGIC,
@@ -122,7 +128,8 @@ export function parseBzImage(image: Uint8Array): BzImageHeader {
 
 /** Chooses where to load the kernel: `pref_address` if it fits, else the lowest aligned spot. */
 function loadAddress(memory: GuestMemory, hdr: BzImageHeader): number {
-  const fits = (a: number) => a >= BOOT_DATA_END && inRam(memory, a, hdr.initSize);
+  const fits = (a: number) =>
+    a >= BOOT_DATA_END && !overlapsBiosArea(a, hdr.initSize) && inRam(memory, a, hdr.initSize);
   if (fits(hdr.prefAddress)) return hdr.prefAddress;
   if (hdr.relocatable) {
     const a = Math.ceil(HIGH_MEMORY / hdr.kernelAlignment) * hdr.kernelAlignment;
@@ -138,7 +145,8 @@ function loadAddress(memory: GuestMemory, hdr: BzImageHeader): number {
   }
   throw new BootError(
     `bzImage cannot be loaded at ${hex(hdr.prefAddress)} (${hdr.initSize} bytes): ` +
-      "that range is not guest RAM and the kernel is not relocatable",
+      "that range is not guest RAM or overlaps the reserved BIOS area [0x9fc00, 0x100000), and " +
+      "the kernel is not relocatable",
   );
 }
 
@@ -158,7 +166,14 @@ export function loadBzImage(memory: GuestMemory, image: Uint8Array, opts: BootOp
   const initrd = opts.initrd !== undefined && opts.initrd.length > 0
     ? placeInitrd(memory, opts.initrd, kernelEnd, hdr.initrdAddrMax)
     : undefined;
-  writeZeroPage(memory, { header: hdr.header, e820, cmdlineSize, initrd, loadAddr: load });
+  writeZeroPage(memory, {
+    header: hdr.header,
+    e820,
+    cmdlineSize,
+    initrd,
+    loadAddr: load,
+    acpiRsdp: opts.acpiRsdp,
+  });
   writeGdt(memory);
   writeIdentityMap(memory);
   return {

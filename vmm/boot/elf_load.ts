@@ -8,7 +8,7 @@ import type { GuestMemory } from "../guest_memory.ts";
 import { type ElfImage, PT_LOAD } from "./elf.ts";
 import { BootError, hex } from "./errors.ts";
 import { guestWrite, guestZero, requireRam } from "./guest_access.ts";
-import { BOOT_DATA_END } from "./layout.ts";
+import { BOOT_DATA_END, EBDA_START, HIGH_MEMORY, overlapsBiosArea } from "./layout.ts";
 
 /** The physical range the loaded segments span. */
 export interface LoadedRange {
@@ -32,6 +32,13 @@ export function loadSegments(memory: GuestMemory, image: Uint8Array, elf: ElfIma
       throw new BootError(
         `ELF segment ${p.index} at [${hex(p.paddr)}, ${hex(p.paddr + p.memsz)}) overlaps the ` +
           `loader's boot data area [0x0, ${hex(BOOT_DATA_END)}); link the kernel at 1 MiB or above`,
+      );
+    }
+    if (overlapsBiosArea(p.paddr, p.memsz)) {
+      throw new BootError(
+        `ELF segment ${p.index} at [${hex(p.paddr)}, ${hex(p.paddr + p.memsz)}) overlaps the ` +
+          `reserved BIOS area [${hex(EBDA_START)}, ${hex(HIGH_MEMORY)}) that holds the ACPI ` +
+          "tables; link the kernel at 1 MiB or above",
       );
     }
     requireRam(memory, p.paddr, p.memsz, `ELF segment ${p.index}`);

@@ -35,6 +35,15 @@ export const BOOT_DATA_END = CMDLINE_ADDR + CMDLINE_MAX;
 export const EBDA_START = 0x9_fc00;
 /** Start of high memory (1 MiB). */
 export const HIGH_MEMORY = 0x10_0000;
+
+/**
+ * True when `[start, start + len)` overlaps the reserved BIOS area
+ * `[EBDA_START, HIGH_MEMORY)`, which holds the ACPI tables: no kernel may be
+ * loaded there.
+ */
+export function overlapsBiosArea(start: number, len: number): boolean {
+  return start < HIGH_MEMORY && start + len > EBDA_START;
+}
 /** The 4 GiB line: 32-bit entry protocols need the initrd and boot data below it. */
 export const FOUR_GIB = 0x1_0000_0000;
 /** Page size used to align the initrd. */

@@ -37,7 +37,14 @@ export function loadLinux64Elf(
   const initrd = opts.initrd !== undefined && opts.initrd.length > 0
     ? placeInitrd(memory, opts.initrd, kernel.end, ELF_INITRD_ADDR_MAX)
     : undefined;
-  writeZeroPage(memory, { header: undefined, e820, cmdlineSize, initrd, loadAddr: kernel.start });
+  writeZeroPage(memory, {
+    header: undefined,
+    e820,
+    cmdlineSize,
+    initrd,
+    loadAddr: kernel.start,
+    acpiRsdp: opts.acpiRsdp,
+  });
   writeGdt(memory);
   writeIdentityMap(memory);
   return {

@@ -96,7 +96,7 @@ export function loadPvh(
   si.setUint32(START_INFO.nrModules, initrd !== undefined ? 1 : 0, true);
   si.setBigUint64(START_INFO.modlistPaddr, initrd !== undefined ? BigInt(MODLIST_ADDR) : 0n, true);
   si.setBigUint64(START_INFO.cmdlinePaddr, BigInt(CMDLINE_ADDR), true);
-  si.setBigUint64(START_INFO.rsdpPaddr, 0n, true);
+  si.setBigUint64(START_INFO.rsdpPaddr, BigInt(opts.acpiRsdp ?? 0), true);
   si.setBigUint64(START_INFO.memmapPaddr, BigInt(MEMMAP_ADDR), true);
   si.setUint32(START_INFO.memmapEntries, e820.length, true);
   writeGdt(memory);

@@ -28,4 +28,10 @@ export interface BootOptions {
   readonly cmdline: string;
   /** Optional initial ramdisk contents. */
   readonly initrd?: Uint8Array;
+  /**
+   * Guest-physical address of the ACPI RSDP, already in memory: handed to
+   * the kernel as `hvm_start_info.rsdp_paddr` (PVH) or
+   * `boot_params.acpi_rsdp_addr` (Linux boot protocol 2.14+).
+   */
+  readonly acpiRsdp?: number;
 }

@@ -12,6 +12,8 @@ export const ZERO_PAGE_SIZE = 0x1000;
 
 /** `struct boot_params` field offsets. */
 export const BP = {
+  /** u64: physical address of the ACPI RSDP (boot protocol 2.14+). */
+  acpiRsdpAddr: 0x070,
   /** u32: high 32 bits of the initrd address. */
   extRamdiskImage: 0x0c0,
   /** u32: high 32 bits of the initrd size. */

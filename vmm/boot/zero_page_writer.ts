@@ -1,7 +1,8 @@
 /**
  * Fills the zero page for the Linux 64-bit boot protocol: the setup header
  * (copied from a bzImage, or synthesized for an ELF vmlinux), the loader
- * fields, the e820 table, the command line and initrd pointers.
+ * fields, the e820 table, the command line and initrd pointers, and the
+ * ACPI RSDP address.
  *
  * @module
  */
@@ -35,6 +36,8 @@ export interface ZeroPageInput {
   readonly initrd: InitrdPlacement | undefined;
   /** Where the protected-mode kernel was loaded (`code32_start`). */
   readonly loadAddr: number;
+  /** The ACPI RSDP's address, if the machine has ACPI tables. */
+  readonly acpiRsdp: number | undefined;
 }
 
 /** Writes the zero page at {@link ZERO_PAGE_ADDR}. */
@@ -61,6 +64,7 @@ export function writeZeroPage(memory: GuestMemory, input: ZeroPageInput): void {
   zp.setUint32(HDR.ramdiskSize, rd.size % 0x1_0000_0000, true);
   zp.setUint32(BP.extRamdiskImage, Math.floor(rd.addr / 0x1_0000_0000), true);
   zp.setUint32(BP.extRamdiskSize, Math.floor(rd.size / 0x1_0000_0000), true);
+  zp.setBigUint64(BP.acpiRsdpAddr, BigInt(input.acpiRsdp ?? 0), true);
   zp.setUint8(BP.e820Entries, input.e820.length);
   input.e820.forEach((e, i) => {
     const off = BP.e820Table + i * E820_ENTRY_SIZE;
