@@ -21,6 +21,10 @@ interface Loader {
 const SUBCOMMANDS: Record<string, Loader> = {
   run: { summary: "boot a kernel in a new VM", load: () => import("./run.ts") },
   disk: { summary: "copy-on-write disk images (qcow2)", load: () => import("./disk.ts") },
+  checkpoint: {
+    summary: "live checkpoints: inspect, verify, merge",
+    load: () => import("./checkpoint.ts"),
+  },
   sui: { summary: "per-VM storage-network identities", load: () => import("./sui.ts") },
   san: { summary: "iSCSI discovery and probing", load: () => import("./san.ts") },
   netguard: { summary: "per-VM denial-of-service monitor", load: () => import("./netguard.ts") },

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { buildShim } from "./build.ts";
+import { loadShim } from "./ffi.ts";
 import { errnoText } from "./kvm.ts";
 
 /** Symbols of `uffd.c`. All synchronous; the fault thread runs inside C. */
@@ -128,10 +128,11 @@ export function openUffdShimAt(path: string): UffdShim {
   return lib;
 }
 
-/** Builds (if needed) and opens the shim once per thread. */
+/** Builds (if needed) and opens the shim once per thread (with the KVM symbols, for errno texts). */
 export async function openUffdShim(): Promise<UffdShim> {
   if (lib !== undefined) return lib;
-  return openUffdShimAt(await buildShim());
+  const { path } = await loadShim();
+  return openUffdShimAt(path);
 }
 
 /** The opened symbols; throws if {@link openUffdShim} has not run on this thread. */
