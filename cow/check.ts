@@ -46,13 +46,25 @@ const TWO32 = 2 ** 32;
 export function checkImage(path: string): CheckResult {
   const file = ImageFile.open(path, { readOnly: true });
   try {
-    return checkFile(file, path);
+    return checkReader(file, path);
   } finally {
     file.close();
   }
 }
 
-function checkFile(file: ImageFile, path: string): CheckResult {
+/** What {@link checkReader} reads an image through (an `ImageFile`, or a Node `fs` file). */
+export interface PositionedReader {
+  /** The file's length in bytes. */
+  length(): number;
+  /** Reads into `buf` from `offset`; returns the bytes read. */
+  pread(buf: Uint8Array, offset: number): number;
+}
+
+/**
+ * Checks the qcow2 image read through `file` (`path` names it in messages).
+ * Throws `QcowError` when it is not a qcow2 image at all.
+ */
+export function checkReader(file: PositionedReader, path: string): CheckResult {
   const len = file.length();
   const head = new Uint8Array(Math.min(len, 2 ** MAX_CLUSTER_BITS));
   file.pread(head, 0);
@@ -76,7 +88,8 @@ function checkFile(file: ImageFile, path: string): CheckResult {
   };
   const readTable = (offset: number, bytes: number): DataView => {
     const b = new Uint8Array(bytes);
-    file.readZeroFilled(b, offset);
+    const n = file.pread(b, offset);
+    if (n < b.length) b.fill(0, n);
     return new DataView(b.buffer);
   };
   const entry = (v: DataView, i: number): { hi: number; lo: number; off: number } => {

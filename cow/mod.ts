@@ -71,6 +71,6 @@ export { createOverlay, type OverlayOptions, switchToOverlay } from "./overlay.t
 export { type CopyOptions, copyParent, type CopyResult } from "./copy_parent.ts";
 export { commit, CommitMirror, type CommitOptions, type CommitResult } from "./commit.ts";
 export { stream, type StreamOptions, type StreamResult } from "./stream.ts";
-export { checkImage, type CheckResult } from "./check.ts";
+export { checkImage, checkReader, type CheckResult, type PositionedReader } from "./check.ts";
 export { type ImageInfo, imageInfo, type LayerInfo } from "./info.ts";
 export { type BackgroundOptions, type Progress } from "./progress.ts";

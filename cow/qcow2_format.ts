@@ -54,7 +54,7 @@ export const EXT = {
 export const INCOMPAT = { DIRTY: 0, CORRUPT: 1, DATA_FILE: 2, COMPRESSION: 3, EXTL2: 4 } as const;
 
 /** Largest refcount table QEMU accepts (QCOW_MAX_REFTABLE_SIZE). */
-export const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
+export const MAX_REFTABLE_BYTES: number = 8 * 1024 * 1024;
 /** Longest backing file name QEMU accepts. */
 export const MAX_BACKING_NAME = 1023;
 /** Smallest and largest cluster_bits vmkit accepts (512 B .. 2 MiB). */

@@ -61,7 +61,7 @@ export const RING_ENTRIES = 256;
 /** Int32 slots of one ring entry: kind, region, block. */
 export const RING_ENTRY_INTS = 3;
 /** Int32 slots of one worker's request ring: head, tail, then the entries. */
-export const RING_STRIDE = 2 + RING_ENTRIES * RING_ENTRY_INTS;
+export const RING_STRIDE: number = 2 + RING_ENTRIES * RING_ENTRY_INTS;
 /** Ring slot: next entry the protocol thread reads. */
 export const RING_HEAD = 0;
 /** Ring slot: next entry the worker writes. */

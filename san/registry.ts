@@ -17,7 +17,7 @@ import {
 } from "./sui.ts";
 
 /** Default quarantine of a released SUI before it may be handed out again: 24 hours. */
-export const DEFAULT_QUARANTINE_MS = 24 * 60 * 60 * 1000;
+export const DEFAULT_QUARANTINE_MS: number = 24 * 60 * 60 * 1000;
 /** How many candidates an allocation tries before reporting the space as exhausted. */
 export const MAX_CANDIDATES = 64;
 
