@@ -19,3 +19,4 @@ export * as checkpoint from "./checkpoint/mod.ts";
 export * as netguard from "./netguard/mod.ts";
 export * as san from "./san/mod.ts";
 export * as dsm from "./dsm/mod.ts";
+export { VERSION } from "./version.ts";
