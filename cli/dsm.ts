@@ -14,7 +14,9 @@
 
 import { runLocalCluster } from "../dsm/cluster.ts";
 import { DsmConfigError } from "../dsm/errors.ts";
-import { loadProgram, parseParams, runNode } from "../dsm/node_main.ts";
+import { loadClusterSecret, loadProgram, runNode } from "../dsm/node_main.ts";
+import { parseParams } from "../dsm/program.ts";
+import { SECRET_ENV } from "../dsm/handshake.ts";
 import { BUILTIN_PROGRAMS } from "../dsm/programs/mod.ts";
 import { formatEndpoint, parseEndpoint } from "../dsm/transport.ts";
 import { command, type Entry } from "./command.ts";
@@ -57,12 +59,21 @@ const node = command({
   name: "node",
   summary: "run one node of a DSM cluster",
   synopsis: "--listen HOST:PORT --peers HOST:PORT,... --program NAME|PATH [options]",
-  description: "Every node gets the same program and the same membership (its own --listen\n" +
-    "plus --peers); node ids are the members sorted by host then port.\n" + PROGRAMS,
+  description: "Every node gets the same program, the same membership (its own --listen\n" +
+    "plus --peers) and the same cluster secret (--secret-file, else $" + SECRET_ENV + ");\n" +
+    "nodes prove to each other that they know it and refuse any other connection.\n" +
+    "Node ids are the members sorted by host then port.\n" + PROGRAMS,
   options: {
     listen: str("HOST:PORT", "this node's address (required)"),
     peers: str("HOST:PORT,...", "the other nodes"),
     program: str("NAME|PATH", "the program (required)", { complete: "file" }),
+    "secret-file": str("FILE", `the cluster secret (default: $${SECRET_ENV})`, {
+      complete: "file",
+    }),
+    "start-timeout": int("MS", "give up if the cluster has not formed after MS", {
+      min: 1,
+      default: 20_000,
+    }),
     ...SHARED,
   },
   async run(ctx) {
@@ -79,6 +90,8 @@ const node = command({
       workers: o.workers,
       params: o.param,
       blockingStores: o["blocking-stores"],
+      secret: fromArgs(() => loadClusterSecret(o["secret-file"])),
+      startTimeoutMs: o["start-timeout"],
     };
     try {
       const report = await runNode(args, () => console.log("DSM-READY"));
@@ -112,7 +125,7 @@ const run = command({
     const [name = ""] = ctx.positionals;
     if (o.nodes === undefined) throw new UsageError("--nodes N is required");
     const { program } = await loadProgram(name);
-    const params = fromArgs(() => parseParams(program.defaults, o.param));
+    const params = fromArgs(() => parseParams(program, o.param));
     console.error(`vmkit dsm run: ${program.name} on ${o.nodes} node(s) x ${o.workers} worker(s)`);
     const nodeCommand = dsmNodeCommand();
     const result = await runLocalCluster({

@@ -9,6 +9,7 @@
 import { DsmConfigError, DsmError } from "./errors.ts";
 import type { NodeStats } from "./node.ts";
 import type { Params } from "./program.ts";
+import { SECRET_ENV } from "./handshake.ts";
 
 /** Options of a local cluster run. */
 export interface ClusterOptions {
@@ -94,6 +95,11 @@ export async function startLocalCluster(opts: ClusterOptions): Promise<LocalClus
   ports.sort((a, b) => a - b);
   const addrs = ports.map((p) => `127.0.0.1:${p}`);
   const params = Object.entries(opts.params ?? {}).flatMap(([k, v]) => ["--param", `${k}=${v}`]);
+  // A fresh cluster secret per run: only these processes can join each other.
+  const secret = Array.from(
+    crypto.getRandomValues(new Uint8Array(32)),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
   const children = addrs.map((addr) => {
     const peers = addrs.filter((x) => x !== addr).join(",");
     const [cmd = Deno.execPath(), ...prefix] = opts.nodeCommand ??
@@ -113,6 +119,8 @@ export async function startLocalCluster(opts: ClusterOptions): Promise<LocalClus
     if (opts.blockingStores === true) args.push("--blocking-stores");
     return new Deno.Command(cmd, {
       args,
+      // In the environment, not argv: other users can read a process's arguments.
+      env: { [SECRET_ENV]: secret },
       stdout: "piped",
       stderr: "piped",
       stdin: "null",

@@ -47,12 +47,19 @@ export const MsgType = {
   BARRIER_ENTER: 12,
   /** Barrier manager → node: barrier generation `block` complete. */
   BARRIER_GO: 13,
-  /** Connection opening: the dialer's node id in `a`, cluster size in `b`. */
+  /** Handshake 1, dialer → acceptor: dialer id in `a`, cluster size in `b`, acceptor id in `block`, nonce (see handshake.ts). */
   HELLO: 14,
   /** Orderly leave: the sender is done; its connection closing next is not a death. */
   BYE: 15,
-  /** The sender stopped because node `a` failed (`a` = sender: an error of its own). */
+  /**
+   * The sender stopped because node `a` failed (`a` = sender: an error of its
+   * own); `b` = 0 when `a` died (its connection was lost), 1 when `a` broke the protocol.
+   */
   FAILED: 16,
+  /** Handshake 2, acceptor → dialer: nonce and MAC (see handshake.ts). */
+  HELLO_ACK: 17,
+  /** Handshake 3, dialer → acceptor: MAC (see handshake.ts). */
+  HELLO_AUTH: 18,
 } as const;
 
 /** One of {@link MsgType}. */
@@ -117,7 +124,7 @@ export function decodeBody(body: Uint8Array): Message {
   }
   const dv = new DataView(body.buffer, body.byteOffset, body.byteLength);
   const type = dv.getUint8(OFF_TYPE);
-  if (type < MsgType.READ || type > MsgType.FAILED) {
+  if (type < MsgType.READ || type > MsgType.HELLO_AUTH) {
     throw new DsmProtocolError(`unknown message type ${type}`);
   }
   const payload = body.length - HEADER_SIZE;

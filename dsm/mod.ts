@@ -79,7 +79,23 @@ export {
   State,
 } from "./layout.ts";
 export { type Message, MsgType, type MsgTypeValue } from "./frames.ts";
-export type { ClusterShape, DsmContext, DsmProgram, Params } from "./program.ts";
+export {
+  type ClusterShape,
+  type DsmContext,
+  type DsmProgram,
+  intParam,
+  type ParamLimit,
+  type Params,
+  parseParams,
+} from "./program.ts";
+export {
+  acceptHandshake,
+  type ClusterAuth,
+  clusterAuth,
+  dialHandshake,
+  MIN_SECRET_BYTES,
+  SECRET_ENV,
+} from "./handshake.ts";
 export { Region } from "./region.ts";
 export { DsmNode, MAX_NODES, type NodeOptions, type NodeReport, type NodeStats } from "./node.ts";
 export {
@@ -98,11 +114,11 @@ export {
   startLocalCluster,
 } from "./cluster.ts";
 export {
+  loadClusterSecret,
   type LoadedProgram,
   loadProgram,
   type NodeArgs,
   nodeMain,
-  parseParams,
   runNode,
 } from "./node_main.ts";
 export { BUILTIN_PROGRAMS } from "./programs/mod.ts";

@@ -41,6 +41,7 @@ import { Request } from "./region.ts";
 import { Directory } from "./directory.ts";
 import { SyncManager } from "./sync_manager.ts";
 import { type Endpoint, Mesh } from "./transport.ts";
+import type { ClusterAuth } from "./handshake.ts";
 import { setImmediate } from "node:timers";
 import type { WorkerInit, WorkerMessage } from "./worker_protocol.ts";
 
@@ -66,8 +67,12 @@ export interface NodeOptions {
   params: Params;
   /** Make every store wait until performed (to compare with lock-up free stores). */
   blockingStores: boolean;
+  /** The cluster secret and member list every peer must prove it knows (see `clusterAuth`). */
+  auth: ClusterAuth;
   /** How long to wait for every peer to connect. */
   startTimeoutMs?: number;
+  /** Called with one line for every incoming connection refused at start (default: stderr). */
+  onRefused?: (line: string) => void;
   /** Called once every peer is connected, before the workers start. */
   onReady?: () => void;
 }
@@ -187,8 +192,10 @@ export class DsmNode {
     this.#mesh = new Mesh({
       id: opts.id,
       members: opts.members,
+      auth: opts.auth,
       onMessage: (from, msg) => this.#receive(from, msg),
       onPeerLost: (from, err) => this.#fail(err, from),
+      ...(opts.onRefused === undefined ? {} : { onRefused: opts.onRefused }),
     });
   }
 
@@ -263,7 +270,8 @@ export class DsmNode {
         region: 0,
         block: 0,
         a: culprit,
-        b: 0,
+        // Whether the culprit died or is alive but broke the protocol: peers must not call it dead.
+        b: err instanceof DsmNodeDeathError ? 0 : 1,
         data: null,
       });
     }
@@ -394,16 +402,23 @@ export class DsmNode {
       case MsgType.FAILED: {
         const ep = this.#opts.members[msg.a];
         const where = ep === undefined ? "" : ` at ${ep.host}:${ep.port}`;
-        throw msg.a === from
-          ? new DsmError(
+        if (msg.a === from) {
+          throw new DsmError(
             `node ${from} stopped after an error; the program cannot continue (see that node's log)`,
-          )
-          : new DsmNodeDeathError(
+          );
+        }
+        throw msg.b === 0
+          ? new DsmNodeDeathError(
             `node ${msg.a}${where} died (reported by node ${from}); the program cannot continue (restart the cluster)`,
+          )
+          : new DsmProtocolError(
+            `node ${msg.a}${where} broke the protocol (reported by node ${from}); the program cannot continue`,
           );
       }
       case MsgType.HELLO:
-        throw new DsmProtocolError(`node ${from} sent a second HELLO`);
+      case MsgType.HELLO_ACK:
+      case MsgType.HELLO_AUTH:
+        throw new DsmProtocolError(`node ${from} sent a handshake frame after the handshake`);
     }
   }
 

@@ -5,7 +5,7 @@
  * Output: `DSM-READY` once every peer is connected; on success the node
  * then prints `DSM-STATS <json>` and, on node 0,
  * `DSM-RESULT <json>` to stdout, and exits 0. A failure (a dead peer, a
- * program error) prints one line to stderr and exits 1; usage errors exit 2.
+ * program error) prints one line to stderr and exits 1; usage errors exit 64.
  *
  * @module
  */
@@ -14,8 +14,9 @@ import { parseArgs } from "node:util";
 import { pathToFileURL } from "node:url";
 import { resolve } from "node:path";
 import { DsmConfigError, DsmError } from "./errors.ts";
+import { clusterAuth, MIN_SECRET_BYTES, SECRET_ENV } from "./handshake.ts";
 import { DsmNode, type NodeReport } from "./node.ts";
-import type { DsmProgram, Params } from "./program.ts";
+import { type DsmProgram, parseParams } from "./program.ts";
 import { BUILTIN_PROGRAMS } from "./programs/mod.ts";
 import { type Endpoint, formatEndpoint, orderMembers, parseEndpoint } from "./transport.ts";
 
@@ -23,9 +24,12 @@ import { type Endpoint, formatEndpoint, orderMembers, parseEndpoint } from "./tr
 export const NODE_USAGE: string =
   `usage: vmkit dsm node --listen HOST:PORT --peers HOST:PORT,... --program NAME|PATH
                       [--workers N] [--param KEY=VALUE]... [--blocking-stores]
+                      [--secret-file FILE] [--start-timeout MS]
 
-Runs one node of a DSM cluster. Every node gets the same program and the same
-membership (its own --listen plus --peers); node ids are the members sorted by
+Runs one node of a DSM cluster. Every node gets the same program, the same
+membership (its own --listen plus --peers) and the same cluster secret
+(--secret-file FILE, else $${SECRET_ENV}); nodes prove to each other that they
+know it and refuse any other connection. Node ids are the members sorted by
 host then port. PROGRAM is a built-in (${Object.keys(BUILTIN_PROGRAMS).join(", ")}) or the
 path of a module whose named export 'program' is a DsmProgram.`;
 
@@ -56,20 +60,6 @@ export async function loadProgram(spec: string): Promise<LoadedProgram> {
   return { url, program };
 }
 
-/** Parses `KEY=VALUE` parameters (numbers) over a program's defaults. */
-export function parseParams(defaults: Readonly<Params>, pairs: string[]): Params {
-  const out: Params = { ...defaults };
-  for (const pair of pairs) {
-    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(-?[0-9.e+]+)$/.exec(pair);
-    const v = Number(m?.[2]);
-    if (m === null || m[1] === undefined || !Number.isFinite(v)) {
-      throw new DsmConfigError(`parameter '${pair}' is not KEY=NUMBER`);
-    }
-    out[m[1]] = v;
-  }
-  return out;
-}
-
 /** A parsed node command line. */
 export interface NodeArgs {
   /** This node's address. */
@@ -84,6 +74,55 @@ export interface NodeArgs {
   params: string[];
   /** Blocking-store switch. */
   blockingStores: boolean;
+  /** The cluster secret (see {@link loadClusterSecret}). */
+  secret: Uint8Array;
+  /** How long to wait for every peer (default 20 s). */
+  startTimeoutMs?: number;
+}
+
+const MAX_SECRET_FILE = 4096;
+
+/**
+ * The cluster secret: the bytes of `secretFile` (one trailing newline
+ * dropped), else of `$VMKIT_DSM_SECRET`.
+ *
+ * @throws {DsmConfigError} when there is none, it is too short, or the file
+ * is not a small regular file.
+ */
+export function loadClusterSecret(secretFile?: string): Uint8Array {
+  let bytes: Uint8Array;
+  if (secretFile !== undefined) {
+    try {
+      const st = Deno.statSync(secretFile);
+      if (!st.isFile || st.size > MAX_SECRET_FILE) {
+        throw new DsmConfigError(
+          `--secret-file '${secretFile}' must be a regular file of at most ${MAX_SECRET_FILE} bytes`,
+        );
+      }
+      bytes = Deno.readFileSync(secretFile);
+    } catch (err) {
+      if (err instanceof DsmConfigError) throw err;
+      throw new DsmConfigError(
+        `cannot read --secret-file '${secretFile}': ${err instanceof Error ? err.message : err}`,
+      );
+    }
+    if (bytes.at(-1) === 0x0a) bytes = bytes.subarray(0, bytes.length - 1);
+  } else {
+    const env = Deno.env.get(SECRET_ENV);
+    if (env === undefined || env === "") {
+      throw new DsmConfigError(
+        `a cluster secret is required: give --secret-file FILE or set $${SECRET_ENV}, ` +
+          `the same on every node (at least ${MIN_SECRET_BYTES} bytes)`,
+      );
+    }
+    bytes = new TextEncoder().encode(env);
+  }
+  if (bytes.length < MIN_SECRET_BYTES) {
+    throw new DsmConfigError(
+      `the cluster secret has ${bytes.length} bytes; give at least ${MIN_SECRET_BYTES}`,
+    );
+  }
+  return bytes;
 }
 
 /** Parses a node command line; returns `null` for `--help`. */
@@ -99,6 +138,8 @@ export function parseNodeArgs(args: string[]): NodeArgs | null {
       workers: { type: "string" },
       param: { type: "string", multiple: true },
       "blocking-stores": { type: "boolean" },
+      "secret-file": { type: "string" },
+      "start-timeout": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -112,6 +153,12 @@ export function parseNodeArgs(args: string[]): NodeArgs | null {
   if (!Number.isInteger(workers) || workers < 1) {
     throw new DsmConfigError(`--workers '${values.workers}' must be a positive integer`);
   }
+  const startTimeoutMs = Number(values["start-timeout"] ?? "20000");
+  if (!Number.isInteger(startTimeoutMs) || startTimeoutMs < 1) {
+    throw new DsmConfigError(
+      `--start-timeout '${values["start-timeout"]}' must be a positive number of milliseconds`,
+    );
+  }
   return {
     listen: parseEndpoint(values.listen),
     peers,
@@ -119,6 +166,8 @@ export function parseNodeArgs(args: string[]): NodeArgs | null {
     workers,
     params: values.param ?? [],
     blockingStores: values["blocking-stores"] === true,
+    secret: loadClusterSecret(values["secret-file"]),
+    startTimeoutMs,
   };
 }
 
@@ -126,14 +175,18 @@ export function parseNodeArgs(args: string[]): NodeArgs | null {
 export async function runNode(a: NodeArgs, onReady?: () => void): Promise<NodeReport> {
   const { url, program } = await loadProgram(a.program);
   const { id, members } = orderMembers(a.listen, a.peers);
+  const params = parseParams(program, a.params);
+  const auth = await clusterAuth(a.secret, members.map(formatEndpoint));
   const node = new DsmNode({
     id,
     members,
     workers: a.workers,
     programUrl: url,
     program,
-    params: parseParams(program.defaults, a.params),
+    params,
     blockingStores: a.blockingStores,
+    auth,
+    ...(a.startTimeoutMs === undefined ? {} : { startTimeoutMs: a.startTimeoutMs }),
     ...(onReady === undefined ? {} : { onReady }),
   });
   return await node.run();
@@ -146,7 +199,7 @@ export async function nodeMain(args: string[]): Promise<number> {
     parsed = parseNodeArgs(args);
   } catch (err) {
     console.error(`vmkit dsm node: ${err instanceof Error ? err.message : String(err)}`);
-    return 2;
+    return 64;
   }
   if (parsed === null) {
     console.log(NODE_USAGE);

@@ -7,11 +7,27 @@
  * @module
  */
 
+import { DsmConfigError } from "./errors.ts";
 import type { RegionSpec } from "./layout.ts";
 import type { Region } from "./region.ts";
 
 /** Numeric parameters of a program run (problem size, iterations, seed…). */
 export type Params = Record<string, number>;
+
+/** The values a program accepts for one parameter. */
+export interface ParamLimit {
+  /** Smallest value. */
+  readonly min: number;
+  /** Largest value. */
+  readonly max: number;
+  /** Whether only integers are accepted. */
+  readonly integer: boolean;
+}
+
+/** An integer parameter from `min` to `max`. */
+export function intParam(min: number, max: number): ParamLimit {
+  return { min, max, integer: true };
+}
 
 /** The shape of a cluster run. */
 export interface ClusterShape {
@@ -55,8 +71,14 @@ export interface DsmContext {
 export interface DsmProgram {
   /** Short name, for reports. */
   readonly name: string;
-  /** Default parameters; callers override them by name. */
+  /** Default parameters; callers override them by name (and only these names). */
   readonly defaults: Readonly<Params>;
+  /**
+   * What each parameter accepts; a value outside is refused before any node
+   * starts (a negative size must not become a bogus run). Parameters without
+   * a limit accept any finite number.
+   */
+  readonly limits?: Readonly<Record<string, ParamLimit>>;
   /** The shared regions of a run. */
   regions(params: Readonly<Params>, shape: ClusterShape): RegionSpec[];
   /** The code every worker runs. The runtime adds a barrier after it. */
@@ -65,4 +87,44 @@ export interface DsmProgram {
   result?(ctx: DsmContext): unknown;
   /** The same result from a plain sequential run without DSM, to check a cluster run against. */
   sequential?(params: Readonly<Params>): unknown;
+}
+
+/**
+ * Parses `KEY=VALUE` parameters over a program's defaults, checking each
+ * against the program's parameter names and {@link DsmProgram.limits}.
+ *
+ * @throws {DsmConfigError} naming the parameter and what it accepts.
+ */
+export function parseParams(
+  program: Pick<DsmProgram, "name" | "defaults" | "limits">,
+  pairs: readonly string[],
+): Params {
+  const out: Params = { ...program.defaults };
+  const names = Object.keys(program.defaults);
+  for (const pair of pairs) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]*)=(.*)$/.exec(pair);
+    const key = m?.[1];
+    const text = m?.[2]?.trim() ?? "";
+    const v = text === "" ? NaN : Number(text);
+    if (key === undefined || !Number.isFinite(v)) {
+      throw new DsmConfigError(`parameter '${pair}' is not KEY=NUMBER`);
+    }
+    if (!names.includes(key)) {
+      throw new DsmConfigError(
+        `program '${program.name}' has no parameter '${key}' ` +
+          `(its parameters: ${names.join(", ") || "none"})`,
+      );
+    }
+    const lim = program.limits?.[key];
+    if (
+      lim !== undefined && (v < lim.min || v > lim.max || (lim.integer && !Number.isInteger(v)))
+    ) {
+      throw new DsmConfigError(
+        `parameter ${key}=${text} is out of range: program '${program.name}' takes ${key} as ` +
+          `${lim.integer ? "an integer" : "a number"} from ${lim.min} to ${lim.max}`,
+      );
+    }
+    out[key] = v;
+  }
+  return out;
 }

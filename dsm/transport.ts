@@ -1,6 +1,7 @@
 /**
  * Full-mesh TCP transport between the nodes of a static membership list,
- * carrying length-prefixed frames ({@link ./frames.ts}). Writes to a peer are
+ * carrying length-prefixed frames ({@link ./frames.ts}); every connection is
+ * mutually authenticated first ({@link ./handshake.ts}). Writes to a peer are
  * coalesced and kept in order; a connection that closes before its peer said
  * BYE is reported as a node death.
  *
@@ -8,14 +9,8 @@
  */
 
 import { DsmConfigError, DsmNodeDeathError, DsmProtocolError } from "./errors.ts";
-import {
-  encodeFrame,
-  FrameReader,
-  HEADER_SIZE,
-  LENGTH_SIZE,
-  type Message,
-  MsgType,
-} from "./frames.ts";
+import { encodeFrame, FrameReader, type Message, MsgType } from "./frames.ts";
+import { acceptHandshake, closeQuietly, type ClusterAuth, dialHandshake } from "./handshake.ts";
 
 /** A `host:port` TCP address of a node. */
 export interface Endpoint {
@@ -83,17 +78,28 @@ export interface MeshOptions {
   id: number;
   /** Every node of the cluster, ordered by {@link orderMembers}. */
   members: Endpoint[];
+  /** The cluster's secret and member list (see {@link clusterAuth}). */
+  auth: ClusterAuth;
   /** Called for every frame received from another node. */
   onMessage: (from: number, msg: Message) => void;
   /** Called once when a peer's connection is lost without a goodbye. */
   onPeerLost: (from: number, error: Error) => void;
+  /** Called with one line for every incoming connection refused at start (default: stderr). */
+  onRefused?: (line: string) => void;
 }
+
+/** Longest one incoming handshake may take (a silent connection is dropped after it). */
+const HANDSHAKE_MS = 5_000;
+/** Most incoming handshakes in progress at once; more connections are closed at once. */
+const MAX_PENDING_HANDSHAKES = 64;
 
 /** The set of TCP connections from one node to all others. */
 export class Mesh {
   readonly #opts: MeshOptions;
   readonly #peers: (Peer | undefined)[];
   #listener: Deno.TcpListener | null = null;
+  /** Incoming connections still in their handshake. */
+  readonly #pending = new Set<Deno.TcpConn>();
   /** Traffic sent by this node. */
   readonly stats: TrafficStats = { messages: 0, bytes: 0 };
 
@@ -103,101 +109,148 @@ export class Mesh {
     this.#peers = new Array(opts.members.length).fill(undefined);
   }
 
-  /** Listens, dials lower ids, accepts higher ids; resolves when every peer is connected. */
+  /**
+   * Listens, dials lower ids, accepts higher ids; resolves when every peer is
+   * connected and authenticated. Incoming connections that are silent, speak
+   * garbage or fail authentication are dropped (reported through
+   * `onRefused`) while the node goes on waiting for its real peers, until
+   * `timeoutMs`.
+   */
   async start(timeoutMs: number): Promise<void> {
     const { id, members } = this.#opts;
     const self = members[id];
     if (self === undefined) throw new DsmConfigError(`node id ${id} is not in the member list`);
     this.#listener = Deno.listen({ hostname: self.host, port: self.port, transport: "tcp" });
     const deadline = Date.now() + timeoutMs;
-    const expectedAccepts = members.length - 1 - id;
-    const accepting = this.#acceptAll(expectedAccepts, deadline);
-    const dials: Promise<void>[] = [];
-    for (let j = 0; j < id; j++) dials.push(this.#dial(j, deadline));
-    await Promise.all([accepting, ...dials]);
-    this.#listener.close();
-    this.#listener = null;
+    try {
+      const accepting = this.#acceptAll(members.length - 1 - id, deadline, timeoutMs);
+      const dials: Promise<void>[] = [];
+      for (let j = 0; j < id; j++) dials.push(this.#dial(j, deadline));
+      await Promise.all([accepting, ...dials]);
+    } finally {
+      this.#listener?.close();
+      this.#listener = null;
+      for (const c of this.#pending) closeQuietly(c);
+      this.#pending.clear();
+    }
   }
 
-  async #acceptAll(count: number, deadline: number): Promise<void> {
+  #refused(line: string): void {
+    (this.#opts.onRefused ?? ((l: string) => console.error(l)))(line);
+  }
+
+  /** Accepts until `count` higher-id peers are authenticated, or rejects at `deadline`. */
+  #acceptAll(count: number, deadline: number, timeoutMs: number): Promise<void> {
     const listener = this.#listener;
-    if (listener === null || count === 0) return;
-    const timer = setTimeout(() => listener.close(), Math.max(1, deadline - Date.now()));
-    try {
-      for (let got = 0; got < count;) {
-        let conn: Deno.TcpConn;
-        try {
-          conn = await listener.accept();
-        } catch (err) {
-          throw new DsmConfigError(
-            `node ${this.#opts.id}: only ${got} of ${count} peers connected before the start timeout (${err})`,
+    if (listener === null || count === 0) return Promise.resolve();
+    const { id, members } = this.#opts;
+    /** Why the last connection that claimed to be each node was refused. */
+    const lastRefusal = new Map<number, string>();
+    return new Promise<void>((resolve, reject) => {
+      let got = 0;
+      let done = false;
+      const finish = (err?: Error): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (err === undefined) resolve();
+        else reject(err);
+      };
+      const timer = setTimeout(() => {
+        const missing: string[] = [];
+        for (let j = id + 1; j < members.length; j++) {
+          if (this.#peers[j] !== undefined) continue;
+          const ep = members[j];
+          const why = lastRefusal.get(j);
+          missing.push(
+            `node ${j}${ep === undefined ? "" : ` at ${formatEndpoint(ep)}`}` +
+              (why === undefined ? "" : ` (a connection claiming to be it was refused: ${why})`),
           );
         }
-        conn.setNoDelay(true);
-        const peerId = await this.#readHello(conn);
-        if (peerId <= this.#opts.id || this.#peers[peerId] !== undefined) {
-          conn.close();
-          throw new DsmProtocolError(`node ${this.#opts.id}: unexpected HELLO from node ${peerId}`);
+        finish(
+          new DsmConfigError(
+            `node ${id}: only ${got} of ${count} peers joined before the start timeout ` +
+              `(${timeoutMs} ms); missing ${missing.join(", ")}`,
+          ),
+        );
+      }, Math.max(1, deadline - Date.now()));
+      const handshake = async (conn: Deno.TcpConn): Promise<void> => {
+        const ra = conn.remoteAddr;
+        const from = formatEndpoint({ host: ra.hostname, port: ra.port });
+        let claimed = -1;
+        try {
+          const hsDeadline = Math.min(deadline, Date.now() + HANDSHAKE_MS);
+          const peerId = await acceptHandshake(conn, this.#opts.auth, id, hsDeadline, (c) => {
+            claimed = c;
+          });
+          this.#pending.delete(conn);
+          if (done || this.#peers[peerId] !== undefined) {
+            throw new DsmProtocolError(`node ${peerId} is already connected`);
+          }
+          this.#attach(peerId, conn);
+          got++;
+          if (got === count) finish();
+        } catch (err) {
+          this.#pending.delete(conn);
+          closeQuietly(conn);
+          const why = err instanceof Error ? err.message : String(err);
+          if (claimed >= 0) lastRefusal.set(claimed, why);
+          if (!done) this.#refused(`dsm: node ${id} refused a connection from ${from}: ${why}`);
         }
-        this.#attach(peerId, conn);
-        got++;
-      }
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  async #readHello(conn: Deno.TcpConn): Promise<number> {
-    // Read exactly one HELLO frame: bytes after it belong to the read loop.
-    const buf = new Uint8Array(LENGTH_SIZE + HEADER_SIZE);
-    let len = 0;
-    while (len < buf.length) {
-      const n = await conn.read(buf.subarray(len));
-      if (n === null) throw new DsmProtocolError("peer closed before sending HELLO");
-      len += n;
-    }
-    let h: Message | null = null;
-    new FrameReader((m) => {
-      h = m;
-    }).push(buf);
-    if (h === null) throw new DsmProtocolError("no HELLO frame");
-    h = h as Message;
-    if (h === null || h.type !== MsgType.HELLO || h.b !== this.#opts.members.length) {
-      throw new DsmProtocolError("first frame was not a HELLO for a cluster of this size");
-    }
-    if (h.a >= this.#opts.members.length) throw new DsmProtocolError(`HELLO from node ${h.a}`);
-    return h.a;
+      };
+      (async () => {
+        for (;;) {
+          let conn: Deno.TcpConn;
+          try {
+            conn = await listener.accept();
+          } catch (err) {
+            // The listener closes when the mesh is complete or start gave up.
+            if (done) return;
+            throw err;
+          }
+          if (done) {
+            closeQuietly(conn);
+            return;
+          }
+          if (this.#pending.size >= MAX_PENDING_HANDSHAKES) {
+            closeQuietly(conn);
+            continue;
+          }
+          conn.setNoDelay(true);
+          this.#pending.add(conn);
+          void handshake(conn);
+        }
+      })().catch((err: unknown) => finish(err instanceof Error ? err : new Error(String(err))));
+    });
   }
 
   async #dial(peerId: number, deadline: number): Promise<void> {
     const ep = this.#opts.members[peerId];
     if (ep === undefined) throw new DsmConfigError(`no member ${peerId}`);
+    const where = `node ${this.#opts.id}: node ${peerId} at ${formatEndpoint(ep)}`;
+    let conn: Deno.TcpConn | undefined;
     for (;;) {
       try {
-        const conn = await Deno.connect({ hostname: ep.host, port: ep.port, transport: "tcp" });
-        conn.setNoDelay(true);
-        const hello = encodeFrame({
-          type: MsgType.HELLO,
-          region: 0,
-          block: 0,
-          a: this.#opts.id,
-          b: this.#opts.members.length,
-          data: null,
-        });
-        await writeAll(conn, hello);
-        this.#attach(peerId, conn);
-        return;
+        conn = await Deno.connect({ hostname: ep.host, port: ep.port, transport: "tcp" });
+        break;
       } catch (err) {
         if (!(err instanceof Deno.errors.ConnectionRefused) || Date.now() > deadline) {
-          throw new DsmConfigError(
-            `node ${this.#opts.id}: cannot connect to node ${peerId} at ${
-              formatEndpoint(ep)
-            }: ${err}`,
-          );
+          throw new DsmConfigError(`${where}: cannot connect: ${err}`);
         }
         await new Promise((r) => setTimeout(r, 20));
       }
     }
+    conn.setNoDelay(true);
+    try {
+      await dialHandshake(conn, this.#opts.auth, this.#opts.id, peerId, deadline);
+    } catch (err) {
+      closeQuietly(conn);
+      throw new DsmConfigError(
+        `${where}: handshake failed: ${err instanceof Error ? err.message : String(err)}; ` +
+          `every node needs the same cluster secret and member list`,
+      );
+    }
+    this.#attach(peerId, conn);
   }
 
   #attach(peerId: number, conn: Deno.TcpConn): void {
@@ -319,8 +372,3 @@ export class Mesh {
 }
 
 const READ_BUFFER = 8192;
-
-async function writeAll(conn: Deno.Conn, data: Uint8Array): Promise<void> {
-  let off = 0;
-  while (off < data.length) off += await conn.write(data.subarray(off));
-}

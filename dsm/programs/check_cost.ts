@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import type { Region } from "../region.ts";
 
 const measured: Record<string, number> = {};
@@ -100,6 +100,7 @@ function time(f: () => unknown): number {
 export const program: DsmProgram = {
   name: "check_cost",
   defaults: { words: 16384, reps: 200, trials: 5 },
+  limits: { words: int(16, 1 << 24), reps: int(1, 1e6), trials: int(1, 1000) },
   regions: (p: Readonly<Params>) => [
     { name: "m", size: (p.words ?? 0) * 4, blockSize: 4096 },
     { name: "f", size: (p.words ?? 0) * 4, blockSize: 4096 },

@@ -8,12 +8,13 @@
  */
 
 import { DsmError } from "../errors.ts";
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 
 /** The death-watch program. */
 export const program: DsmProgram = {
   name: "death_watch",
   defaults: { rounds: 100000 },
+  limits: { rounds: int(1, 1e9) },
   regions: (_p: Readonly<Params>, shape) => [
     { name: "v", size: shape.nodes * shape.workers * 64, blockSize: 64 },
   ],

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import { hash32, share } from "./util.ts";
 
 const LOCK_GROUPS = 8;
@@ -20,6 +20,7 @@ function value(i: number, seed: number, bins: number): number {
 export const program: DsmProgram = {
   name: "histogram",
   defaults: { n: 20000, bins: 64, seed: 7 },
+  limits: { n: int(1, 1 << 26), bins: int(1, 1 << 20), seed: int(0, 2 ** 32 - 1) },
   regions: (p: Readonly<Params>) => [
     { name: "input", size: (p.n ?? 0) * 4, blockSize: 1024, home: "blocked" },
     { name: "bins", size: (p.bins ?? 0) * 4, blockSize: 64 },

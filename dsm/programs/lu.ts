@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import { digestBytes, digestRegion } from "./util.ts";
 
 function init(i: number, j: number, n: number): number {
@@ -18,6 +18,7 @@ function init(i: number, j: number, n: number): number {
 export const program: DsmProgram = {
   name: "lu",
   defaults: { n: 32 },
+  limits: { n: int(1, 4096) },
   regions: (p: Readonly<Params>) => [
     { name: "m", size: (p.n ?? 0) * (p.n ?? 0) * 8, blockSize: 256 },
   ],

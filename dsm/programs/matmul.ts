@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import { digestBytes, digestRegion, share } from "./util.ts";
 
 function aAt(i: number, j: number): number {
@@ -20,6 +20,7 @@ function bAt(i: number, j: number): number {
 export const program: DsmProgram = {
   name: "matmul",
   defaults: { n: 48 },
+  limits: { n: int(1, 4096) },
   regions: (p: Readonly<Params>) => {
     const bytes = (p.n ?? 0) * (p.n ?? 0) * 8;
     return [

@@ -10,12 +10,13 @@
  */
 
 import { DsmConfigError } from "../errors.ts";
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 
 /** The read-latency program. */
 export const program: DsmProgram = {
   name: "read_latency",
   defaults: { count: 1000, warmup: 1000 },
+  limits: { count: int(1, 1e7), warmup: int(0, 1e7) },
   regions: (p: Readonly<Params>) => {
     const n = (p.count ?? 0) + (p.warmup ?? 0);
     return [

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import { digestBytes, digestRegion, share } from "./util.ts";
 
 const OMEGA = 1.25;
@@ -27,6 +27,7 @@ function isBoundary(i: number, j: number, w: number): boolean {
 export const program: DsmProgram = {
   name: "sor",
   defaults: { n: 62, iters: 10 },
+  limits: { n: int(1, 8190), iters: int(0, 1e6) },
   regions: (p: Readonly<Params>) => {
     const w = (p.n ?? 0) + 2;
     return [{ name: "grid", size: w * w * 8, blockSize: 512, home: "blocked" }];

@@ -10,13 +10,14 @@
  */
 
 import { DsmError } from "../errors.ts";
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import { hash32 } from "./util.ts";
 
 /** The store-kernel program. */
 export const program: DsmProgram = {
   name: "store_kernel",
   defaults: { blocks: 128, blockSize: 256, rounds: 6 },
+  limits: { blocks: int(1, 1 << 20), blockSize: int(64, 4096), rounds: int(1, 1e6) },
   regions: (p: Readonly<Params>, shape) => [
     { name: "buf", size: (p.blocks ?? 0) * (p.blockSize ?? 64), blockSize: p.blockSize ?? 64 },
     { name: "times", size: shape.nodes * shape.workers * 64, blockSize: 64 },

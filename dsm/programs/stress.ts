@@ -16,7 +16,7 @@
  * @module
  */
 
-import type { DsmContext, DsmProgram, Params } from "../program.ts";
+import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import { hash32, prng } from "./util.ts";
 
 const FINAL = 0xfff;
@@ -37,6 +37,14 @@ function expected(seed: number, round: number, word: number, size: number): numb
 export const program: DsmProgram = {
   name: "stress",
   defaults: { seed: 1, rounds: 12, words: 96, ops: 300, locks: 3, blockSize: 64 },
+  limits: {
+    seed: int(0, 2 ** 32 - 1),
+    rounds: int(1, 1e6),
+    words: int(1, 1 << 24),
+    ops: int(0, 1e7),
+    locks: int(1, 1 << 16),
+    blockSize: int(64, 4096),
+  },
   regions: (p: Readonly<Params>, shape) => [
     { name: "data", size: (p.words ?? 0) * 4, blockSize: p.blockSize ?? 64 },
     { name: "counters", size: Math.max(64, (p.locks ?? 1) * 4), blockSize: 64 },

@@ -7,6 +7,7 @@ const FIXTURE = new URL("./fixtures/typed_program.ts", import.meta.url).pathname
 async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", MAIN, "dsm", ...args],
+    env: { VMKIT_DSM_SECRET: "dsm-cli-test-secret-0123456789" },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -45,12 +46,32 @@ Deno.test("vmkit dsm with bad arguments prints one clear line and exits 64", asy
     [["run", "sor", "--nodes", "2", "--bogus"], /unknown option '--bogus'/],
     [["node", "--listen", "nohost", "--program", "sor"], /'nohost' is not HOST:PORT/],
     [["frob"], /unknown subcommand 'frob'/],
+    [["run", "sor", "--nodes", "2", "--param", "n=-1"], /n=-1 is out of range: .*from 1 to 8190/],
+    [["run", "sor", "--nodes", "2", "--param", "n=2.5"], /n=2\.5 is out of range/],
+    [["run", "matmul", "--nodes", "2", "--param", "n=1e9"], /n=1e9 is out of range/],
+    [
+      ["run", "sor", "--nodes", "2", "--param", "size=4"],
+      /no parameter 'size' \(its parameters: n, iters\)/,
+    ],
+    [["run", "sor", "--nodes", "2", "--param", "n="], /'n=' is not KEY=NUMBER/],
   ];
   for (const [args, re] of cases) {
     const r = await vmkit(...args);
     assert.equal(r.code, 64, args.join(" "));
     assert.match(r.stderr, re);
+    assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
   }
+  const noSecret = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "dsm", "node", "--listen", "127.0.0.1:1", "--program", "sor"],
+    env: { VMKIT_DSM_SECRET: "" },
+    stderr: "piped",
+  }).output();
+  const err = new TextDecoder().decode(noSecret.stderr);
+  assert.equal(noSecret.code, 64, err);
+  assert.match(
+    err,
+    /a cluster secret is required: give --secret-file FILE or set \$VMKIT_DSM_SECRET/,
+  );
 });
 
 Deno.test("vmkit dsm run with an unknown program exits 1 naming the built-ins", async () => {

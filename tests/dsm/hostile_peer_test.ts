@@ -1,54 +1,17 @@
 import assert from "node:assert/strict";
 import { encodeFrame, MsgType } from "../../dsm/frames.ts";
-
-const NODE_MAIN = new URL("../../dsm/node_main.ts", import.meta.url).pathname;
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-async function connectRetry(port: number): Promise<Deno.TcpConn> {
-  for (let i = 0;; i++) {
-    try {
-      return await Deno.connect({ hostname: "127.0.0.1", port });
-    } catch (err) {
-      if (!(err instanceof Deno.errors.ConnectionRefused) || i > 300) throw err;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }
-}
+import { freePorts, joinAs, startNode } from "./node_helpers.ts";
 
 async function attack(frames: Uint8Array[]): Promise<{ code: number; stderr: string }> {
-  // The fake peer takes the higher port, so it has id 1 and dials node 0.
-  let a = freePort();
-  let b = freePort();
-  if (a > b) [a, b] = [b, a];
-  if (a === b) b = a + 1;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      NODE_MAIN,
-      "--listen",
-      `127.0.0.1:${a}`,
-      "--peers",
-      `127.0.0.1:${b}`,
-      "--program",
-      "death_watch",
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const conn = await connectRetry(a);
+  // The fake peer takes the higher port, so it has id 1 and dials node 0; it knows the secret.
+  const ports = freePorts(2);
+  const [a = 0, b = 0] = ports;
+  const node = startNode(a, [b], { program: "death_watch", params: [] });
+  const conn = await joinAs(ports, 1, 0);
   try {
-    const hello = encodeFrame({ type: MsgType.HELLO, region: 0, block: 0, a: 1, b: 2, data: null });
-    await conn.write(hello);
     for (const f of frames) await conn.write(f);
-    const out = await child.output();
-    return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+    const out = await node.done;
+    return { code: out.code, stderr: out.stderr };
   } finally {
     conn.close();
   }
