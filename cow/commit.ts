@@ -25,7 +25,7 @@
 import { resolve } from "node:path";
 import type { BlockDevice } from "./block_device.ts";
 import { openImage } from "./chain.ts";
-import type { DiskImage } from "./disk_image.ts";
+import { type DiskImage, settle } from "./disk_image.ts";
 import { LiveOperationError } from "./errors.ts";
 import { type BackgroundOptions, Pacer } from "./progress.ts";
 import type { Qcow2Image } from "./qcow2.ts";
@@ -82,38 +82,39 @@ export class CommitMirror implements BlockDevice {
     return this.overlay.size;
   }
   /** Reads from the overlay. */
-  read(offset: number, buf: Uint8Array): Promise<void> {
-    return this.overlay.read(offset, buf);
+  readSync(offset: number, buf: Uint8Array): void {
+    this.overlay.readSync(offset, buf);
   }
   /** Writes to the overlay, and to the parent below the cursor. */
-  write(offset: number, data: Uint8Array): Promise<void> {
-    try {
-      this.overlay.writeSync(offset, data);
-      if (offset < this.cursor) this.parent.writeSync(offset, data);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  writeSync(offset: number, data: Uint8Array): void {
+    this.overlay.writeSync(offset, data);
+    if (offset < this.cursor) this.parent.writeSync(offset, data);
   }
   /** Discards in the overlay, and in the parent below the cursor. */
-  discard(offset: number, length: number): Promise<void> {
-    try {
-      this.overlay.discardSync(offset, length);
-      if (offset < this.cursor) this.parent.discardSync(offset, length);
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
+  discardSync(offset: number, length: number): void {
+    this.overlay.discardSync(offset, length);
+    if (offset < this.cursor) this.parent.discardSync(offset, length);
   }
   /** Flushes the parent, then the overlay. */
+  flushSync(): void {
+    this.parent.flushSync();
+    this.overlay.flushSync();
+  }
+  /** Async {@link CommitMirror.readSync}. */
+  read(offset: number, buf: Uint8Array): Promise<void> {
+    return settle(() => this.readSync(offset, buf));
+  }
+  /** Async {@link CommitMirror.writeSync}. */
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return settle(() => this.writeSync(offset, data));
+  }
+  /** Async {@link CommitMirror.discardSync}. */
+  discard(offset: number, length: number): Promise<void> {
+    return settle(() => this.discardSync(offset, length));
+  }
+  /** Async {@link CommitMirror.flushSync}. */
   flush(): Promise<void> {
-    try {
-      this.parent.flushSync();
-      this.overlay.flushSync();
-      return Promise.resolve();
-    } catch (err) {
-      return Promise.reject(err);
-    }
+    return settle(() => this.flushSync());
   }
   /** Closes the overlay (and the parent if the overlay owns it). */
   close(): Promise<void> {

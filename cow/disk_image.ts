@@ -48,7 +48,7 @@ export interface DiskImage extends BlockDevice {
 }
 
 /** Runs a synchronous image call as the async {@link BlockDevice} method. */
-function settle(call: () => void): Promise<void> {
+export function settle(call: () => void): Promise<void> {
   try {
     call();
     return Promise.resolve();

@@ -51,16 +51,27 @@ import {
   saveVcpuState,
   saveVmState,
 } from "../native/kvm_state.ts";
-import type { Regs, Sregs } from "../native/kvm_types.ts";
 import { loadKernel } from "./boot/mod.ts";
-import type { BootOptions, BootPlan } from "./boot/types.ts";
+import type { BootPlan } from "./boot/types.ts";
 import { guestCpuid } from "./cpuid.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
-import type { DeviceSpec } from "./devices/spec.ts";
-import type { GuestMemory } from "./guest_memory.ts";
+import type { MmioSlot } from "./devices/mmio_allocator.ts";
+import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
+import type { DiskHandle } from "./disk_handle.ts";
+import {
+  IDENTITY_MAP_ADDR,
+  type MachineConfig,
+  MachineError,
+  type MachineExit,
+  type MachineState,
+  mergeSregs,
+  resetRegs,
+  TSS_ADDR,
+  validate,
+} from "./machine_config.ts";
+import { MachineIo } from "./machine_io.ts";
 import { HostMemory } from "./memory.ts";
-import type { MemoryBacking } from "./memory.ts";
 import { MachineMetrics } from "./metrics/machine_metrics.ts";
 import {
   controlBytes,
@@ -75,12 +86,8 @@ import {
   VcpuRunState,
 } from "./vcpu.ts";
 
-/** Where KVM's TSS goes (three pages just below the BIOS area, inside the MMIO gap). */
-export const TSS_ADDR = 0xfffb_d000;
-/** Where KVM's identity-map page table goes (the page below the TSS). */
-export const IDENTITY_MAP_ADDR = 0xfffb_c000;
-/** Most vCPUs a machine may have. */
-export const MAX_VCPUS = 64;
+export * from "./machine_config.ts";
+
 /** `MSR_IA32_MISC_ENABLE`; bit 0 = fast strings, as firmware leaves it. */
 const MSR_IA32_MISC_ENABLE = 0x1a0;
 /** How long stop() waits for Workers to leave their loops before terminating them. */
@@ -88,102 +95,12 @@ const STOP_TIMEOUT_MS = 2000;
 /** Interval at which pause() repeats its kicks while a vCPU has not parked yet. */
 const REKICK_MS = 2;
 
-/** Loads a kernel image into guest memory (the shape of `vmm/boot/mod.ts`'s `loadKernel`). */
-export type KernelLoader = (memory: GuestMemory, image: Uint8Array, opts: BootOptions) => BootPlan;
-
-/** What to build. */
-export interface MachineConfig {
-  /** Guest RAM in MiB (1..65536). */
-  memMiB: number;
-  /** vCPU count (1..64). */
-  vcpus: number;
-  /**
-   * Kernel image bytes (the CLI reads the file). Absent only when
-   * {@link MachineConfig.memory} is given: the machine is then not booted but
-   * restored (its caller sets CPU and device state before `start()`).
-   */
-  kernel?: Uint8Array;
-  /** Initial ramdisk. */
-  initrd?: Uint8Array;
-  /** Kernel command line. */
-  cmdline?: string;
-  /** Devices, e.g. from `defaultDeviceSpecs(...)` of `vmm/devices/mod.ts`. */
-  devices: DeviceSpec[];
-  /** Loader for {@link MachineConfig.kernel}; default `loadKernel` of `vmm/boot/mod.ts`. */
-  loader?: KernelLoader;
-  /**
-   * Module (URL) exporting `createDevices(specs, env): Device[]`, imported on
-   * every thread; default `vmm/devices/mod.ts`. For devices outside the tree.
-   */
-  deviceModule?: string;
-  /** Backing of guest RAM (default anonymous private mappings). */
-  memoryBacking?: MemoryBacking;
-  /**
-   * Guest RAM already mapped (a checkpoint restore fills it lazily); it must
-   * hold `memMiB`. The machine owns it from then on.
-   */
-  memory?: HostMemory;
-  /**
-   * ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) and the VM generation id
-   * page, handed to the kernel by the boot loader (default true).
-   */
-  acpi?: boolean;
-}
-
-/** Every vCPU's KVM state and the VM-wide state, from {@link Machine.saveCpuState}. */
-export type { MachineCpuState };
-
-/** Lifecycle state. */
-export type MachineState = "Created" | "Running" | "Paused" | "Stopped";
-
-/** How a run ended. */
-export interface MachineExit {
-  /** 0 for a clean stop or power-off; non-zero for failures or as a device reports it. */
-  status: number;
-  /** Human-readable cause. */
-  reason: string;
-}
-
-/** Raised for bad configuration or an operation in the wrong state. */
-export class MachineError extends Error {
-  /** Creates the error. */
-  constructor(message: string) {
-    super(`machine: ${message}`);
-    this.name = "MachineError";
-  }
-}
-
-function validate(config: MachineConfig): void {
-  if (!Number.isInteger(config.memMiB) || config.memMiB < 1 || config.memMiB > 65536) {
-    throw new MachineError(`memMiB ${config.memMiB} must be an integer in 1..65536`);
-  }
-  if (!Number.isInteger(config.vcpus) || config.vcpus < 1 || config.vcpus > MAX_VCPUS) {
-    throw new MachineError(`vcpus ${config.vcpus} must be an integer in 1..${MAX_VCPUS}`);
-  }
-}
-
-/** KVM's reset register file (all zero, rflags bit 1 set). */
-function resetRegs(): Regs {
-  return {
-    rax: 0n,
-    rbx: 0n,
-    rcx: 0n,
-    rdx: 0n,
-    rsi: 0n,
-    rdi: 0n,
-    rsp: 0n,
-    rbp: 0n,
-    r8: 0n,
-    r9: 0n,
-    r10: 0n,
-    r11: 0n,
-    r12: 0n,
-    r13: 0n,
-    r14: 0n,
-    r15: 0n,
-    rip: 0n,
-    rflags: 2n,
-  };
+/** The command line the kernel gets: the caller's, plus the I/O devices' entries unless told not to. */
+function kernelCmdline(config: MachineConfig, io: MachineIo): string {
+  const base = config.cmdline ?? "";
+  if (config.announceOnCmdline === false) return base;
+  const extra = io.cmdline();
+  return extra === "" ? base : base === "" ? extra : `${base} ${extra}`;
 }
 
 /** A virtual machine with its vCPU Workers. */
@@ -214,6 +131,7 @@ export class Machine implements AsyncDisposable {
   readonly #workers: Worker[];
   readonly #devices: Device[];
   readonly #bus: DeviceBus;
+  readonly #io: MachineIo;
   #exit: MachineExit | undefined;
   #finishing: Promise<void> | undefined;
   #pausing: Promise<void> | undefined;
@@ -232,12 +150,14 @@ export class Machine implements AsyncDisposable {
     devices: Device[],
     bus: DeviceBus,
     workers: Worker[],
+    io: MachineIo,
     config: MachineConfig,
     acpi: AcpiLayout | undefined,
   ) {
     this.config = config;
     this.acpi = acpi;
     this.#workers = workers;
+    this.#io = io;
     this.kvm = kvm;
     this.vm = vm;
     this.memory = memory;
@@ -277,7 +197,9 @@ export class Machine implements AsyncDisposable {
       throw err;
     }
     cleanup.push(() => kvm.close());
-    const undo = (): void => {
+    let io: MachineIo | undefined;
+    const undo = async (): Promise<void> => {
+      await io?.close();
       for (const f of cleanup.reverse()) f();
     };
     let machine: Machine;
@@ -299,6 +221,10 @@ export class Machine implements AsyncDisposable {
       }
       cleanup.push(() => memory.close());
       memory.register(vm);
+      io = config.drives === undefined && config.virtioDevices === undefined
+        ? MachineIo.none()
+        : await MachineIo.start(config, memory.regions);
+      io.attach(vm.fd);
 
       const supported = kvm.supportedCpuid();
       const vcpus: Vcpu[] = [];
@@ -314,14 +240,13 @@ export class Machine implements AsyncDisposable {
       }
 
       // The tables are written for a fresh boot; restored memory already holds them.
-      // Virtio-mmio devices join the tables once the MMIO/GSI allocator hands them out.
-      const acpiConfig = acpiConfigFromSpecs(config.vcpus, config.devices, []);
+      const acpiConfig = acpiConfigFromSpecs(config.vcpus, config.devices, io.slots);
       const acpi = config.acpi === false ? undefined : buildAcpi(acpiConfig);
       let plan: BootPlan | undefined;
       if (config.kernel !== undefined) {
         if (acpi !== undefined) writeAcpi(memory, acpi);
         plan = loader(memory, config.kernel, {
-          cmdline: config.cmdline ?? "",
+          cmdline: kernelCmdline(config, io),
           ...(config.initrd === undefined ? {} : { initrd: config.initrd }),
           ...(acpi === undefined ? {} : { acpiRsdp: acpi.rsdpAddr }),
         });
@@ -343,13 +268,16 @@ export class Machine implements AsyncDisposable {
           if (m !== undefined) void m.#finish({ status, reason });
         },
       };
-      const devices = (await loadDeviceFactory(config.deviceModule))(config.devices, env);
+      const devices = [
+        ...(await loadDeviceFactory(config.deviceModule))(config.devices, env),
+        ...io.specs.map((spec) => new VirtioMmioTransport(spec)),
+      ];
       const bus = new DeviceBus(devices, busLock);
-      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, config, acpi);
+      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, io, config, acpi);
       owner.machine = machine;
       await machine.#init(lib.path, config, busLock);
     } catch (err) {
-      undo();
+      await undo();
       throw err;
     }
     return machine;
@@ -390,6 +318,7 @@ export class Machine implements AsyncDisposable {
         control: this.#control,
         threads: this.#threads.buffer as SharedArrayBuffer,
         devices: config.devices,
+        ioDevices: this.#io.specs,
         busLock,
         exitCounters: this.metrics.exits,
         ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
@@ -481,9 +410,46 @@ export class Machine implements AsyncDisposable {
     return this.#exitPromise;
   }
 
-  /** Device states by name (the machine must not be running). */
+  /**
+   * Quiesces every device with background work (the I/O devices): each
+   * finishes its in-flight requests (and switches to an armed disk overlay)
+   * and takes no new ones until {@link Machine.resumeDevices}. The vCPUs may
+   * keep running; their notifications wait in the queues.
+   */
+  async quiesceDevices(): Promise<void> {
+    await Promise.all(this.#devices.map((d) => d.quiesce?.()));
+  }
+
+  /** Lets quiesced devices work again (returns at once; no device round trip). */
+  resumeDevices(): void {
+    for (const d of this.#devices) d.resume?.();
+  }
+
+  /** The I/O devices' MMIO windows and GSIs (what ACPI tables and the command line announce). */
+  get mmioDevices(): readonly MmioSlot[] {
+    return this.#io.slots;
+  }
+
+  /** The handle of drive `id` (for checkpoints and drive replacement). */
+  disk(id: string): DiskHandle | undefined {
+    return this.#io.disk(id);
+  }
+
+  /** Every drive's handle. */
+  disks(): DiskHandle[] {
+    return this.#io.disks();
+  }
+
+  /**
+   * Device states by name (the machine must not be running, and devices
+   * with background work must be quiesced: {@link Machine.quiesceDevices}).
+   */
   saveDevices(): Record<string, Uint8Array> {
     this.#requireStill("saveDevices()");
+    const busy = this.#devices.find((d) => d.quiesced === false);
+    if (busy !== undefined) {
+      throw new MachineError(`device '${busy.name}' is not quiesced; call quiesceDevices() first`);
+    }
     return this.#bus.withLock(() => {
       const out: Record<string, Uint8Array> = {};
       for (const d of this.#devices) out[d.name] = d.save();
@@ -627,17 +593,9 @@ export class Machine implements AsyncDisposable {
       console.error(`machine: ${stuck} vCPU thread(s) did not stop; their mappings are leaked`);
       return;
     }
+    await this.#io.close();
     this.memory.close();
     this.vm.close();
     this.kvm.close();
   }
-}
-
-/** Overlays a boot plan's sregs on the vCPU's current ones (whole segments and tables). */
-export function mergeSregs(base: Sregs, plan: Partial<Sregs>): Sregs {
-  const out: Sregs = { ...base };
-  for (const [k, v] of Object.entries(plan)) {
-    if (v !== undefined) (out as unknown as Record<string, unknown>)[k] = v;
-  }
-  return out;
 }

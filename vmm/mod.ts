@@ -41,6 +41,7 @@ export {
   type MachineState,
   MAX_VCPUS,
   mergeSregs,
+  resetRegs,
   TSS_ADDR,
 } from "./machine.ts";
 export {
@@ -55,6 +56,28 @@ export {
 export { CPUID_1_ECX_CX16, guestCpuid } from "./cpuid.ts";
 export { BootError, loadKernel } from "./boot/mod.ts";
 export { DeviceBus } from "./devices/mod.ts";
+export {
+  FIRST_DEVICE_GSI,
+  LAST_DEVICE_GSI,
+  MMIO_DEVICES_BASE,
+  MMIO_SLOT_SIZE,
+  MmioAllocator,
+  MmioAllocatorError,
+  type MmioAllocatorOptions,
+  type MmioSlot,
+  virtioMmioCmdline,
+} from "./devices/mmio_allocator.ts";
+export * from "./devices/virtio/mod.ts";
+export { DiskHandle } from "./disk_handle.ts";
+export { type MachineIoConfig, MachineIoError } from "./machine_io.ts";
+export type {
+  DriveBackend,
+  DriveConfig,
+  NetConfig,
+  RateLimiterConfig,
+  StorageIdentityConfig,
+  TokenBucketConfig,
+} from "./io_config.ts";
 export {
   ApiClientError,
   type ApiContext,

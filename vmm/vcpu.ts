@@ -61,6 +61,8 @@ export interface VcpuInit {
   readonly threads: SharedArrayBuffer;
   /** Devices to instantiate on this thread. */
   readonly devices: DeviceSpec[];
+  /** I/O devices' transport specs (virtio-mmio register files over shared state). */
+  readonly ioDevices: DeviceSpec[];
   /** The device bus lock shared by every thread. */
   readonly busLock: SharedArrayBuffer;
   /** Exit counters (`metrics/machine_metrics.ts`); this vCPU writes row `id` only. */

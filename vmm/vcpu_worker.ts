@@ -23,6 +23,7 @@ import { openShim } from "../native/ffi.ts";
 import { KvmError, KvmExit, RunOffset, Vcpu } from "../native/kvm.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { DeviceEnv } from "./devices/device.ts";
+import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
 import { EXIT_SLOT, exitCounterRow } from "./metrics/machine_metrics.ts";
 import {
   CTL_GO,
@@ -65,7 +66,13 @@ async function main(init: VcpuInit): Promise<void> {
     requestStop,
   };
   const createDevices = await loadDeviceFactory(init.deviceModule);
-  const bus = new DeviceBus(createDevices(init.devices, env), init.busLock);
+  const bus = new DeviceBus(
+    [
+      ...createDevices(init.devices, env),
+      ...init.ioDevices.map((spec) => new VirtioMmioTransport(spec)),
+    ],
+    init.busLock,
+  );
   const vcpu = new Vcpu(init.vcpuFd, init.id, init.runAddr, init.runSize, init.xsaveSize, false);
   const run = new DataView(vcpu.runBytes.buffer, vcpu.runBytes.byteOffset, vcpu.runSize);
   const runSize = vcpu.runSize;

@@ -17,6 +17,8 @@
  *                 from 16 MiB: number s goes to page s%N, word (s/N)%1024
  *   mode=acpi     finds the RSDP (boot pointer and BIOS-area scan), walks XSDT, FADT,
  *                 MADT and DSDT checking checksums (acpi.c); powers off if all is well
+ *   mode=blk      drives the virtio-blk device named by virtio_mmio.device= (virtio_blk.c),
+ *                 then powers off
  *
  * Without mode= the guest runs DEFAULT_MODE (info, or demo for demo.elf).
  */
@@ -497,6 +499,10 @@ void guest_main(const struct boot_info *bi)
 		if (acpi_check(bi) == 0)
 			poweroff();
 		debug_exit(3);
+	}
+	if (starts_with(mode, "blk")) {
+		virtio_blk_test(bi->cmdline);
+		poweroff();
 	}
 	struct line l = {.len = 0};
 	add_str(&l, "unknown mode: ");

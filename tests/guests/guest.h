@@ -63,6 +63,9 @@ int acpi_check(const struct boot_info *bi);
 /* virtio_net.c */
 void net_main(const struct boot_info *bi) __attribute__((noreturn));
 
+/* virtio_blk.c */
+void virtio_blk_test(const char *cmdline);
+
 /* The real-mode trampoline (trampoline.S), copied to TRAMP_BASE. */
 extern const char tramp_start[], tramp_end[], tramp_cr3[];
 

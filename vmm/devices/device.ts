@@ -28,12 +28,25 @@ export interface DeviceEnv {
   requestStop(status: number, reason: string): void;
 }
 
-/** The save/restore contract every device implements. */
+/**
+ * The save/restore contract every device implements (crosvm's
+ * `Suspendable`). A device with work in the background (an I/O device's
+ * back end) also implements {@link Suspendable.quiesce} and
+ * {@link Suspendable.resume} (crosvm's sleep/wake): a checkpoint quiesces
+ * every device, pauses the vCPUs, saves, resumes the vCPUs, then resumes the
+ * devices; nothing in between waits for another thread.
+ */
 export interface Suspendable {
-  /** A copy of the device's whole state. Call only while the machine is paused. */
+  /** A copy of the device's whole state. Call only while the machine is paused (and the device quiesced). */
   save(): Uint8Array;
   /** Replaces the device's state with bytes from {@link Suspendable.save}; validates them. */
   restore(state: Uint8Array): void;
+  /** Completes or holds in-flight work; resolves when {@link Suspendable.save} may run. */
+  quiesce?(): Promise<void>;
+  /** Lets a quiesced device work again; returns at once. */
+  resume?(): void;
+  /** Whether the device is quiesced now (absent: it has no background work). */
+  readonly quiesced?: boolean;
 }
 
 /** A device on the port-I/O (and optionally MMIO) bus. */

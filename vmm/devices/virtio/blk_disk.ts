@@ -1,0 +1,300 @@
+/**
+ * A virtio-blk drive's back end on its I/O Worker: the image (a raw file, a
+ * qcow2 chain from `cow/`, or an iSCSI LUN from `san/` logged in under the
+ * VM's own SUI) behind a `SwitchableDevice`, and the operations a
+ * checkpoint and `PATCH /drives` need: describe the chain, create an overlay
+ * over the current top while the VM runs and switch to it when the device is
+ * quiesced, commit an overlay back into its parent while running, and
+ * replace the back end.
+ *
+ * Format probing: a file is qcow2 only when it starts with the qcow2 magic,
+ * else raw; a raw file is written as raw bytes, so guest writes can never
+ * turn it into qcow2.
+ *
+ * Three ways a request reaches the disk, chosen per request from the
+ * switchable's current target: a raw file (the original one) through
+ * io_uring on its own fd, straight between the file and guest memory; a
+ * `cow/` image (or a commit's mirror) through its synchronous methods; any
+ * other `BlockDevice` (iSCSI) through its promises.
+ *
+ * @module
+ */
+
+import { openImage, probeFormat } from "../../../cow/chain.ts";
+import { commit } from "../../../cow/commit.ts";
+import type { BlockDevice } from "../../../cow/block_device.ts";
+import type { DiskImage } from "../../../cow/disk_image.ts";
+import { createOverlay } from "../../../cow/overlay.ts";
+import { Qcow2Image } from "../../../cow/qcow2.ts";
+import { RawImage } from "../../../cow/raw.ts";
+import { SwitchableDevice } from "../../../cow/switchable_device.ts";
+import { IscsiBlockDevice } from "../../../san/iscsi_block_device.ts";
+import { parseIscsiUrl } from "../../../san/iscsi_url.ts";
+import { closeFd, O_RDONLY, O_RDWR, openFd } from "../../../native/io_ffi.ts";
+import type { DriveBackend } from "../../io_config.ts";
+import { VirtioBackendError } from "./backend.ts";
+import { type BlkBackendConfig, SECTOR } from "./blk_format.ts";
+
+export type { BlkBackendConfig };
+
+/** The synchronous surface shared by `cow/` images and a commit's mirror. */
+export interface SyncTarget {
+  readSync(offset: number, buf: Uint8Array): void;
+  writeSync(offset: number, data: Uint8Array): void;
+  flushSync(): void;
+  discardSync(offset: number, length: number): void;
+}
+
+function isSyncTarget(d: BlockDevice): d is BlockDevice & SyncTarget {
+  const t = d as Partial<SyncTarget>;
+  return typeof t.readSync === "function" && typeof t.writeSync === "function" &&
+    typeof t.flushSync === "function" && typeof t.discardSync === "function";
+}
+
+/** One layer of a drive's chain, top first. */
+export interface DiskLayer {
+  /** Image path. */
+  readonly path: string;
+  /** Image format. */
+  readonly format: "raw" | "qcow2";
+  /** Virtual size in bytes. */
+  readonly size: number;
+  /** Whether this layer is opened read-only. */
+  readonly readOnly: boolean;
+}
+
+/** A drive as a checkpoint sees it. */
+export interface DiskDescription {
+  /** Drive id. */
+  readonly id: string;
+  /** Back-end kind. */
+  readonly kind: "file" | "iscsi";
+  /** Whether the guest sees the drive read-only. */
+  readonly readOnly: boolean;
+  /** Size in bytes. */
+  readonly size: number;
+  /** File chain, top first (empty for iSCSI). */
+  readonly layers: readonly DiskLayer[];
+  /** iSCSI URL (iSCSI only). */
+  readonly url?: string;
+  /** The initiator name the LUN is logged in under (iSCSI only). */
+  readonly initiatorName?: string;
+  /** An overlay created and armed to take over at the next quiesce. */
+  readonly armedOverlay?: string;
+}
+
+interface Opened {
+  readonly target: BlockDevice;
+  readonly raw: { readonly image: RawImage; readonly fd: number } | null;
+  readonly blockSize: number;
+  readonly url?: string;
+}
+
+async function openBackend(cfg: BlkBackendConfig, backend: DriveBackend): Promise<Opened> {
+  if (backend.kind === "iscsi") {
+    const u = parseIscsiUrl(backend.url);
+    if (u.target === undefined || u.lun === undefined) {
+      throw new VirtioBackendError(cfg.id, `iSCSI URL '${backend.url}' needs a target and a LUN`);
+    }
+    if (cfg.initiatorName === undefined) {
+      throw new VirtioBackendError(cfg.id, "an iSCSI drive needs the VM's storage identity (SUI)");
+    }
+    const dev = await IscsiBlockDevice.open({
+      host: u.host,
+      port: u.port,
+      targetName: u.target,
+      lun: u.lun,
+      initiatorName: cfg.initiatorName,
+      readOnly: cfg.readOnly,
+    });
+    return { target: dev, raw: null, blockSize: Math.max(SECTOR, dev.blockSize), url: backend.url };
+  }
+  const format = backend.format ?? probeFormat(backend.path);
+  if (format === "raw") {
+    const image = RawImage.open(backend.path, { readOnly: cfg.readOnly });
+    let fd = -1;
+    if (cfg.uring ?? true) {
+      try {
+        fd = openFd(backend.path, cfg.readOnly ? O_RDONLY : O_RDWR);
+      } catch (err) {
+        image.closeSync();
+        throw err;
+      }
+    }
+    return { target: image, raw: fd >= 0 ? { image, fd } : null, blockSize: SECTOR };
+  }
+  return {
+    target: openImage(backend.path, { readOnly: cfg.readOnly, format }),
+    raw: null,
+    blockSize: SECTOR,
+  };
+}
+
+/** A drive's open back end. */
+export class BlkDisk {
+  /** Drive id. */
+  readonly id: string;
+  /** Whether the guest sees the drive read-only. */
+  readonly readOnly: boolean;
+  /** The writer's device; its target is what requests reach. */
+  readonly dev: SwitchableDevice;
+  #raw: Opened["raw"];
+  #blockSize: number;
+  #url: string | undefined;
+  #initiator: string | undefined;
+  #armed: Qcow2Image | null = null;
+
+  private constructor(cfg: BlkBackendConfig, o: Opened) {
+    this.id = cfg.id;
+    this.readOnly = cfg.readOnly;
+    this.dev = new SwitchableDevice(o.target);
+    this.#raw = o.raw;
+    this.#blockSize = o.blockSize;
+    this.#url = o.url;
+    this.#initiator = cfg.initiatorName;
+  }
+
+  /** Opens the drive's back end. */
+  static async open(cfg: BlkBackendConfig): Promise<BlkDisk> {
+    return new BlkDisk(cfg, await openBackend(cfg, cfg.backend));
+  }
+
+  /** Size in bytes of what the guest sees (whole sectors). */
+  get size(): number {
+    return Math.floor(this.dev.size / SECTOR) * SECTOR;
+  }
+
+  /** Logical block size. */
+  get blockSize(): number {
+    return this.#blockSize;
+  }
+
+  /** The raw file's fd when requests may go to it through io_uring now, else -1. */
+  get uringFd(): number {
+    const r = this.#raw;
+    return r !== null && this.dev.target === r.image ? r.fd : -1;
+  }
+
+  /** The synchronous target when the current one has one, else null (asynchronous device). */
+  syncTarget(): SyncTarget | null {
+    const t = this.dev.target;
+    return isSyncTarget(t) ? t : null;
+  }
+
+  /** The chain, identity and armed overlay. */
+  describe(): DiskDescription {
+    const layers: DiskLayer[] = [];
+    let t: DiskImage | null = topImage(this.dev.target);
+    while (t !== null) {
+      layers.push({ path: t.path, format: t.format, size: t.size, readOnly: t.readOnly });
+      t = t.backing;
+    }
+    return {
+      id: this.id,
+      kind: this.#url === undefined ? "file" : "iscsi",
+      readOnly: this.readOnly,
+      size: this.size,
+      layers,
+      ...(this.#url === undefined ? {} : { url: this.#url }),
+      ...(this.#initiator === undefined || this.#url === undefined
+        ? {}
+        : { initiatorName: this.#initiator }),
+      ...(this.#armed === null ? {} : { armedOverlay: this.#armed.path }),
+    };
+  }
+
+  /**
+   * Creates a qcow2 overlay at `path` over the current top (reading through
+   * the open top, so nothing written so far is missed) and arms it: the
+   * next quiesce switches the drive to it after the last in-flight request.
+   */
+  armOverlay(path: string): DiskDescription {
+    if (this.#armed !== null) {
+      throw new VirtioBackendError(this.id, `overlay '${this.#armed.path}' is already armed`);
+    }
+    if (this.readOnly) throw new VirtioBackendError(this.id, "a read-only drive takes no overlay");
+    const top = this.dev.target;
+    if (!(top instanceof RawImage) && !(top instanceof Qcow2Image)) {
+      throw new VirtioBackendError(
+        this.id,
+        "only a file drive that is not being committed takes an overlay",
+      );
+    }
+    this.#armed = createOverlay(top, path);
+    return this.describe();
+  }
+
+  /** Drops an armed overlay (its file is removed). */
+  disarm(): void {
+    const a = this.#armed;
+    if (a === null) return;
+    this.#armed = null;
+    a.closeSync();
+    Deno.removeSync(a.path);
+  }
+
+  /** Switches to the armed overlay, if any (the caller has drained the device). */
+  async switchArmed(): Promise<boolean> {
+    const a = this.#armed;
+    if (a === null) return false;
+    this.#armed = null;
+    await this.dev.switchTo(a);
+    return true;
+  }
+
+  /**
+   * Commits the current top (a qcow2 overlay) into its parent while the
+   * drive stays in use; the drive ends up on the parent.
+   */
+  async commitTop(): Promise<DiskDescription> {
+    const top = this.dev.target;
+    if (!(top instanceof Qcow2Image) || top.backing === null) {
+      throw new VirtioBackendError(
+        this.id,
+        "the drive's top is not an overlay with a parent to commit into",
+      );
+    }
+    await commit(top, { switchable: this.dev });
+    return this.describe();
+  }
+
+  /**
+   * Replaces the back end with `backend` (the caller has drained the
+   * device); the old one is flushed and closed. Returns the new size.
+   */
+  async replace(cfg: BlkBackendConfig): Promise<number> {
+    const next = await openBackend(cfg, cfg.backend);
+    const oldRaw = this.#raw;
+    try {
+      await this.dev.switchTo(next.target, { closeOld: true });
+    } catch (err) {
+      await next.target.close();
+      if (next.raw !== null) closeFd(next.raw.fd);
+      throw err;
+    }
+    if (oldRaw !== null) closeFd(oldRaw.fd);
+    this.#raw = next.raw;
+    this.#blockSize = next.blockSize;
+    this.#url = next.url;
+    return this.size;
+  }
+
+  /** Flushes and closes everything. */
+  async close(): Promise<void> {
+    this.disarm();
+    try {
+      await this.dev.close();
+    } finally {
+      if (this.#raw !== null) closeFd(this.#raw.fd);
+      this.#raw = null;
+    }
+  }
+}
+
+/** The top `cow/` image of a target (a commit's mirror counts as its overlay), or null. */
+function topImage(t: BlockDevice): DiskImage | null {
+  if (t instanceof RawImage || t instanceof Qcow2Image) return t;
+  const m = t as { overlay?: unknown };
+  if (m.overlay instanceof Qcow2Image) return m.overlay;
+  return null;
+}

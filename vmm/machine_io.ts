@@ -1,0 +1,179 @@
+/**
+ * The machine's I/O devices: one virtio-mmio device per drive (and per
+ * extra virtio device a caller or a network interface adds), each with its
+ * MMIO window and GSI from the allocator, its back end on its own I/O
+ * Worker, its ioeventfds and irqfd registered with the VM, and the kernel
+ * command-line entries that announce it.
+ *
+ * An iSCSI drive logs in under the VM's own storage identity: the SUI
+ * (an IQN) the registry holds for the VM id, allocated on first use.
+ *
+ * @module
+ */
+
+import { openRegistry } from "../san/registry_open.ts";
+import { DiskHandle } from "./disk_handle.ts";
+import { MmioAllocator, type MmioSlot, virtioMmioCmdline } from "./devices/mmio_allocator.ts";
+import type { DeviceSpec } from "./devices/spec.ts";
+import { blkDeviceConfig } from "./devices/virtio/blk_format.ts";
+import { type VirtioDeviceConfig, VirtioDeviceHost } from "./devices/virtio/host.ts";
+import type { MemoryRegion } from "./guest_memory.ts";
+import type { DriveConfig, StorageIdentityConfig } from "./io_config.ts";
+
+/** The I/O part of a machine's configuration. */
+export interface MachineIoConfig {
+  /** virtio-blk drives, in the order the guest sees them (`/dev/vda`, `vdb`, ...; a root drive first). */
+  readonly drives?: readonly DriveConfig[];
+  /** The VM's storage identity (needed by iSCSI drives). */
+  readonly identity?: StorageIdentityConfig;
+  /** Further virtio devices (e.g. network interfaces, or a device from outside the tree). */
+  readonly virtioDevices?: readonly VirtioDeviceConfig[];
+  /** Use io_uring for raw files (default true). */
+  readonly uring?: boolean;
+}
+
+/** Raised for bad drive configuration. */
+export class MachineIoError extends Error {
+  /** Creates the error. */
+  constructor(detail: string) {
+    super(`machine: ${detail}`);
+    this.name = "MachineIoError";
+  }
+}
+
+/** The VM's SUI (IQN) from the registry, allocated on first use. */
+export async function resolveInitiatorName(identity: StorageIdentityConfig): Promise<string> {
+  const reg = await openRegistry(identity.registry);
+  try {
+    return (await reg.alloc(identity.vmId, "iqn")).sui;
+  } finally {
+    await reg.close();
+  }
+}
+
+/** The machine's running I/O devices. */
+export class MachineIo {
+  /** One host per device, in slot order. */
+  readonly hosts: readonly VirtioDeviceHost[];
+  readonly #drives: readonly DriveConfig[];
+  readonly #disks: ReadonlyMap<string, DiskHandle>;
+
+  private constructor(hosts: VirtioDeviceHost[], drives: readonly DriveConfig[]) {
+    this.hosts = hosts;
+    this.#drives = drives;
+    const disks = new Map<string, DiskHandle>();
+    for (const d of drives) {
+      const h = hosts.find((x) => x.name === d.id);
+      if (h !== undefined) disks.set(d.id, new DiskHandle(h, d));
+    }
+    this.#disks = disks;
+  }
+
+  /** No I/O devices. */
+  static none(): MachineIo {
+    return new MachineIo([], []);
+  }
+
+  /**
+   * Allocates windows and GSIs and starts every device's Worker over guest
+   * RAM `regions` (drives are opened there; a failure closes what started).
+   */
+  static async start(
+    config: MachineIoConfig,
+    regions: readonly MemoryRegion[],
+  ): Promise<MachineIo> {
+    const drives = [...(config.drives ?? [])].sort((a, b) =>
+      Number(b.root ?? false) - Number(a.root ?? false)
+    );
+    const ids = new Set<string>();
+    for (const d of drives) {
+      if (!/^[A-Za-z0-9_.-]{1,32}$/.test(d.id)) {
+        throw new MachineIoError(`drive id '${d.id}' must be 1..32 of A-Z a-z 0-9 _ . -`);
+      }
+      if (ids.has(d.id)) throw new MachineIoError(`two drives have the id '${d.id}'`);
+      ids.add(d.id);
+    }
+    if (drives.filter((d) => d.root === true).length > 1) {
+      throw new MachineIoError("more than one drive is the root device");
+    }
+    let initiator: string | undefined;
+    if (drives.some((d) => d.backend.kind === "iscsi")) {
+      if (config.identity === undefined) {
+        throw new MachineIoError(
+          "an iSCSI drive needs the VM's storage identity: give a VM id and a SUI registry",
+        );
+      }
+      initiator = await resolveInitiatorName(config.identity);
+    }
+    const devices: VirtioDeviceConfig[] = [
+      ...drives.map((d) =>
+        blkDeviceConfig(d, d.backend.kind === "iscsi" ? initiator : undefined, config.uring ?? true)
+      ),
+      ...(config.virtioDevices ?? []),
+    ];
+    const alloc = new MmioAllocator();
+    const hosts: VirtioDeviceHost[] = [];
+    try {
+      for (const dev of devices) {
+        if (hosts.some((h) => h.name === dev.name)) {
+          throw new MachineIoError(`two devices are named '${dev.name}'`);
+        }
+        hosts.push(await VirtioDeviceHost.start(dev, regions, alloc.allocate(dev.name)));
+      }
+    } catch (err) {
+      await Promise.all(hosts.map((h) => h.close()));
+      throw err;
+    }
+    return new MachineIo(hosts, drives);
+  }
+
+  /** The devices' MMIO windows and GSIs (what ACPI and the command line announce). */
+  get slots(): readonly MmioSlot[] {
+    return this.hosts.map((h) => h.slot);
+  }
+
+  /** Transport specs for every thread's device bus. */
+  get specs(): DeviceSpec[] {
+    return this.hosts.map((h) => h.spec);
+  }
+
+  /**
+   * The command-line entries: `virtio_mmio.device=` per device, and
+   * `root=/dev/vdX rw|ro` for a root drive.
+   */
+  cmdline(): string {
+    const parts: string[] = [];
+    if (this.hosts.length > 0) parts.push(virtioMmioCmdline(this.slots));
+    const i = this.#drives.findIndex((d) => d.root === true);
+    const root = this.#drives[i];
+    if (root !== undefined) {
+      parts.push(`root=/dev/vd${String.fromCharCode(97 + i)} ${root.readOnly ? "ro" : "rw"}`);
+    }
+    return parts.join(" ");
+  }
+
+  /** Registers every device's ioeventfds and irqfd with VM `vmFd`. */
+  attach(vmFd: number): void {
+    for (const h of this.hosts) h.attach(vmFd);
+  }
+
+  /** The handle of drive `id`. */
+  disk(id: string): DiskHandle | undefined {
+    return this.#disks.get(id);
+  }
+
+  /** Every drive's handle. */
+  disks(): DiskHandle[] {
+    return [...this.#disks.values()];
+  }
+
+  /** The host of device `name`. */
+  host(name: string): VirtioDeviceHost | undefined {
+    return this.hosts.find((h) => h.name === name);
+  }
+
+  /** Closes every device (back ends flush and close). */
+  async close(): Promise<void> {
+    await Promise.all(this.hosts.map((h) => h.close()));
+  }
+}
