@@ -28,6 +28,7 @@ export const SHIM_SYMBOLS = {
   },
   vk_get_dirty_log: { parameters: ["i32", "u32", "buffer", "u64", "u64"], result: "i32" },
   vk_irq_line: { parameters: ["i32", "u32", "u32"], result: "i32" },
+  vk_set_gsi_routing: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   vk_create_vcpu: { parameters: ["i32", "u32"], result: "i32" },
   vk_vm_state_size: { parameters: ["i32"], result: "i32" },
   vk_vm_get: { parameters: ["i32", "i32", "buffer", "u32"], result: "i32" },

@@ -21,6 +21,7 @@ import {
   decodeRegs,
   decodeSregs,
   encodeCpuid,
+  encodeIrqRouting,
   encodeMsrs,
   encodeRegs,
   encodeSregs,
@@ -29,7 +30,7 @@ import {
   REGS_SIZE,
   SREGS_SIZE,
 } from "./kvm_codec.ts";
-import type { CpuidEntry, MsrEntry, Regs, Sregs } from "./kvm_types.ts";
+import type { CpuidEntry, IrqRoute, MsrEntry, Regs, Sregs } from "./kvm_types.ts";
 
 /** `errno` values the bindings test for. */
 export const EINTR = 4;
@@ -339,6 +340,20 @@ export class Vm implements Disposable {
   /** `KVM_IRQ_LINE`: sets the level of GSI `irq`. */
   irqLine(irq: number, level: boolean): void {
     check("KVM_IRQ_LINE", sym().vk_irq_line(this.fd, irq, level ? 1 : 0), `gsi ${irq}`);
+  }
+
+  /**
+   * `KVM_SET_GSI_ROUTING`: replaces the whole GSI routing table (KVM's default
+   * routes GSI n to PIC pin n for n < 16 and to IOAPIC pin n for n < 24) with
+   * `routes`; a GSI may appear once per chip.
+   */
+  setGsiRouting(routes: readonly IrqRoute[]): void {
+    const buf = encodeIrqRouting(routes);
+    check(
+      "KVM_SET_GSI_ROUTING",
+      sym().vk_set_gsi_routing(this.fd, buf, buf.length),
+      `${routes.length} routes`,
+    );
   }
 
   /** `KVM_CREATE_VCPU` with APIC id `id`, mapping its `kvm_run`. */

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { CpuidEntry, DTable, MsrEntry, Regs, Segment, Sregs } from "./kvm_types.ts";
+import type { CpuidEntry, DTable, IrqRoute, MsrEntry, Regs, Segment, Sregs } from "./kvm_types.ts";
 
 /** Size of `struct kvm_regs`. */
 export const REGS_SIZE = 144;
@@ -72,6 +72,12 @@ export const CPUID_ENTRY_SIZE = 40;
 export const MSRS_HEADER = 8;
 /** Size of one `struct kvm_msr_entry`. */
 export const MSR_ENTRY_SIZE = 16;
+/** Size of `struct kvm_irq_routing`'s header (`nr`, `flags`). */
+export const IRQ_ROUTING_HEADER = 8;
+/** Size of one `struct kvm_irq_routing_entry` (gsi, type, flags, pad, 32-byte union). */
+export const IRQ_ROUTING_ENTRY_SIZE = 48;
+/** `KVM_IRQ_ROUTING_IRQCHIP`. */
+const KVM_IRQ_ROUTING_IRQCHIP = 1;
 
 function view(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -243,5 +249,20 @@ export function decodeMsrs(bytes: Uint8Array): MsrEntry[] {
     const o = MSRS_HEADER + i * MSR_ENTRY_SIZE;
     out.push({ index: dv.getUint32(o, true), value: dv.getBigUint64(o + 8, true) });
   }
+  return out;
+}
+
+/** Encodes irqchip routes as a `struct kvm_irq_routing` buffer for `KVM_SET_GSI_ROUTING`. */
+export function encodeIrqRouting(routes: readonly IrqRoute[]): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(IRQ_ROUTING_HEADER + routes.length * IRQ_ROUTING_ENTRY_SIZE);
+  const dv = view(out);
+  dv.setUint32(0, routes.length, true);
+  routes.forEach((r, i) => {
+    const o = IRQ_ROUTING_HEADER + i * IRQ_ROUTING_ENTRY_SIZE;
+    dv.setUint32(o, r.gsi >>> 0, true);
+    dv.setUint32(o + 4, KVM_IRQ_ROUTING_IRQCHIP, true);
+    dv.setUint32(o + 16, r.chip, true); // u.irqchip.irqchip
+    dv.setUint32(o + 20, r.pin >>> 0, true); // u.irqchip.pin
+  });
   return out;
 }

@@ -140,6 +140,19 @@ export interface CpuidEntry {
   edx: number;
 }
 
+/**
+ * One route of `KVM_SET_GSI_ROUTING` to an in-kernel interrupt controller pin
+ * (`struct kvm_irq_routing_entry` of type `KVM_IRQ_ROUTING_IRQCHIP`).
+ */
+export interface IrqRoute {
+  /** The GSI a device, `KVM_IRQ_LINE`, an irqfd or the in-kernel PIT signals. */
+  gsi: number;
+  /** The irqchip: 0 PIC master, 1 PIC slave, 2 IOAPIC (`KVM_IRQCHIP_*`). */
+  chip: 0 | 1 | 2;
+  /** The pin of that chip the GSI drives. */
+  pin: number;
+}
+
 /** `struct kvm_msr_entry`: one model-specific register. */
 export interface MsrEntry {
   /** MSR number. */

@@ -19,7 +19,7 @@
  * @module
  */
 
-export type { CpuidEntry, DTable, MsrEntry, Regs, Segment, Sregs } from "./kvm_types.ts";
+export type { CpuidEntry, DTable, IrqRoute, MsrEntry, Regs, Segment, Sregs } from "./kvm_types.ts";
 export {
   buildShim,
   type BuildShimOptions,

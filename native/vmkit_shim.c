@@ -49,6 +49,9 @@ _Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2 layout")
 _Static_assert(sizeof(struct kvm_msr_entry) == 16, "kvm_msr_entry layout");
 _Static_assert(sizeof(struct kvm_irqchip) == 520, "kvm_irqchip layout");
 _Static_assert(sizeof(struct kvm_clock_data) == 48, "kvm_clock_data layout");
+_Static_assert(sizeof(struct kvm_irq_routing) == 8, "kvm_irq_routing header");
+_Static_assert(sizeof(struct kvm_irq_routing_entry) == 48, "kvm_irq_routing_entry layout");
+_Static_assert(offsetof(struct kvm_irq_routing_entry, u.irqchip.pin) == 20, "irqchip route pin");
 
 static int ret_errno(long r) { return r < 0 ? -errno : (int)r; }
 
@@ -113,6 +116,15 @@ int vk_get_dirty_log(int vm, uint32_t slot, uint8_t *bitmap, uint64_t len, uint6
 int vk_irq_line(int vm, uint32_t irq, uint32_t level) {
   struct kvm_irq_level l = {.irq = irq, .level = level};
   return ret_errno(ioctl(vm, KVM_IRQ_LINE, &l));
+}
+/* buf is a struct kvm_irq_routing with exactly its nr entries; it replaces the whole table. */
+int vk_set_gsi_routing(int vm, const uint8_t *buf, uint32_t len) {
+  struct kvm_irq_routing hdr;
+  if (len < sizeof hdr) return -EINVAL;
+  memcpy(&hdr, buf, sizeof hdr);
+  if ((uint64_t)len != sizeof hdr + (uint64_t)hdr.nr * sizeof(struct kvm_irq_routing_entry))
+    return -EINVAL;
+  return ret_errno(ioctl(vm, KVM_SET_GSI_ROUTING, buf));
 }
 int vk_create_vcpu(int vm, uint32_t id) { return ret_errno(ioctl(vm, KVM_CREATE_VCPU, (unsigned long)id)); }
 

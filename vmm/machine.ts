@@ -35,6 +35,7 @@
 import { loadShim } from "../native/ffi.ts";
 import { type AcpiLayout, buildAcpi } from "./acpi/build.ts";
 import { acpiConfigFromSpecs, writeAcpi } from "./acpi/install.ts";
+import { pcIrqRoutes } from "./acpi/irq_routing.ts";
 import {
   installKickHandler,
   kick,
@@ -210,6 +211,8 @@ export class Machine implements AsyncDisposable {
       vm.setIdentityMapAddr(IDENTITY_MAP_ADDR);
       vm.createIrqchip();
       vm.createPit2();
+      // The PIT on IOAPIC pin 2, as the MADT's IRQ0->GSI2 override says.
+      if (config.acpi !== false) vm.setGsiRouting(pcIrqRoutes());
       const memory = config.memory ?? HostMemory.create(
         config.memMiB * 1024 * 1024,
         config.memoryBacking === undefined ? {} : { backing: config.memoryBacking },

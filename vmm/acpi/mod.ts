@@ -40,3 +40,11 @@ export {
   writeAcpi,
   writeVmGenId,
 } from "./install.ts";
+export { pcIrqRoutes } from "./irq_routing.ts";
+export {
+  IOAPIC_ADDR,
+  IOAPIC_PINS,
+  LOCAL_APIC_ADDR,
+  PC_SOURCE_OVERRIDES,
+  type SourceOverride,
+} from "./madt.ts";
