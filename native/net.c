@@ -27,6 +27,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -343,6 +344,33 @@ int vmkit_net_write(int fd, const uint8_t *buf, int len) {
   if (fd < 0 || buf == NULL || len <= 0) return -EINVAL;
   ssize_t w = write(fd, buf, (size_t)len);
   return w < 0 ? -errno : (int)w;
+}
+
+/* A non-blocking CLOCK_MONOTONIC timerfd (a device's rate-limiter retry), or -errno. */
+int vmkit_net_timer_create(void) {
+  int fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  return fd < 0 ? -errno : fd;
+}
+
+/* Arms timerfd `fd` to fire once after `us` microseconds (0 disarms). Returns 0 or -errno. */
+int vmkit_net_timer_arm(int fd, double us) {
+  struct itimerspec t;
+  memset(&t, 0, sizeof t);
+  if (us > 0) {
+    uint64_t ns = (uint64_t)(us * 1000.0);
+    if (ns == 0) ns = 1;
+    t.it_value.tv_sec = (time_t)(ns / 1000000000ull);
+    t.it_value.tv_nsec = (long)(ns % 1000000000ull);
+  }
+  return timerfd_settime(fd, 0, &t, NULL) < 0 ? -errno : 0;
+}
+
+/* Reads (clears) timerfd `fd`: returns the expirations since the last read (0 if none), or -errno. */
+int vmkit_net_timer_drain(int fd) {
+  uint64_t n = 0;
+  ssize_t r = read(fd, &n, sizeof n);
+  if (r < 0) return errno == EAGAIN ? 0 : -errno;
+  return n > 0x7fffffff ? 0x7fffffff : (int)n;
 }
 
 /* Closes a descriptor opened by this shim. */

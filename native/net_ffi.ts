@@ -33,6 +33,9 @@ export const NET_SYMBOLS = {
     parameters: ["i32", "buffer", "buffer", "i32", "buffer"],
     result: "i32",
   },
+  vmkit_net_timer_create: { parameters: [], result: "i32" },
+  vmkit_net_timer_arm: { parameters: ["i32", "f64"], result: "i32" },
+  vmkit_net_timer_drain: { parameters: ["i32"], result: "i32" },
   vmkit_net_close: { parameters: ["i32"], result: "i32" },
   vmkit_net_strerror: { parameters: ["i32", "buffer", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;

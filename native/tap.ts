@@ -225,3 +225,52 @@ export class Tap implements Disposable {
     this.close();
   }
 }
+
+/** A one-shot monotonic timer as an fd (timerfd), to wait on beside a TAP (rate-limiter retries). */
+export class Timer implements Disposable {
+  readonly #shim: NetShim;
+  #fd: number;
+
+  private constructor(shim: NetShim, fd: number) {
+    this.#shim = shim;
+    this.#fd = fd;
+  }
+
+  /** Creates a disarmed timer. */
+  static async create(): Promise<Timer> {
+    const shim = await openNetShim();
+    const fd = shim.vmkit_net_timer_create();
+    if (fd < 0) throw new TapError("timerfd_create", "-", -fd, netStrerror(shim, -fd));
+    return new Timer(shim, fd);
+  }
+
+  /** The descriptor (readable once the timer fired), or -1 once closed. */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** Fires once after `ms` milliseconds (fractions allowed); 0 disarms. */
+  arm(ms: number): void {
+    const r = this.#shim.vmkit_net_timer_arm(this.#fd, Math.max(0, ms) * 1000);
+    if (r < 0) throw new TapError("timerfd_settime", "-", -r, netStrerror(this.#shim, -r));
+  }
+
+  /** Clears a fired timer; returns whether it had fired. */
+  drain(): boolean {
+    const r = this.#shim.vmkit_net_timer_drain(this.#fd);
+    if (r < 0) throw new TapError("timerfd read", "-", -r, netStrerror(this.#shim, -r));
+    return r > 0;
+  }
+
+  /** Closes the timer (idempotent). */
+  close(): void {
+    if (this.#fd < 0) return;
+    this.#shim.vmkit_net_close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Closes the timer; see {@link Timer.close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

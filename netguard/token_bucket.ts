@@ -106,6 +106,17 @@ export class TokenBucket {
     return "empty";
   }
 
+  /**
+   * Takes `tokens` at `nowMs` even into debt (a cost known only after the
+   * fact, such as the size of a frame already received).
+   */
+  force(tokens: number, nowMs: number): void {
+    this.#refill(nowMs);
+    const fromBurst = Math.min(this.#burst, tokens);
+    this.#burst -= fromBurst;
+    this.#tokens -= tokens - fromBurst;
+  }
+
   /** Gives back `tokens` taken by {@link reduce} (when a second bucket refused the same request). */
   replenish(tokens: number): void {
     this.#tokens = Math.min(this.size, this.#tokens + tokens);

@@ -73,31 +73,30 @@ export function queueLayout(base: number, size: number): QueueLayout {
   return { desc, avail, used, size };
 }
 
+interface QueueState {
+  index: number;
+  layout: QueueLayout;
+  nextDesc: number;
+  availIdx: number;
+  lastUsed: number;
+}
+
 /** A driver for one device. */
 export class HostDriver {
   readonly mem: HostMemory;
-  regs: VirtioMmioTransport;
+  readonly regs: VirtioMmioTransport;
   readonly base: number;
-  host: VirtioDeviceHost;
-  #irq: FdWaiter;
-  #q: QueueLayout | undefined;
-  #freeHead = 0;
-  #nextDesc = 0;
-  #availIdx = 0;
-  #lastUsed = 0;
+  readonly host: VirtioDeviceHost;
+  readonly #irq: FdWaiter;
+  /** Each set-up queue's layout and driver positions; methods act on the selected one. */
+  readonly #queues = new Map<number, QueueState>();
+  #cur: QueueState | undefined;
   eventIdx = false;
 
   constructor(mem: HostMemory, host: VirtioDeviceHost) {
     this.mem = mem;
     this.host = host;
     this.base = host.slot.base;
-    this.regs = new VirtioMmioTransport(host.spec);
-    this.#irq = new FdWaiter([host.irq.fd], [true]);
-  }
-
-  /** Drives `host` from now on (a restored device), keeping the queue state. */
-  rebind(host: VirtioDeviceHost): void {
-    this.host = host;
     this.regs = new VirtioMmioTransport(host.spec);
     this.#irq = new FdWaiter([host.irq.fd], [true]);
   }
@@ -149,13 +148,10 @@ export class HostDriver {
     this.write(R.QUEUE_DEVICE_LOW, l.used % 2 ** 32);
     this.write(R.QUEUE_DEVICE_HIGH, Math.floor(l.used / 2 ** 32));
     this.write(R.QUEUE_READY, 1);
-    const end = l.used + 6 + 8 * l.size;
-    // A hostile test may place rings outside RAM: only a sane layout is zeroed.
-    if (end > l.desc && end <= this.mem.size) this.mem.write(l.desc, new Uint8Array(end - l.desc));
-    this.#q = l;
-    this.#nextDesc = 0;
-    this.#availIdx = 0;
-    this.#lastUsed = 0;
+    const zero = new Uint8Array(l.used + 6 + 8 * l.size - l.desc);
+    this.mem.write(l.desc, zero);
+    this.#cur = { index: q, layout: l, nextDesc: 0, availIdx: 0, lastUsed: 0 };
+    this.#queues.set(q, this.#cur);
   }
 
   /** Sets DRIVER_OK. */
@@ -163,9 +159,22 @@ export class HostDriver {
     this.write(R.STATUS, this.read(R.STATUS) | S.DRIVER_OK);
   }
 
+  /** Selects queue `q` (set up before) for the methods that follow. */
+  use(q: number): this {
+    const st = this.#queues.get(q);
+    if (st === undefined) throw new Error(`queue ${q} not set up`);
+    this.#cur = st;
+    return this;
+  }
+
+  #state(): QueueState {
+    if (this.#cur === undefined) throw new Error("queue not set up");
+    return this.#cur;
+  }
+
   #layout(): QueueLayout {
-    if (this.#q === undefined) throw new Error("queue not set up");
-    return this.#q;
+    if (this.#cur === undefined) throw new Error("queue not set up");
+    return this.#cur.layout;
   }
 
   /** Writes descriptor `i` raw (for hostile tests). */
@@ -185,7 +194,8 @@ export class HostDriver {
   /** Places a chain of `bufs` (descriptors allocated round-robin); returns its head. */
   addChain(bufs: readonly Buf[]): number {
     const l = this.#layout();
-    const head = this.#nextDesc;
+    const st = this.#state();
+    const head = st.nextDesc;
     for (let i = 0; i < bufs.length; i++) {
       const b = bufs[i];
       if (b === undefined) continue;
@@ -194,7 +204,7 @@ export class HostDriver {
       const more = i + 1 < bufs.length;
       this.writeDesc(idx, b.addr, b.len, (more ? 1 : 0) | (b.write ? 2 : 0), more ? nxt : 0);
     }
-    this.#nextDesc = (head + bufs.length) % l.size;
+    st.nextDesc = (head + bufs.length) % l.size;
     this.publish(head);
     return head;
   }
@@ -204,9 +214,10 @@ export class HostDriver {
     const l = this.#layout();
     const ring = this.mem.view(l.avail, 4 + 2 * l.size + 2);
     const v = new DataView(ring.buffer, ring.byteOffset, ring.byteLength);
-    v.setUint16(4 + 2 * (this.#availIdx % l.size), head, true);
-    this.#availIdx = (this.#availIdx + 1) & 0xffff;
-    v.setUint16(2, this.#availIdx, true);
+    const st = this.#state();
+    v.setUint16(4 + 2 * (st.availIdx % l.size), head, true);
+    st.availIdx = (st.availIdx + 1) & 0xffff;
+    v.setUint16(2, st.availIdx, true);
   }
 
   /** Sets avail.used_event (EVENT_IDX) or the avail flags. */
@@ -223,8 +234,8 @@ export class HostDriver {
     return new DataView(v.buffer, v.byteOffset, 2).getUint16(0, true);
   }
 
-  /** Rings queue `q`'s notify eventfd, as KVM's ioeventfd does for a guest write. */
-  kick(q = 0): void {
+  /** Rings queue `q`'s notify eventfd (default the selected one), as KVM's ioeventfd does. */
+  kick(q = this.#cur?.index ?? 0): void {
     this.host.notify[q]?.signal();
   }
 
@@ -240,13 +251,14 @@ export class HostDriver {
     const l = this.#layout();
     const out: Used[] = [];
     const idx = this.usedIdx();
-    while (this.#lastUsed !== idx) {
-      const v = this.mem.view(l.used + 4 + 8 * (this.#lastUsed % l.size), 8);
+    const st = this.#state();
+    while (st.lastUsed !== idx) {
+      const v = this.mem.view(l.used + 4 + 8 * (st.lastUsed % l.size), 8);
       const dv = new DataView(v.buffer, v.byteOffset, 8);
       out.push({ id: dv.getUint32(0, true), len: dv.getUint32(4, true) });
-      this.#lastUsed = (this.#lastUsed + 1) & 0xffff;
+      st.lastUsed = (st.lastUsed + 1) & 0xffff;
     }
-    if (this.eventIdx) this.setUsedEvent(this.#lastUsed);
+    if (this.eventIdx) this.setUsedEvent(st.lastUsed);
     return out;
   }
 

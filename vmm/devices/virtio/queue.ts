@@ -261,16 +261,42 @@ export class SplitQueue {
 
   /** Puts chain `head` on the used ring with `len` bytes written (publishes used.idx). */
   pushUsed(head: number, len: number): void {
+    this.addUsed(head, len);
+    this.publishUsed();
+  }
+
+  /**
+   * Writes chain `head`'s used entry without publishing it: the driver sees
+   * it with the next {@link publishUsed}. (virtio-net's mergeable receive
+   * buffers: all buffers of one frame appear at once.)
+   */
+  addUsed(head: number, len: number): void {
     const w = this.#w;
     const nextUsed = w[this.#wNextUsed] ?? 0;
     const slot = this.#usedOff + 4 + 8 * (nextUsed & (this.size - 1));
     this.#used.setUint32(slot, head, true);
     this.#used.setUint32(slot + 4, len, true);
-    const idx = (nextUsed + 1) & 0xffff;
-    w[this.#wNextUsed] = idx;
-    // The ring entry is stored before the index (x86 keeps store order; the
+    w[this.#wNextUsed] = (nextUsed + 1) & 0xffff;
+  }
+
+  /** Publishes used.idx: every entry added so far becomes visible to the driver. */
+  publishUsed(): void {
+    // The ring entries are stored before the index (x86 keeps store order; the
     // JIT keeps typed-array stores in program order).
-    this.#used.setUint16(this.#usedOff + 2, idx, true);
+    this.#used.setUint16(this.#usedOff + 2, this.#w[this.#wNextUsed] ?? 0, true);
+  }
+
+  /**
+   * Gives back the last `n` chains taken and not used (virtio-net: receive
+   * buffers taken ahead, returned before a quiesce; a frame the rate limiter
+   * holds back). They are taken again, in the same order, by later pops.
+   */
+  undoPop(n: number): void {
+    if (n <= 0) return;
+    const w = this.#w;
+    const last = ((w[this.#wLastAvail] ?? 0) - n) & 0xffff;
+    w[this.#wLastAvail] = last;
+    if (this.#eventIdx) this.#used.setUint16(this.#usedOff + 4 + 8 * this.size, last, true);
   }
 
   /**

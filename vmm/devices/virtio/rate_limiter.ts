@@ -70,6 +70,15 @@ export class RateLimiter {
     return true;
   }
 
+  /**
+   * Charges `bytes` to the bandwidth bucket after the fact, even into debt
+   * (a received frame's size is known only once it is read); later requests
+   * wait until refill pays it back.
+   */
+  charge(bytes: number, nowMs: number): void {
+    this.bandwidth?.force(bytes, nowMs);
+  }
+
   /** Milliseconds from `nowMs` until {@link consume} of the same request can pass. */
   msUntil(ops: number, bytes: number, nowMs: number): number {
     return Math.max(this.ops?.msUntil(ops, nowMs) ?? 0, this.bandwidth?.msUntil(bytes, nowMs) ?? 0);
