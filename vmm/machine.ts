@@ -57,7 +57,7 @@ import type { BootPlan } from "./boot/types.ts";
 import { guestCpuid } from "./cpuid.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
-import { type MmioSlot, nextFreeGsi } from "./devices/mmio_allocator.ts";
+import type { MmioSlot } from "./devices/mmio_allocator.ts";
 import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
 import type { DiskHandle } from "./disk_handle.ts";
 import {
@@ -71,7 +71,7 @@ import {
   TSS_ADDR,
   validate,
 } from "./machine_config.ts";
-import { MachineIo } from "./machine_io.ts";
+import { MachineIo, type NetInterface } from "./machine_io.ts";
 import { HostMemory } from "./memory.ts";
 import { MachineMetrics } from "./metrics/machine_metrics.ts";
 import {
@@ -224,7 +224,8 @@ export class Machine implements AsyncDisposable {
       }
       cleanup.push(() => memory.close());
       memory.register(vm);
-      io = config.drives === undefined && config.virtioDevices === undefined
+      io = config.drives === undefined && config.nets === undefined &&
+          config.virtioDevices === undefined
         ? MachineIo.none()
         : await MachineIo.start(config, memory.regions);
       io.attach(vm.fd);
@@ -243,13 +244,7 @@ export class Machine implements AsyncDisposable {
       }
 
       // The tables are written for a fresh boot; restored memory already holds them.
-      // The generation id's notification takes the next line after the devices'.
-      const acpiConfig = acpiConfigFromSpecs(
-        config.vcpus,
-        config.devices,
-        io.slots,
-        nextFreeGsi(io.slots),
-      );
+      const acpiConfig = acpiConfigFromSpecs(config.vcpus, config.devices, io.slots);
       const acpi = config.acpi === false ? undefined : buildAcpi(acpiConfig);
       let plan: BootPlan | undefined;
       if (config.kernel !== undefined) {
@@ -442,6 +437,16 @@ export class Machine implements AsyncDisposable {
   /** The handle of drive `id` (for checkpoints and drive replacement). */
   disk(id: string): DiskHandle | undefined {
     return this.#io.disk(id);
+  }
+
+  /** Network interface `id` (its TAP, MAC and counters), if the machine has it. */
+  net(id: string): NetInterface | undefined {
+    return this.#io.nets.get(id);
+  }
+
+  /** Every network interface, in configuration order. */
+  nets(): NetInterface[] {
+    return [...this.#io.nets.values()];
   }
 
   /** Every drive's handle. */

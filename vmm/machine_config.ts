@@ -12,7 +12,7 @@ import type { BootOptions, BootPlan } from "./boot/types.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
 import type { VirtioDeviceConfig } from "./devices/virtio/host.ts";
 import type { GuestMemory } from "./guest_memory.ts";
-import type { DriveConfig, StorageIdentityConfig } from "./io_config.ts";
+import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
 import type { HostMemory, MemoryBacking } from "./memory.ts";
 
 /** Where KVM's TSS goes (three pages just below the BIOS area, inside the MMIO gap). */
@@ -64,7 +64,12 @@ export interface MachineConfig {
   drives?: DriveConfig[];
   /** The VM's storage identity: iSCSI drives log in under its SUI from the registry. */
   identity?: StorageIdentityConfig;
-  /** Further virtio-mmio devices (network interfaces, devices from outside the tree). */
+  /**
+   * virtio-net interfaces (Firecracker's `network-interfaces`), each over a
+   * host TAP on its own I/O Worker.
+   */
+  nets?: NetConfig[];
+  /** Further virtio-mmio devices (devices from outside the tree). */
   virtioDevices?: VirtioDeviceConfig[];
   /**
    * ACPI tables (RSDP, XSDT, FADT, MADT, DSDT) and the VM generation id

@@ -18,7 +18,8 @@ import type { DeviceSpec } from "./devices/spec.ts";
 import { blkDeviceConfig } from "./devices/virtio/blk_format.ts";
 import { type VirtioDeviceConfig, VirtioDeviceHost } from "./devices/virtio/host.ts";
 import type { MemoryRegion } from "./guest_memory.ts";
-import type { DriveConfig, StorageIdentityConfig } from "./io_config.ts";
+import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
+import { type NetDevice, netDevice, type NetStats } from "./devices/virtio/net_format.ts";
 
 /** The I/O part of a machine's configuration. */
 export interface MachineIoConfig {
@@ -26,10 +27,24 @@ export interface MachineIoConfig {
   readonly drives?: readonly DriveConfig[];
   /** The VM's storage identity (needed by iSCSI drives). */
   readonly identity?: StorageIdentityConfig;
-  /** Further virtio devices (e.g. network interfaces, or a device from outside the tree). */
+  /** virtio-net interfaces, after the drives. */
+  readonly nets?: readonly NetConfig[];
+  /** Further virtio devices (e.g. a device from outside the tree). */
   readonly virtioDevices?: readonly VirtioDeviceConfig[];
   /** Use io_uring for raw files (default true). */
   readonly uring?: boolean;
+}
+
+/** A network interface of the machine. */
+export interface NetInterface {
+  /** Interface id. */
+  readonly id: string;
+  /** Host TAP name. */
+  readonly tap: string;
+  /** The guest's MAC (`aa:bb:cc:dd:ee:ff`). */
+  readonly mac: string;
+  /** The device's frame and byte counters. */
+  readonly stats: NetStats;
 }
 
 /** Raised for bad drive configuration. */
@@ -58,8 +73,16 @@ export class MachineIo {
   readonly #drives: readonly DriveConfig[];
   readonly #disks: ReadonlyMap<string, DiskHandle>;
 
-  private constructor(hosts: VirtioDeviceHost[], drives: readonly DriveConfig[]) {
+  /** The network interfaces: TAP, MAC and counters by interface id. */
+  readonly nets: ReadonlyMap<string, NetInterface>;
+
+  private constructor(
+    hosts: VirtioDeviceHost[],
+    drives: readonly DriveConfig[],
+    nets: ReadonlyMap<string, NetInterface> = new Map(),
+  ) {
     this.hosts = hosts;
+    this.nets = nets;
     this.#drives = drives;
     const disks = new Map<string, DiskHandle>();
     for (const d of drives) {
@@ -105,10 +128,20 @@ export class MachineIo {
       }
       initiator = await resolveInitiatorName(config.identity);
     }
+    const vmId = config.identity?.vmId ?? "vm";
+    const netDevices: NetDevice[] = (config.nets ?? []).map((n) => netDevice(n, { vmId }));
+    const nets = new Map<string, NetInterface>();
+    (config.nets ?? []).forEach((n, i) => {
+      const d = netDevices[i];
+      if (d === undefined) return;
+      if (nets.has(n.id)) throw new MachineIoError(`two network interfaces have the id '${n.id}'`);
+      nets.set(n.id, { id: n.id, tap: n.tap, mac: d.mac, stats: d.stats });
+    });
     const devices: VirtioDeviceConfig[] = [
       ...drives.map((d) =>
         blkDeviceConfig(d, d.backend.kind === "iscsi" ? initiator : undefined, config.uring ?? true)
       ),
+      ...netDevices.map((n) => n.device),
       ...(config.virtioDevices ?? []),
     ];
     const alloc = new MmioAllocator();
@@ -124,7 +157,7 @@ export class MachineIo {
       await Promise.all(hosts.map((h) => h.close()));
       throw err;
     }
-    return new MachineIo(hosts, drives);
+    return new MachineIo(hosts, drives, nets);
   }
 
   /** The devices' MMIO windows and GSIs (what ACPI and the command line announce). */

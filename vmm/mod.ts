@@ -59,19 +59,18 @@ export { DeviceBus } from "./devices/mod.ts";
 export {
   FIRST_DEVICE_GSI,
   LAST_DEVICE_GSI,
-  LEGACY_GSIS,
   MMIO_DEVICES_BASE,
   MMIO_SLOT_SIZE,
   MmioAllocator,
   MmioAllocatorError,
   type MmioAllocatorOptions,
   type MmioSlot,
-  nextFreeGsi,
   virtioMmioCmdline,
 } from "./devices/mmio_allocator.ts";
 export * from "./devices/virtio/mod.ts";
 export { DiskHandle } from "./disk_handle.ts";
-export { type MachineIoConfig, MachineIoError } from "./machine_io.ts";
+export { type MachineIoConfig, MachineIoError, type NetInterface } from "./machine_io.ts";
+export { VmNetWatch, type VmNetWatchOptions } from "./net_guard.ts";
 export type {
   DriveBackend,
   DriveConfig,
@@ -111,7 +110,6 @@ export {
   type AcpiLayout,
   type AcpiTable,
   buildAcpi,
-  changeVmGenId,
   dumpTable,
   dumpTables,
   installAcpi,

@@ -34,7 +34,6 @@ export { AcpiError } from "./errors.ts";
 export { dumpTable, dumpTables } from "./dump.ts";
 export {
   acpiConfigFromSpecs,
-  changeVmGenId,
   installAcpi,
   newVmGenId,
   readVmGenId,

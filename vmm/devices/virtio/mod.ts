@@ -81,3 +81,22 @@ export {
   BlkType,
 } from "./blk_format.ts";
 export type { DiskDescription, DiskLayer } from "./blk_disk.ts";
+export {
+  defaultMac,
+  formatMac,
+  NET_DEVICE_ID,
+  NET_HDR_BYTES,
+  NET_QUEUE_SIZE,
+  type NetBackendConfig,
+  NetConfigError,
+  NetConfigSpace,
+  type NetDevice,
+  netDevice,
+  type NetDeviceOptions,
+  NetFeature,
+  netFeatures,
+  NetStat,
+  NetStats,
+  parseMac,
+} from "./net_format.ts";
+export { RateLimiter } from "./rate_limiter.ts";

@@ -1,0 +1,205 @@
+import assert from "node:assert/strict";
+import {
+  type DecisionEvent,
+  NetGuard,
+  type NetguardEvent,
+  parseConfig,
+} from "../../netguard/mod.ts";
+import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
+import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
+import type { Serial16550 } from "../../vmm/devices/serial.ts";
+import { Machine } from "../../vmm/machine.ts";
+import { VmNetWatch } from "../../vmm/net_guard.ts";
+import { Netns, sleep, waitFor } from "../netguard/helpers.ts";
+import { guest } from "./run_helpers.ts";
+
+let tapCounter = 0;
+
+/** A booted guest running mode=net with one NIC whose TAP is in `ns` at `subnet`.1/24. */
+interface NetVm {
+  machine: Machine;
+  tap: string;
+  serial: string;
+  ip: string;
+  log(): Promise<string>;
+  command(line: string): void;
+}
+
+async function netVm(ns: Netns, dir: string, subnet: string, extra = ""): Promise<NetVm> {
+  const tap = `h8v${Deno.pid % 10000}x${tapCounter++}`;
+  const serial = `${dir}/${tap}.serial`;
+  const ip = `${subnet}.2`;
+  const machine = await Machine.create({
+    memMiB: 32,
+    vcpus: 1,
+    // The 64-bit guest: this host's KVM cannot emulate a 32-bit IRET, so the PVH guest takes no interrupts.
+    kernel: await Deno.readFile(guest("guest-vmlinux.elf")),
+    cmdline: `mode=net net.ip=${ip} ${extra}`,
+    devices: defaultDeviceSpecs({ serialOut: { path: serial }, memMiB: 32 }),
+    nets: [{ id: "eth0", tap, netns: ns.name }],
+  });
+  await ns.ip(`link set ${tap} up`);
+  await ns.ip(`addr add ${subnet}.1/24 dev ${tap}`);
+  await machine.start();
+  const log = () => Deno.readTextFile(serial).catch(() => "");
+  const vm: NetVm = {
+    machine,
+    tap,
+    serial,
+    ip,
+    log,
+    command(line: string) {
+      const com1 = machine.device("com1") as Serial16550 | undefined;
+      com1?.pushInput(new TextEncoder().encode(`${line}\n`));
+    },
+  };
+  const up = await waitText(vm, /net up .*\n/, 30_000);
+  assert.ok(up !== null, `guest did not come up: ${await log()}`);
+  return vm;
+}
+
+async function waitText(
+  vm: NetVm,
+  re: RegExp,
+  timeoutMs: number,
+): Promise<RegExpExecArray | null> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    const m = re.exec(await vm.log());
+    if (m !== null) return m;
+    await sleep(50);
+  }
+  return re.exec(await vm.log());
+}
+
+async function tapStat(ns: Netns, tap: string, what: "rx_packets" | "tx_packets"): Promise<number> {
+  const r = await ns.exec(["cat", `/sys/class/net/${tap}/statistics/${what}`]);
+  return Number(r.stdout.trim());
+}
+
+async function pings(ns: Netns, ip: string, count: number, size = 56): Promise<number> {
+  const r = await ns.exec(
+    ["ping", "-c", String(count), "-i", "0.1", "-W", "2", "-s", String(size), ip],
+    true,
+  );
+  const m = /(\d+) received/.exec(r.stdout);
+  return m === null ? 0 : Number(m[1]);
+}
+
+async function namespace(): Promise<Netns> {
+  const ns = await Netns.create("v");
+  await ns.exec(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
+  await ns.exec(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+  return ns;
+}
+
+Deno.test("a guest with its own virtio-net driver answers ARP and ping through its TAP; both directions are counted alike by guest, device and TAP (root, netns, /dev/kvm)", async () => {
+  const ns = await namespace();
+  const dir = await Deno.makeTempDir({ prefix: "h8-netvm-" });
+  const vms: NetVm[] = [];
+  try {
+    const a = await netVm(ns, dir, "10.96.0");
+    vms.push(a);
+    // Small receive buffers: a 1400-byte echo request spans six of them (MRG_RXBUF).
+    const b = await netVm(ns, dir, "10.96.1", "net.buf=256 net.qsize=128");
+    vms.push(b);
+    for (const vm of [a, b]) {
+      assert.equal(await pings(ns, vm.ip, 5), 5, `ping ${vm.ip}`);
+      assert.equal(await pings(ns, vm.ip, 3, 1400), 3, `ping -s 1400 ${vm.ip}`);
+      vm.command("stats");
+      const m = await waitText(
+        vm,
+        /net stats rx=(\d+) tx=(\d+) arp=(\d+) icmp=(\d+) other=(\d+) merged=(\d+) bad=(\d+)/,
+        10_000,
+      );
+      assert.ok(m !== null, await vm.log());
+      const [rx, tx, arp, icmp, , merged, bad] = m.slice(1).map(Number);
+      assert.equal(icmp, 8);
+      assert.ok((arp ?? 0) >= 1, "answered ARP");
+      assert.equal(bad, 0);
+      if (vm === b) assert.ok((merged ?? 0) >= 3, `merged frames ${merged}`);
+      const net = vm.machine.net("eth0");
+      assert.ok(net !== undefined);
+      // What the guest sent is what the device wrote is what the TAP received, and back.
+      await sleep(100);
+      const devTx = net.stats.get(NetStat.TX_FRAMES);
+      const devRx = net.stats.get(NetStat.RX_FRAMES);
+      assert.equal(devTx, tx, "guest tx = device tx");
+      assert.equal(devRx, rx, "guest rx = device rx");
+      assert.equal(await tapStat(ns, vm.tap, "rx_packets"), devTx, "TAP rx = device tx");
+      assert.equal(await tapStat(ns, vm.tap, "tx_packets"), devRx, "TAP tx = device rx");
+      assert.ok(devTx >= 9 && devRx >= 9, `device tx ${devTx} rx ${devRx}`);
+    }
+  } finally {
+    for (const vm of vms) await vm.machine[Symbol.asyncDispose]();
+    await ns.delete();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+function decisions(events: NetguardEvent[]): string[] {
+  return events
+    .filter((e): e is DecisionEvent => e.event === "decision")
+    .map((e) => `${e.action}:${e.kind}:${e.targets.join(",")}`);
+}
+
+Deno.test("an hping3 flood into VM A's TAP makes netguard pause VM A while VM B keeps answering pings, then resume A, which answers again (root, netns, /dev/kvm)", async () => {
+  const ns = await namespace();
+  const dir = await Deno.makeTempDir({ prefix: "h8-netvm-" });
+  const vms: NetVm[] = [];
+  const watches: VmNetWatch[] = [];
+  try {
+    const a = await netVm(ns, dir, "10.97.0");
+    vms.push(a);
+    const b = await netVm(ns, dir, "10.97.1");
+    vms.push(b);
+    assert.equal(await pings(ns, a.ip, 2), 2);
+    assert.equal(await pings(ns, b.ip, 2), 2);
+    const guard = new NetGuard(parseConfig({
+      thresholds: { pps: 0, bps: 0, flows: 0, udpPps: 500 },
+      detector: { adaptive: { enabled: false } },
+      policy: { holdMs: 500 },
+    }));
+    const events: NetguardEvent[] = [];
+    guard.onEvent((e) => events.push(e));
+    for (const [id, vm] of [["A", a], ["B", b]] as const) {
+      watches.push(
+        await VmNetWatch.start(guard, id, vm.machine, [{
+          id: "eth0",
+          tap: vm.tap,
+          netns: ns.name,
+        }]),
+      );
+    }
+    // A bounded UDP flood (3000 frames, ~5000/s) at A; B is pinged meanwhile.
+    const flood = ns.exec(
+      ["timeout", "20", "hping3", "-2", "-p", "53", "-c", "3000", "-i", "u200", "-q", a.ip],
+      true,
+    );
+    assert.ok(
+      await waitFor(() => a.machine.state === "Paused", 10_000),
+      `A never paused: ${decisions(events)}`,
+    );
+    assert.equal(await pings(ns, b.ip, 5), 5, "B answers while A is suspended");
+    assert.equal(b.machine.state, "Running");
+    const r = await flood;
+    assert.ok(r.code === 0 || r.code === 1, `hping3 failed: ${r.stderr}`);
+    assert.ok(
+      await waitFor(() => a.machine.state === "Running", 10_000),
+      `A never resumed: ${decisions(events)}`,
+    );
+    await guard.settled();
+    assert.deepEqual(decisions(events), ["suspend:udp_flood:A", "resume:udp_flood:A"]);
+    assert.ok(await pings(ns, a.ip, 3) >= 2, "A answers again after its resume");
+    const netA = a.machine.net("eth0");
+    assert.ok(
+      (netA?.stats.get(NetStat.RX_FRAMES) ?? 0) > 100,
+      "A's device took frames of the flood",
+    );
+  } finally {
+    for (const w of watches) await w.close();
+    for (const vm of vms) await vm.machine[Symbol.asyncDispose]();
+    await ns.delete();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

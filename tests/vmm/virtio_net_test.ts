@@ -1,0 +1,218 @@
+import assert from "node:assert/strict";
+import { LiveReader } from "../../netguard/mod.ts";
+import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
+import { sleep, waitFor } from "../netguard/helpers.ts";
+import { R, S, type Used } from "./virtio_driver.ts";
+import { BUFS, F, type NetRig, netRig, startDriver } from "./virtio_net_rig.ts";
+
+const BASE = F.VERSION_1 | F.MAC | F.STATUS;
+const HDR = 12;
+
+/** Posts `n` receive buffers of `size` bytes from `at`; returns their addresses by head. */
+function postRx(r: NetRig, n: number, size: number, at = BUFS): Map<number, number> {
+  const byHead = new Map<number, number>();
+  r.drv.use(0);
+  for (let i = 0; i < n; i++) {
+    const addr = at + i * size;
+    byHead.set(r.drv.addChain([{ addr, len: size, write: true }]), addr);
+  }
+  r.drv.kick(0);
+  return byHead;
+}
+
+/** Sends pings of `size` payload bytes from the namespace to the device's address. */
+async function ping(r: NetRig, count: number, size = 56): Promise<void> {
+  await r.ns.exec(
+    ["ping", "-c", String(count), "-i", "0.05", "-W", "1", "-s", String(size), "10.95.0.2"],
+    true,
+  );
+}
+
+/** Frames of the used receive entries, reassembled by num_buffers. */
+function frames(r: NetRig, used: Used[], byHead: Map<number, number>): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (let i = 0; i < used.length;) {
+    const first = used[i];
+    if (first === undefined) break;
+    const hdr = r.mem.view(byHead.get(first.id) ?? 0, HDR);
+    const n = hdr[10]! | (hdr[11]! << 8);
+    assert.ok(n >= 1 && i + n <= used.length, `num_buffers ${n} at ${i} of ${used.length}`);
+    const parts = used.slice(i, i + n).map((u) => r.mem.view(byHead.get(u.id) ?? 0, u.len).slice());
+    const total = parts.reduce((s, p) => s + p.length, 0);
+    const f = new Uint8Array(total);
+    let off = 0;
+    for (const p of parts) {
+      f.set(p, off);
+      off += p.length;
+    }
+    out.push(f);
+    i += n;
+  }
+  return out;
+}
+
+function isEchoRequest(f: Uint8Array, payload: number): boolean {
+  const e = HDR;
+  return f.length === HDR + 14 + 20 + 8 + payload && f[e + 12] === 0x08 && f[e + 13] === 0 &&
+    f[e + 14 + 9] === 1 && f[e + 14 + 20] === 8;
+}
+
+Deno.test("virtio-net offers its features and shows its MAC and link in the configuration space (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    const f = r.drv.deviceFeatures();
+    for (
+      const bit of [F.VERSION_1, F.MAC, F.STATUS, F.MRG_RXBUF, F.CSUM, F.HOST_TSO4, F.EVENT_IDX]
+    ) {
+      assert.ok((f & bit) !== 0n, `feature ${bit.toString(2).length - 1} offered`);
+    }
+    assert.equal(r.drv.read(R.DEVICE_ID), 1);
+    const mac = [0, 1, 2, 3, 4, 5].map((i) => r.drv.config(i, 1));
+    assert.deepEqual(mac, [2, 0, 0, 0, 0x95, 2]);
+    assert.equal(r.drv.config(6, 2), 1, "VIRTIO_NET_S_LINK_UP");
+    assert.equal(r.drv.config(8, 2), 1, "one queue pair");
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("frames sent from the namespace arrive in receive buffers behind a header with num_buffers 1 (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    startDriver(r, BASE);
+    const byHead = postRx(r, 16, 1536);
+    await ping(r, 3);
+    const used = await r.drv.use(0).collect(3);
+    const got = frames(r, used, byHead);
+    assert.equal(got.length, 3);
+    for (const f of got) {
+      assert.ok(isEchoRequest(f, 56), `not the echo request: ${f.length} bytes`);
+      assert.equal(f[0], 0, "flags zero without GUEST_CSUM");
+      assert.equal(f[10]! | (f[11]! << 8), 1);
+    }
+    assert.equal(r.stats.get(NetStat.RX_FRAMES), 3);
+    assert.equal(r.stats.get(NetStat.RX_BYTES), 3 * (14 + 20 + 8 + 56));
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("with MRG_RXBUF a 1428-byte frame fills six 256-byte buffers that appear at once (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    startDriver(r, BASE | F.MRG_RXBUF, 128);
+    const byHead = postRx(r, 100, 256);
+    await ping(r, 2, 1400);
+    const used = await r.drv.use(0).collect(12);
+    const got = frames(r, used, byHead);
+    assert.equal(got.length, 2);
+    for (const f of got) assert.ok(isEchoRequest(f, 1400), `${f.length} bytes`);
+    assert.deepEqual(used.slice(0, 6).map((u) => u.len), [
+      256,
+      256,
+      256,
+      256,
+      256,
+      HDR + 42 + 1400 - 5 * 256,
+    ]);
+    // iputils ping fills byte i of the payload with i after a 16-byte timeval.
+    const payload = got[0]!.subarray(HDR + 42);
+    for (let i = 16; i < 1400; i++) assert.equal(payload[i], i & 0xff, `payload byte ${i}`);
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("without MRG_RXBUF a frame larger than its buffer is dropped and counted; smaller ones pass (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    startDriver(r, BASE);
+    const byHead = postRx(r, 4, 512);
+    await ping(r, 1, 1400);
+    await sleep(100);
+    assert.equal(r.drv.use(0).takeUsed().length, 0);
+    assert.equal(r.stats.get(NetStat.RX_TOO_BIG), 1);
+    await ping(r, 1, 100);
+    const got = frames(r, await r.drv.collect(1), byHead);
+    assert.ok(isEchoRequest(got[0] ?? new Uint8Array(), 100));
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("frames wait in the TAP while the guest has no receive buffers and arrive once it adds some (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    startDriver(r, BASE | F.EVENT_IDX);
+    await ping(r, 3);
+    await sleep(50);
+    assert.ok(r.stats.get(NetStat.RX_NO_BUFFERS) >= 1);
+    const byHead = postRx(r, 8, 1536);
+    const got = frames(r, await r.drv.use(0).collect(3), byHead);
+    assert.equal(got.filter((f) => isEchoRequest(f, 56)).length, 3);
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("transmitted chains reach the namespace whatever their buffer split, and each is used with length 0 (root, netns)", async () => {
+  const r = await netRig();
+  const capture = await LiveReader.openInterface(r.tap, { netns: r.ns.name });
+  const seen: Uint8Array[] = [];
+  const loop = capture.run((buf, off, len) => void seen.push(buf.slice(off, off + len)));
+  try {
+    startDriver(r, BASE);
+    const frame = new Uint8Array(HDR + 64);
+    frame.fill(0xff, HDR, HDR + 6);
+    frame.set(r.mac, HDR + 6);
+    frame.set([0x88, 0xb5], HDR + 12);
+    for (let i = HDR + 14; i < frame.length; i++) frame[i] = i;
+    r.mem.write(BUFS, frame);
+    r.drv.use(1);
+    r.drv.addChain([{ addr: BUFS, len: frame.length, write: false }]);
+    r.drv.addChain([
+      { addr: BUFS, len: HDR, write: false },
+      { addr: BUFS + HDR, len: 64, write: false },
+    ]);
+    r.drv.addChain([
+      { addr: BUFS, len: 5, write: false },
+      { addr: BUFS + 5, len: 30, write: false },
+      { addr: BUFS + 35, len: frame.length - 35, write: false },
+    ]);
+    r.drv.kick(1);
+    const used = await r.drv.collect(3);
+    assert.deepEqual(used.map((u) => u.len), [0, 0, 0]);
+    assert.ok(await waitFor(() => seen.length >= 3, 3000), `captured ${seen.length}`);
+    for (const s of seen.slice(0, 3)) assert.deepEqual(s, frame.subarray(HDR));
+    assert.equal(r.stats.get(NetStat.TX_FRAMES), 3);
+    assert.equal(r.stats.get(NetStat.TX_BYTES), 3 * 64);
+  } finally {
+    await capture.close();
+    await loop;
+    await r.close();
+  }
+});
+
+Deno.test("a transmit chain too short for the header, or asking for TSO it did not negotiate, is dropped and the device lives on (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    startDriver(r, BASE);
+    const frame = new Uint8Array(HDR + 60);
+    frame.set([0xff, 0xff, 0xff, 0xff, 0xff, 0xff], HDR);
+    r.mem.write(BUFS, frame);
+    const tso = frame.slice();
+    tso[1] = 1; // VIRTIO_NET_HDR_GSO_TCPV4 without HOST_TSO4
+    r.mem.write(BUFS + 0x1000, tso);
+    r.drv.use(1);
+    r.drv.addChain([{ addr: BUFS, len: 6, write: false }]);
+    r.drv.addChain([{ addr: BUFS + 0x1000, len: tso.length, write: false }]);
+    r.drv.addChain([{ addr: BUFS, len: frame.length, write: false }]);
+    r.drv.kick(1);
+    await r.drv.collect(3);
+    assert.equal(r.stats.get(NetStat.TX_BAD), 2);
+    assert.equal(r.stats.get(NetStat.TX_FRAMES), 1);
+    assert.equal(r.drv.read(R.STATUS) & S.NEEDS_RESET, 0);
+  } finally {
+    await r.close();
+  }
+});
