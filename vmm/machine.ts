@@ -57,7 +57,7 @@ import type { BootPlan } from "./boot/types.ts";
 import { guestCpuid } from "./cpuid.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
-import type { MmioSlot } from "./devices/mmio_allocator.ts";
+import { type MmioSlot, nextFreeGsi } from "./devices/mmio_allocator.ts";
 import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
 import type { DiskHandle } from "./disk_handle.ts";
 import {
@@ -244,7 +244,13 @@ export class Machine implements AsyncDisposable {
       }
 
       // The tables are written for a fresh boot; restored memory already holds them.
-      const acpiConfig = acpiConfigFromSpecs(config.vcpus, config.devices, io.slots);
+      // The generation id's notification takes the next line after the devices'.
+      const acpiConfig = acpiConfigFromSpecs(
+        config.vcpus,
+        config.devices,
+        io.slots,
+        nextFreeGsi(io.slots),
+      );
       const acpi = config.acpi === false ? undefined : buildAcpi(acpiConfig);
       let plan: BootPlan | undefined;
       if (config.kernel !== undefined) {

@@ -59,12 +59,14 @@ export { DeviceBus } from "./devices/mod.ts";
 export {
   FIRST_DEVICE_GSI,
   LAST_DEVICE_GSI,
+  LEGACY_GSIS,
   MMIO_DEVICES_BASE,
   MMIO_SLOT_SIZE,
   MmioAllocator,
   MmioAllocatorError,
   type MmioAllocatorOptions,
   type MmioSlot,
+  nextFreeGsi,
   virtioMmioCmdline,
 } from "./devices/mmio_allocator.ts";
 export * from "./devices/virtio/mod.ts";
@@ -110,6 +112,7 @@ export {
   type AcpiLayout,
   type AcpiTable,
   buildAcpi,
+  changeVmGenId,
   dumpTable,
   dumpTables,
   installAcpi,

@@ -13,10 +13,21 @@
  *   acpi cpus <n> boot apic <id> listed
  *   acpi ok                                  or "acpi bad: <why>"
  *
+ * mode=vmgenid (64-bit guest: this host's emulator cannot IRET in protected
+ * mode): reads the VM generation id device out of the DSDT's AML (the
+ * address `\_SB_.VGEN.ADDR` returns, the GSI of the Generic Event Device's
+ * `_CRS`), routes that IOAPIC pin to itself with no timer, and sleeps; every
+ * interrupt re-reads the id, as Linux's vmgenid driver does on `Notify(0x80)`:
+ *
+ *   vmgenid addr <addr> gsi <gsi> id <32 hex digits>
+ *   vmgenid ready
+ *   vmgenid notified <n> id <32 hex digits>  (after each interrupt; powers off after 2)
+ *
  * Tables are read at their physical addresses: the PVH guest runs with
  * paging off, the 64-bit guest with a 4 GiB identity map.
  */
 #include "guest.h"
+#include "virtio_mmio.h" /* irq_init, irq_wait, irq_count */
 
 #define BIOS_SCAN_START 0xe0000u
 #define BIOS_SCAN_END 0x100000u
@@ -235,4 +246,110 @@ int acpi_check(const struct boot_info *bi)
 		return bad("boot CPU not listed in the MADT");
 	puts_serial("acpi ok\n");
 	return 0;
+}
+
+/* ---- mode=vmgenid ---- */
+
+/* The DSDT's address, through the scanned RSDP, XSDT and FADT (0 if any is missing). */
+static uint64_t find_dsdt(void)
+{
+	uint64_t rsdp = scan_rsdp();
+	if (!rsdp)
+		return 0;
+	uint64_t xsdt = ((const struct rsdp *)phys(rsdp))->xsdt;
+	const struct sdt *x = (const struct sdt *)phys(xsdt);
+	for (uint32_t i = 0; i < (x->length - sizeof(struct sdt)) / 8; i++) {
+		uint64_t a = rd64(phys(xsdt) + sizeof(struct sdt) + 8 * i);
+		if (same(phys(a), "FACP", 4))
+			return rd64(phys(a) + 140);
+	}
+	return 0;
+}
+
+/* Offset of the first `n` bytes equal to `pat` in [from, end), or end. */
+static uint32_t find(const uint8_t *p, uint32_t from, uint32_t end, const char *pat, unsigned n)
+{
+	for (uint32_t i = from; i + n <= end; i++)
+		if (same(p + i, pat, n))
+			return i;
+	return end;
+}
+
+/* Decodes the AML integer at p[*at] (Zero, One, Byte/Word/DWord/QWord constants). */
+static uint64_t aml_int(const uint8_t *p, uint32_t *at)
+{
+	uint8_t op = p[(*at)++];
+	unsigned n = op == 0x0a ? 1 : op == 0x0b ? 2 : op == 0x0c ? 4 : op == 0x0e ? 8 : 0;
+	uint64_t v = op == 0x01;
+	for (unsigned i = 0; i < n; i++)
+		v |= (uint64_t)p[(*at)++] << (8 * i);
+	return v;
+}
+
+static void add_id(struct line *l, const uint8_t *id)
+{
+	static const char hexd[] = "0123456789abcdef";
+	char s[33];
+	for (int i = 0; i < 16; i++) {
+		s[2 * i] = hexd[id[i] >> 4];
+		s[2 * i + 1] = hexd[id[i] & 15];
+	}
+	s[32] = 0;
+	add_str(l, s);
+}
+
+void vmgenid_main(void)
+{
+	uint64_t dsdt = find_dsdt();
+	if (!dsdt) {
+		bad("no DSDT");
+		debug_exit(3);
+	}
+	const uint8_t *p = phys(dsdt);
+	uint32_t len = ((const struct sdt *)p)->length;
+	/* Method (ADDR, 0) { Return (Package (2) { low, high }) }: name, flags, ReturnOp, PackageOp,
+	 * PkgLength (one byte here), NumElements, then the two integers. */
+	uint32_t at = find(p, find(p, 0, len, "VGEN", 4), len, "ADDR", 4) + 4;
+	if (at + 5 > len || p[at + 1] != 0xa4 || p[at + 2] != 0x12 || p[at + 4] != 2) {
+		bad("no VGEN.ADDR method returning a package of two");
+		debug_exit(3);
+	}
+	at += 5;
+	uint64_t lo = aml_int(p, &at);
+	uint64_t addr = lo | aml_int(p, &at) << 32;
+	/* The GED's _CRS holds an Extended Interrupt descriptor: 0x89, length, flags, count, gsi. */
+	uint32_t d = find(p, find(p, 0, len, "GED_", 4), len, "\x89", 1);
+	if (d + 9 > len) {
+		bad("no GED_ interrupt");
+		debug_exit(3);
+	}
+	uint32_t gsi = rd32(p + d + 5);
+	const volatile uint8_t *idp = (const volatile uint8_t *)phys(addr);
+	uint8_t id[16];
+	for (int i = 0; i < 16; i++)
+		id[i] = idp[i];
+	struct line l = {.len = 0};
+	add_str(&l, "vmgenid addr ");
+	add_hex(&l, addr);
+	add_str(&l, " gsi ");
+	add_dec(&l, gsi);
+	add_str(&l, " id ");
+	add_id(&l, id);
+	emit(&l);
+	irq_init(gsi, 0); /* no timer: only the GED's interrupt wakes us */
+	puts_serial("vmgenid ready\n");
+	for (uint32_t seen = 0; seen < 2;) {
+		irq_wait();
+		if (irq_count == seen)
+			continue;
+		seen = irq_count;
+		for (int i = 0; i < 16; i++)
+			id[i] = idp[i];
+		add_str(&l, "vmgenid notified ");
+		add_dec(&l, seen);
+		add_str(&l, " id ");
+		add_id(&l, id);
+		emit(&l);
+	}
+	poweroff();
 }

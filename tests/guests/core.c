@@ -17,6 +17,7 @@
  *                 from 16 MiB: number s goes to page s%N, word (s/N)%1024
  *   mode=acpi     finds the RSDP (boot pointer and BIOS-area scan), walks XSDT, FADT,
  *                 MADT and DSDT checking checksums (acpi.c); powers off if all is well
+ *   mode=vmgenid  prints the VM generation id again at each GED interrupt (acpi.c)
  *   mode=blk      drives the virtio-blk device named by virtio_mmio.device= (virtio_blk.c),
  *                 then powers off
  *
@@ -495,6 +496,8 @@ void guest_main(const struct boot_info *bi)
 		net_main(bi);
 	if (starts_with(mode, "seq:"))
 		seq_writer(parse_dec(mode + 4));
+	if (starts_with(mode, "vmgenid"))
+		vmgenid_main();
 	if (starts_with(mode, "acpi")) {
 		if (acpi_check(bi) == 0)
 			poweroff();

@@ -59,6 +59,8 @@ void poweroff(void) __attribute__((noreturn));
 
 /* acpi.c: walks the ACPI tables and prints what it finds; 0 when all are valid. */
 int acpi_check(const struct boot_info *bi);
+/* acpi.c: mode=vmgenid (prints the id at every GED interrupt; powers off after two). */
+void vmgenid_main(void) __attribute__((noreturn));
 
 /* virtio_net.c */
 void net_main(const struct boot_info *bi) __attribute__((noreturn));

@@ -15,18 +15,9 @@ import {
   dumpTables,
 } from "../../vmm/acpi/mod.ts";
 import { checksumByte } from "../../vmm/acpi/sdt.ts";
+import { sampleConfig, tableOf } from "./acpi_helpers.ts";
 
-const CONFIG: AcpiConfig = {
-  vcpus: 2,
-  mmioDevices: [
-    { name: "blk0", base: 0xd000_0000, size: 0x1000, gsi: 5 },
-    { name: "net0", base: 0xd000_1000, size: 0x1000, gsi: 6 },
-  ],
-  serial: { port: 0x3f8, irq: 4 },
-  i8042: true,
-  rtc: true,
-  vmgenid: { gsi: 7 },
-};
+const CONFIG: AcpiConfig = sampleConfig(2);
 
 interface Run {
   code: number;
@@ -58,11 +49,7 @@ async function withTables(fn: (dir: string, acpi: AcpiLayout) => Promise<void>):
   }
 }
 
-function sdt(acpi: AcpiLayout, sig: string): AcpiTable {
-  const t = acpi.tables.find((x) => x.signature === sig);
-  assert.ok(t, sig);
-  return t;
-}
+const sdt = tableOf;
 
 /** Squeezes runs of blanks so multi-line ASL resources match on one line. */
 const squeeze = (s: string): string => s.replace(/\s+/g, " ");

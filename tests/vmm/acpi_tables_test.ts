@@ -9,7 +9,6 @@ import {
   type AcpiConfig,
   acpiConfigFromSpecs,
   AcpiError,
-  type AcpiLayout,
   type AcpiTable,
   buildAcpi,
   dumpTable,
@@ -21,27 +20,13 @@ import {
 } from "../../vmm/acpi/mod.ts";
 import { E820_RESERVED, e820FromRegions } from "../../vmm/boot/e820.ts";
 import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
+import { sampleConfig, tableOf } from "./acpi_helpers.ts";
 import { FakeMemory } from "./boot_fake_memory.ts";
 
 const MiB = 0x10_0000;
 
-const CONFIG: AcpiConfig = {
-  vcpus: 3,
-  mmioDevices: [
-    { name: "blk0", base: 0xd000_0000, size: 0x1000, gsi: 5 },
-    { name: "net0", base: 0xd000_1000, size: 0x1000, gsi: 6 },
-  ],
-  serial: { port: 0x3f8, irq: 4 },
-  i8042: true,
-  rtc: true,
-  vmgenid: { gsi: 7 },
-};
-
-function table(layout: AcpiLayout, sig: string): AcpiTable {
-  const t = layout.tables.find((x) => x.signature === sig);
-  assert.ok(t, `no ${sig}`);
-  return t;
-}
+const CONFIG: AcpiConfig = sampleConfig(3);
+const table = tableOf;
 
 const dv = (t: AcpiTable): DataView =>
   new DataView(t.bytes.buffer, t.bytes.byteOffset, t.bytes.byteLength);

@@ -22,25 +22,42 @@ export function newVmGenId(): Uint8Array {
 }
 
 /**
- * Writes generation id `id` (16 bytes) where `location` says. The caller
- * then raises an edge on `location.gsi` (when defined) so the guest's driver
- * reads it again.
- *
- * @example
- * ```ts ignore
- * import { newVmGenId, writeVmGenId } from "@vmkit/vmkit/vmm";
- * const loc = machine.acpi?.vmgenid;
- * if (loc !== undefined) {
- *   writeVmGenId(machine.memory, loc, newVmGenId());
- *   if (loc.gsi !== undefined) { machine.vm.irqLine(loc.gsi, true); machine.vm.irqLine(loc.gsi, false); }
- * }
- * ```
+ * Writes generation id `id` (16 bytes) where `location` says, without
+ * telling the guest ({@link changeVmGenId} also notifies it).
  */
 export function writeVmGenId(memory: GuestMemory, location: VmGenIdLocation, id: Uint8Array): void {
   if (id.length !== VMGENID_SIZE) {
     throw new AcpiError(`a VM generation id is ${VMGENID_SIZE} bytes, got ${id.length}`);
   }
   memory.write(location.addr, id);
+}
+
+/**
+ * Gives the guest a new generation id: writes `id` ({@link writeVmGenId}),
+ * then, when the machine wired a notification GSI, raises and lowers it
+ * through `irqLine` (e.g. `(gsi, level) => machine.vm.irqLine(gsi, level)`),
+ * so the Generic Event Device runs `Notify(\_SB_.VGEN, 0x80)` and the guest's
+ * driver reads the id again. Call it after a restore, before the vCPUs run.
+ *
+ * @example
+ * ```ts ignore
+ * import { changeVmGenId, newVmGenId } from "@vmkit/vmkit/vmm";
+ * const loc = machine.acpi?.vmgenid;
+ * if (loc !== undefined) {
+ *   changeVmGenId(machine.memory, loc, newVmGenId(), (g, l) => machine.vm.irqLine(g, l));
+ * }
+ * ```
+ */
+export function changeVmGenId(
+  memory: GuestMemory,
+  location: VmGenIdLocation,
+  id: Uint8Array,
+  irqLine: (gsi: number, level: boolean) => void,
+): void {
+  writeVmGenId(memory, location, id);
+  if (location.gsi === undefined) return;
+  irqLine(location.gsi, true);
+  irqLine(location.gsi, false);
 }
 
 /** Reads the generation id the guest currently sees. */

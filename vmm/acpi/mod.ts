@@ -34,6 +34,7 @@ export { AcpiError } from "./errors.ts";
 export { dumpTable, dumpTables } from "./dump.ts";
 export {
   acpiConfigFromSpecs,
+  changeVmGenId,
   installAcpi,
   newVmGenId,
   readVmGenId,

@@ -30,6 +30,8 @@ export const FIRST_DEVICE_GSI = 5;
 export const LAST_DEVICE_GSI = 23;
 /** Default window size. */
 export const MMIO_SLOT_SIZE = 0x1000;
+/** GSIs the legacy devices use, never handed out by default: the RTC's 8, the PS/2 mouse's 12. */
+export const LEGACY_GSIS: readonly number[] = [8, 12];
 
 /** Raised when windows or interrupt lines run out, or a name repeats. */
 export class MmioAllocatorError extends Error {
@@ -74,7 +76,7 @@ export class MmioAllocator {
   constructor(opts: MmioAllocatorOptions = {}) {
     this.#next = opts.base ?? MMIO_DEVICES_BASE;
     this.#end = opts.end ?? MMIO_DEVICES_END;
-    this.#reserved = new Set(opts.reservedGsis ?? [8, 12]);
+    this.#reserved = new Set(opts.reservedGsis ?? LEGACY_GSIS);
   }
 
   /** The slots handed out so far, in order. */
@@ -117,4 +119,19 @@ export function virtioMmioCmdline(slots: readonly MmioSlot[]): string {
       s.base.toString(16)
     }:${s.gsi}`
   ).join(" ");
+}
+
+/**
+ * The lowest GSI in {@link FIRST_DEVICE_GSI}..{@link LAST_DEVICE_GSI} that no
+ * slot of `slots` and no legacy device uses (undefined when none is left): a
+ * line for an interrupt with no MMIO window, such as the ACPI Generic Event
+ * Device that announces a new VM generation id.
+ */
+export function nextFreeGsi(
+  slots: readonly MmioSlot[],
+  reserved: readonly number[] = LEGACY_GSIS,
+): number | undefined {
+  const used = new Set([...reserved, ...slots.map((s) => s.gsi)]);
+  for (let gsi = FIRST_DEVICE_GSI; gsi <= LAST_DEVICE_GSI; gsi++) if (!used.has(gsi)) return gsi;
+  return undefined;
 }
