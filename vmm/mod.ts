@@ -115,7 +115,6 @@ export {
   changeVmGenId,
   dumpTable,
   dumpTables,
-  installAcpi,
   IOAPIC_ADDR,
   LOCAL_APIC_ADDR,
   type MmioDeviceInfo,

@@ -12,7 +12,7 @@ import { RTC_KIND } from "../devices/rtc.ts";
 import { SERIAL_KIND } from "../devices/serial.ts";
 import type { GuestMemory } from "../guest_memory.ts";
 import type { AcpiConfig, AcpiLayout, VmGenIdLocation } from "./build.ts";
-import { buildAcpi, VMGENID_SIZE } from "./build.ts";
+import { VMGENID_SIZE } from "./build.ts";
 import type { MmioDeviceInfo } from "./dsdt.ts";
 import { AcpiError } from "./errors.ts";
 
@@ -41,6 +41,7 @@ export function writeVmGenId(memory: GuestMemory, location: VmGenIdLocation, id:
  *
  * @example
  * ```ts ignore
+ * // ignore: needs a running machine (a kernel and /dev/kvm).
  * import { changeVmGenId, newVmGenId } from "@vmkit/vmkit/vmm";
  * const loc = machine.acpi?.vmgenid;
  * if (loc !== undefined) {
@@ -78,17 +79,6 @@ export function writeAcpi(
   memory.view(start, end - start).fill(0);
   for (const t of layout.tables) memory.write(t.addr, t.bytes);
   if (layout.vmgenid !== undefined) writeVmGenId(memory, layout.vmgenid, id);
-}
-
-/**
- * Builds the tables for `config` ({@link buildAcpi}), writes them and a
- * fresh generation id ({@link writeAcpi}), and returns where they went: the
- * machine's create-time hook.
- */
-export function installAcpi(memory: GuestMemory, config: AcpiConfig): AcpiLayout {
-  const layout = buildAcpi(config);
-  writeAcpi(memory, layout);
-  return layout;
 }
 
 /**

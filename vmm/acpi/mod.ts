@@ -35,7 +35,6 @@ export { dumpTable, dumpTables } from "./dump.ts";
 export {
   acpiConfigFromSpecs,
   changeVmGenId,
-  installAcpi,
   newVmGenId,
   readVmGenId,
   writeAcpi,
