@@ -44,6 +44,11 @@ export interface Opt<T> {
   readonly hidden?: boolean;
   /** The value when the option is absent. */
   readonly fallback: T;
+  /**
+   * A `value` option that may also be given alone (`--netguard`, or followed
+   * by an option): then its value is this. `--name VALUE` and `--name=VALUE` still work.
+   */
+  readonly bare?: T;
   /** Turns the option's text into its value; `name` is `--opt` for messages. */
   parse(text: string, name: string): T;
 }
@@ -97,6 +102,24 @@ export function str(
     value,
     help,
     fallback: settings.default,
+    parse: (t) => t,
+    ...base(settings),
+  };
+}
+
+/** A string option whose value may be left out (`--netguard [POLICY]`): `bare` is then its value. */
+export function optionalStr(
+  value: string,
+  help: string,
+  bare: string,
+  settings: OptSettings = {},
+): Opt<string | undefined> {
+  return {
+    kind: "value",
+    value,
+    help,
+    fallback: undefined,
+    bare,
     parse: (t) => t,
     ...base(settings),
   };
@@ -356,6 +379,16 @@ export function parseOptions<O extends OptionTable>(
         );
       }
       let text = eq < 0 ? undefined : arg.slice(eq + 1);
+      const next = args[i + 1];
+      if (
+        text === undefined && opt.bare !== undefined &&
+        (next === undefined || (next.startsWith("-") && next !== "-"))
+      ) {
+        if (given.has(name)) throw new UsageError(`--${name} is given twice`);
+        given.add(name);
+        values[name] = opt.bare;
+        continue;
+      }
       if (text === undefined && opt.kind !== "flag") text = takeValue(++i, `--${name}`);
       set(name, opt, text, `--${name}`);
     } else if (arg.startsWith("-") && arg !== "-" && !isNegativeNumber(arg)) {
@@ -396,7 +429,12 @@ export function optionHelp(table: OptionTable): string[] {
   for (const [name, o] of Object.entries(table)) {
     if (o.hidden === true) continue;
     const left = (o.short === undefined ? "" : `-${o.short}, `) + `--${name}` +
-      (o.kind === "flag" ? "" : ` ${o.value ?? "VALUE"}`) + (o.kind === "list" ? "..." : "");
+      (o.kind === "flag"
+        ? ""
+        : o.bare !== undefined
+        ? ` [${o.value ?? "VALUE"}]`
+        : ` ${o.value ?? "VALUE"}`) +
+      (o.kind === "list" ? "..." : "");
     const def = o.fallback === undefined || o.kind !== "value"
       ? ""
       : ` (default ${String(o.fallback)})`;

@@ -17,13 +17,29 @@
  * @module
  */
 
-import { type ApiServer, startApiServer } from "../vmm/api/mod.ts";
-import { BootError } from "../vmm/boot/errors.ts";
+import type { NetGuard } from "../netguard/mod.ts";
+import {
+  type ApiObservability,
+  type ApiServer,
+  type HttpExchange,
+  startApiServer,
+  VmController,
+} from "../vmm/api/mod.ts";
+import { checkDrivePath, checkHostFile } from "../vmm/api/host_files.ts";
+import { launchMachine, type LaunchOptions, machineApiVm } from "../vmm/api/launch.ts";
+import { type FcLogger, parseLogLevel, VmConfigError } from "../vmm/api/vm_config.ts";
+import { VmResources } from "../vmm/api/vm_resources.ts";
 import { defaultDeviceSpecs, Serial16550 } from "../vmm/devices/mod.ts";
+import type { StorageIdentityConfig } from "../vmm/io_config.ts";
+import { JsonLogger, type Level } from "../vmm/log.ts";
+import type { Machine } from "../vmm/machine.ts";
+import { MetricsFile } from "../vmm/metrics/metrics_file.ts";
+import { MetricsRegistry } from "../vmm/metrics/prometheus.ts";
 import { command, type Entry, kebabKeys } from "./command.ts";
 import { Exit } from "./exit.ts";
-import { int, str, type Values } from "./options.ts";
-import { UsageError } from "./usage.ts";
+import { int, list, optionalStr, str, type Values } from "./options.ts";
+import { parseDiskSpec, parseNetSpec } from "./run_devices.ts";
+import { checkPathArg, UsageError } from "./usage.ts";
 
 /** Default kernel command line: console on COM1, reboot through the i8042 (which powers off). */
 export const DEFAULT_CMDLINE = "console=ttyS0 reboot=k panic=1";
@@ -33,57 +49,197 @@ const CTRL_A = 0x01;
 
 /** `vmkit run`'s options. */
 const OPTIONS = {
-  kernel: str("PATH", "kernel image: ELF vmlinux, PVH ELF or bzImage (required)", {
-    complete: "file",
-  }),
+  kernel: str("PATH", "kernel image: ELF vmlinux, PVH ELF or bzImage", { complete: "file" }),
   initrd: str("PATH", "initial ramdisk", { complete: "file" }),
   cmdline: str("STR", "kernel command line", { default: DEFAULT_CMDLINE }),
   mem: int("MiB", "guest RAM", { min: 1, max: 65536, default: 256, unit: "MiB" }),
   vcpus: int("N", "vCPUs", { min: 1, max: 64, default: 1 }),
-  "api-sock": str("PATH", "serve the control API on this Unix socket", { complete: "file" }),
+  disk: list(
+    "SPEC",
+    "virtio-blk drive: PATH, path=PATH[,readonly=on][,id=ID][,root=on] or iscsi://HOST[:PORT]/TARGET/LUN",
+    { complete: "file" },
+  ),
+  net: list("SPEC", "virtio-net NIC on a TAP: tap=NAME[,mac=MAC][,id=ID][,netns=NS]"),
+  "vm-id": str("NAME", "the VM's name: instance id, SUI owner, netguard VM"),
+  "sui-registry": str("PATH|URL", "SUI registry (journal file or etcd://HOST:PORT[/prefix])", {
+    complete: "file",
+  }),
+  netguard: optionalStr(
+    "POLICY",
+    "watch the NICs with netguard (default policy, or a netguard JSON config)",
+    "",
+    { complete: "file" },
+  ),
+  "config-file": str("FILE", "Firecracker-style JSON config (boot-source, drives, ...)", {
+    complete: "file",
+  }),
+  "api-sock": str(
+    "PATH",
+    "serve the control API on this Unix socket (without --kernel or " +
+      "--config-file: wait there to be configured)",
+    { complete: "file" },
+  ),
   "serial-out": str("PATH", "write the guest's serial output to PATH (truncated), not stdout", {
     complete: "file",
   }),
   "debug-exit": int("PORT", "add a debug-exit device on PORT (a write of v exits (v << 1) | 1)", {
     max: 0xffff,
   }),
+  "metrics-path": str("FILE", "write Prometheus metrics to FILE every 60 s and at exit", {
+    complete: "file",
+  }),
+  "log-path": str("FILE", "append JSON log lines to FILE (default stderr when --level is given)", {
+    complete: "file",
+  }),
+  level: str("LEVEL", "log level: Error, Warning, Info, Debug, Trace or Off (default Info)"),
 };
 
-type RunOptions = Values<typeof OPTIONS> & { kernel: string };
+type RunOptions = Values<typeof OPTIONS>;
+
+/** Options that describe the VM itself, which a config file replaces. */
+const VM_OPTIONS = ["kernel", "initrd", "cmdline", "mem", "vcpus", "disk", "net"] as const;
 
 /** The `vmkit run` command. */
 export const entry: Entry = command({
   name: "run",
   summary: "boot a kernel in a new microVM; COM1 is the terminal",
   description:
+    "The VM comes from --kernel and the flags, from --config-file (Firecracker's JSON layout),\n" +
+    "or, with only --api-sock, from Firecracker API requests ending in InstanceStart.\n" +
     "Numbers may be decimal or 0x-prefixed hex. On a terminal, Ctrl-A x stops the VM.\n" +
     "Exit status: 0 when the guest powers off, else the run's status (see vmkit --help).\n" +
     "--output json prints the final status as JSON on stdout when the VM stops.",
   options: OPTIONS,
   output: true,
   async run(ctx) {
-    const opts = ctx.values;
-    if (opts.kernel === undefined || opts.kernel === "") {
-      throw new UsageError("--kernel PATH is required");
-    }
-    return await run({ ...opts, kernel: opts.kernel }, ctx.json);
+    const plan = await planRun(ctx.values, ctx.given);
+    return await run(ctx.values, plan, ctx.json);
   },
 });
 
-async function readInput(what: string, path: string): Promise<Uint8Array> {
+/** What the command line asks for, checked before anything starts. */
+interface RunPlan {
+  resources: VmResources;
+  /** Boot at once (else wait for InstanceStart on the API socket). */
+  bootNow: boolean;
+  identity: StorageIdentityConfig | undefined;
+  logLevel: Level | undefined;
+}
+
+async function readConfigFile(path: string): Promise<VmResources> {
+  let text: string;
   try {
-    return await Deno.readFile(path);
+    text = await Deno.readTextFile(path);
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      throw new Error(`cannot read ${what} '${path}': no such file`);
+    const why = err instanceof Deno.errors.NotFound ? "no such file" : (err as Error).message;
+    throw new Error(`cannot read config file '${path}': ${why}`);
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    throw new Error(`config file '${path}' is not JSON: ${(err as Error).message}`);
+  }
+  try {
+    return VmResources.fromConfigFile(json);
+  } catch (err) {
+    if (err instanceof VmConfigError) throw new Error(`config file '${path}': ${err.message}`);
+    throw err;
+  }
+}
+
+async function planRun(o: RunOptions, given: ReadonlySet<string>): Promise<RunPlan> {
+  const configFile = o["config-file"];
+  let resources: VmResources;
+  let bootNow: boolean;
+  if (configFile !== undefined) {
+    const clash = VM_OPTIONS.find((k) => given.has(k));
+    if (clash !== undefined) {
+      throw new UsageError(`--${clash} cannot be combined with --config-file (put it in the file)`);
     }
-    if (err instanceof Deno.errors.PermissionDenied) {
-      throw new Error(`cannot read ${what} '${path}': permission denied`);
+    resources = await readConfigFile(checkPathArg("--config-file", configFile));
+    bootNow = true;
+  } else {
+    resources = new VmResources();
+    bootNow = o.kernel !== undefined;
+    if (!bootNow && o["api-sock"] === undefined) {
+      throw new UsageError("--kernel PATH is required (or --config-file FILE, or --api-sock PATH)");
     }
-    if (err instanceof Deno.errors.IsADirectory) {
-      throw new Error(`cannot read ${what} '${path}': it is a directory`);
+    if (o.kernel !== undefined) {
+      resources.bootSource = {
+        kernel_image_path: checkPathArg("--kernel", o.kernel),
+        boot_args: o.cmdline,
+        ...(o.initrd === undefined ? {} : { initrd_path: checkPathArg("--initrd", o.initrd) }),
+      };
+    } else if (given.has("initrd") || given.has("cmdline")) {
+      throw new UsageError("--initrd and --cmdline need --kernel (or PUT /boot-source)");
     }
-    throw new Error(`cannot read ${what} '${path}': ${(err as Error).message}`);
+    // Without --kernel the API's defaults (Firecracker's) hold unless flags were given.
+    if (bootNow || given.has("mem") || given.has("vcpus")) {
+      resources.machine = {
+        ...resources.machine,
+        mem_size_mib: bootNow || given.has("mem") ? o.mem : resources.machine.mem_size_mib,
+        vcpu_count: bootNow || given.has("vcpus") ? o.vcpus : resources.machine.vcpu_count,
+      };
+    }
+    try {
+      o.disk.forEach((spec, i) => {
+        const d = parseDiskSpec(spec, i);
+        if (resources.drive(d.drive_id) !== undefined) {
+          throw new UsageError(`--disk id '${d.drive_id}' is used twice`);
+        }
+        resources.putDrive(d);
+      });
+      o.net.forEach((spec, i) => {
+        const n = parseNetSpec(spec, i);
+        if (resources.net(n.iface_id) !== undefined) {
+          throw new UsageError(`--net id '${n.iface_id}' is used twice`);
+        }
+        resources.putNet(n);
+      });
+    } catch (err) {
+      if (err instanceof VmConfigError) throw new UsageError(err.message);
+      throw err;
+    }
+  }
+  for (const d of resources.drives) {
+    try {
+      await checkDrivePath(d.path_on_host, d.is_read_only, `disk '${d.drive_id}'`);
+    } catch (err) {
+      if (err instanceof VmConfigError) throw new Error(err.message);
+      throw err;
+    }
+  }
+  const vmId = o["vm-id"];
+  const registry = o["sui-registry"];
+  if (registry !== undefined && vmId === undefined) {
+    throw new UsageError("--sui-registry needs --vm-id NAME (whose identity to use)");
+  }
+  const iscsi = resources.drives.find((d) => /^iscsi:\/\//i.test(d.path_on_host));
+  if (iscsi !== undefined && registry === undefined) {
+    throw new UsageError(
+      `disk '${iscsi.drive_id}' is an iSCSI LUN: give --vm-id NAME and --sui-registry PATH|URL ` +
+        "(the identity its SAN I/O logs in with)",
+    );
+  }
+  if (o.netguard !== undefined && resources.nets.length === 0) {
+    throw new UsageError("--netguard needs at least one --net (the NICs it watches)");
+  }
+  const logLevel = o.level === undefined ? undefined : checkedLevel(o.level);
+  return {
+    resources,
+    bootNow,
+    identity: vmId === undefined || registry === undefined ? undefined : { vmId, registry },
+    logLevel,
+  };
+}
+
+function checkedLevel(text: string): Level {
+  try {
+    return parseLogLevel(text, "--level");
+  } catch (err) {
+    if (err instanceof VmConfigError) throw new UsageError(err.message);
+    throw err;
   }
 }
 
@@ -131,65 +287,197 @@ async function pumpStdin(
   }
 }
 
-async function run(opts: RunOptions, json: boolean): Promise<number> {
-  const kernel = await readInput("kernel", opts.kernel);
-  const initrd = opts.initrd === undefined ? undefined : await readInput("initrd", opts.initrd);
-  if (opts["serial-out"] !== undefined) {
+/** The metrics the VMM serves: the machine's once it runs, the API's always. */
+class VmmMetrics {
+  readonly api = new MetricsRegistry();
+  machine: Machine | undefined;
+  guard: NetGuard | undefined;
+  readonly #requests = new Map<string, number>();
+
+  constructor() {
+    this.api.add(() => [{
+      name: "vmkit_api_requests_total",
+      help: "Control API requests answered, by method and status.",
+      type: "counter",
+      samples: [...this.#requests].map(([k, value]) => {
+        const [method = "", status = ""] = k.split(" ");
+        return { labels: { method, status }, value };
+      }),
+    }]);
+  }
+
+  request(e: HttpExchange): void {
+    const key = `${e.method === "" ? "-" : e.method} ${e.status}`;
+    this.#requests.set(key, (this.#requests.get(key) ?? 0) + 1);
+  }
+
+  text(): string {
+    return this.api.text() + (this.machine?.metrics.registry.text() ?? "") +
+      (this.guard?.metricsText() ?? "");
+  }
+}
+
+async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<number> {
+  const { resources } = plan;
+  const serialOut = opts["serial-out"];
+  if (serialOut !== undefined) {
     try {
-      await Deno.writeFile(opts["serial-out"], new Uint8Array(0));
+      await Deno.writeFile(checkPathArg("--serial-out", serialOut), new Uint8Array(0));
     } catch (err) {
-      throw new Error(
-        `cannot write serial output '${opts["serial-out"]}': ${(err as Error).message}`,
-      );
+      throw new Error(`cannot write serial output '${serialOut}': ${(err as Error).message}`);
     }
   }
-  const devices = defaultDeviceSpecs({
-    memMiB: opts.mem,
-    serialOut: opts["serial-out"] === undefined ? "stdout" : { path: opts["serial-out"] },
-    serialIn: true,
-    ...(opts["debug-exit"] === undefined ? {} : { debugExitPort: opts["debug-exit"] }),
-  });
-  const { Machine } = await import("../vmm/machine.ts");
-  let machine;
-  try {
-    machine = await Machine.create({
-      memMiB: opts.mem,
-      vcpus: opts.vcpus,
-      kernel,
-      cmdline: opts.cmdline,
-      devices,
-      ...(initrd === undefined ? {} : { initrd }),
+  const vmId = opts["vm-id"];
+  const log = new JsonLogger(vmId === undefined ? {} : { vm: vmId });
+  const metrics = new VmmMetrics();
+  let metricsFile: MetricsFile | undefined;
+  const configureLogger = async (l: FcLogger): Promise<void> => {
+    await log.configure({
+      level: l.level,
+      ...(l.log_path === undefined ? {} : { path: l.log_path }),
+      ...(l.module === undefined ? {} : { module: l.module }),
     });
-  } catch (err) {
-    if (err instanceof BootError) throw new Error(`cannot boot '${opts.kernel}': ${err.message}`);
-    throw err;
+  };
+  const configureMetrics = async (path: string): Promise<void> => {
+    const f = new MetricsFile(path, () => metrics.text());
+    await f.check();
+    f.start(undefined, (err) => log.warn("metrics", err.message));
+    metricsFile = f;
+  };
+  const logPath = opts["log-path"];
+  if (resources.logger !== undefined) await configureLogger(resources.logger);
+  if (logPath !== undefined || plan.logLevel !== undefined) {
+    await configureLogger({
+      level: plan.logLevel ?? "Info",
+      show_level: true,
+      show_log_origin: false,
+      ...(logPath === undefined ? {} : { log_path: checkPathArg("--log-path", logPath) }),
+    });
   }
-  const vm = machine;
-  const com1 = vm.device("com1");
-  const serial = com1 instanceof Serial16550 ? com1 : undefined;
+  const metricsPath = opts["metrics-path"] ?? resources.metrics?.metrics_path;
+  if (metricsPath !== undefined) {
+    await configureMetrics(checkPathArg("--metrics-path", metricsPath));
+    resources.metrics = { metrics_path: metricsPath };
+  }
+
+  const launchOptions: LaunchOptions = {
+    devices: (memMiB) =>
+      defaultDeviceSpecs({
+        memMiB,
+        serialOut: serialOut === undefined ? "stdout" : { path: serialOut },
+        serialIn: true,
+        ...(opts["debug-exit"] === undefined ? {} : { debugExitPort: opts["debug-exit"] }),
+      }),
+    defaultCmdline: DEFAULT_CMDLINE,
+    ...(plan.identity === undefined ? {} : { identity: plan.identity }),
+  };
+  const ctl = new VmController({
+    ...(vmId === undefined ? {} : { id: vmId }),
+    resources,
+    launch: async (r) => {
+      const machine = await launchMachine(r, launchOptions);
+      metrics.machine = machine;
+      log.info("run", "vm started", {
+        vcpus: machine.vcpuCount,
+        mem_mib: machine.memory.size / (1024 * 1024),
+        kernel: r.bootSource?.kernel_image_path,
+      });
+      return machineApiVm(machine);
+    },
+  });
+  const observability: ApiObservability = {
+    metricsText: () => metrics.text(),
+    configureLogger,
+    configureMetrics: (m) => configureMetrics(m.metrics_path),
+    flushMetrics: async () => {
+      if (metricsFile === undefined) {
+        throw new VmConfigError(
+          "the metrics system is not configured (PUT /metrics or --metrics-path)",
+        );
+      }
+      await metricsFile.flush();
+    },
+  };
+
   let api: ApiServer | undefined;
   let signalled: Deno.Signal | undefined;
   const onSignal = (sig: Deno.Signal) => () => {
     signalled ??= sig;
-    void vm.stop();
+    log.info("run", "signal", { signal: sig });
+    void ctl.shutdown();
   };
   const onInt = onSignal("SIGINT");
   const onTerm = onSignal("SIGTERM");
   const tty = Deno.stdin.isTerminal();
   let stopped = false;
-  const flusher = serial === undefined ? undefined : setInterval(() => serial.flush(), FLUSH_MS);
+  let flusher: ReturnType<typeof setInterval> | undefined;
+  let serial: Serial16550 | undefined;
+  let machine: Machine | undefined;
   try {
     Deno.addSignalListener("SIGINT", onInt);
     Deno.addSignalListener("SIGTERM", onTerm);
-    if (opts["api-sock"] !== undefined) api = await startApiServer(opts["api-sock"], vm);
+    // With a kernel or config file the VM is running before the socket appears (as
+    // Firecracker builds it before serving requests); else the socket waits for InstanceStart.
+    if (plan.bootNow) {
+      try {
+        await ctl.start();
+      } catch (err) {
+        // The launch error, without the API's "cannot start the microVM: " prefix.
+        throw new Error((err as Error).message.replace(/^cannot start the microVM: /, ""));
+      }
+    }
+    const sock = opts["api-sock"];
+    if (sock !== undefined) {
+      api = await startApiServer(checkPathArg("--api-sock", sock), ctl, {
+        observability,
+        onExchange: (e) => {
+          metrics.request(e);
+          log.debug("api", "request", {
+            method: e.method,
+            path: e.path,
+            status: e.status,
+            ms: e.ms,
+          });
+        },
+      });
+      log.info("api", "listening", { socket: sock });
+    }
+    if (!plan.bootNow) log.info("run", "waiting for InstanceStart", {});
+    const vm = await ctl.launched();
+    machine = vm?.machine;
+    if (machine === undefined) {
+      // Shut down (API Shutdown or a signal) before anything started.
+      const code = signalled === undefined
+        ? Exit.OK
+        : signalled === "SIGINT"
+        ? Exit.SIGINT
+        : Exit.SIGTERM;
+      const reason = signalled === undefined ? "shut down before start" : `stopped by ${signalled}`;
+      if (json) console.log(JSON.stringify(kebabKeys({ status: 0, reason, exitCode: code })));
+      if (code !== 0) console.error(`vmkit run: ${reason}`);
+      return code;
+    }
+    const m = machine;
+    if (signalled !== undefined) void m.stop(); // a signal while the machine was being built
+    const com1 = m.device("com1");
+    serial = com1 instanceof Serial16550 ? com1 : undefined;
+    const com = serial;
+    if (com !== undefined) flusher = setInterval(() => com.flush(), FLUSH_MS);
     if (tty) Deno.stdin.setRaw(true);
-    await vm.start();
-    if (serial !== undefined) {
-      pumpStdin(serial, tty, () => stopped, () => void vm.stop()).catch((err: unknown) => {
+    if (com !== undefined) {
+      pumpStdin(com, tty, () => stopped, () => void m.stop()).catch((err: unknown) => {
         console.error(`vmkit run: reading stdin failed: ${(err as Error).message}`);
       });
     }
-    const exit = await vm.wait();
+    const watch = opts.netguard === undefined
+      ? undefined
+      : await startNetguard(opts.netguard, vmId ?? "vm", m, resources, log, metrics);
+    let exit;
+    try {
+      exit = await m.wait();
+    } finally {
+      await watch?.[Symbol.asyncDispose]();
+    }
     stopped = true;
     const code = signalled !== undefined
       ? (signalled === "SIGINT" ? Exit.SIGINT : Exit.SIGTERM)
@@ -199,6 +487,7 @@ async function run(opts: RunOptions, json: boolean): Promise<number> {
       ? Exit.FAILURE
       : exit.status & 0xff;
     const reason = signalled !== undefined ? `stopped by ${signalled}` : exit.reason;
+    log.info("run", "vm stopped", { status: exit.status, reason, exit_code: code });
     if (json) {
       serial?.flush();
       console.log(JSON.stringify(kebabKeys({ status: exit.status, reason, exitCode: code })));
@@ -213,6 +502,32 @@ async function run(opts: RunOptions, json: boolean): Promise<number> {
     Deno.removeSignalListener("SIGINT", onInt);
     Deno.removeSignalListener("SIGTERM", onTerm);
     await api?.close();
-    await vm[Symbol.asyncDispose]();
+    await (machine ?? metrics.machine)?.[Symbol.asyncDispose]();
+    try {
+      await metricsFile?.close();
+    } catch (err) {
+      console.error(`vmkit run: ${(err as Error).message}`);
+    }
+    await log.close();
   }
+}
+
+/** Starts netguard on the VM's NICs (`--netguard [POLICY]`). */
+async function startNetguard(
+  policy: string,
+  vmId: string,
+  machine: Machine,
+  resources: VmResources,
+  log: JsonLogger,
+  metrics: VmmMetrics,
+): Promise<AsyncDisposable> {
+  const { defaultConfig, loadConfigFile, NetGuard } = await import("../netguard/mod.ts");
+  const { VmNetWatch } = await import("../vmm/net_guard.ts");
+  if (policy !== "") await checkHostFile(policy, "--netguard policy");
+  const guard = new NetGuard(policy === "" ? defaultConfig() : await loadConfigFile(policy));
+  guard.onEvent((e) => {
+    if (e.event !== "stats") log.info("netguard", e.event, { ...e });
+  });
+  metrics.guard = guard;
+  return await VmNetWatch.start(guard, vmId, machine, resources.ioConfig().nets);
 }

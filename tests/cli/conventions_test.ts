@@ -193,7 +193,7 @@ Deno.test("bash completion, generated from the option tables, completes commands
     assert.deepEqual(await complete("vmkit", "disk", "create", "--backing-"), ["--backing-format"]);
     assert.deepEqual(await complete("vmkit", "disk", "create", "--format", ""), ["qcow2", "raw"]);
     assert.deepEqual(await complete("vmkit", "disk", "info", "im"), ["img.qcow2"]);
-    assert.deepEqual(await complete("vmkit", "run", "--v"), ["--vcpus"]);
+    assert.deepEqual(await complete("vmkit", "run", "--v"), ["--vcpus", "--vm-id"]);
     assert.deepEqual(await complete("vmkit", "disk", "copy", "--output", "j"), ["json"]);
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -11,6 +11,9 @@
  *   mode=triple   zero-limit IDT + int3: triple fault
  *   mode=pio:N    N writes to port 0x80, then debug-exit 0
  *   mode=smp:N    starts the APs by INIT-SIPI-SIPI, waits for N CPUs, "smp ok N"
+ *   mode=kbd      "kbd ready", then prints the first 4 i8042 keyboard bytes as
+ *                 "kbd XX XX XX XX"; on Ctrl-Alt-Del (set 1 or set 2 make codes)
+ *                 prints "ctrl-alt-del" and resets through the i8042, as Linux does
  *   mode=demo     a tour: memory map, command line, CPU vendor, a computation
  *   mode=net      virtio-net driver answering ARP and ICMP echo (virtio_net.c)
  *   mode=seq:N    "seq ready", then forever writes sequence numbers over N pages
@@ -299,6 +302,35 @@ static void __attribute__((noreturn)) spin(void)
 	}
 }
 
+/* Polls the i8042 for keyboard bytes (no IRQ needed), as a BIOS-less kernel's early driver would. */
+static void __attribute__((noreturn)) kbd(void)
+{
+	static const uint8_t set1[4] = {0x1d, 0x38, 0xe0, 0x53};
+	static const uint8_t set2[4] = {0x14, 0x11, 0xe0, 0x71};
+	uint8_t got[4];
+	struct line l = {.len = 0};
+	puts_serial("kbd ready\n");
+	for (unsigned n = 0; n < 4;) {
+		if (inb(0x64) & 1)
+			got[n++] = inb(0x60);
+	}
+	add_str(&l, "kbd");
+	int is1 = 1, is2 = 1;
+	for (unsigned i = 0; i < 4; i++) {
+		static const char hex[] = "0123456789abcdef";
+		char b[4] = {' ', hex[got[i] >> 4], hex[got[i] & 15], 0};
+		add_str(&l, b);
+		is1 &= got[i] == set1[i];
+		is2 &= got[i] == set2[i];
+	}
+	emit(&l);
+	if (is1 || is2) {
+		puts_serial("ctrl-alt-del\n");
+		poweroff();
+	}
+	debug_exit(4);
+}
+
 static void __attribute__((noreturn)) pio(uint32_t n)
 {
 	for (uint32_t i = 0; i < n; i++)
@@ -486,6 +518,8 @@ void guest_main(const struct boot_info *bi)
 		poweroff();
 	if (starts_with(mode, "triple"))
 		triple_fault();
+	if (starts_with(mode, "kbd") && mode[3] == 0)
+		kbd();
 	if (starts_with(mode, "pio:"))
 		pio(parse_dec(mode + 4));
 	if (starts_with(mode, "smp:"))

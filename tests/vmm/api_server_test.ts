@@ -58,7 +58,7 @@ Deno.test("api rejects bad JSON, unknown fields and bad states with 400 and a fa
       ["PATCH", "/vm", { state: "Paused", extra: 1 }, /unknown field 'extra'/],
       ["PATCH", "/vm", { state: "Sleeping" }, /'state' must be "Paused" or "Resumed"/],
       ["PATCH", "/vm", {}, /got undefined/],
-      ["PUT", "/actions", { action_type: "Reboot" }, /'action_type' must be "Shutdown"/],
+      ["PUT", "/actions", { action_type: "Reboot" }, /'action_type' must be one of .*Shutdown/],
       ["PUT", "/actions", { action_type: "Shutdown", now: true }, /unknown field 'now'/],
       ["PUT", "/actions", "x".repeat(70 * 1024), /exceeds 65536/],
     ];

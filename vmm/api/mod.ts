@@ -20,11 +20,40 @@ export {
   apiHandler,
   type ApiServer,
   type ApiServerOptions,
-  machineRoutes,
-  serialQueue,
   serveApiRoutes,
   startApiServer,
 } from "./server.ts";
+export { serialQueue } from "./serial.ts";
+export {
+  type ApiVm,
+  type DriveUpdate,
+  type InstanceState,
+  type NetUpdate,
+  POST_BOOT_MESSAGE,
+  PRE_BOOT_MESSAGE,
+  VmController,
+  type VmControllerOptions,
+  type VmLauncher,
+} from "./controller.ts";
+export { API_EXTENSIONS, type ApiRouteFactory } from "./extensions.ts";
+export { type ApiObservability, firecrackerRoutes } from "./fc_routes.ts";
+export {
+  LaunchError,
+  launchMachine,
+  type LaunchOptions,
+  machineApiVm,
+  machineConfigFrom,
+} from "./launch.ts";
+export { checkDrivePath, checkHostFile, checkIscsiUrl } from "./host_files.ts";
+export * from "./vm_config.ts";
+export {
+  driveConfig,
+  type FullVmConfiguration,
+  isIscsiUrl,
+  netConfig,
+  rateLimiterConfig,
+  VmResources,
+} from "./vm_resources.ts";
 export { ApiServerError, listenPrivateUnix, type PrivateUnixListener } from "./socket.ts";
 export {
   type ApiContext,

@@ -57,6 +57,10 @@ const KBD_RESET = 0xff;
 const KBD_IDENTIFY = 0xf2;
 const KBD_ECHO = 0xee;
 
+/** Make codes of Left Ctrl, Left Alt and Delete in scan code set 1 (translated) and set 2. */
+const CTRL_ALT_DEL_SET1 = [0x1d, 0x38, 0xe0, 0x53];
+const CTRL_ALT_DEL_SET2 = [0x14, 0x11, 0xe0, 0x71];
+
 const OUTP_RESET_RELEASED = 0x01;
 const OUTP_A20 = 0x02;
 
@@ -154,6 +158,21 @@ export class I8042 implements Device {
       s[S_STATUS] = (s[S_STATUS] ?? 0) & ~STATUS_CMD;
       this.#data(v);
     }
+  }
+
+  /**
+   * Presses Ctrl-Alt-Del on the keyboard (Firecracker's `SendCtrlAltDel`):
+   * queues the make codes of Ctrl, Alt and Delete — scan code set 1 when the
+   * command byte has translation on (as Linux leaves it), else set 2 — and
+   * raises IRQ 1 if enabled. Returns false, queueing nothing, when the output
+   * buffer has no room for all four bytes. Call under the bus lock.
+   */
+  sendCtrlAltDel(): boolean {
+    const s = this.#s;
+    if (Math.min(s[S_Q_COUNT] ?? 0, Q_BYTES) + 4 > Q_BYTES) return false;
+    const xlate = ((s[S_CTR] ?? 0) & CTR_XLATE) !== 0;
+    for (const b of xlate ? CTRL_ALT_DEL_SET1 : CTRL_ALT_DEL_SET2) this.#push(b);
+    return true;
   }
 
   /** Saves the controller state. */
