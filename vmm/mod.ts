@@ -155,11 +155,3 @@ export {
   writeAcpi,
   writeVmGenId,
 } from "./acpi/mod.ts";
-export type {
-  DriveBackend,
-  DriveConfig,
-  NetConfig,
-  RateLimiterConfig,
-  StorageIdentityConfig,
-  TokenBucketConfig,
-} from "./io_config.ts";
