@@ -93,6 +93,25 @@ export interface DetectorConfig {
   clearForMs: number;
   /** The adaptive (EWMA + CUSUM) detector. */
   adaptive: AdaptiveConfig;
+  /** How traffic of working TCP connections is kept out of the volumetric detectors. */
+  established: EstablishedConfig;
+}
+
+/**
+ * Volume alone from a few established, acknowledged TCP flows (a bulk copy,
+ * a backup, parallel streams between two hosts) is not a DoS indication:
+ * the `pps` and `bps` thresholds and the adaptive packet-rate detector count
+ * only the traffic that is not part of such flows, as long as those flows
+ * come from at most `maxPeers` host pairs. Protocol floods (SYN, UDP, ICMP,
+ * RST, fragments) are judged as before.
+ */
+export interface EstablishedConfig {
+  /** Whether established traffic is discounted. */
+  enabled: boolean;
+  /** A flow counts as acknowledged while an ACK number advanced within this many ms. */
+  ackWindowMs: number;
+  /** More host pairs than this with established flows is spread traffic: nothing is discounted. */
+  maxPeers: number;
 }
 
 /** EWMA baseline with a one-sided CUSUM on the SYN and packet-rate series. */
@@ -205,6 +224,7 @@ export function defaultConfig(): NetguardConfig {
       clearRatio: 0.5,
       clearForMs: 500,
       adaptive: { enabled: true, alpha: 0.01, k: 3, h: 30, minPps: 2_000, warmupMs: 2_000 },
+      established: { enabled: true, ackWindowMs: 1_000, maxPeers: 32 },
     },
     policy: {
       actions: { inbound: defaultActions(), outbound: defaultActions() },
@@ -363,7 +383,15 @@ export function parseConfig(x: unknown): NetguardConfig {
     if (!isObject(o)) throw new ConfigError("detector", "must be an object");
     checkKeys(
       o,
-      ["windowMs", "bucketMs", "exceededForMs", "clearRatio", "clearForMs", "adaptive"],
+      [
+        "windowMs",
+        "bucketMs",
+        "exceededForMs",
+        "clearRatio",
+        "clearForMs",
+        "adaptive",
+        "established",
+      ],
       "detector",
     );
     const bucketMs = num(o, "bucketMs", "detector", 1, 10_000, d.detector.bucketMs);
@@ -393,6 +421,21 @@ export function parseConfig(x: unknown): NetguardConfig {
         warmupMs: num(a, "warmupMs", p, 0, 3_600_000, adaptive.warmupMs),
       };
     }
+    let established = d.detector.established;
+    if (o.established !== undefined) {
+      const e = o.established;
+      const p = "detector.established";
+      if (!isObject(e)) throw new ConfigError(p, "must be an object");
+      checkKeys(e, ["enabled", "ackWindowMs", "maxPeers"], p);
+      if (e.enabled !== undefined && typeof e.enabled !== "boolean") {
+        throw new ConfigError(`${p}.enabled`, "must be true or false");
+      }
+      established = {
+        enabled: e.enabled ?? established.enabled,
+        ackWindowMs: num(e, "ackWindowMs", p, 1, 600_000, established.ackWindowMs),
+        maxPeers: num(e, "maxPeers", p, 0, 4096, established.maxPeers),
+      };
+    }
     detector = {
       windowMs,
       bucketMs,
@@ -400,6 +443,7 @@ export function parseConfig(x: unknown): NetguardConfig {
       clearRatio: num(o, "clearRatio", "detector", 0, 1, d.detector.clearRatio),
       clearForMs: num(o, "clearForMs", "detector", 0, 3_600_000, d.detector.clearForMs),
       adaptive,
+      established,
     };
   }
   let policy = d.policy;

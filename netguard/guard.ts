@@ -20,6 +20,7 @@ import {
 } from "./config.ts";
 import { VmRegistryError } from "./errors.ts";
 import type { DecisionEvent, NetguardEvent, StatsEvent } from "./events.ts";
+import { ConnTracker } from "./conn_tracker.ts";
 import { DirectionMonitor, type TransitionReport } from "./monitor.ts";
 import { PacketClass, PacketInfo } from "./packet.ts";
 import { PACKET_OUTGOING, parseLinkFrame } from "./pcap.ts";
@@ -334,6 +335,8 @@ export class NetGuard {
     }
     let pair = rec.monitors.get(iface);
     if (pair === undefined) {
+      // One TCP flow table per interface: both directions' monitors feed it.
+      const conns = new ConnTracker(this.config.detector.established.ackWindowMs);
       const mk = (d: Direction): MonitorRecord => {
         const m = new DirectionMonitor(
           vmId,
@@ -343,6 +346,7 @@ export class NetGuard {
           this.config.detector,
           this.#whitelist,
           this.config.samples,
+          conns,
         );
         m.onTransition = (mon, r) => this.#onTransition(mon, r);
         if (this.#now > 0) m.advance(this.#now);

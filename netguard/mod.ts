@@ -50,6 +50,7 @@ export * from "./events.ts";
 export * from "./sliding_window.ts";
 export * from "./top_k.ts";
 export * from "./flow_table.ts";
+export * from "./conn_tracker.ts";
 export * from "./detectors.ts";
 export * from "./token_bucket.ts";
 export * from "./monitor.ts";

@@ -8,6 +8,7 @@
  */
 
 import type { AttackKind, DetectorConfig, Direction, Thresholds } from "./config.ts";
+import { ConnTracker } from "./conn_tracker.ts";
 import { CusumDetector, ThresholdDetector, Transition } from "./detectors.ts";
 import type { Evidence, SamplePacket, Talker } from "./events.ts";
 import { finish32, FlowTable, mix32 } from "./flow_table.ts";
@@ -113,6 +114,8 @@ export class DirectionMonitor {
   readonly #det: DetectorConfig;
   readonly #whitelist: PrefixSet;
   readonly #flows = new FlowTable(16, 10_000);
+  readonly #conns: ConnTracker;
+  readonly #trackConns: boolean;
   readonly #kinds: KindState[];
   readonly #cusumSyn: CusumDetector;
   readonly #cusumPps: CusumDetector;
@@ -129,7 +132,11 @@ export class DirectionMonitor {
   readonly #samplesPer: number;
   readonly #scratch = new PacketInfo();
 
-  /** Creates a monitor; `samples` packets per attack kind are kept as evidence. */
+  /**
+   * Creates a monitor; `samples` packets per attack kind are kept as
+   * evidence. `conns` is shared with the monitor of the other direction of
+   * the same interface, so it sees both ends of every TCP flow.
+   */
   constructor(
     vm: string,
     iface: string,
@@ -138,7 +145,10 @@ export class DirectionMonitor {
     detector: DetectorConfig,
     whitelist: PrefixSet,
     samples: number,
+    conns: ConnTracker = new ConnTracker(detector.established.ackWindowMs),
   ) {
+    this.#conns = conns;
+    this.#trackConns = detector.established.enabled;
     this.vm = vm;
     this.iface = iface;
     this.direction = direction;
@@ -231,7 +241,8 @@ export class DirectionMonitor {
       c.add(Metric.fragments, 1);
       t[Metric.fragments] = (t[Metric.fragments] ?? 0) + 1;
     }
-    if (info.proto === PROTO_TCP && !info.laterFragment && cls !== PacketClass.malformed) {
+    const tcp = info.proto === PROTO_TCP && !info.laterFragment && cls !== PacketClass.malformed;
+    if (tcp) {
       c.add(Metric.tcp, 1);
       if ((info.tcpFlags & 0x10) !== 0) c.add(Metric.ack, 1);
     }
@@ -245,6 +256,13 @@ export class DirectionMonitor {
         mix32(mix32(info.proto, info.src4), info.dst4),
         (info.srcPort << 16) | info.dstPort,
       );
+      if (
+        tcp && this.#trackConns &&
+        this.#conns.observe(buf, info, info.src4 | 0, info.dst4 | 0, nowMs)
+      ) {
+        c.add(Metric.establishedPackets, 1);
+        c.add(Metric.establishedBytes, wireLen);
+      }
       if (talk) {
         this.sources.offer(info.src4, TOP_SAMPLE, buf, info.srcOff, 4);
         this.destinations.offer(info.dst4, TOP_SAMPLE, buf, info.dstOff, 4);
@@ -253,6 +271,10 @@ export class DirectionMonitor {
       const hs = hash16(buf, info.srcOff);
       const hd = hash16(buf, info.dstOff);
       h = mix32(mix32(mix32(info.proto, hs), hd), (info.srcPort << 16) | info.dstPort);
+      if (tcp && this.#trackConns && this.#conns.observe(buf, info, hs, hd, nowMs)) {
+        c.add(Metric.establishedPackets, 1);
+        c.add(Metric.establishedBytes, wireLen);
+      }
       if (talk) {
         this.sources.offer(4294967296 + (hs >>> 0), TOP_SAMPLE, buf, info.srcOff, 16);
         this.destinations.offer(4294967296 + (hd >>> 0), TOP_SAMPLE, buf, info.dstOff, 16);
@@ -398,11 +420,25 @@ export class DirectionMonitor {
     const c = this.counters;
     const t = this.#thresholds;
     const syn = c.rate(Metric.syn);
-    const ack = c.rate(Metric.ack);
+    // SYNs are weighed against the ACKs that complete handshakes, not against the ACKs of
+    // connections already working: a bulk transfer must not hide a SYN flood.
+    const est = this.#det.established;
+    const ack = Math.max(
+      0,
+      c.rate(Metric.ack) - (est.enabled ? c.rate(Metric.establishedPackets) : 0),
+    );
     const synShare = syn + ack > 0 ? syn / (syn + ack) : 0;
+    // Volume of working connections between few host pairs is not an attack by itself.
+    const discount = est.enabled && c.sum(Metric.establishedPackets) > 0 &&
+      this.#conns.spread(now, est.maxPeers) <= est.maxPeers;
     for (const k of this.#kinds) {
       const limit = this.#limitOf(k.kind, t);
-      const value = c.rate(k.metric) * k.scale;
+      let value = c.rate(k.metric) * k.scale;
+      if (discount && k.metric === Metric.packets) value -= c.rate(Metric.establishedPackets);
+      else if (discount && k.metric === Metric.bytes) {
+        value -= c.rate(Metric.establishedBytes) * k.scale;
+      }
+      if (value < 0) value = 0;
       let over = limit > 0 && value >= limit;
       if (k.kind === "syn_flood") over = over && synShare >= t.synRatio;
       const under = limit <= 0 || value < limit * k.detector.clearRatio;
@@ -420,7 +456,10 @@ export class DirectionMonitor {
       });
     }
     if (!this.#det.adaptive.enabled) return;
-    const pps = c.rate(Metric.packets);
+    const pps = Math.max(
+      0,
+      c.rate(Metric.packets) - (discount ? c.rate(Metric.establishedPackets) : 0),
+    );
     // A SYN surge with normal handshakes (ACKs) is a busy service, not a flood.
     const synValue = synShare >= t.synRatio ? syn : 0;
     this.#cusumStep(this.#cusumSyn, "syn_flood", now, synValue);

@@ -20,10 +20,14 @@ export const Metric = {
   newFlows: 9,
   tcp: 10,
   malformed: 11,
+  /** Packets of established, acknowledged TCP flows (see `conn_tracker.ts`). */
+  establishedPackets: 12,
+  /** Bytes of established, acknowledged TCP flows. */
+  establishedBytes: 13,
 } as const;
 
 /** Number of series in {@link Metric}. */
-export const METRIC_COUNT = 12;
+export const METRIC_COUNT = 14;
 
 /** Names of {@link Metric} series, indexed by value. */
 export const METRIC_NAMES: readonly string[] = [
@@ -39,6 +43,8 @@ export const METRIC_NAMES: readonly string[] = [
   "new_flows",
   "tcp",
   "malformed",
+  "established_packets",
+  "established_bytes",
 ];
 
 /** {@link METRIC_COUNT} series over a window of `buckets × bucketMs`. */

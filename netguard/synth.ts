@@ -23,6 +23,10 @@ export interface FrameSpec {
   dport?: number;
   /** TCP flags byte (default SYN). */
   flags?: number;
+  /** TCP sequence number (default 0x01020304). */
+  seq?: number;
+  /** TCP acknowledgement number (default 0). */
+  ack?: number;
   /** Payload bytes after the L4 header (default none). */
   payload?: number;
   /** 802.1Q VLAN id to tag with. */
@@ -108,7 +112,8 @@ export function buildFrame(spec: FrameSpec): Uint8Array<ArrayBuffer> {
   if (spec.proto === "tcp") {
     v.setUint16(l4, spec.sport ?? 40000, false);
     v.setUint16(l4 + 2, spec.dport ?? 80, false);
-    v.setUint32(l4 + 4, 0x01020304, false);
+    v.setUint32(l4 + 4, (spec.seq ?? 0x01020304) >>> 0, false);
+    v.setUint32(l4 + 8, (spec.ack ?? 0) >>> 0, false);
     v.setUint8(l4 + 12, 5 << 4);
     v.setUint8(l4 + 13, spec.flags ?? 0x02);
     v.setUint16(l4 + 14, 64240, false);
@@ -146,6 +151,10 @@ export interface Trace {
   frames: Uint8Array<ArrayBuffer>[];
   /** Timestamp of each frame, ms. */
   tsMs: number[];
+  /** Whether each frame goes from the victim (outbound); else to it. */
+  outbound: boolean[];
+  /** Length of each frame on the wire (a TSO segment is longer than the bytes kept). */
+  wireLen: number[];
 }
 
 /** Parameters of {@link synthesizeTrace}. */
@@ -162,21 +171,30 @@ export interface TraceSpec {
   victim: string;
   /** Attack: kind, start offset (ms), length (ms), rate (pps); omitted for a benign trace. */
   attack?: { kind: "syn" | "udp" | "icmp"; atMs: number; forMs: number; pps: number };
+  /**
+   * A bulk upload to the victim over one established connection for the
+   * whole trace: `segmentsPerSec` data segments of `wireBytes` each on the
+   * wire (TSO-sized as a veth shows them), each acknowledged by the victim.
+   */
+  bulk?: { segmentsPerSec: number; wireBytes: number };
 }
 
 /**
- * Generates benign established-TCP traffic to `victim` plus, optionally, a
- * flood from random (spoofed) sources, with exact timestamps.
+ * Generates benign established-TCP traffic to `victim`, optionally a bulk
+ * upload over one acknowledged connection, and optionally a flood from
+ * random (spoofed) sources, with exact timestamps.
  */
 export function synthesizeTrace(spec: TraceSpec): Trace {
   const rnd = prng(spec.seed);
-  const events: { t: number; f: Uint8Array<ArrayBuffer> }[] = [];
+  const events: { t: number; f: Uint8Array<ArrayBuffer>; out: boolean; wire: number }[] = [];
+  const push = (t: number, f: Uint8Array<ArrayBuffer>, out = false, wire = f.length) =>
+    events.push({ t, f, out, wire });
   const clients = 16;
   for (let t = 0; spec.benignPps > 0 && t < spec.durationMs; t += 1000 / spec.benignPps) {
     const c = Math.floor(rnd() * clients);
-    events.push({
-      t: spec.startMs + t,
-      f: buildFrame({
+    push(
+      spec.startMs + t,
+      buildFrame({
         src: `192.0.2.${c + 1}`,
         dst: spec.victim,
         proto: "tcp",
@@ -185,7 +203,45 @@ export function synthesizeTrace(spec: TraceSpec): Trace {
         flags: 0x18,
         payload: 200,
       }),
-    });
+    );
+  }
+  const b = spec.bulk;
+  if (b !== undefined && b.segmentsPerSec > 0) {
+    const client = "192.0.2.200";
+    let seq = 1 + Math.floor(rnd() * 2 ** 31);
+    const ack = 1 + Math.floor(rnd() * 2 ** 31);
+    const tcp = (out: boolean, flags: number, s: number, a: number) =>
+      out
+        ? buildFrame({
+          src: spec.victim,
+          dst: client,
+          proto: "tcp",
+          sport: 5201,
+          dport: 41000,
+          flags,
+          seq: s,
+          ack: a,
+        })
+        : buildFrame({
+          src: client,
+          dst: spec.victim,
+          proto: "tcp",
+          sport: 41000,
+          dport: 5201,
+          flags,
+          seq: s,
+          ack: a,
+        });
+    const t0 = spec.startMs;
+    push(t0, tcp(false, 0x02, seq - 1, 0));
+    push(t0 + 0.05, tcp(true, 0x12, ack - 1, seq));
+    push(t0 + 0.1, tcp(false, 0x10, seq, ack));
+    const payload = b.wireBytes - 54;
+    for (let t = 0.2; t < spec.durationMs; t += 1000 / b.segmentsPerSec) {
+      push(t0 + t, tcp(false, 0x10, seq, ack), false, b.wireBytes);
+      seq = (seq + payload) >>> 0;
+      push(t0 + t + 0.01, tcp(true, 0x10, ack, seq), true);
+    }
   }
   const a = spec.attack;
   if (a !== undefined) {
@@ -197,9 +253,14 @@ export function synthesizeTrace(spec: TraceSpec): Trace {
         : a.kind === "udp"
         ? buildFrame({ src, dst: spec.victim, proto: "udp", sport, dport: 53, payload: 32 })
         : buildFrame({ src, dst: spec.victim, proto: "icmp", payload: 56 });
-      events.push({ t: spec.startMs + t, f });
+      push(spec.startMs + t, f);
     }
   }
   events.sort((x, y) => x.t - y.t);
-  return { frames: events.map((e) => e.f), tsMs: events.map((e) => e.t) };
+  return {
+    frames: events.map((e) => e.f),
+    tsMs: events.map((e) => e.t),
+    outbound: events.map((e) => e.out),
+    wireLen: events.map((e) => e.wire),
+  };
 }

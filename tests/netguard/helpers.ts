@@ -136,3 +136,38 @@ export async function waitFor(cond: () => boolean, timeoutMs: number): Promise<b
   }
   return cond();
 }
+
+/** Starts tcpdump in `ns` on `iface` writing `file`; resolves once it is capturing. */
+export async function startTcpdump(
+  ns: Netns,
+  iface: string,
+  file: string,
+  snaplen = 2048,
+): Promise<Deno.ChildProcess> {
+  const p = ns.spawn(["tcpdump", "-i", iface, "-w", file, "-U", "-n", "-s", String(snaplen)]);
+  const reader = p.stderr.getReader();
+  let text = "";
+  const dec = new TextDecoder();
+  const deadline = Date.now() + 5000;
+  while (!text.includes("listening on") && Date.now() < deadline) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += dec.decode(value);
+  }
+  reader.releaseLock();
+  // Drain the rest so tcpdump never blocks on a full pipe.
+  void p.stderr.pipeTo(new WritableStream());
+  void p.stdout.pipeTo(new WritableStream());
+  if (!text.includes("listening on")) throw new Error(`tcpdump did not start: ${text}`);
+  return p;
+}
+
+/** Stops a child with SIGTERM (one that already exited is fine) and waits for it. */
+export async function stopProcess(p: Deno.ChildProcess): Promise<void> {
+  try {
+    p.kill("SIGTERM");
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err; // already exited
+  }
+  await p.status;
+}

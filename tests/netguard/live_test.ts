@@ -10,7 +10,7 @@ import {
   watchInterface,
   watchTap,
 } from "../../netguard/mod.ts";
-import { Netns, ProcessVm, run, sleep, waitFor } from "./helpers.ts";
+import { Netns, ProcessVm, run, sleep, startTcpdump, stopProcess, waitFor } from "./helpers.ts";
 
 const CLI = new URL("../../cli/main.ts", import.meta.url).pathname;
 
@@ -36,35 +36,6 @@ function actions(events: NetguardEvent[]): string[] {
   return events
     .filter((e): e is DecisionEvent => e.event === "decision")
     .map((e) => `${e.action}:${e.kind}:${e.targets.join(",")}`);
-}
-
-/** Starts tcpdump in `ns` on `iface` writing `file`; resolves once it is capturing. */
-async function startTcpdump(ns: Netns, iface: string, file: string): Promise<Deno.ChildProcess> {
-  const p = ns.spawn(["tcpdump", "-i", iface, "-w", file, "-U", "-n", "-s", "2048"]);
-  const reader = p.stderr.getReader();
-  let text = "";
-  const dec = new TextDecoder();
-  const deadline = Date.now() + 5000;
-  while (!text.includes("listening on") && Date.now() < deadline) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += dec.decode(value);
-  }
-  reader.releaseLock();
-  // Drain the rest so tcpdump never blocks on a full pipe.
-  void p.stderr.pipeTo(new WritableStream());
-  void p.stdout.pipeTo(new WritableStream());
-  if (!text.includes("listening on")) throw new Error(`tcpdump did not start: ${text}`);
-  return p;
-}
-
-async function stopProcess(p: Deno.ChildProcess): Promise<void> {
-  try {
-    p.kill("SIGTERM");
-  } catch (err) {
-    if (!(err instanceof TypeError)) throw err; // already exited
-  }
-  await p.status;
 }
 
 const HPING_ARGS: Record<"syn" | "udp" | "icmp", string[]> = {
