@@ -22,7 +22,7 @@ import { formatEndpoint, parseEndpoint } from "../dsm/transport.ts";
 import { command, type Entry } from "./command.ts";
 import { Exit } from "./exit.ts";
 import { flag, int, list, str } from "./options.ts";
-import { UsageError } from "./usage.ts";
+import { checkPathArg, UsageError } from "./usage.ts";
 
 const PROGRAMS = `PROGRAM: ${Object.keys(BUILTIN_PROGRAMS).join(", ")}, or the path of a module
 whose named export 'program' is a DsmProgram (see dsm/program.ts).`;
@@ -80,6 +80,8 @@ const node = command({
     const o = ctx.values;
     if (o.listen === undefined) throw new UsageError("--listen HOST:PORT is required");
     if (o.program === undefined) throw new UsageError("--program NAME|PATH is required");
+    checkPathArg("--program", o.program);
+    if (o["secret-file"] !== undefined) checkPathArg("--secret-file", o["secret-file"]);
     const listen = fromArgs(() => parseEndpoint(o.listen ?? ""));
     const args = {
       listen,
@@ -123,6 +125,7 @@ const run = command({
   async run(ctx) {
     const o = ctx.values;
     const [name = ""] = ctx.positionals;
+    checkPathArg("PROGRAM", name);
     if (o.nodes === undefined) throw new UsageError("--nodes N is required");
     const { program } = await loadProgram(name);
     const params = fromArgs(() => parseParams(program, o.param));

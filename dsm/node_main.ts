@@ -41,9 +41,39 @@ export interface LoadedProgram {
   program: DsmProgram;
 }
 
+/**
+ * A program module must be a regular file: importing a FIFO or a device
+ * (`/dev/zero`) would block or read forever.
+ */
+function checkProgramFile(spec: string): void {
+  const names = Object.keys(BUILTIN_PROGRAMS).join(", ");
+  if (spec.includes("\0")) {
+    throw new DsmConfigError(`program path ${JSON.stringify(spec)} contains a NUL byte`);
+  }
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(spec);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      throw new DsmConfigError(`program '${spec}' is neither a built-in (${names}) nor a file`);
+    }
+    throw new DsmConfigError(
+      `cannot read program '${spec}': ${err instanceof Error ? err.message : String(err)}`,
+    );
+  }
+  if (!st.isFile) {
+    throw new DsmConfigError(
+      `program '${spec}' is ${st.isDirectory ? "a directory" : "not a regular file"}; ` +
+        `give a built-in (${names}) or a module file`,
+    );
+  }
+}
+
 /** Resolves a built-in name or a module path to a program. */
 export async function loadProgram(spec: string): Promise<LoadedProgram> {
-  const url = BUILTIN_PROGRAMS[spec] ?? pathToFileURL(resolve(spec)).href;
+  const builtin = BUILTIN_PROGRAMS[spec];
+  if (builtin === undefined) checkProgramFile(spec);
+  const url = builtin ?? pathToFileURL(resolve(spec)).href;
   let mod: Record<string, unknown>;
   try {
     mod = await import(url);

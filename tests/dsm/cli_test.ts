@@ -111,3 +111,42 @@ Deno.test("two 'vmkit dsm node' processes given each other as peers run LU and n
   assert.doesNotMatch(b.stdout, /DSM-RESULT/);
   assert.match(b.stdout, /DSM-STATS \{"node":1,/);
 });
+
+Deno.test("vmkit dsm run on a directory, FIFO, device or non-UTF-8 program path gives one line, never hangs", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-dsm-cli-" });
+  try {
+    const fifo = `${dir}/fifo`;
+    await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    const cases: Array<[string[], RegExp]> = [
+      [["run", fifo, "--nodes", "2"], /is not a regular file/],
+      [["run", "/dev/zero", "--nodes", "2"], /is not a regular file/],
+      [["run", dir, "--nodes", "2"], /is a directory/],
+      [
+        ["node", "--listen", "127.0.0.1:1", "--program", "sor", "--secret-file", "/dev/zero"],
+        /--secret-file '\/dev\/zero' must be a regular file/,
+      ],
+    ];
+    for (const [args, re] of cases) {
+      const t0 = performance.now();
+      const r = await vmkit(...args);
+      assert.notEqual(r.code, 0, args.join(" "));
+      assert.match(r.stderr, re);
+      assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
+      assert.ok(performance.now() - t0 < 20_000, `${args.join(" ")} took too long`);
+    }
+    const out = await new Deno.Command("sh", {
+      args: [
+        "-c",
+        `exec "$0" run -A "$1" dsm run "$(printf '${dir}/p\\377.ts')" --nodes 2`,
+        Deno.execPath(),
+        MAIN,
+      ],
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.equal(out.code, 64, err);
+    assert.match(err, /not valid UTF-8/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
