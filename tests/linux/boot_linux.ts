@@ -6,10 +6,11 @@
  * e820 table, vmkit's ACPI tables (RSDP, XSDT, FACP, APIC, DSDT), the IOAPIC and
  * `Allowing 2 CPUs`, and never `Boot CPU (id 0) not listed by BIOS` or an ACPI error.
  *
- * `VMKIT_LINUX_TIMEOUT_MS` (default 90000) bounds the run. `VMKIT_LINUX_AML=1` also
- * waits for ACPICA to load the DSDT ("1 ACPI AML tables successfully acquired and
- * loaded"), which this host's emulator reaches only after about a minute of guest time
- * on a quiet machine: give it a longer timeout.
+ * `VMKIT_LINUX_TIMEOUT_MS` (default 90000) bounds the run. Linux loads the DSDT's AML
+ * only in `acpi_init` (a subsys initcall), well after this host's emulator stops the
+ * kernel (Debian's 6.1.0-57: at its FPU init, an XRSTOR the emulator cannot execute,
+ * with or without ACPI, after `ACPI: Core revision`),
+ * so the DSDT is checked by ACPICA's own tools instead (tests/vmm/acpi_iasl_test.ts).
  *
  * Opt-in and slow (the host's /dev/kvm is an instruction emulator).
  *
@@ -34,9 +35,6 @@ export const EXPECT: ReadonlyArray<{ readonly what: string; readonly re: RegExp 
   { what: "the DSDT", re: /ACPI: DSDT 0x[0-9A-F]+ [0-9A-F]+ \(v02 VMKIT {2}VMKTDSDT/ },
   { what: "the IOAPIC", re: /IOAPIC\[0\]: apic_id 0, version \d+, address 0xfec00000, GSI 0-23/ },
   { what: `${VCPUS} CPUs`, re: new RegExp(`smpboot: Allowing ${VCPUS} CPUs, 0 hotplug CPUs`) },
-  ...(Deno.env.get("VMKIT_LINUX_AML") === "1"
-    ? [{ what: "the DSDT loaded", re: /ACPI: 1 ACPI AML tables successfully acquired and loaded/ }]
-    : []),
 ];
 /** Lines that must not appear. */
 export const REFUSE: readonly RegExp[] = [
