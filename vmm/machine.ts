@@ -73,6 +73,7 @@ import {
 } from "./machine_config.ts";
 import { MachineIo, type NetInterface } from "./machine_io.ts";
 import { HostMemory } from "./memory.ts";
+import { netFamilies } from "./metrics/device_metrics.ts";
 import { MachineMetrics } from "./metrics/machine_metrics.ts";
 import {
   controlBytes,
@@ -166,6 +167,7 @@ export class Machine implements AsyncDisposable {
     this.vcpuCount = vcpus.length;
     this.bootPlan = bootPlan;
     this.metrics = new MachineMetrics(vcpus.length);
+    this.metrics.registry.add(() => netFamilies(this.nets()));
     this.#devices = devices;
     this.#bus = bus;
     this.#control = new SharedArrayBuffer(controlBytes(vcpus.length));

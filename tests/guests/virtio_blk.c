@@ -18,6 +18,13 @@
  *   blk inflight ok <n>           (n reads in flight at once, one by indirect table)
  *   blk irqs <count>
  *   blk done
+ *
+ * With `blk.again` on the command line it then prints "blk waiting", waits
+ * for a byte on COM1 (the host swapped the disk: PATCH /drives), and reads
+ * the device again:
+ *
+ *   blk again capacity <sectors>
+ *   blk again sector0 <first 24 bytes of sector 0>
  */
 #include "guest.h"
 
@@ -170,6 +177,21 @@ static uint64_t parse_num(const char **s, int *ok)
 }
 
 /* Parses the first virtio_mmio.device=<size>[K|M]@<base>:<irq>. */
+/* Whether `word` appears in the command line as a whole space-separated word. */
+static int has_word(const char *cmd, const char *word)
+{
+	for (const char *p = cmd; *p; p++) {
+		if (p != cmd && p[-1] != ' ')
+			continue;
+		const char *a = p, *b = word;
+		while (*b && *a == *b)
+			a++, b++;
+		if (!*b && (*a == 0 || *a == ' '))
+			return 1;
+	}
+	return 0;
+}
+
 static int find_device(const char *cmd, uint64_t *addr, uint32_t *irq)
 {
 	static const char key[] = "virtio_mmio.device=";
@@ -480,4 +502,16 @@ void virtio_blk_test(const char *cmdline)
 	say_num(ok && good == INFLIGHT ? "blk inflight ok " : "blk inflight failed ", good);
 	say_num("blk irqs ", irqs);
 	say("blk done", "");
+	if (!has_word(cmdline, "blk.again"))
+		return;
+	say("blk waiting", "");
+	while (poll_serial() < 0)
+		__asm__ volatile("pause");
+	say_num("blk again capacity ", cfg64(0));
+	s = do_req(0, T_IN, 0, data[0], 512, 1);
+	for (int i = 0; i < 24; i++) {
+		char c = (char)data[0][i];
+		text[i] = c >= 0x20 && c < 0x7f ? c : '.';
+	}
+	say("blk again sector0 ", s == 0 ? text : "(read failed)");
 }

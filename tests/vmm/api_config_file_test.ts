@@ -45,7 +45,7 @@ Deno.test("a Firecracker config file becomes the VM's resources and machine reco
   assert.equal(r.machine.track_dirty_pages, true);
   assert.equal(r.logger?.level, "Debug");
   assert.equal(r.metrics?.metrics_path, "fc.metrics");
-  assert.equal(r.cmdline("x"), "console=ttyS0 reboot=k panic=1 pci=off root=/dev/vda ro");
+  assert.equal(r.cmdline("x"), "console=ttyS0 reboot=k panic=1 pci=off");
   assert.deepEqual(r.ioConfig(), {
     drives: [
       {
@@ -74,6 +74,8 @@ Deno.test("a config file with a partuuid root boots root=PARTUUID=, without boot
     "drives": [{ drive_id: "r", path_on_host: "d", is_root_device: true, partuuid: "0eaa91a0-01" }],
   });
   assert.equal(r.cmdline("console=ttyS0"), "console=ttyS0 root=PARTUUID=0eaa91a0-01 rw");
+  // The machine must not add its own root=/dev/vda after it.
+  assert.equal(r.ioConfig().drives[0]?.root, false);
   assert.equal(r.machine.mem_size_mib, 128);
 });
 

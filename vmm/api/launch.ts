@@ -10,11 +10,11 @@
 import { BootError } from "../boot/errors.ts";
 import { I8042 } from "../devices/i8042.ts";
 import type { DeviceSpec } from "../devices/spec.ts";
-import type { StorageIdentityConfig } from "../io_config.ts";
+import type { DriveBackend, StorageIdentityConfig } from "../io_config.ts";
 import type { Machine, MachineConfig } from "../machine.ts";
-import type { ApiVm } from "./controller.ts";
+import type { ApiVm, DriveUpdate } from "./controller.ts";
 import { ApiFault } from "./router.ts";
-import type { VmResources } from "./vm_resources.ts";
+import { isIscsiUrl, type VmResources } from "./vm_resources.ts";
 
 /** What a launch needs besides the resources. */
 export interface LaunchOptions {
@@ -60,11 +60,9 @@ export async function machineConfigFrom(
   const boot = resources.bootSource;
   if (boot === undefined) throw new LaunchError("no boot source (kernel) is configured");
   const { drives, nets } = resources.ioConfig();
-  if (drives.length > 0 || nets.length > 0) {
-    // The machine takes drives and NICs once the virtio-blk and virtio-net devices land.
+  if (drives.some((d) => d.backend.kind === "iscsi") && opts.identity === undefined) {
     throw new LaunchError(
-      `this build has no virtio ${drives.length > 0 ? "block" : "net"} device yet ` +
-        `(${drives.length} drive(s), ${nets.length} NIC(s) configured)`,
+      "an iSCSI drive needs the VM's storage identity (a VM id and a SUI registry)",
     );
   }
   const kernel = await readHostFile("kernel", boot.kernel_image_path);
@@ -72,12 +70,18 @@ export async function machineConfigFrom(
     ? undefined
     : await readHostFile("initrd", boot.initrd_path);
   const mem = resources.machine.mem_size_mib;
+  const cmdline = resources.cmdline(opts.defaultCmdline);
   return {
     memMiB: mem,
     vcpus: resources.machine.vcpu_count,
     kernel,
-    cmdline: resources.cmdline(opts.defaultCmdline),
+    cmdline,
     devices: opts.devices(mem),
+    ...(drives.length === 0 ? {} : { drives }),
+    ...(nets.length === 0 ? {} : { nets }),
+    ...(opts.identity === undefined ? {} : { identity: opts.identity }),
+    // A command line that already names the devices is final (the caller's override).
+    ...(cmdline.includes("virtio_mmio.device=") ? { announceOnCmdline: false } : {}),
     ...(initrd === undefined ? {} : { initrd }),
     ...opts.machine,
   };
@@ -85,7 +89,8 @@ export async function machineConfigFrom(
 
 /**
  * The API's view of a running `machine`: lifecycle, Ctrl-Alt-Del through its
- * i8042 (`i8042` device), drive and NIC updates once the devices offer them.
+ * i8042 (`i8042` device), and a drive's image replaced through its disk
+ * handle (`PATCH /drives/{id}`).
  */
 export function machineApiVm(machine: Machine): ApiVm {
   return {
@@ -98,6 +103,18 @@ export function machineApiVm(machine: Machine): ApiVm {
     pause: () => machine.pause(),
     resume: () => machine.resume(),
     stop: () => machine.stop(),
+    async updateDrive(id: string, update: DriveUpdate): Promise<void> {
+      const disk = machine.disk(id);
+      if (disk === undefined) throw new ApiFault(400, `the VM has no drive '${id}'`);
+      if (update.rateLimiter !== undefined) {
+        throw new ApiFault(400, "vmkit cannot change a running drive's rate limiter yet");
+      }
+      if (update.path === undefined) return;
+      const backend: DriveBackend = isIscsiUrl(update.path)
+        ? { kind: "iscsi", url: update.path }
+        : { kind: "file", path: update.path };
+      await disk.replace(backend);
+    },
     sendCtrlAltDel(): void {
       const kbc = machine.device("i8042");
       if (!(kbc instanceof I8042)) {

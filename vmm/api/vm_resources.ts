@@ -81,7 +81,11 @@ export function isIscsiUrl(path: string): boolean {
   return /^iscsi:\/\//i.test(path);
 }
 
-/** A Firecracker drive as the machine's {@link DriveConfig}. */
+/**
+ * A Firecracker drive as the machine's {@link DriveConfig}. A root drive
+ * with a `partuuid` is not `root` to the machine (which would append
+ * `root=/dev/vda`): {@link VmResources.cmdline} names its partition instead.
+ */
 export function driveConfig(d: FcDrive): DriveConfig {
   const rateLimiter = rateLimiterConfig(d.rate_limiter);
   return {
@@ -90,7 +94,7 @@ export function driveConfig(d: FcDrive): DriveConfig {
       ? { kind: "iscsi", url: d.path_on_host }
       : { kind: "file", path: d.path_on_host },
     readOnly: d.is_read_only,
-    root: d.is_root_device,
+    root: d.is_root_device && d.partuuid === undefined,
     ...(rateLimiter === undefined ? {} : { rateLimiter }),
   };
 }
@@ -120,7 +124,7 @@ export function netConfig(n: FcNetworkInterface): NetConfig {
  *   "machine-config": { vcpu_count: 2, mem_size_mib: 256 },
  *   "drives": [{ drive_id: "rootfs", path_on_host: "root.img", is_root_device: true }],
  * });
- * console.log(r.cmdline("console=ttyS0")); // console=ttyS0 root=/dev/vda rw
+ * console.log(r.ioConfig().drives[0]?.root); // true: the machine appends root=/dev/vda rw
  * ```
  */
 export class VmResources {
@@ -206,16 +210,17 @@ export class VmResources {
   }
 
   /**
-   * The kernel command line: `boot_args` (or `fallback`), then, with a root
-   * drive, `root=/dev/vda` (or `root=PARTUUID=…`) and `ro`/`rw`, as
-   * Firecracker appends them.
+   * The kernel command line the resources give: `boot_args` (or `fallback`),
+   * and for a root drive with a `partuuid`, `root=PARTUUID=… ro|rw` as
+   * Firecracker appends it. The machine itself appends the
+   * `virtio_mmio.device=` entries and, for a root drive without a partuuid
+   * (always the first drive, `/dev/vda`), `root=/dev/vda ro|rw`.
    */
   cmdline(fallback: string): string {
     const parts = [this.bootSource?.boot_args ?? fallback];
     const root = this.drives.find((d) => d.is_root_device);
-    if (root !== undefined) {
-      parts.push(root.partuuid === undefined ? "root=/dev/vda" : `root=PARTUUID=${root.partuuid}`);
-      parts.push(root.is_read_only ? "ro" : "rw");
+    if (root?.partuuid !== undefined) {
+      parts.push(`root=PARTUUID=${root.partuuid}`, root.is_read_only ? "ro" : "rw");
     }
     return parts.filter((p) => p !== "").join(" ");
   }

@@ -1,0 +1,201 @@
+/**
+ * `vmkit run --disk/--net/--netguard` end to end (issue 9.7), and a drive
+ * swapped with `PATCH /drives/{id}` under a running guest (9.6): the suite's
+ * guests drive the virtio devices with their own drivers.
+ */
+
+import assert from "node:assert/strict";
+import { Netns, run } from "../netguard/helpers.ts";
+import { curl } from "../vmm/api_raw_client.ts";
+import { guest, vmkit } from "../vmm/run_helpers.ts";
+
+const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
+const PVH = guest("guest-pvh.elf");
+const MIB = 1024 * 1024;
+
+async function disk(path: string, text: string, bytes = MIB): Promise<void> {
+  const data = new Uint8Array(bytes);
+  data.set(new TextEncoder().encode(text));
+  await Deno.writeFile(path, data);
+}
+
+async function waitFor(what: string, cond: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+Deno.test("vmkit run --disk gives the guest a virtio-blk disk announced on its command line (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const img = `${dir}/a.img`;
+    await disk(img, "hello from disk A");
+    const rw = await vmkit(["run", "--kernel", PVH, "--cmdline", "mode=blk", "--disk", img]);
+    assert.equal(rw.code, 0, rw.stderr);
+    assert.match(rw.stdout, /^blk found base=0xd0000000 irq=5 id=2$/m);
+    assert.match(rw.stdout, /^blk sector0 hello from disk A/m);
+    assert.match(rw.stdout, /^blk write status 0$/m);
+    assert.equal((await Deno.readFile(img))[512 + 1], (1 * 7 + 3) & 0xff);
+    const ro = await vmkit([
+      "run",
+      "--kernel",
+      PVH,
+      "--cmdline",
+      "mode=blk",
+      "--disk",
+      `path=${img},readonly=on,id=ro_disk`,
+    ]);
+    assert.equal(ro.code, 0, ro.stderr);
+    assert.match(ro.stdout, /^blk sector0 hello from disk A/m);
+    assert.match(ro.stdout, /^blk write status 1$/m); // VIRTIO_BLK_S_IOERR
+    // A command line that names the device itself is taken as final: nothing is appended.
+    const own = await vmkit([
+      "run",
+      "--kernel",
+      PVH,
+      "--cmdline",
+      "mode=info virtio_mmio.device=4K@0xd0000000:5",
+      "--disk",
+      img,
+    ]);
+    assert.equal(own.code, 0, own.stderr);
+    assert.match(own.stdout, /^cmdline=mode=info virtio_mmio\.device=4K@0xd0000000:5$/m);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir();
+  const sock = `${dir}/fc.sock`;
+  const serial = `${dir}/serial.txt`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", MAIN, "run", "--api-sock", sock, "--serial-out", serial],
+    stdin: "piped",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  const stdin = child.stdin.getWriter();
+  let exited = false;
+  try {
+    await disk(`${dir}/a.img`, "this is disk A");
+    await disk(`${dir}/b.img`, "and this is disk B", 2 * MIB);
+    await waitFor("the API socket", () => Deno.lstat(sock).then(() => true, () => false));
+    const put = async (path: string, body: unknown) => {
+      const r = await curl(sock, "PUT", path, body);
+      assert.equal(r.status, 204, `${path}: ${r.body}`);
+    };
+    await put("/machine-config", { vcpu_count: 1, mem_size_mib: 64 });
+    await put("/boot-source", { kernel_image_path: PVH, boot_args: "mode=blk blk.again" });
+    await put("/drives/vda", {
+      drive_id: "vda",
+      path_on_host: `${dir}/a.img`,
+      is_root_device: false,
+      is_read_only: false,
+    });
+    await put("/actions", { action_type: "InstanceStart" });
+    const text = () => Deno.readTextFile(serial).catch(() => "");
+    await waitFor("the guest's 'blk waiting'", async () => (await text()).includes("blk waiting"));
+    assert.match(await text(), /^blk sector0 this is disk A/m);
+    const swap = await curl(sock, "PATCH", "/drives/vda", {
+      drive_id: "vda",
+      path_on_host: `${dir}/b.img`,
+    });
+    assert.equal(swap.status, 204, swap.body);
+    const cfg = JSON.parse((await curl(sock, "GET", "/vm/config")).body);
+    assert.equal(cfg.drives[0].path_on_host, `${dir}/b.img`);
+    await stdin.write(new TextEncoder().encode("x"));
+    const out = await child.output();
+    exited = true;
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const log = await text();
+    assert.match(log, /^blk again capacity 4096$/m);
+    assert.match(log, /^blk again sector0 and this is disk B/m);
+    // The guest's write went to disk A, before the swap; disk B is as the host wrote it.
+    assert.equal((await Deno.readFile(`${dir}/a.img`))[512 + 1], (1 * 7 + 3) & 0xff);
+    assert.equal((await Deno.readFile(`${dir}/b.img`))[512 + 1], 0);
+  } finally {
+    if (!exited) {
+      child.kill("SIGKILL");
+      await child.output();
+    }
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("vmkit run --net --netguard: the guest answers pings through its TAP, counted in GET /metrics (root, netns, /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir();
+  const ns = await Netns.create("h7");
+  const tap = `h7t${Deno.pid % 100000}`;
+  const sock = `${dir}/vm.sock`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      MAIN,
+      "run",
+      "--kernel",
+      guest("guest-vmlinux.elf"),
+      "--cmdline",
+      "mode=net net.ip=10.97.0.2",
+      "--mem",
+      "32",
+      "--net",
+      `tap=${tap},netns=${ns.name},mac=06:00:00:00:97:02`,
+      "--netguard",
+      "--vm-id",
+      "pingme",
+      "--api-sock",
+      sock,
+      "--serial-out",
+      `${dir}/serial.txt`,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  let exited = false;
+  try {
+    await waitFor("the API socket", () => Deno.lstat(sock).then(() => true, () => false));
+    await ns.ip(`link set ${tap} up`);
+    await ns.ip(`addr add 10.97.0.1/24 dev ${tap}`);
+    await waitFor(
+      "the guest's net up",
+      async () => (await Deno.readTextFile(`${dir}/serial.txt`).catch(() => "")).includes("net up"),
+    );
+    const ping = await ns.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.97.0.2"], true);
+    assert.equal(ping.code, 0, ping.stdout + ping.stderr);
+    const m = (await curl(sock, "GET", "/metrics")).body;
+    const sample = (name: string) =>
+      Number(new RegExp(`^${name}\\{iface="eth0",tap="${tap}"\\} (\\d+)$`, "m").exec(m)?.[1]);
+    assert.ok(sample("vmkit_net_rx_frames_total") >= 3, m);
+    assert.ok(sample("vmkit_net_tx_frames_total") >= 3, m);
+    assert.ok(sample("vmkit_net_rx_bytes_total") >= 3 * 98, m);
+    // netguard watched the same TAP.
+    await waitFor("netguard to count the pings", async () => {
+      const t = (await curl(sock, "GET", "/metrics")).body;
+      return Number(/^netguard_frames_total (\d+)$/m.exec(t)?.[1]) >= 6;
+    }, 5000);
+    const cfg = JSON.parse((await curl(sock, "GET", "/vm/config")).body);
+    assert.deepEqual(cfg["network-interfaces"], [{
+      iface_id: "eth0",
+      host_dev_name: tap,
+      guest_mac: "06:00:00:00:97:02",
+      netns: ns.name,
+    }]);
+    assert.equal((await curl(sock, "PUT", "/actions", { action_type: "Shutdown" })).status, 204);
+    const out = await child.output();
+    exited = true;
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+  } finally {
+    if (!exited) {
+      child.kill("SIGKILL");
+      await child.output();
+    }
+    await ns.delete();
+    await run("ip", ["link", "del", tap], true);
+    await Deno.remove(dir, { recursive: true });
+  }
+});
