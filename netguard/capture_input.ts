@@ -14,7 +14,7 @@
 import { readCaptureStream } from "./capture_stream.ts";
 import type { Direction } from "./config.ts";
 import type { NetGuard } from "./guard.ts";
-import type { Capture } from "./pcap.ts";
+import { type Capture, forEachRecord } from "./pcap.ts";
 import type { CaptureSummaryInfo } from "./pcap_decoder.ts";
 
 /** How to attribute the frames of a capture. */
@@ -100,17 +100,7 @@ export class CaptureReplay {
 /** Feeds every record of `cap` to `guard`; returns the number of records. */
 export function replayCapture(guard: NetGuard, cap: Capture, options: ReplayOptions = {}): number {
   const r = new CaptureReplay(guard, options);
-  const { buf, offsets, lengths, origLengths, tsMs, linkTypes } = cap;
-  for (let i = 0; i < cap.count; i++) {
-    r.record(
-      buf,
-      offsets[i] ?? 0,
-      lengths[i] ?? 0,
-      origLengths[i] ?? 0,
-      tsMs[i] ?? 0,
-      linkTypes[i] ?? 1,
-    );
-  }
+  forEachRecord(cap, r.record);
   r.finish();
   return cap.count;
 }

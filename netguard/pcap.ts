@@ -25,6 +25,7 @@ import {
   REC_OFF_ORIGLEN,
   REC_OFF_TS_FRAC,
   REC_OFF_TS_SEC,
+  type RecordHandler,
 } from "./pcap_decoder.ts";
 
 // Linux cooked headers.
@@ -161,6 +162,21 @@ export async function readCaptureFile(path: string): Promise<Capture> {
     );
   }
   return readCapture(bytes, path);
+}
+
+/** Hands every record of `cap` to `onRecord`, in order (zero-copy: records point into `cap.buf`). */
+export function forEachRecord(cap: Capture, onRecord: RecordHandler): void {
+  const { buf, offsets, lengths, origLengths, tsMs, linkTypes } = cap;
+  for (let i = 0; i < cap.count; i++) {
+    onRecord(
+      buf,
+      offsets[i] ?? 0,
+      lengths[i] ?? 0,
+      origLengths[i] ?? 0,
+      tsMs[i] ?? 0,
+      linkTypes[i] ?? LINKTYPE_ETHERNET,
+    );
+  }
 }
 
 /**

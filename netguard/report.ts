@@ -17,7 +17,8 @@ import {
   PARSE_ERROR_NAMES,
   PROTO_TCP,
 } from "./packet.ts";
-import { type Capture, parseLinkFrame } from "./pcap.ts";
+import { type Capture, forEachRecord, parseLinkFrame } from "./pcap.ts";
+import type { RecordHandler } from "./pcap_decoder.ts";
 import { TopK } from "./top_k.ts";
 
 /** What {@link summarizeCapture} found. */
@@ -96,14 +97,7 @@ export class CaptureSummarizer {
   }
 
   /** Counts one record (a {@link RecordHandler}). */
-  readonly record = (
-    buf: Uint8Array,
-    off: number,
-    len: number,
-    wireLen: number,
-    tsMs: number,
-    link: number,
-  ): void => {
+  readonly record: RecordHandler = (buf, off, len, wireLen, tsMs, link): void => {
     const info = this.#info;
     const ts = this.#replay.record(buf, off, len, wireLen, tsMs, link);
     parseLinkFrame(link, buf, off, len, info);
@@ -181,17 +175,7 @@ export class CaptureSummarizer {
 /** Summarises `cap` and replays it through a guard built from `config`. */
 export function summarizeCapture(cap: Capture, config: NetguardConfig, topN = 5): CaptureReport {
   const s = new CaptureSummarizer(config, topN);
-  const { buf, offsets, lengths, origLengths, tsMs, linkTypes } = cap;
-  for (let i = 0; i < cap.count; i++) {
-    s.record(
-      buf,
-      offsets[i] ?? 0,
-      lengths[i] ?? 0,
-      origLengths[i] ?? 0,
-      tsMs[i] ?? 0,
-      linkTypes[i] ?? 1,
-    );
-  }
+  forEachRecord(cap, s.record);
   return s.finish(cap.format, cap.truncatedTail);
 }
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { loadProgram } from "../../dsm/node_main.ts";
+import { BAD_NAME, vmkitNonUtf8 } from "../non_utf8.ts";
 
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 const FIXTURE = new URL("./fixtures/typed_program.ts", import.meta.url).pathname;
@@ -134,18 +135,9 @@ Deno.test("vmkit dsm run on a directory, FIFO, device or non-UTF-8 program path 
       assert.equal(r.stderr.trimEnd().split("\n").length, 1, r.stderr);
       assert.ok(performance.now() - t0 < 20_000, `${args.join(" ")} took too long`);
     }
-    const out = await new Deno.Command("sh", {
-      args: [
-        "-c",
-        `exec "$0" run -A "$1" dsm run "$(printf '${dir}/p\\377.ts')" --nodes 2`,
-        Deno.execPath(),
-        MAIN,
-      ],
-      stderr: "piped",
-    }).output();
-    const err = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 64, err);
-    assert.match(err, /not valid UTF-8/);
+    const bad = await vmkitNonUtf8(`${dir}/p`, ".ts", "dsm", "run", BAD_NAME, "--nodes", "2");
+    assert.equal(bad.code, 64, bad.stderr);
+    assert.match(bad.stderr, /not valid UTF-8/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { PcapWriter, synthesizeTrace } from "../../netguard/mod.ts";
+import { BAD_NAME, vmkitNonUtf8 } from "../non_utf8.ts";
 
 const CLI = new URL("../../cli/main.ts", import.meta.url).pathname;
 
@@ -214,20 +215,10 @@ Deno.test("vmkit netguard on /dev/zero, a directory, a FIFO of garbage or a non-
     assert.equal(f.code, 1, f.stderr);
     assert.match(f.stderr, /not a pcap or pcapng file/);
     assert.equal(f.stderr.trimEnd().split("\n").length, 1, f.stderr);
-    const out = await new Deno.Command("sh", {
-      args: [
-        "-c",
-        `exec "$0" run -A "$1" netguard report "$(printf '${dir}/bad\\377.pcap')"`,
-        Deno.execPath(),
-        CLI,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 64, stderr);
-    assert.match(stderr, /not valid UTF-8/);
-    assert.equal(stderr.trimEnd().split("\n").length, 1, stderr);
+    const bad = await vmkitNonUtf8(`${dir}/bad`, ".pcap", "netguard", "report", BAD_NAME);
+    assert.equal(bad.code, 64, bad.stderr);
+    assert.match(bad.stderr, /not valid UTF-8/);
+    assert.equal(bad.stderr.trimEnd().split("\n").length, 1, bad.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { backingFile, Tgtd } from "./tgt.ts";
+import { BAD_NAME, vmkitNonUtf8 } from "../non_utf8.ts";
 
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 
@@ -99,20 +100,19 @@ Deno.test("vmkit sui on a directory, FIFO, device or non-UTF-8 registry path giv
       })
     ));
     // A name that is not UTF-8 reaches Deno as U+FFFD: refused rather than mapped to another file.
-    const out = await new Deno.Command("sh", {
-      args: [
-        "-c",
-        `exec "$0" run -A "$1" sui alloc --vm vm-1 --registry "$(printf '${dir}/bad\\377')"`,
-        Deno.execPath(),
-        MAIN,
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const stderr = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 64, stderr);
-    assert.match(stderr, /not valid UTF-8/);
-    assert.equal(stderr.trimEnd().split("\n").length, 1, stderr);
+    const bad = await vmkitNonUtf8(
+      `${dir}/bad`,
+      "",
+      "sui",
+      "alloc",
+      "--vm",
+      "vm-1",
+      "--registry",
+      BAD_NAME,
+    );
+    assert.equal(bad.code, 64, bad.stderr);
+    assert.match(bad.stderr, /not valid UTF-8/);
+    assert.equal(bad.stderr.trimEnd().split("\n").length, 1, bad.stderr);
     const names = [...Deno.readDirSync(dir)].map((e) => e.name);
     assert.deepEqual(names, ["fifo"], "a file was created under another name");
   } finally {

@@ -188,6 +188,15 @@ async function writeLines(path: string, lines: string[]): Promise<void> {
   await Deno.writeTextFile(path, lines.map((l) => `${l}\n`).join(""));
 }
 
+/** A journal at `dir/sui.journal` holding vm-a, vm-b and vm-c; returns its path and lines. */
+async function threeAllocations(dir: string): Promise<{ path: string; lines: string[] }> {
+  const path = `${dir}/sui.journal`;
+  const reg = await FileSuiRegistry.open(path);
+  await reg.allocMany(["vm-a", "vm-b", "vm-c"]);
+  await reg.close();
+  return { path, lines: await journalLines(path) };
+}
+
 Deno.test("a corrupted final complete record is refused with its line number and the file is left alone", async () => {
   await withDir(async (dir) => {
     const path = `${dir}/sui.journal`;
@@ -209,11 +218,7 @@ Deno.test("a corrupted final complete record is refused with its line number and
 
 Deno.test("a record altered into other valid JSON anywhere in the journal fails its checksum", async () => {
   await withDir(async (dir) => {
-    const path = `${dir}/sui.journal`;
-    const reg = await FileSuiRegistry.open(path);
-    await reg.allocMany(["vm-a", "vm-b", "vm-c"]);
-    await reg.close();
-    const lines = await journalLines(path);
+    const { path, lines } = await threeAllocations(dir);
     assert.ok((lines[2] ?? "").includes('"vm-b"'));
     // Still well-formed JSON and a well-formed entry: only a checksum can tell.
     lines[2] = (lines[2] ?? "").replace('"vm-b"', '"vm-x"');
@@ -224,11 +229,7 @@ Deno.test("a record altered into other valid JSON anywhere in the journal fails 
 
 Deno.test("a record deleted from the middle of the journal is detected at the next line", async () => {
   await withDir(async (dir) => {
-    const path = `${dir}/sui.journal`;
-    const reg = await FileSuiRegistry.open(path);
-    await reg.allocMany(["vm-a", "vm-b", "vm-c"]);
-    await reg.close();
-    const lines = await journalLines(path);
+    const { path, lines } = await threeAllocations(dir);
     lines.splice(2, 1);
     await writeLines(path, lines);
     await assert.rejects(() => FileSuiRegistry.open(path), /line 3\b/);
