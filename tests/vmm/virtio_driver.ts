@@ -84,10 +84,10 @@ interface QueueState {
 /** A driver for one device. */
 export class HostDriver {
   readonly mem: HostMemory;
-  readonly regs: VirtioMmioTransport;
+  regs: VirtioMmioTransport;
   readonly base: number;
-  readonly host: VirtioDeviceHost;
-  readonly #irq: FdWaiter;
+  host: VirtioDeviceHost;
+  #irq: FdWaiter;
   /** Each set-up queue's layout and driver positions; methods act on the selected one. */
   readonly #queues = new Map<number, QueueState>();
   #cur: QueueState | undefined;
@@ -97,6 +97,13 @@ export class HostDriver {
     this.mem = mem;
     this.host = host;
     this.base = host.slot.base;
+    this.regs = new VirtioMmioTransport(host.spec);
+    this.#irq = new FdWaiter([host.irq.fd], [true]);
+  }
+
+  /** Drives `host` from now on (a restored device), keeping the queue state. */
+  rebind(host: VirtioDeviceHost): void {
+    this.host = host;
     this.regs = new VirtioMmioTransport(host.spec);
     this.#irq = new FdWaiter([host.irq.fd], [true]);
   }
@@ -148,8 +155,9 @@ export class HostDriver {
     this.write(R.QUEUE_DEVICE_LOW, l.used % 2 ** 32);
     this.write(R.QUEUE_DEVICE_HIGH, Math.floor(l.used / 2 ** 32));
     this.write(R.QUEUE_READY, 1);
-    const zero = new Uint8Array(l.used + 6 + 8 * l.size - l.desc);
-    this.mem.write(l.desc, zero);
+    const end = l.used + 6 + 8 * l.size;
+    // A hostile test may place rings outside RAM: only a sane layout is zeroed.
+    if (end > l.desc && end <= this.mem.size) this.mem.write(l.desc, new Uint8Array(end - l.desc));
     this.#cur = { index: q, layout: l, nextDesc: 0, availIdx: 0, lastUsed: 0 };
     this.#queues.set(q, this.#cur);
   }
