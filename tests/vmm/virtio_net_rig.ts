@@ -52,11 +52,13 @@ let tapCounter = 0;
 
 /**
  * Starts a net device whose TAP (up, 10.95.0.1/24, static neighbour
- * 10.95.0.2 = the device's MAC, IPv6 off) lives in a new namespace.
+ * 10.95.0.2 = the device's MAC, IPv6 off) lives in a new namespace;
+ * `persistentTap` creates the TAP first so it outlives the device.
  */
 export async function netRig(
   net: Partial<NetConfig> = {},
   memBytes = 32 << 20,
+  persistentTap = false,
 ): Promise<NetRig> {
   await loadShim();
   const ns = await Netns.create("n");
@@ -66,6 +68,8 @@ export async function netRig(
   try {
     await ns.exec(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
     await ns.exec(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
+    // A persistent TAP outlives its device (a restored device opens it again).
+    if (persistentTap) await ns.ip(`tuntap add dev ${tap} mode tap vnet_hdr`);
     const dev = netDevice({ id: "eth0", tap, netns: ns.name, mac: "02:00:00:00:95:02", ...net });
     host = await VirtioDeviceHost.start(
       dev.device,

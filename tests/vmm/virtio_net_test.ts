@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
 import { LiveReader } from "../../netguard/mod.ts";
-import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
+import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
+import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import { Q, queueWord } from "../../vmm/devices/virtio/layout.ts";
+import { VirtioMmioTransport } from "../../vmm/devices/virtio/mmio.ts";
+import { netDevice, NetStat } from "../../vmm/devices/virtio/net_format.ts";
 import { sleep, waitFor } from "../netguard/helpers.ts";
 import { R, S, type Used } from "./virtio_driver.ts";
 import { BUFS, F, type NetRig, netRig, startDriver } from "./virtio_net_rig.ts";
@@ -213,6 +217,114 @@ Deno.test("a transmit chain too short for the header, or asking for TSO it did n
     assert.equal(r.stats.get(NetStat.TX_FRAMES), 1);
     assert.equal(r.drv.read(R.STATUS) & S.NEEDS_RESET, 0);
   } finally {
+    await r.close();
+  }
+});
+
+Deno.test("a transmit ops limit of 20 frames per 100 ms spaces 60 frames over at least 200 ms and loses none (root, netns)", async () => {
+  const r = await netRig({ txRateLimiter: { ops: { size: 20, refillTimeMs: 100 } } });
+  try {
+    startDriver(r, BASE, 64);
+    const frame = new Uint8Array(HDR + 60).fill(0xff, HDR, HDR + 6);
+    r.mem.write(BUFS, frame);
+    r.drv.use(1);
+    const t0 = performance.now();
+    for (let i = 0; i < 60; i++) r.drv.addChain([{ addr: BUFS, len: frame.length, write: false }]);
+    r.drv.kick(1);
+    await r.drv.collect(60, 5000);
+    const ms = performance.now() - t0;
+    assert.ok(ms >= 190, `60 frames in ${ms.toFixed(0)} ms`);
+    assert.equal(r.stats.get(NetStat.TX_FRAMES), 60);
+    assert.ok(r.stats.get(NetStat.TX_THROTTLED) >= 2);
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("a receive bandwidth limit of 1500 bytes per 100 ms holds frames in the TAP and delivers them all, paced (root, netns)", async () => {
+  const r = await netRig({ rxRateLimiter: { bandwidth: { size: 1500, refillTimeMs: 100 } } });
+  try {
+    startDriver(r, BASE);
+    const byHead = postRx(r, 32, 1536);
+    // 10 frames of 1042 bytes sent within ~100 ms take about 0.6 s at 15 kB/s.
+    const t0 = performance.now();
+    const sender = r.ns.exec(
+      ["ping", "-c", "10", "-i", "0.01", "-W", "1", "-s", "1000", "10.95.0.2"],
+      true,
+    );
+    const used = await r.drv.use(0).collect(10, 5000);
+    const ms = performance.now() - t0;
+    await sender;
+    assert.ok(ms >= 450, `10 frames delivered ${ms.toFixed(0)} ms after the first was sent`);
+    const got = frames(r, used, byHead);
+    assert.equal(got.filter((f) => isEchoRequest(f, 1000)).length, 10);
+    assert.ok(r.stats.get(NetStat.RX_THROTTLED) >= 1, "the limit held frames back");
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("a net device saved while quiesced with frames waiting both ways resumes in a new device exactly where it was (root, netns)", async () => {
+  const r = await netRig({}, 32 << 20, true);
+  let host2: VirtioDeviceHost | undefined;
+  try {
+    startDriver(r, BASE | F.EVENT_IDX | F.MRG_RXBUF, 32);
+    const byHead = postRx(r, 16, 1536);
+    const heads = [...byHead.keys()];
+    await ping(r, 5);
+    const first = await r.drv.use(0).collect(5);
+    assert.deepEqual(first.map((u) => u.id), heads.slice(0, 5));
+    await r.host.quiesce();
+    // Buffers the device had taken ahead went back to the ring.
+    assert.equal(r.host.state[queueWord(0, Q.LAST_AVAIL)], 5);
+    // While quiesced: ten transmit chains wait in the avail ring.
+    const frame = new Uint8Array(HDR + 60).fill(0xff, HDR, HDR + 6);
+    frame.set([0x88, 0xb5], HDR + 12);
+    r.mem.write(BUFS + 0x80000, frame);
+    r.drv.use(1);
+    const txHeads: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      txHeads.push(r.drv.addChain([{ addr: BUFS + 0x80000, len: frame.length, write: false }]));
+    }
+    r.drv.kick(1);
+    await sleep(50);
+    assert.equal(r.drv.usedIdx(), 0, "nothing taken while quiesced");
+    const saved = r.drv.regs.save();
+    await r.host.close(); // the TAP is persistent: it stays, with its namespace setup
+
+    const dev2 = netDevice({ id: "eth0", tap: r.tap, netns: r.ns.name, mac: "02:00:00:00:95:02" });
+    host2 = await VirtioDeviceHost.start(
+      dev2.device,
+      r.mem.regions,
+      new MmioAllocator().allocate("eth0"),
+    );
+    const regs2 = new VirtioMmioTransport(host2.spec);
+    regs2.restore(saved);
+    regs2.resume();
+    // The rings are guest memory: the driver (r.drv) goes on reading them as before.
+    const tx: number[] = [];
+    assert.ok(
+      await waitFor(() => {
+        tx.push(...r.drv.use(1).takeUsed().map((u) => u.id));
+        return tx.length >= 10;
+      }, 5000),
+      `transmit chains used after restore: ${tx.length}`,
+    );
+    assert.deepEqual(tx, txHeads, "each waiting chain used once, in order");
+    assert.equal(dev2.stats.get(NetStat.TX_FRAMES), 10);
+    await ping(r, 3);
+    const rx: number[] = [];
+    assert.ok(
+      await waitFor(() => {
+        rx.push(...r.drv.use(0).takeUsed().map((u) => u.id));
+        return rx.length >= 3;
+      }, 5000),
+      `frames after restore: ${rx.length}`,
+    );
+    assert.deepEqual(rx, heads.slice(5, 8), "the next buffers, none lost or used twice");
+    assert.equal(regs2.read(host2.slot.base + R.STATUS, 4) & S.NEEDS_RESET, 0);
+  } finally {
+    await host2?.close();
     await r.close();
   }
 });
