@@ -24,6 +24,12 @@ import {
   watchInterface,
   watchTap,
 } from "../netguard/mod.ts";
+import {
+  listenMetrics,
+  type MetricsEndpoint,
+  MetricsEndpointError,
+  parseListenAddress,
+} from "../vmm/metrics/metrics_endpoint.ts";
 import { command, type Entry, kebabKeys } from "./command.ts";
 import { Exit } from "./exit.ts";
 import { int, str } from "./options.ts";
@@ -57,10 +63,22 @@ const watch = command({
     "samples-pcap": str("FILE", "write the sample packets of every alert to FILE (raw-IP pcap)", {
       complete: "file",
     }),
+    "metrics-listen": str("HOST:PORT", "serve Prometheus metrics at http://HOST:PORT/metrics"),
   },
   output: true,
   async run(ctx) {
     const o = ctx.values;
+    const listen = o["metrics-listen"];
+    if (listen !== undefined) {
+      try {
+        parseListenAddress(listen);
+      } catch (err) {
+        if (err instanceof MetricsEndpointError) {
+          throw new UsageError(`--metrics-listen: ${err.message}`);
+        }
+        throw err;
+      }
+    }
     const sources = [o.pcap, o.iface, o.tap].filter((s) => s !== undefined).length;
     if (sources !== 1) {
       throw new UsageError("watch needs exactly one of --pcap FILE, --iface IF, --tap NAME");
@@ -82,7 +100,14 @@ const watch = command({
       }
     });
     let failure: unknown = undefined;
+    let metrics: MetricsEndpoint | undefined;
     try {
+      if (listen !== undefined) {
+        metrics = listenMetrics(listen, () => guard.metricsText());
+        console.error(
+          `netguard: metrics at http://${listen.replace(/:\d+$/, "")}:${metrics.port}/metrics`,
+        );
+      }
       if (o.pcap !== undefined) {
         const stream = await openCaptureStream(o.pcap);
         const r = await replayCaptureStream(guard, stream, {
@@ -98,6 +123,8 @@ const watch = command({
     } catch (err) {
       // The samples of alerts raised before a bad record are still written.
       failure = err;
+    } finally {
+      await metrics?.close();
     }
     if (samples !== null && o["samples-pcap"] !== undefined) {
       try {
