@@ -6,22 +6,9 @@
 
 import assert from "node:assert/strict";
 import { curl } from "../vmm/api_raw_client.ts";
-import { guest, vmkit } from "../vmm/run_helpers.ts";
+import { exists, guest, vmkit, VmkitChild, waitFor } from "../vmm/run_helpers.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 const PVH = guest("guest-pvh.elf");
-
-async function exists(path: string): Promise<boolean> {
-  return await Deno.lstat(path).then(() => true, () => false);
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 async function readOr(path: string): Promise<string> {
   return await Deno.readTextFile(path).catch(() => "");
@@ -33,13 +20,15 @@ Deno.test("vmkit run --api-sock waits to be configured, boots on InstanceStart, 
   const serial = `${dir}/serial.txt`;
   const metrics = `${dir}/metrics.prom`;
   const logFile = `${dir}/vm.log`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "run", "--api-sock", sock, "--serial-out", serial, "--vm-id", "kbd1"],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let exited = false;
+  await using child = VmkitChild.spawn([
+    "run",
+    "--api-sock",
+    sock,
+    "--serial-out",
+    serial,
+    "--vm-id",
+    "kbd1",
+  ]);
   try {
     await waitFor("the API socket", () => exists(sock));
     const info = await curl(sock, "GET", "/");
@@ -81,10 +70,8 @@ Deno.test("vmkit run --api-sock waits to be configured, boots on InstanceStart, 
     assert.match(await Deno.readTextFile(metrics), /^# TYPE vmkit_vcpu_exits_total counter$/m);
     // Ctrl-Alt-Del: the guest reads the scan codes from the i8042 and resets through it.
     await put("/actions", { action_type: "SendCtrlAltDel" });
-    const out = await child.output();
-    exited = true;
-    const err = new TextDecoder().decode(out.stderr);
-    assert.equal(out.code, 0, err);
+    const out = await child.exit();
+    assert.equal(out.code, 0, out.stderr);
     const console = await Deno.readTextFile(serial);
     assert.match(console, /^kbd 1d 38 e0 53$/m); // set 1: Linux leaves translation on
     assert.match(console, /^ctrl-alt-del$/m);
@@ -97,10 +84,7 @@ Deno.test("vmkit run --api-sock waits to be configured, boots on InstanceStart, 
     assert.ok(lines.some((l) => l.msg === "request" && l.path === "/actions" && l.status === 204));
     assert.ok(lines.some((l) => l.msg === "vm stopped" && l.exit_code === 0));
   } finally {
-    if (!exited) {
-      child.kill("SIGKILL");
-      await child.output();
-    }
+    await child[Symbol.asyncDispose]();
     await Deno.remove(dir, { recursive: true });
   }
 });

@@ -7,9 +7,8 @@
 import assert from "node:assert/strict";
 import { Netns, run } from "../netguard/helpers.ts";
 import { curl } from "../vmm/api_raw_client.ts";
-import { guest, vmkit } from "../vmm/run_helpers.ts";
+import { exists, guest, vmkit, VmkitChild, waitFor } from "../vmm/run_helpers.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 const PVH = guest("guest-pvh.elf");
 const MIB = 1024 * 1024;
 
@@ -17,14 +16,6 @@ async function disk(path: string, text: string, bytes = MIB): Promise<void> {
   const data = new Uint8Array(bytes);
   data.set(new TextEncoder().encode(text));
   await Deno.writeFile(path, data);
-}
-
-async function waitFor(what: string, cond: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 Deno.test("vmkit run --disk gives the guest a virtio-blk disk announced on its command line (needs /dev/kvm)", async () => {
@@ -71,18 +62,14 @@ Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (nee
   const dir = await Deno.makeTempDir();
   const sock = `${dir}/fc.sock`;
   const serial = `${dir}/serial.txt`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "run", "--api-sock", sock, "--serial-out", serial],
+  await using child = VmkitChild.spawn(["run", "--api-sock", sock, "--serial-out", serial], {
     stdin: "piped",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  const stdin = child.stdin.getWriter();
-  let exited = false;
+  });
+  const stdin = child.child.stdin.getWriter();
   try {
     await disk(`${dir}/a.img`, "this is disk A");
     await disk(`${dir}/b.img`, "and this is disk B", 2 * MIB);
-    await waitFor("the API socket", () => Deno.lstat(sock).then(() => true, () => false));
+    await waitFor("the API socket", () => exists(sock));
     const put = async (path: string, body: unknown) => {
       const r = await curl(sock, "PUT", path, body);
       assert.equal(r.status, 204, `${path}: ${r.body}`);
@@ -107,9 +94,8 @@ Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (nee
     const cfg = JSON.parse((await curl(sock, "GET", "/vm/config")).body);
     assert.equal(cfg.drives[0].path_on_host, `${dir}/b.img`);
     await stdin.write(new TextEncoder().encode("x"));
-    const out = await child.output();
-    exited = true;
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const out = await child.exit();
+    assert.equal(out.code, 0, out.stderr);
     const log = await text();
     assert.match(log, /^blk again capacity 4096$/m);
     assert.match(log, /^blk again sector0 and this is disk B/m);
@@ -117,10 +103,7 @@ Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (nee
     assert.equal((await Deno.readFile(`${dir}/a.img`))[512 + 1], (1 * 7 + 3) & 0xff);
     assert.equal((await Deno.readFile(`${dir}/b.img`))[512 + 1], 0);
   } finally {
-    if (!exited) {
-      child.kill("SIGKILL");
-      await child.output();
-    }
+    await child[Symbol.asyncDispose]();
     await Deno.remove(dir, { recursive: true });
   }
 });
@@ -130,35 +113,26 @@ Deno.test("vmkit run --net --netguard: the guest answers pings through its TAP, 
   const ns = await Netns.create("h7");
   const tap = `h7t${Deno.pid % 100000}`;
   const sock = `${dir}/vm.sock`;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      MAIN,
-      "run",
-      "--kernel",
-      guest("guest-vmlinux.elf"),
-      "--cmdline",
-      "mode=net net.ip=10.97.0.2",
-      "--mem",
-      "32",
-      "--net",
-      `tap=${tap},netns=${ns.name},mac=06:00:00:00:97:02`,
-      "--netguard",
-      "--vm-id",
-      "pingme",
-      "--api-sock",
-      sock,
-      "--serial-out",
-      `${dir}/serial.txt`,
-    ],
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  let exited = false;
+  await using child = VmkitChild.spawn([
+    "run",
+    "--kernel",
+    guest("guest-vmlinux.elf"),
+    "--cmdline",
+    "mode=net net.ip=10.97.0.2",
+    "--mem",
+    "32",
+    "--net",
+    `tap=${tap},netns=${ns.name},mac=06:00:00:00:97:02`,
+    "--netguard",
+    "--vm-id",
+    "pingme",
+    "--api-sock",
+    sock,
+    "--serial-out",
+    `${dir}/serial.txt`,
+  ]);
   try {
-    await waitFor("the API socket", () => Deno.lstat(sock).then(() => true, () => false));
+    await waitFor("the API socket", () => exists(sock));
     await ns.ip(`link set ${tap} up`);
     await ns.ip(`addr add 10.97.0.1/24 dev ${tap}`);
     await waitFor(
@@ -186,14 +160,10 @@ Deno.test("vmkit run --net --netguard: the guest answers pings through its TAP, 
       netns: ns.name,
     }]);
     assert.equal((await curl(sock, "PUT", "/actions", { action_type: "Shutdown" })).status, 204);
-    const out = await child.output();
-    exited = true;
-    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const out = await child.exit();
+    assert.equal(out.code, 0, out.stderr);
   } finally {
-    if (!exited) {
-      child.kill("SIGKILL");
-      await child.output();
-    }
+    await child[Symbol.asyncDispose]();
     await ns.delete();
     await run("ip", ["link", "del", tap], true);
     await Deno.remove(dir, { recursive: true });
