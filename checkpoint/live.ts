@@ -10,7 +10,7 @@
  * @example
  * ```ts
  * import { Checkpointer } from "./live.ts";
- * import type { CheckpointTarget } from "./target.ts";
+ * import type { CheckpointTarget, MachineCpuState } from "./target.ts";
  * declare const machine: CheckpointTarget;
  * using cp = await Checkpointer.create(machine);
  * const save = await cp.checkpoint({ path: "/tmp/vm.ckpt" });
@@ -44,7 +44,7 @@ import {
 import { dirOf, finishFile, metadataStart, PendingFile } from "./file_io.ts";
 import { encodePageMap, Kind, type RegionPages } from "./pagemap.ts";
 import { encodeCpuState, encodeDevices } from "./state_codec.ts";
-import type { CheckpointTarget } from "./target.ts";
+import type { CheckpointTarget, MachineCpuState } from "./target.ts";
 
 /** Pages per writer batch (2 MiB: one huge page). */
 const BATCH = 512;
@@ -289,14 +289,14 @@ export class Checkpointer implements Disposable {
     const wasPaused = t.paused;
     const t0 = performance.now();
     let pausePages = 0;
-    let cpu: Uint8Array;
-    let devices: Uint8Array;
+    let cpuState: MachineCpuState;
+    let deviceState: Record<string, Uint8Array>;
     let disks: Record<string, unknown> | undefined;
     try {
       if (!wasPaused) await t.pause();
       pausePages = wp.freeze();
-      cpu = encodeCpuState(t.saveCpuState());
-      devices = encodeDevices(t.saveDevices());
+      cpuState = t.saveCpuState();
+      deviceState = t.saveDevices();
       disks = t.switchDisks?.();
     } catch (err) {
       // Leave the machine as it was: running, unprotected, no file.
@@ -312,6 +312,9 @@ export class Checkpointer implements Disposable {
     if (!wasPaused) await t.resume();
     const pauseUs = Math.round((performance.now() - t0) * 1000);
     await t.resumeDevices();
+    // Encoded once the VM runs again: the saved state is plain data by now.
+    const cpu = encodeCpuState(cpuState);
+    const devices = encodeDevices(deviceState);
 
     // ---- background save ----
     const progress: SaveProgress = { state: "saving", bytesWritten: 0, bytesTotal: diffTotal };

@@ -74,7 +74,7 @@ export const IrqChip = { PIC_MASTER: 0, PIC_SLAVE: 1, IOAPIC: 2 } as const;
 export type IrqChipId = typeof IrqChip[keyof typeof IrqChip];
 
 /** Opaque per-vCPU state kinds (shared numbering with `vmkit_shim.c`). */
-const VcpuState = {
+export const VcpuState = {
   REGS: 0,
   SREGS: 1,
   FPU: 2,
@@ -85,6 +85,14 @@ const VcpuState = {
   MP_STATE: 7,
   DEBUGREGS: 8,
 } as const;
+/** One of {@link VcpuState}. */
+export type VcpuStateKind = typeof VcpuState[keyof typeof VcpuState];
+
+/** Bytes of state `kind` (the kernel struct; for XSAVE see {@link Vcpu.xsaveSize}). */
+export function vcpuStateSize(kind: VcpuStateKind): number {
+  return check("vcpu state size", sym().vk_vcpu_state_size(kind));
+}
+
 /** VM-wide state kinds (shared numbering with `vmkit_shim.c`). */
 const VmState = { IRQCHIP: 0, PIT2: 1, CLOCK: 2 } as const;
 
@@ -107,7 +115,18 @@ export const RunOffset = {
   INTERNAL_NDATA: 36,
   INTERNAL_DATA: 40,
   SYSTEM_EVENT_TYPE: 32,
+  /** `kvm_valid_regs`: which of `s.regs` KVM stores on every return from KVM_RUN. */
+  VALID_REGS: 288,
+  /** `s.regs.regs` (`struct kvm_regs`), `.sregs` and `.events` (KVM_CAP_SYNC_REGS). */
+  SYNC_REGS: 304,
+  SYNC_SREGS: 448,
+  SYNC_EVENTS: 760,
 } as const;
+
+/** `KVM_CAP_SYNC_REGS`: KVM_CHECK_EXTENSION gives the `KVM_SYNC_X86_*` bits it stores. */
+export const KVM_CAP_SYNC_REGS = 74;
+/** `KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS | KVM_SYNC_X86_EVENTS`. */
+export const KVM_SYNC_X86_ALL = 7;
 
 /** A failed KVM call: names the call and the errno text. */
 export class KvmError extends Error {
@@ -505,6 +524,15 @@ export class Vcpu implements Disposable {
     Atomics.store(this.runBytes, RunOffset.IMMEDIATE_EXIT, on ? 1 : 0);
   }
 
+  /**
+   * Sets `kvm_valid_regs`: with `KVM_SYNC_X86_*` bits set, every return from
+   * `KVM_RUN` leaves regs, sregs and events in `kvm_run` (no ioctl to read them).
+   */
+  setSyncRegs(mask: number): void {
+    this.#run.setUint32(RunOffset.VALID_REGS, mask >>> 0, true);
+    this.#run.setUint32(RunOffset.VALID_REGS + 4, 0, true);
+  }
+
   /** I/O exit: 0 = in, 1 = out. */
   get ioDirection(): number {
     return this.#run.getUint8(RunOffset.IO_DIRECTION);
@@ -597,6 +625,22 @@ export class Vcpu implements Disposable {
       );
     }
     check(call, sym().vk_vcpu_set(this.fd, kind, copy(bytes), need), `vcpu ${this.id}`);
+  }
+
+  /**
+   * Reads state `kind` into `into` (exactly its size; XSAVE: {@link Vcpu.xsaveSize}),
+   * e.g. a slot of shared memory, without allocating.
+   */
+  readStateInto(kind: VcpuStateKind, into: Uint8Array): void {
+    check("KVM_GET state", sym().vk_vcpu_get(this.fd, kind, into, into.length), `vcpu ${this.id}`);
+  }
+
+  /**
+   * `KVM_GET_MSRS` into a prepared `struct kvm_msrs` blob (count and indices
+   * filled in); returns how many MSRs KVM read (it stops at one it refuses).
+   */
+  readMsrsInto(blob: Uint8Array): number {
+    return check("KVM_GET_MSRS", sym().vk_get_msrs(this.fd, blob, blob.length), `vcpu ${this.id}`);
   }
 
   /** `KVM_GET_REGS`. */

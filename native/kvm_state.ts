@@ -71,11 +71,19 @@ export interface MachineCpuState {
   vm: VmState;
 }
 
-/** Saves a paused vCPU's whole state; `msrIndices` is usually `kvm.msrIndexList()`. */
-export function saveVcpuState(vcpu: Vcpu, msrIndices: readonly number[]): VcpuState {
+/**
+ * Saves a paused vCPU's whole state; `msrIndices` is usually
+ * `kvm.msrIndexList()`. A caller that knows the CPUID it set passes it as
+ * `cpuid` and saves the `KVM_GET_CPUID2` call.
+ */
+export function saveVcpuState(
+  vcpu: Vcpu,
+  msrIndices: readonly number[],
+  cpuid?: readonly CpuidEntry[],
+): VcpuState {
   return {
     id: vcpu.id,
-    cpuid: vcpu.getCpuid(),
+    cpuid: cpuid === undefined ? vcpu.getCpuid() : cpuid.map((e) => ({ ...e })),
     regs: vcpu.getRegs(),
     sregs: vcpu.getSregs(),
     xsave: vcpu.getXsave(),

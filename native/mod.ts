@@ -48,6 +48,9 @@ export {
   threadSelf,
   type UserMemoryRegion,
   Vcpu,
+  VcpuState as VcpuStateKinds,
+  type VcpuStateKind,
+  vcpuStateSize,
   Vm,
 } from "./kvm.ts";
 export {

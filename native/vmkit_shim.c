@@ -45,6 +45,11 @@ _Static_assert(offsetof(struct kvm_run, mmio.is_write) == 52, "kvm_run.mmio.is_w
 _Static_assert(offsetof(struct kvm_run, internal.suberror) == 32, "kvm_run.internal");
 _Static_assert(offsetof(struct kvm_run, internal.data) == 40, "kvm_run.internal.data");
 _Static_assert(offsetof(struct kvm_run, system_event.type) == 32, "kvm_run.system_event");
+_Static_assert(offsetof(struct kvm_run, kvm_valid_regs) == 288, "kvm_run.kvm_valid_regs");
+_Static_assert(offsetof(struct kvm_run, s.regs.regs) == 304, "kvm_run.s.regs.regs");
+_Static_assert(offsetof(struct kvm_run, s.regs.sregs) == 448, "kvm_run.s.regs.sregs");
+_Static_assert(offsetof(struct kvm_run, s.regs.events) == 760, "kvm_run.s.regs.events");
+_Static_assert(sizeof(struct kvm_vcpu_events) == 64, "kvm_vcpu_events layout");
 _Static_assert(sizeof(struct kvm_cpuid_entry2) == 40, "kvm_cpuid_entry2 layout");
 _Static_assert(sizeof(struct kvm_msr_entry) == 16, "kvm_msr_entry layout");
 _Static_assert(sizeof(struct kvm_irqchip) == 520, "kvm_irqchip layout");

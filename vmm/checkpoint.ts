@@ -84,7 +84,7 @@ export class MachineTarget implements CheckpointTarget {
   }
 
   pause(): Promise<void> {
-    return this.machine.pause();
+    return this.machine.pause({ saveCpuState: true });
   }
 
   resume(): Promise<void> {

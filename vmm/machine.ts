@@ -40,6 +40,7 @@ import {
   installKickHandler,
   kick,
   Kvm,
+  KVM_CAP_SYNC_REGS,
   msrEntries,
   msrsBlob,
   type Vcpu,
@@ -55,6 +56,7 @@ import {
 import { loadKernel } from "./boot/mod.ts";
 import type { BootPlan } from "./boot/types.ts";
 import { guestCpuid } from "./cpuid.ts";
+import { CpuStateSaver } from "./cpu_state_saver.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
 import { type MmioSlot, nextFreeGsi } from "./devices/mmio_allocator.ts";
@@ -96,6 +98,8 @@ const MSR_IA32_MISC_ENABLE = 0x1a0;
 const STOP_TIMEOUT_MS = 2000;
 /** Interval at which pause() repeats its kicks while a vCPU has not parked yet. */
 const REKICK_MS = 2;
+/** How long a pause for a checkpoint waits for its vCPUs synchronously before yielding. */
+const SYNC_PAUSE_MS = 10;
 
 /** The command line the kernel gets: the caller's, plus the I/O devices' entries unless told not to. */
 function kernelCmdline(config: MachineConfig, io: MachineIo): string {
@@ -142,6 +146,7 @@ export class Machine implements AsyncDisposable {
   #exitedCount = 0;
   #onAllExited: (() => void) | undefined;
   #closed = false;
+  #cpuSaver: CpuStateSaver | undefined;
 
   private constructor(
     kvm: Kvm,
@@ -234,10 +239,12 @@ export class Machine implements AsyncDisposable {
 
       const supported = kvm.supportedCpuid();
       const vcpus: Vcpu[] = [];
+      const cpuid = [];
       for (let id = 0; id < config.vcpus; id++) {
         const vcpu = vm.createVcpu(id);
         cleanup.push(() => vcpu.close());
-        vcpu.setCpuid(guestCpuid(supported, id, config.vcpus));
+        cpuid.push(guestCpuid(supported, id, config.vcpus));
+        vcpu.setCpuid(cpuid[id] ?? []);
         // Fast strings on, as firmware leaves it (when this KVM knows the MSR).
         if (msrEntries(vcpu.getMsrs([MSR_IA32_MISC_ENABLE])).length === 1) {
           vcpu.setMsrs(msrsBlob([{ index: MSR_IA32_MISC_ENABLE, value: 1n }]));
@@ -286,6 +293,12 @@ export class Machine implements AsyncDisposable {
       ];
       const bus = new DeviceBus(devices, busLock);
       machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, io, config, acpi);
+      machine.#cpuSaver = CpuStateSaver.create(
+        vcpus,
+        cpuid,
+        kvm.msrIndexList(),
+        kvm.checkExtension(KVM_CAP_SYNC_REGS),
+      );
       owner.machine = machine;
       await machine.#init(lib.path, config, busLock);
     } catch (err) {
@@ -334,6 +347,7 @@ export class Machine implements AsyncDisposable {
         busLock,
         exitCounters: this.metrics.exits,
         ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
+        ...(this.#cpuSaver === undefined ? {} : { stateSlots: this.#cpuSaver.init }),
       };
       w.postMessage(init);
     }
@@ -365,9 +379,11 @@ export class Machine implements AsyncDisposable {
 
   /**
    * Takes every vCPU out of `KVM_RUN` and parks it; resolves once all have
-   * acknowledged (no guest instruction runs until {@link resume}).
+   * acknowledged (no guest instruction runs until {@link resume}). With
+   * `saveCpuState`, each vCPU thread also saves its own state as it parks,
+   * which makes {@link saveCpuState} in this pause a copy (checkpoints).
    */
-  pause(): Promise<void> {
+  pause(opts: { saveCpuState?: boolean } = {}): Promise<void> {
     if (this.#pausing !== undefined) return this.#pausing;
     if (this.#state === "Paused") return Promise.resolve();
     if (this.#state !== "Running") {
@@ -375,12 +391,18 @@ export class Machine implements AsyncDisposable {
         new MachineError(`pause() needs a Running machine, it is ${this.#state}`),
       );
     }
-    this.#pausing = this.#pause().finally(() => this.#pausing = undefined);
+    this.#pausing = this.#pause(opts.saveCpuState === true).finally(() =>
+      this.#pausing = undefined
+    );
     return this.#pausing;
   }
 
-  async #pause(): Promise<void> {
+  async #pause(saveState: boolean): Promise<void> {
     const t0 = performance.now();
+    const epoch = saveState ? this.#cpuSaver?.request() : undefined;
+    // A checkpoint's pause blocks this thread for its first milliseconds: an
+    // event-loop wake-up per vCPU would add tens of µs to a pause of hundreds.
+    const syncUntil = saveState ? t0 + SYNC_PAUSE_MS : 0;
     Atomics.or(this.#ctl, CTL_REQ, REQ_PAUSE);
     this.#kickAll();
     for (let i = 0; i < this.vcpuCount; i++) {
@@ -389,13 +411,17 @@ export class Machine implements AsyncDisposable {
         const s = Atomics.load(this.#ctl, idx);
         if (s === VcpuRunState.PAUSED || s === VcpuRunState.EXITED) break;
         if (this.#exit !== undefined) break;
-        const r = Atomics.waitAsync(this.#ctl, idx, s, REKICK_MS);
-        if (r.async) await r.value;
+        if (performance.now() < syncUntil) Atomics.wait(this.#ctl, idx, s, REKICK_MS);
+        else {
+          const r = Atomics.waitAsync(this.#ctl, idx, s, REKICK_MS);
+          if (r.async) await r.value;
+        }
         if (Atomics.load(this.#ctl, idx) === s) this.#kickOne(i);
       }
     }
     if (this.#state === "Running") {
       this.#state = "Paused";
+      if (epoch !== undefined) this.#cpuSaver?.paused(epoch);
       this.metrics.recordPause(performance.now() - t0);
     }
   }
@@ -407,6 +433,7 @@ export class Machine implements AsyncDisposable {
     if (this.#state !== "Paused") {
       throw new MachineError(`resume() needs a Paused machine, it is ${this.#state}`);
     }
+    this.#cpuSaver?.resumed();
     Atomics.and(this.#ctl, CTL_REQ, ~REQ_PAUSE);
     Atomics.notify(this.#ctl, CTL_REQ);
     this.#state = "Running";
@@ -496,10 +523,13 @@ export class Machine implements AsyncDisposable {
 
   /**
    * Saves every vCPU's KVM state and the VM's irqchip, PIT and clock (machine
-   * not running). MSRs are those of KVM's index list that this host can read.
+   * not running). MSRs are those of KVM's index list that this host can read;
+   * CPUID is what the machine set (see `cpu_state_saver.ts`).
    */
   saveCpuState(): MachineCpuState {
     this.#requireStill("saveCpuState()");
+    const saver = this.#cpuSaver;
+    if (saver !== undefined) return saver.save(this.vm, this.vcpus);
     const msrs = this.kvm.msrIndexList();
     return { vcpus: this.vcpus.map((v) => saveVcpuState(v, msrs)), vm: saveVmState(this.vm) };
   }
@@ -519,6 +549,7 @@ export class Machine implements AsyncDisposable {
         throw new MachineError(`saved vCPU ${s.id} does not match vCPU ${i}`);
       }
       restoreVcpuState(v, s);
+      this.#cpuSaver?.setCpuid(i, s.cpuid);
     });
   }
 

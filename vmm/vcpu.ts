@@ -7,6 +7,7 @@
  * @module
  */
 
+import type { StateSlotsInit } from "./cpu_state_saver.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
 import { createDevices } from "./devices/factory.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
@@ -69,6 +70,8 @@ export interface VcpuInit {
   readonly exitCounters: SharedArrayBuffer;
   /** Module exporting `createDevices(specs, env)`; absent: `vmm/devices/mod.ts`. */
   readonly deviceModule?: string;
+  /** Shared slots this vCPU saves its own state into as it parks, when asked (checkpoints). */
+  readonly stateSlots?: StateSlotsInit;
 }
 
 /** Messages a vCPU Worker posts to the machine. */

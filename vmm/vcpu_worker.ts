@@ -21,6 +21,7 @@
 
 import { openShim } from "../native/ffi.ts";
 import { KvmError, KvmExit, RunOffset, Vcpu } from "../native/kvm.ts";
+import { VcpuStateSlots } from "../native/kvm_state_slot.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { DeviceEnv } from "./devices/device.ts";
 import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
@@ -152,7 +153,24 @@ async function main(init: VcpuInit): Promise<void> {
     }
   };
 
+  // A checkpoint's pause: this thread saves its own vCPU's state as it parks.
+  const slots = init.stateSlots === undefined ? undefined : VcpuStateSlots.attach(
+    init.stateSlots.buffer,
+    init.stateSlots.count,
+    init.xsaveSize,
+    init.stateSlots.msrCount,
+    init.stateSlots.sync,
+  );
+  // An I/O or MMIO exit completes (IN data into RAX, string I/O into memory)
+  // only on the next KVM_RUN, so before parking the loop enters once more
+  // with immediate_exit set: KVM finishes the operation and returns EINTR
+  // without running a guest instruction, and the paused state is whole. A
+  // vCPU asked to save its state enters once too, so that KVM leaves its
+  // registers in kvm_run (slots.prepare).
+  let pendingIo = false;
+
   const park = (): void => {
+    slots?.saveOwn(vcpu);
     Atomics.store(ctl, stateIndex, VcpuRunState.PAUSED);
     Atomics.notify(ctl, stateIndex);
     for (;;) {
@@ -169,10 +187,14 @@ async function main(init: VcpuInit): Promise<void> {
     const req = Atomics.load(ctl, CTL_REQ);
     if (req !== 0) {
       if ((req & REQ_STOP) !== 0) break;
-      park();
-      continue;
+      if (!pendingIo && slots?.prepare(vcpu) !== true) {
+        park();
+        continue;
+      }
+      vcpu.setImmediateExit(true);
     }
     const r = kvmRun(fd);
+    pendingIo = false;
     if (r < 0) {
       if (r === -4 || r === -11) { // EINTR (kick) or EAGAIN
         tally(X.intr);
@@ -185,8 +207,10 @@ async function main(init: VcpuInit): Promise<void> {
     const reason = run.getUint32(RunOffset.EXIT_REASON, true);
     if (reason === KvmExit.IO) {
       handleIo();
+      pendingIo = true;
     } else if (reason === KvmExit.MMIO) {
       handleMmio();
+      pendingIo = true;
     } else if (reason === KvmExit.INTR || reason === KvmExit.IRQ_WINDOW_OPEN) {
       tally(X.intr);
       vcpu.setImmediateExit(false);

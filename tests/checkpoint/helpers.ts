@@ -11,24 +11,51 @@ import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
 import { Machine } from "../../vmm/machine.ts";
 import { MachineTarget } from "../../vmm/checkpoint.ts";
 import type { MachineCpuState } from "../../checkpoint/target.ts";
+import type { DeviceSpec } from "../../vmm/devices/spec.ts";
 
 /** Guest-physical base of the sequence writer's pages. */
 export const SEQ_BASE = 0x100_0000;
 
 /** A machine running `mode=seq:<pages>` (started). */
-export async function seqMachine(memMiB: number, pages: number): Promise<Machine> {
+export function seqMachine(memMiB: number, pages: number): Promise<Machine> {
+  return guestMachine(memMiB, `mode=seq:${pages}`);
+}
+
+/** Options of {@link guestMachine}. */
+export interface GuestMachineOptions {
+  /** vCPUs (default 1). */
+  vcpus?: number;
+  /** Devices besides the defaults (their module in `deviceModule`). */
+  devices?: DeviceSpec[];
+  /** Module of the device factory. */
+  deviceModule?: string;
+}
+
+/** A started machine running the PVH test guest with `cmdline`; debug-exit on port 0xf4. */
+export async function guestMachine(
+  memMiB: number,
+  cmdline: string,
+  opts: GuestMachineOptions = {},
+): Promise<Machine> {
   const dir = await buildGuests();
   const kernel = await Deno.readFile(`${dir}guest-pvh.elf`);
   const m = await Machine.create({
     memMiB,
-    vcpus: 1,
+    vcpus: opts.vcpus ?? 1,
     kernel,
-    cmdline: `mode=seq:${pages}`,
-    devices: defaultDeviceSpecs({ memMiB, serialOut: "none" }),
+    cmdline,
+    devices: [
+      ...defaultDeviceSpecs({ memMiB, serialOut: "none", debugExitPort: DEBUG_EXIT_PORT }),
+      ...opts.devices ?? [],
+    ],
+    ...(opts.deviceModule === undefined ? {} : { deviceModule: opts.deviceModule }),
   });
   await m.start();
   return m;
 }
+
+/** The debug-exit port of {@link guestMachine}. */
+export const DEBUG_EXIT_PORT = 0xf4;
 
 /** A copy of every RAM region, in order. */
 export function copyRam(m: Machine): Uint8Array[] {

@@ -32,6 +32,7 @@ const SOURCES = [
   "irq.c",
   "virtio_net.c",
   "virtio_blk.c",
+  "ckpt.c",
   "boot_pvh.c",
   "boot_linux.c",
   "entry_pvh.S",
@@ -189,7 +190,7 @@ async function build(dir: string): Promise<void> {
   const o = (n: string) => `${dir}/${n}`;
   const cc32 = ["-m32", ...CFLAGS];
   const cc64 = ["-m64", "-mno-red-zone", ...CFLAGS];
-  const drivers = ["virtio_mmio", "irq", "virtio_net", "acpi", "virtio_blk"];
+  const drivers = ["virtio_mmio", "irq", "virtio_net", "acpi", "virtio_blk", "ckpt"];
   const core32 = ["core", "boot_pvh", ...drivers].map((f) => ({ src: `${f}.c`, obj: `${f}32.o` }));
   const asm32 = ["entry_pvh", "trampoline"].map((f) => ({ src: `${f}.S`, obj: `${f}32.o` }));
   const core64 = ["core", "boot_linux", "entry_64", "trampoline", ...drivers].map((f) => ({

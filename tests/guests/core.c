@@ -18,6 +18,7 @@
  *   mode=net      virtio-net driver answering ARP and ICMP echo (virtio_net.c)
  *   mode=seq:N    "seq ready", then forever writes sequence numbers over N pages
  *                 from 16 MiB: number s goes to page s%N, word (s/N)%1024
+ *   mode=outseq, inseq, tsc:MIB:PAGES   checkpoint test and bench modes (ckpt.c)
  *   mode=acpi     finds the RSDP (boot pointer and BIOS-area scan), walks XSDT, FADT,
  *                 MADT and DSDT checking checksums (acpi.c); powers off if all is well
  *   mode=vmgenid  prints the VM generation id again at each GED interrupt (acpi.c)
@@ -532,6 +533,12 @@ void guest_main(const struct boot_info *bi)
 		seq_writer(parse_dec(mode + 4));
 	if (starts_with(mode, "vmgenid"))
 		vmgenid_main();
+	if (starts_with(mode, "outseq"))
+		outseq_main();
+	if (starts_with(mode, "inseq"))
+		inseq_main();
+	if (starts_with(mode, "tsc:"))
+		tsc_main(bi, mode + 4);
 	if (starts_with(mode, "acpi")) {
 		if (acpi_check(bi) == 0)
 			poweroff();

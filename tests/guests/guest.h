@@ -68,6 +68,11 @@ void net_main(const struct boot_info *bi) __attribute__((noreturn));
 /* virtio_blk.c */
 void virtio_blk_test(const char *cmdline);
 
+/* ckpt.c: checkpoint test and bench modes (outseq, tsc:MIB:PAGES). */
+void outseq_main(void) __attribute__((noreturn));
+void inseq_main(void) __attribute__((noreturn));
+void tsc_main(const struct boot_info *bi, const char *args) __attribute__((noreturn));
+
 /* The real-mode trampoline (trampoline.S), copied to TRAMP_BASE. */
 extern const char tramp_start[], tramp_end[], tramp_cr3[];
 
