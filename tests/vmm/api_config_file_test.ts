@@ -85,8 +85,8 @@ Deno.test("bad config files are refused naming the section or field", () => {
     [{}, /needs a 'boot-source'/],
     [{ ...FILE, "boot-source": { kernel_image_path: "" } }, /non-empty path/],
     [{ ...FILE, "frobs": [] }, /unknown section 'frobs'/],
-    [{ ...FILE, "balloon": { amount_mib: 1, deflate_on_oom: true } }, /no a balloon device/],
-    [{ ...FILE, "vsock": { guest_cid: 3, uds_path: "v.sock" } }, /no a vsock device/],
+    [{ ...FILE, "balloon": { amount_mib: 1, deflate_on_oom: true } }, /no balloon device/],
+    [{ ...FILE, "vsock": { guest_cid: 3, uds_path: "v.sock" } }, /no vsock device/],
     [{ ...FILE, "drives": {} }, /'drives' must be a JSON array/],
     [
       {

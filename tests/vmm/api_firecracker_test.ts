@@ -359,6 +359,9 @@ Deno.test("firecracker API: a raw HTTP/1.1 client gets the same answers, and err
       ["PUT", "/actions", { action_type: "InstanceStart" }, /without a kernel/],
       ["PUT", "/actions", { action_type: "Reboot" }, /must be one of InstanceStart/],
       ["PUT", "/logger", { level: "Loud" }, /one of Off, Error/],
+      ["PUT", "/vsock", { guest_cid: 3, uds_path: "/tmp/v.sock" }, /vmkit has no vsock device/],
+      ["PUT", "/balloon", { amount_mib: 1, deflate_on_oom: true }, /no balloon device/],
+      ["GET", "/mmds", undefined, /vmkit has no MMDS: GET \/mmds is not supported/],
     ];
     for (const [method, path, body, re] of cases) {
       const r = await rawRequest(sock, method, path, body);

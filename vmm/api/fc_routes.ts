@@ -59,6 +59,23 @@ export interface ApiObservability {
   configureLogger?(l: FcLogger): Promise<void>;
 }
 
+/** Firecracker routes for devices vmkit does not have: answered 400 naming what is missing. */
+const UNSUPPORTED: ReadonlyArray<[string, readonly string[], string]> = [
+  ["/balloon", ["GET", "PUT", "PATCH"], "balloon device"],
+  ["/balloon/statistics", ["GET", "PATCH"], "balloon device"],
+  ["/balloon/hinting/start", ["PATCH"], "balloon device"],
+  ["/balloon/hinting/status", ["GET"], "balloon device"],
+  ["/balloon/hinting/stop", ["PATCH"], "balloon device"],
+  ["/cpu-config", ["PUT"], "CPU templates"],
+  ["/entropy", ["PUT"], "entropy device"],
+  ["/hotplug/memory", ["GET", "PUT", "PATCH"], "memory hotplug"],
+  ["/mmds", ["GET", "PUT", "PATCH"], "MMDS"],
+  ["/mmds/config", ["PUT"], "MMDS"],
+  ["/pmem/{id}", ["PUT", "PATCH"], "pmem devices"],
+  ["/serial", ["PUT"], "configurable serial device (use vmkit run --serial-out)"],
+  ["/vsock", ["PUT"], "vsock device"],
+];
+
 /** Runs `fn`, turning a {@link VmConfigError} into a 400. */
 async function config<T>(fn: () => T | Promise<T>): Promise<T> {
   try {
@@ -350,5 +367,14 @@ export function firecrackerRoutes(ctl: VmController, obs: ApiObservability = {})
         return noContent();
       },
     },
+    ...UNSUPPORTED.flatMap(([path, methods, what]) =>
+      methods.map((method) => ({
+        method,
+        path,
+        handler: (): Response => {
+          throw new ApiFault(400, `vmkit has no ${what}: ${method} ${path} is not supported`);
+        },
+      }))
+    ),
   ];
 }

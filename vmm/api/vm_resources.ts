@@ -30,14 +30,14 @@ import {
 
 /** Config-file sections vmkit has no device for: accepted only when absent or null. */
 const UNSUPPORTED_SECTIONS: Record<string, string> = {
-  "balloon": "a balloon device",
-  "vsock": "a vsock device",
+  "balloon": "balloon device",
+  "vsock": "vsock device",
   "mmds-config": "MMDS",
-  "entropy": "an entropy device",
+  "entropy": "entropy device",
   "cpu-config": "CPU templates",
   "pmem": "pmem devices",
   "memory-hotplug": "memory hotplug",
-  "serial": "a configurable serial device (use --serial-out)",
+  "serial": "configurable serial device (use --serial-out)",
 };
 
 /** Firecracker's `FullVmConfiguration` as vmkit fills it (`GET /vm/config`, `--config-file`). */
