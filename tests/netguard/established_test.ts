@@ -88,11 +88,11 @@ Deno.test("a 20 Gbit/s bulk upload over one acknowledged connection raises no al
   const flow = { client: "192.0.2.10", sport: 40000, seq: 1000, ack: 5000 };
   handshake(g, flow, T0);
   // 40 000 TSO segments/s in, as many ACKs out: ~21 Gbit/s and 80 000 packets/s in all.
-  for (let t = T0 + 1; t < T0 + 4000; t += 0.025) bulkStep(g, flow, t);
-  g.advance(T0 + 6000);
+  for (let t = T0 + 1; t < T0 + 2500; t += 0.025) bulkStep(g, flow, t);
+  g.advance(T0 + 4500);
   assert.deepEqual(alerts(events).map((a) => `${a.kind} ${a.direction}`), []);
   const inbound = g.monitorsOf("vm").find((m) => m.direction === "inbound");
-  assert.ok((inbound?.totals[1] ?? 0) * 8 / 4 > 2e10, "the upload really was ~20 Gbit/s");
+  assert.ok((inbound?.totals[1] ?? 0) * 8 / 2.5 > 2e10, "the upload really was ~20 Gbit/s");
 });
 
 Deno.test("without its acknowledgements the same upload is volume from nobody's connection and alerts", () => {
