@@ -97,6 +97,34 @@ export class Iovecs {
   }
 }
 
+/** A descriptor the net shim opened: closed once, by {@link OwnedFd.close} or `using`. */
+abstract class OwnedFd implements Disposable {
+  #fd: number;
+  readonly #closeFd: (fd: number) => void;
+
+  protected constructor(fd: number, closeFd: (fd: number) => void) {
+    this.#fd = fd;
+    this.#closeFd = closeFd;
+  }
+
+  /** The descriptor (to wait on with poll), or -1 once closed. */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** Closes the descriptor (idempotent). */
+  close(): void {
+    if (this.#fd < 0) return;
+    this.#closeFd(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Closes the descriptor; see {@link OwnedFd.close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
 /** Options of {@link Tap.open}. */
 export interface TapOptions {
   /** Network namespace: a name under /var/run/netns or a path; default the current one. */
@@ -111,15 +139,14 @@ function netnsPath(ns: string | undefined): string {
 }
 
 /** An open TAP device with a virtio-net header on every frame. */
-export class Tap implements Disposable {
+export class Tap extends OwnedFd {
   readonly #shim: NetShim;
-  #fd: number;
   /** Where a frame longer than its buffers spills (so it is seen to be cut short). */
   readonly #scratch = new Uint8Array(65536 + 64);
 
   private constructor(shim: NetShim, readonly name: string, fd: number, readonly vnetHdr: number) {
+    super(fd, (f) => shim.vmkit_net_close(f));
     this.#shim = shim;
-    this.#fd = fd;
   }
 
   /**
@@ -143,14 +170,9 @@ export class Tap implements Disposable {
     return new Tap(shim, name, fd, hdr);
   }
 
-  /** The descriptor (to wait on with poll), or -1 once closed. */
-  get fd(): number {
-    return this.#fd;
-  }
-
   /** Sets which offloads frames read may carry (`TUN_F_*`; 0 for none). */
   setOffload(flags: number): void {
-    const r = this.#shim.vmkit_net_tap_set_offload(this.#fd, flags >>> 0);
+    const r = this.#shim.vmkit_net_tap_set_offload(this.fd, flags >>> 0);
     if (r < 0) throw new TapError("TUNSETOFFLOAD", this.name, -r, netStrerror(this.#shim, -r));
   }
 
@@ -171,7 +193,7 @@ export class Tap implements Disposable {
     maxFrames: number,
   ): number {
     const n = this.#shim.vmkit_net_tap_read_chains(
-      this.#fd,
+      this.fd,
       iov.words,
       first,
       nchains,
@@ -198,7 +220,7 @@ export class Tap implements Disposable {
     res: Int32Array<ArrayBuffer>,
   ): number {
     const n = this.#shim.vmkit_net_tap_write_frames(
-      this.#fd,
+      this.fd,
       iov.words,
       counts,
       Math.min(nframes, counts.length, res.length),
@@ -212,28 +234,15 @@ export class Tap implements Disposable {
   strerror(errno: number): string {
     return netStrerror(this.#shim, errno);
   }
-
-  /** Closes the descriptor (idempotent). */
-  close(): void {
-    if (this.#fd < 0) return;
-    this.#shim.vmkit_net_close(this.#fd);
-    this.#fd = -1;
-  }
-
-  /** Closes the TAP; see {@link Tap.close}. */
-  [Symbol.dispose](): void {
-    this.close();
-  }
 }
 
 /** A one-shot monotonic timer as an fd (timerfd), to wait on beside a TAP (rate-limiter retries). */
-export class Timer implements Disposable {
+export class Timer extends OwnedFd {
   readonly #shim: NetShim;
-  #fd: number;
 
   private constructor(shim: NetShim, fd: number) {
+    super(fd, (f) => shim.vmkit_net_close(f));
     this.#shim = shim;
-    this.#fd = fd;
   }
 
   /** Creates a disarmed timer. */
@@ -244,33 +253,16 @@ export class Timer implements Disposable {
     return new Timer(shim, fd);
   }
 
-  /** The descriptor (readable once the timer fired), or -1 once closed. */
-  get fd(): number {
-    return this.#fd;
-  }
-
   /** Fires once after `ms` milliseconds (fractions allowed); 0 disarms. */
   arm(ms: number): void {
-    const r = this.#shim.vmkit_net_timer_arm(this.#fd, Math.max(0, ms) * 1000);
+    const r = this.#shim.vmkit_net_timer_arm(this.fd, Math.max(0, ms) * 1000);
     if (r < 0) throw new TapError("timerfd_settime", "-", -r, netStrerror(this.#shim, -r));
   }
 
   /** Clears a fired timer; returns whether it had fired. */
   drain(): boolean {
-    const r = this.#shim.vmkit_net_timer_drain(this.#fd);
+    const r = this.#shim.vmkit_net_timer_drain(this.fd);
     if (r < 0) throw new TapError("timerfd read", "-", -r, netStrerror(this.#shim, -r));
     return r > 0;
-  }
-
-  /** Closes the timer (idempotent). */
-  close(): void {
-    if (this.#fd < 0) return;
-    this.#shim.vmkit_net_close(this.#fd);
-    this.#fd = -1;
-  }
-
-  /** Closes the timer; see {@link Timer.close}. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

@@ -1,8 +1,6 @@
 import assert from "node:assert/strict";
 import { buildFrame, NetGuard, parseConfig } from "../../netguard/mod.ts";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { Machine } from "../../vmm/machine.ts";
-import { guest } from "./run_helpers.ts";
+import { spinningMachine } from "./net_flood.ts";
 
 const SYN = buildFrame({
   src: "198.51.100.9",
@@ -14,18 +12,6 @@ const SYN = buildFrame({
 
 function ticks(text: string): number {
   return [...text.matchAll(/^tick \d+$/gm)].length;
-}
-
-async function spinningMachine(serial: string): Promise<Machine> {
-  const m = await Machine.create({
-    memMiB: 32,
-    vcpus: 1,
-    kernel: await Deno.readFile(guest("guest-pvh.elf")),
-    cmdline: "mode=spin",
-    devices: defaultDeviceSpecs({ serialOut: { path: serial }, serialIn: false, memMiB: 32 }),
-  });
-  await m.start();
-  return m;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
