@@ -48,3 +48,15 @@ export class DsmConfigError extends DsmError {
     this.name = "DsmConfigError";
   }
 }
+
+/**
+ * A peer closed or reset a connection before answering the handshake: it may
+ * be busy (too many connections at its start) or not be up yet; try again.
+ */
+export class DsmPeerBusyError extends DsmProtocolError {
+  /** Creates the error. */
+  constructor(message: string) {
+    super(message);
+    this.name = "DsmPeerBusyError";
+  }
+}

@@ -22,7 +22,7 @@
  * @module
  */
 
-import { DsmConfigError, DsmProtocolError } from "./errors.ts";
+import { DsmConfigError, DsmPeerBusyError, DsmProtocolError } from "./errors.ts";
 import {
   decodeBody,
   encodeFrame,
@@ -200,9 +200,21 @@ export async function dialHandshake(
 ): Promise<void> {
   const nonceD = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
   const hello = { region: 0, block: peer, a: self, b: auth.size };
-  await writeAll(conn, encodeFrame({ ...hello, type: MsgType.HELLO, data: nonceD }));
+  let ackBytes: Uint8Array;
+  try {
+    await writeAll(conn, encodeFrame({ ...hello, type: MsgType.HELLO, data: nonceD }));
+    ackBytes = await readExact(conn, ACK_LEN, deadline);
+  } catch (err) {
+    // Hung up on before any answer: the acceptor may be turning connections away; retry.
+    if (Date.now() < deadline) {
+      throw new DsmPeerBusyError(
+        `no answer to HELLO (${err instanceof Error ? err.message : String(err)})`,
+      );
+    }
+    throw err;
+  }
   const ack = expectFrame(
-    await readExact(conn, ACK_LEN, deadline),
+    ackBytes,
     MsgType.HELLO_ACK,
     NONCE_BYTES + MAC_BYTES,
     auth.size,

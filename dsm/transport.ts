@@ -8,7 +8,7 @@
  * @module
  */
 
-import { DsmConfigError, DsmNodeDeathError, DsmProtocolError } from "./errors.ts";
+import { DsmConfigError, DsmNodeDeathError, DsmPeerBusyError, DsmProtocolError } from "./errors.ts";
 import { encodeFrame, FrameReader, type Message, MsgType } from "./frames.ts";
 import { acceptHandshake, closeQuietly, type ClusterAuth, dialHandshake } from "./handshake.ts";
 
@@ -228,29 +228,35 @@ export class Mesh {
     const ep = this.#opts.members[peerId];
     if (ep === undefined) throw new DsmConfigError(`no member ${peerId}`);
     const where = `node ${this.#opts.id}: node ${peerId} at ${formatEndpoint(ep)}`;
-    let conn: Deno.TcpConn | undefined;
     for (;;) {
+      let conn: Deno.TcpConn;
       try {
         conn = await Deno.connect({ hostname: ep.host, port: ep.port, transport: "tcp" });
-        break;
       } catch (err) {
         if (!(err instanceof Deno.errors.ConnectionRefused) || Date.now() > deadline) {
           throw new DsmConfigError(`${where}: cannot connect: ${err}`);
         }
         await new Promise((r) => setTimeout(r, 20));
+        continue;
       }
+      conn.setNoDelay(true);
+      try {
+        await dialHandshake(conn, this.#opts.auth, this.#opts.id, peerId, deadline);
+      } catch (err) {
+        closeQuietly(conn);
+        // Turned away before any answer (its start is crowded, or it is restarting): again.
+        if (err instanceof DsmPeerBusyError && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+          continue;
+        }
+        throw new DsmConfigError(
+          `${where}: handshake failed: ${err instanceof Error ? err.message : String(err)}; ` +
+            `every node needs the same cluster secret and member list`,
+        );
+      }
+      this.#attach(peerId, conn);
+      return;
     }
-    conn.setNoDelay(true);
-    try {
-      await dialHandshake(conn, this.#opts.auth, this.#opts.id, peerId, deadline);
-    } catch (err) {
-      closeQuietly(conn);
-      throw new DsmConfigError(
-        `${where}: handshake failed: ${err instanceof Error ? err.message : String(err)}; ` +
-          `every node needs the same cluster secret and member list`,
-      );
-    }
-    this.#attach(peerId, conn);
   }
 
   #attach(peerId: number, conn: Deno.TcpConn): void {

@@ -17,10 +17,14 @@ Deno.test("silent and garbage connections at startup neither hang a node nor kee
   );
   await sleep(300);
   spoof.close(); // a "node 1" that vanishes must not be reported dead: it was never node 1
+  // More silent connections than node 0 handshakes at once: it turns the rest away,
+  // and node 1, turned away too at first, tries again until it gets in.
+  const crowd = await Promise.all(Array.from({ length: 80 }, () => connectRetry(p0)));
   const n1 = startNode(p1, [p0]);
   const [a, b] = await Promise.all([n0.done, n1.done]);
   silent.close();
   garbage.close();
+  for (const c of crowd) c.close();
   assert.ok(!a.killed && !b.killed, `a node hung (${a.ms} ms, ${b.ms} ms)`);
   assert.equal(a.code, 0, a.stderr);
   assert.equal(b.code, 0, b.stderr);
