@@ -4,6 +4,11 @@
  * LAPIC on with a periodic timer tick, and one IOAPIC pin (the device's GSI)
  * routed edge-triggered to the boot CPU. Any exception ends the run with
  * debug-exit 4 after printing its vector.
+ *
+ * The KVM of the machines vmkit is built on cannot emulate IRET in 32-bit
+ * protected mode (KVM_INTERNAL_ERROR_EMULATION at the handler's `iret`), so
+ * there interrupt-driven tests use the 64-bit guest; the 32-bit build is
+ * still right and runs under QEMU (tests/vmm/net_guest_qemu_test.ts).
  */
 #include "virtio_mmio.h"
 

@@ -6,6 +6,7 @@ import { Q, queueWord } from "../../vmm/devices/virtio/layout.ts";
 import { VirtioMmioTransport } from "../../vmm/devices/virtio/mmio.ts";
 import { netDevice, NetStat } from "../../vmm/devices/virtio/net_format.ts";
 import { sleep, waitFor } from "../netguard/helpers.ts";
+import { benchFrame, FRAME_LEN } from "../../bench/net_frames.ts";
 import { R, S, type Used } from "./virtio_driver.ts";
 import { BUFS, F, type NetRig, netRig, startDriver } from "./virtio_net_rig.ts";
 
@@ -325,6 +326,47 @@ Deno.test("a net device saved while quiesced with frames waiting both ways resum
     assert.equal(regs2.read(host2.slot.base + R.STATUS, 4) & S.NEEDS_RESET, 0);
   } finally {
     await host2?.close();
+    await r.close();
+  }
+});
+
+Deno.test("with HOST_TSO4 a 64 KiB TCP frame and its GSO header pass to the TAP as one frame (root, netns)", async () => {
+  const r = await netRig();
+  const capture = await LiveReader.openInterface(r.tap, { netns: r.ns.name, snaplen: 128 });
+  const seen: number[] = [];
+  const loop = capture.run((_b, _o, _l, wire) => void seen.push(wire));
+  try {
+    startDriver(r, BASE | F.CSUM | F.HOST_TSO4);
+    const frame = benchFrame("tso", [0x02, 0, 0, 0, 0x95, 0x01], 1);
+    r.mem.write(BUFS, frame);
+    r.drv.use(1);
+    r.drv.addChain([
+      { addr: BUFS, len: HDR, write: false },
+      { addr: BUFS + HDR, len: frame.length - HDR, write: false },
+    ]);
+    r.drv.kick(1);
+    await r.drv.collect(1);
+    assert.ok(await waitFor(() => seen.length >= 1, 3000));
+    assert.equal(seen[0], FRAME_LEN.tso, "one GSO frame, segmented later by the host stack");
+    assert.equal(r.stats.get(NetStat.TX_FRAMES), 1);
+    assert.equal(r.stats.get(NetStat.TX_BAD) + r.stats.get(NetStat.TX_ERRORS), 0);
+  } finally {
+    await capture.close();
+    await loop;
+    await r.close();
+  }
+});
+
+Deno.test("with guest offloads negotiated frames still arrive whole, merged buffers sized for 64 KiB (root, netns)", async () => {
+  const r = await netRig();
+  try {
+    startDriver(r, BASE | F.MRG_RXBUF | F.GUEST_CSUM | F.GUEST_TSO4, 64);
+    // 48 buffers of 1536 bytes hold the 65562 bytes a GSO frame could need.
+    const byHead = postRx(r, 48, 1536);
+    await ping(r, 2, 1400);
+    const got = frames(r, await r.drv.use(0).collect(2), byHead);
+    assert.equal(got.filter((f) => isEchoRequest(f, 1400)).length, 2);
+  } finally {
     await r.close();
   }
 });
