@@ -56,7 +56,7 @@ const OPTIONS = {
   vcpus: int("N", "vCPUs", { min: 1, max: 64, default: 1 }),
   disk: list(
     "SPEC",
-    "virtio-blk drive: PATH, path=PATH[,readonly=on][,id=ID][,root=on] or iscsi://HOST[:PORT]/TARGET/LUN",
+    "virtio-blk drive: PATH, path=PATH[,readonly=on][,id=ID][,root=on], iscsi://H[:P]/T/LUN",
     { complete: "file" },
   ),
   net: list("SPEC", "virtio-net NIC on a TAP: tap=NAME[,mac=MAC][,id=ID][,netns=NS]"),
@@ -75,8 +75,7 @@ const OPTIONS = {
   }),
   "api-sock": str(
     "PATH",
-    "serve the control API on this Unix socket (without --kernel or " +
-      "--config-file: wait there to be configured)",
+    "serve Firecracker's API on this socket (alone: wait there to be configured)",
     { complete: "file" },
   ),
   "serial-out": str("PATH", "write the guest's serial output to PATH (truncated), not stdout", {

@@ -213,3 +213,86 @@ Deno.test("vmkit run refuses bad VM flags with a one-line usage error (exit 64)"
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+async function rssBytes(pid: number): Promise<number> {
+  const status = await Deno.readTextFile(`/proc/${pid}/status`);
+  return Number(/^VmRSS:\s+(\d+) kB$/m.exec(status)?.[1]) * 1024;
+}
+
+Deno.test("a running VMM's resident memory stays flat under a flood of 1 MiB chunked bodies (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir();
+  const sock = `${dir}/fc.sock`;
+  await using child = VmkitChild.spawn([
+    "run",
+    "--kernel",
+    PVH,
+    "--cmdline",
+    "mode=spin",
+    "--mem",
+    "32",
+    "--api-sock",
+    sock,
+    "--serial-out",
+    `${dir}/serial.txt`,
+  ]);
+  try {
+    await waitFor("the API socket", () => exists(sock));
+    await new Promise((r) => setTimeout(r, 500)); // let the VMM settle
+    const before = await rssBytes(child.child.pid);
+    const chunk = new Uint8Array(1024 * 1024 + 12);
+    const head = new TextEncoder().encode(`${(1024 * 1024).toString(16)}\r\n`);
+    chunk.set(head);
+    chunk.set([13, 10], head.length + 1024 * 1024);
+    let pushed = 0;
+    const deadline = Date.now() + 4000;
+    // Four clients at once, each reconnecting when the VMM cuts it off.
+    await Promise.all(Array.from({ length: 4 }, async () => {
+      while (Date.now() < deadline) {
+        const c = await Deno.connect({ transport: "unix", path: sock });
+        try {
+          await c.write(new TextEncoder().encode(
+            "PATCH /vm HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+          ));
+          for (let i = 0; i < 64 && Date.now() < deadline; i++) {
+            let off = 0;
+            while (off < chunk.length) {
+              const n = await c.write(chunk.subarray(off));
+              off += n;
+              pushed += n;
+            }
+          }
+        } catch (err) {
+          if (
+            !(err instanceof Deno.errors.BrokenPipe || err instanceof Deno.errors.ConnectionReset)
+          ) {
+            throw err;
+          }
+        } finally {
+          c.close();
+        }
+      }
+    }));
+    const after = await rssBytes(child.child.pid);
+    const grew = after - before;
+    console.log(
+      `pushed ${(pushed / 1048576).toFixed(0)} MiB; VMM RSS ${(before / 1048576).toFixed(0)} -> ${
+        (after / 1048576).toFixed(0)
+      } MiB`,
+    );
+    assert.ok(pushed > 8 * 1024 * 1024, `the flood pushed only ${pushed} bytes`);
+    assert.ok(
+      grew < 64 * 1024 * 1024,
+      `VMM resident memory grew by ${(grew / 1048576).toFixed(0)} MiB under ${
+        (pushed / 1048576).toFixed(0)
+      } MiB of chunked bodies`,
+    );
+    // The API still answers, and the VM still runs.
+    const vm = await curl(sock, "GET", "/vm");
+    assert.equal(JSON.parse(vm.body).state, "Running");
+    assert.equal((await curl(sock, "PUT", "/actions", { action_type: "Shutdown" })).status, 204);
+    assert.equal((await child.exit()).code, 0);
+  } finally {
+    await child[Symbol.asyncDispose]();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -145,7 +145,7 @@ export interface FcLogger {
   readonly level: FcLogLevel;
   /** Kept for Firecracker clients; vmkit's JSON lines always carry the level. */
   readonly show_level: boolean;
-  /** Adds the module that logged to each line. */
+  /** Kept for Firecracker clients; vmkit's JSON lines always name the module that logged. */
   readonly show_log_origin: boolean;
   /** Only lines from this module. */
   readonly module?: string;
