@@ -155,3 +155,12 @@ export {
   writeAcpi,
   writeVmGenId,
 } from "./acpi/mod.ts";
+export { JsonLogger, type Level, LEVELS, type LoggerConfig, MAX_PENDING_BYTES } from "./log.ts";
+export { METRICS_PERIOD_MS, MetricsFile } from "./metrics/metrics_file.ts";
+export {
+  listenMetrics,
+  type MetricsEndpoint,
+  MetricsEndpointError,
+  parseListenAddress,
+} from "./metrics/metrics_endpoint.ts";
+export { netFamilies } from "./metrics/device_metrics.ts";

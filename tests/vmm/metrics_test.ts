@@ -3,6 +3,7 @@ import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
 import { Machine } from "../../vmm/machine.ts";
 import { MetricsRegistry, renderPrometheus } from "../../vmm/metrics/prometheus.ts";
 import { SharedCounters } from "../../vmm/metrics/shared_counters.ts";
+import { MetricsFile } from "../../vmm/metrics/metrics_file.ts";
 import { REAL_MODE_COUNTER, realModeLoader, realModeOutLoop } from "./machine_guest.ts";
 import { PROBE_PORT, PROBE_STOP_PORT, probeSpec } from "./machine_probe_devices.ts";
 
@@ -112,4 +113,31 @@ Deno.test("the machine counts pauses and the time each took (needs /dev/kvm)", a
   assert.ok(total > 0 && max > 0 && max <= total && total < 10, `total ${total} max ${max}`);
   // Kicks out of KVM_RUN show up as intr exits.
   assert.ok(m.metrics.exitCount(0, "intr") + m.metrics.exitCount(1, "intr") >= 1);
+});
+
+Deno.test("the metrics file is replaced whole at each flush and never left half-written", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    let n = 0;
+    const f = new MetricsFile(`${dir}/vm.prom`, () => `# TYPE t_total counter\nt_total ${++n}\n`);
+    await f.check();
+    assert.equal(await Deno.readTextFile(`${dir}/vm.prom`), "# TYPE t_total counter\nt_total 1\n");
+    await Promise.all([f.flush(), f.flush()]); // the second joins the first
+    await f.close();
+    assert.equal(await Deno.readTextFile(`${dir}/vm.prom`), "# TYPE t_total counter\nt_total 3\n");
+    assert.equal(f.flushes, 3);
+    const names: string[] = [];
+    for await (const e of Deno.readDir(dir)) names.push(e.name);
+    assert.deepEqual(names, ["vm.prom"]);
+    await assert.rejects(
+      new MetricsFile(dir, () => "").check(),
+      /not a regular file or a named pipe/,
+    );
+    await assert.rejects(
+      new MetricsFile(`${dir}/no/such/x`, () => "").check(),
+      /cannot write metrics/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
