@@ -24,6 +24,8 @@ export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
   // qemu-io's iscsi:// driver (the libiscsi interop test); only recommended by qemu-utils.
   { probe: "/usr/lib/x86_64-linux-gnu/qemu/block-iscsi.so", pkg: "qemu-block-extra" },
   { probe: "/usr/sbin/tgtd", pkg: "tgt" },
+  // The virtio-blk benchmark's peer.
+  { probe: "/usr/bin/fio", pkg: "fio" },
   { probe: "/usr/bin/iscsi-inq", pkg: "libiscsi-bin" },
   { probe: "/usr/bin/etcd", pkg: "etcd-server" },
   { probe: "/usr/sbin/hping3", pkg: "hping3" },

@@ -1,39 +1,7 @@
 import assert from "node:assert/strict";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { Machine } from "../../vmm/machine.ts";
-import type { DriveConfig } from "../../vmm/io_config.ts";
-import { buildGuests } from "../guests/build.ts";
+import { bootBlkGuest } from "./virtio_blk_guest.ts";
 
-const GUESTS = await buildGuests();
 const SECTOR0 = "hello from the host disk";
-
-/** Boots `guest` with `mode=blk` over `drives`; returns the serial output and the exit. */
-export async function bootBlkGuest(
-  guest: string,
-  drives: DriveConfig[],
-  extra: Partial<Parameters<typeof Machine.create>[0]> = {},
-): Promise<{ out: string; status: number; reason: string }> {
-  const dir = await Deno.makeTempDir({ prefix: "vmkit-blk-guest-" });
-  const serial = `${dir}/serial.txt`;
-  try {
-    await using m = await Machine.create({
-      memMiB: 64,
-      vcpus: 1,
-      kernel: await Deno.readFile(`${GUESTS}${guest}`),
-      cmdline: "mode=blk",
-      devices: defaultDeviceSpecs({ memMiB: 64, serialOut: { path: serial }, serialIn: false }),
-      drives,
-      ...extra,
-    });
-    await m.start();
-    const timer = setTimeout(() => void m.stop(), 60_000);
-    const exit = await m.wait();
-    clearTimeout(timer);
-    return { out: await Deno.readTextFile(serial), ...exit };
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 async function rawDisk(dir: string, bytes = 1 << 20): Promise<string> {
   const path = `${dir}/disk.raw`;
@@ -77,3 +45,57 @@ for (const guest of ["guest-pvh.elf", "guest-vmlinux.elf"]) {
     }
   });
 }
+
+async function qemuImg(args: string[]): Promise<string> {
+  const out = await new Deno.Command("qemu-img", { args, stdout: "piped", stderr: "piped" })
+    .output();
+  const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
+  assert.ok(out.success, `qemu-img ${args.join(" ")} failed:\n${text}`);
+  return text;
+}
+
+Deno.test("a guest writing to a qcow2 overlay over a raw base leaves the base untouched and qemu-img check clean (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-blk-q-" });
+  try {
+    const base = await rawDisk(dir);
+    const before = await Deno.readFile(base);
+    const overlay = `${dir}/overlay.qcow2`;
+    await qemuImg(["create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", overlay]);
+    const r = await bootBlkGuest("guest-vmlinux.elf", [{
+      id: "vda",
+      backend: { kind: "file", path: overlay },
+    }]);
+    assert.equal(r.status, 0, `${r.reason}\n${r.out}`);
+    assert.equal(line(r.out, "blk sector0 "), SECTOR0, "reads fall through to the base");
+    assert.equal(line(r.out, "blk write status "), "0");
+    assert.equal(line(r.out, "blk readback "), "ok");
+    assert.deepEqual(await Deno.readFile(base), before, "base untouched");
+    assert.match(await qemuImg(["check", overlay]), /No errors were found/);
+    const map = await qemuImg(["map", "--output=json", overlay]);
+    assert.match(
+      map,
+      /"start": 0, "length": 65536, "depth": 0, "present": true, "zero": false, "data": true/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a read-only drive fails the guest's write with IOERR and still serves reads (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-blk-ro-" });
+  try {
+    const path = await rawDisk(dir);
+    const before = await Deno.readFile(path);
+    const r = await bootBlkGuest("guest-vmlinux.elf", [{
+      id: "vda",
+      backend: { kind: "file", path },
+      readOnly: true,
+    }]);
+    assert.equal(r.status, 0, `${r.reason}\n${r.out}`);
+    assert.equal(line(r.out, "blk sector0 "), SECTOR0);
+    assert.equal(line(r.out, "blk write status "), "1", "VIRTIO_BLK_S_IOERR");
+    assert.deepEqual(await Deno.readFile(path), before);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -283,6 +283,7 @@ export class VirtioDeviceHost {
     return new Promise((resolve, reject) => {
       this.#calls.set(id, { resolve, reject });
       this.#worker.postMessage({ type: "call", id, method, args });
+      Atomics.add(this.#w, W.MESSAGES, 1);
       this.#signal(Ctrl.MESSAGE);
     });
   }

@@ -137,6 +137,8 @@ export const W = {
   INTERRUPTS: 20,
   /** Set by the main thread when the device's I/O Worker has ended or failed. */
   WORKER_GONE: 21,
+  /** Calls the main thread has posted to the I/O Worker (the Worker counts deliveries). */
+  MESSAGES: 22,
   /** First queue block. */
   QUEUE0: 32,
 } as const;

@@ -429,7 +429,10 @@ export class VirtioMmioTransport implements Device {
         "saved state has requests in flight; quiesce before save()",
       );
     }
+    // Words that describe this process's Worker, not the device, survive the copy.
+    const messages = Atomics.load(w, W.MESSAGES);
     new Uint8Array(this.#state).set(bytes);
+    Atomics.store(w, W.MESSAGES, messages);
     // The back end's view is stale: it re-reads the queues from the restored words.
     Atomics.store(w, W.BACKEND, Backend.IDLE);
     Atomics.store(w, W.CTRL, 0);

@@ -67,6 +67,7 @@ class IoLoop implements VirtioBackendContext {
   #featHi = 0;
   #draining = false;
   #calls: IoWorkerRequest[] = [];
+  #received = 0;
   #quiesceHook: Promise<void> | undefined;
 
   constructor(init: IoWorkerInit) {
@@ -158,6 +159,7 @@ class IoLoop implements VirtioBackendContext {
   }
 
   onMessage(msg: IoWorkerRequest): void {
+    this.#received++;
     this.#calls.push(msg);
   }
 
@@ -166,11 +168,11 @@ class IoLoop implements VirtioBackendContext {
     for (;;) {
       const ctrl = Atomics.exchange(this.state, W.CTRL, 0);
       if ((ctrl & Ctrl.SHUTDOWN) !== 0) break;
-      if ((ctrl & Ctrl.MESSAGE) !== 0 || this.#calls.length > 0) {
-        // Let the event loop deliver posted messages, then run the calls.
+      // Posted calls not delivered yet: let the event loop run (a blocking wait would starve it).
+      while (Atomics.load(this.state, W.MESSAGES) !== this.#received) {
         await new Promise((r) => setTimeout(r, 0));
-        this.#runCalls();
       }
+      if ((ctrl & Ctrl.MESSAGE) !== 0 || this.#calls.length > 0) this.#runCalls();
       if ((ctrl & Ctrl.RESET) !== 0 || Atomics.load(this.state, W.RESET_PENDING) !== 0) {
         await this.#reset();
       }
