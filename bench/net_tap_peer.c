@@ -16,6 +16,9 @@
  * FRAMES holds records of a little-endian u32 length then that many bytes
  * (virtio-net header included for write). Prints one line of JSON:
  * {"frames":N,"bytes":B,"ns":T,"errors":E,"again":A}.
+ *
+ * Environment: VMKIT_PEER_NONBLOCK=1 opens the TAP O_NONBLOCK (EAGAIN is
+ * retried at once); VMKIT_PEER_OFFLOAD=N sets TUNSETOFFLOAD (default 0).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -93,7 +96,9 @@ static void load_frames(const char *path)
 
 static int open_tap(const char *name)
 {
-	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+	/* VMKIT_PEER_NONBLOCK=1: O_NONBLOCK writes (as vmkit's device opens the TAP). */
+	const char *nb = getenv("VMKIT_PEER_NONBLOCK");
+	int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | (nb && nb[0] == '1' ? O_NONBLOCK : 0));
 	if (fd < 0)
 		die("/dev/net/tun");
 	struct ifreq ifr;
