@@ -346,6 +346,9 @@ export class NetBackend implements VirtioBackend {
         return; // the TAP is empty
       }
       let c = 0;
+      let delivered = 0;
+      let bytes = 0;
+      const ram = ctx.ram;
       for (let f = 0; f < frames; f++) {
         const len = out[2 * f] ?? 0;
         const used = out[2 * f + 1] ?? 0;
@@ -353,10 +356,21 @@ export class NetBackend implements VirtioBackend {
           stats.add(NetStat.RX_TOO_BIG);
           continue;
         }
-        this.#putByte(c, NetHdr.NUM_BUFFERS, this.#merge ? used & 0xff : 1);
-        this.#putByte(c, NetHdr.NUM_BUFFERS + 1, this.#merge ? used >> 8 : 0);
-        // Without GUEST_CSUM the flags must be zero (the TAP may say DATA_VALID).
-        if (!this.#guestCsum) this.#putByte(c, NetHdr.FLAGS, 0);
+        const nb = this.#merge ? used : 1;
+        const i0 = this.#rxFirst[c] ?? 0;
+        const hdr = ram.bytes[this.#rxRegion[i0] ?? 0];
+        if (hdr !== undefined && this.#rxIov.lengthOf(i0) >= NET_HDR_BYTES) {
+          // The header is in the chain's first buffer (always, with MRG_RXBUF).
+          const at = this.#rxOff[i0] ?? 0;
+          hdr[at + NetHdr.NUM_BUFFERS] = nb & 0xff;
+          hdr[at + NetHdr.NUM_BUFFERS + 1] = nb >> 8;
+          // Without GUEST_CSUM the flags must be zero (the TAP may say DATA_VALID).
+          if (!this.#guestCsum) hdr[at + NetHdr.FLAGS] = 0;
+        } else {
+          this.#putByte(c, NetHdr.NUM_BUFFERS, nb & 0xff);
+          this.#putByte(c, NetHdr.NUM_BUFFERS + 1, nb >> 8);
+          if (!this.#guestCsum) this.#putByte(c, NetHdr.FLAGS, 0);
+        }
         let left = len;
         for (let k = 0; k < used; k++, c++) {
           const n = Math.min(this.#rxCap[c] ?? 0, left);
@@ -365,10 +379,12 @@ export class NetBackend implements VirtioBackend {
           ctx.started();
           ctx.completed();
         }
-        stats.add(NetStat.RX_FRAMES);
-        stats.add(NetStat.RX_BYTES, len - NET_HDR_BYTES);
+        delivered++;
+        bytes += len - NET_HDR_BYTES;
         if (limit.active) limit.charge(len - 1, now);
       }
+      stats.add(NetStat.RX_FRAMES, delivered);
+      stats.add(NetStat.RX_BYTES, bytes);
       q.publishUsed();
       ctx.interruptIfNeeded(RX_QUEUE);
       this.#shiftCache(c);
