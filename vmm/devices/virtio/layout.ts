@@ -139,6 +139,8 @@ export const W = {
   WORKER_GONE: 21,
   /** Calls the main thread has posted to the I/O Worker (the Worker counts deliveries). */
   MESSAGES: 22,
+  /** Scratch word for full memory barriers (a seq_cst store is an xchg on x86). */
+  FENCE: 23,
   /** First queue block. */
   QUEUE0: 32,
 } as const;

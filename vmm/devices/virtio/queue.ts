@@ -24,7 +24,7 @@
  */
 
 import { type GuestRam, joinAddr } from "./guest_ram.ts";
-import { Q, queueWord } from "./layout.ts";
+import { Q, queueWord, W } from "./layout.ts";
 
 const DESC_F_NEXT = 1;
 const DESC_F_WRITE = 2;
@@ -307,6 +307,9 @@ export class SplitQueue {
   shouldInterrupt(): boolean {
     const w = this.#w;
     const now = w[this.#wNextUsed] ?? 0;
+    // Full barrier: used.idx must be visible before used_event / flags are read, or a driver
+    // that set used_event meanwhile and re-checked used.idx could miss both (lost wake-up).
+    Atomics.store(w, W.FENCE, 0);
     if (!this.#eventIdx) {
       const flags = this.#avail.getUint16(this.#availOff, true);
       return (flags & AVAIL_F_NO_INTERRUPT) === 0;
@@ -325,5 +328,7 @@ export class SplitQueue {
   armNotify(): void {
     if (!this.#eventIdx) return;
     this.#used.setUint16(this.#usedOff + 4 + 8 * this.size, this.#w[this.#wLastAvail] ?? 0, true);
+    // Full barrier before the caller re-reads avail.idx (store-load order).
+    Atomics.store(this.#w, W.FENCE, 0);
   }
 }
