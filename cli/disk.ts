@@ -48,6 +48,10 @@ function human(n: number): string {
 }
 
 const bandwidth = size("BYTES_PER_S", "limit the copy rate", { min: 1 });
+/** qemu-img's -U: look at an image another process is writing (no write lock refused). */
+const forceShare = flag("open read-only without refusing other writers (qemu-img's -U)", {
+  short: "U",
+});
 
 const create = command({
   name: "create",
@@ -134,13 +138,14 @@ const info = command({
   args: ["FILE"],
   options: {
     "backing-chain": flag("show every layer of the backing chain (JSON: an array)"),
+    "force-share": forceShare,
   },
   output: true,
   exitCode: diskExit,
   run(ctx) {
     const [file = ""] = ctx.positionals;
     const all = ctx.values["backing-chain"];
-    const chain = imageInfo(file).chain;
+    const chain = imageInfo(file, { forceShare: ctx.values["force-share"] }).chain;
     const layers = all ? chain : chain.slice(0, 1);
     const json = all ? layers.map(layerJson) : layers.map(layerJson)[0];
     ctx.print(json, () =>
@@ -166,7 +171,7 @@ const check = command({
   args: ["FILE"],
   description: "Exit status as qemu-img check: 0 clean, 1 could not check, 2 corruptions,\n" +
     "3 leaked clusters only, 63 the format has no checks (raw).",
-  options: {},
+  options: { "force-share": forceShare },
   output: true,
   exitCode: () => Exit.FAILURE,
   run(ctx) {
@@ -177,7 +182,7 @@ const check = command({
       );
       return Exit.UNSUPPORTED;
     }
-    const r = checkImage(file);
+    const r = checkImage(file, { forceShare: ctx.values["force-share"] });
     ctx.print({
       filename: file,
       format: "qcow2",
@@ -215,6 +220,7 @@ const copy = command({
     format: choice(FORMATS, "format of DST", { default: "qcow2" }),
     "cluster-size": size("BYTES", "qcow2 cluster size of DST"),
     bandwidth,
+    "force-share": forceShare,
   },
   output: true,
   progress: true,
@@ -229,6 +235,7 @@ const copy = command({
         format: o.format,
         ...(o["cluster-size"] !== undefined ? { clusterSize: o["cluster-size"] } : {}),
         ...(o.bandwidth !== undefined ? { bandwidth: o.bandwidth } : {}),
+        forceShare: o["force-share"],
       });
       bar.done();
       ctx.print(
@@ -262,13 +269,18 @@ const commitCmd = command({
       bar.done();
       const parentPath = r.parent.path;
       r.parent.closeSync();
-      const from = r.resumedFrom > 0 ? ` (resumed at ${r.resumedFrom})` : "";
+      const from = r.resumedFrom > 0
+        ? ` (resumed at ${r.resumedFrom})`
+        : r.restarted
+        ? " (restarted: the overlay was written since the interrupted commit)"
+        : "";
       ctx.print(
         {
           filename: file,
           backingFilename: parentPath,
           copied: r.copied,
           resumedFrom: r.resumedFrom,
+          restarted: r.restarted,
         },
         () => `committed ${file} into ${parentPath}: ${r.copied} bytes copied${from}`,
       );

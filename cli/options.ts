@@ -286,9 +286,9 @@ export interface Parsed<O extends OptionTable> {
   given: Set<string>;
 }
 
-/** A number such as `-5` or `-0x10`, taken as a value, never as an option. */
+/** A number such as `-5`, `-0x10` or `-1M` (a size), taken as a value, never as an option. */
 function isNegativeNumber(arg: string): boolean {
-  return /^-(\d|0x[0-9a-f])[0-9a-fx.]*$/i.test(arg);
+  return /^-(\d|0x[0-9a-f])[0-9a-fx.]*([KMGT](i?B)?)?$/i.test(arg);
 }
 
 function closest(name: string, names: string[]): string | undefined {

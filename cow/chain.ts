@@ -9,13 +9,20 @@
 import { dirname, isAbsolute, resolve } from "node:path";
 import type { DiskImage } from "./disk_image.ts";
 import { BackingChainError, CowError } from "./errors.ts";
-import type { FaultInjector } from "./file_io.ts";
+import { type FaultInjector, ImageFile } from "./file_io.ts";
+import type { LockMode } from "./image_lock.ts";
+import { PROBE_BYTES, probeBytes } from "./probe.ts";
 import { Qcow2Image } from "./qcow2.ts";
-import { QCOW2_MAGIC } from "./qcow2_format.ts";
 import { RawImage } from "./raw.ts";
 
 /** A disk image format vmkit reads. */
 export type ImageFormat = "raw" | "qcow2";
+
+/**
+ * Deepest backing chain vmkit opens (each layer holds a file descriptor and
+ * a stack frame per read through it; real chains are a few layers deep).
+ */
+export const MAX_CHAIN_DEPTH = 512;
 
 /** Options for {@link openImage}. */
 export interface OpenImageOptions {
@@ -23,31 +30,45 @@ export interface OpenImageOptions {
   readOnly?: boolean;
   /** Skip probing and use this format for the top image. */
   format?: ImageFormat;
+  /**
+   * With `format`: it was found by probing, not named by the user, so a raw
+   * image keeps guarding its first sector (see `raw.ts`).
+   */
+  formatProbed?: boolean;
   /** Fault injection for the top image (crash tests). */
   faults?: FaultInjector;
   /** Do not open backing files; unallocated clusters read as zeros (for info/check). */
   noBacking?: boolean;
+  /**
+   * Read-only opens only: let others keep writing the image (QEMU's
+   * `force-share`, `qemu-img -U`), for looking at an image in use. Applies
+   * to the whole chain. What is read may change meanwhile.
+   */
+  forceShare?: boolean;
+  /** Lock the image files as QEMU does (default true; false is QEMU's `locking=off`). */
+  locking?: boolean;
 }
 
 /** Reads the first bytes of `path` and returns its format ("raw" unless qcow2 magic). */
 export function probeFormat(path: string): ImageFormat {
-  let file: Deno.FsFile;
+  const file = openFile(path, null, { readOnly: true, lock: "none" });
   try {
-    file = Deno.openSync(path, { read: true });
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      throw new BackingChainError(`image '${path}' does not exist`);
-    }
-    throw new CowError(`cannot open '${path}': ${(err as Error).message}`, { cause: err });
-  }
-  try {
-    const head = new Uint8Array(4);
-    const n = file.readSync(head);
-    if (n === 4 && new DataView(head.buffer).getUint32(0, false) === QCOW2_MAGIC) return "qcow2";
-    return "raw";
+    return probeFile(file);
   } finally {
     file.close();
   }
+}
+
+/** The format of an open file, refusing formats vmkit does not open. */
+function probeFile(file: ImageFile): ImageFormat {
+  const head = new Uint8Array(Math.min(PROBE_BYTES, file.length()));
+  file.pread(head, 0);
+  const fmt = probeBytes(head);
+  if (fmt === "raw" || fmt === "qcow2") return fmt;
+  throw new CowError(
+    `'${file.path}' is a ${fmt} image; vmkit opens raw and qcow2 images only ` +
+      `(convert it: qemu-img convert -O qcow2 '${file.path}' <new.qcow2>)`,
+  );
 }
 
 /** Resolves a backing name stored in `imagePath` the way QEMU does (relative to its folder). */
@@ -64,10 +85,43 @@ function realPath(path: string): string {
   }
 }
 
+/** `stat` of an image path, with the errors a user can act on. */
+export function statImage(path: string, child: string | null = null): Deno.FileInfo {
+  if (path.includes("\0")) {
+    throw new CowError(`image path ${JSON.stringify(path)} contains a NUL byte`);
+  }
+  try {
+    return Deno.statSync(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) {
+      const hint = path.includes("\uFFFD") ? " (vmkit takes UTF-8 file names only)" : "";
+      throw new BackingChainError(
+        child === null
+          ? `image '${path}' does not exist${hint}`
+          : `backing file '${path}' of '${child}' does not exist; restore it or rebase the image`,
+      );
+    }
+    if (err instanceof Error && err.name in Deno.errors) {
+      throw new CowError(`cannot open '${path}': ${err.message}`, { cause: err });
+    }
+    throw err;
+  }
+}
+
+function openFile(
+  path: string,
+  child: string | null,
+  options: { readOnly: boolean; lock: LockMode; faults?: FaultInjector },
+): ImageFile {
+  statImage(path, child);
+  return ImageFile.open(path, options);
+}
+
 /**
- * Opens `path` and its whole backing chain (any depth). Backing files are
- * opened read-only and owned by the image above them, so closing the top
- * closes the chain.
+ * Opens `path` and its whole backing chain (up to {@link MAX_CHAIN_DEPTH}).
+ * Backing files are opened read-only and owned by the image above them, so
+ * closing the top closes the chain. Every file is locked as QEMU locks it
+ * (see `image_lock.ts`): an image another process writes is refused.
  *
  * @example
  * ```ts
@@ -82,8 +136,19 @@ function realPath(path: string): string {
  * ```
  */
 export function openImage(path: string, options: OpenImageOptions = {}): DiskImage {
+  if (options.forceShare && !(options.readOnly ?? false)) {
+    throw new CowError(
+      `cannot open '${path}': force-share can only be used with read-only images`,
+    );
+  }
   const seen = new Set<string>();
-  return openLayer(path, options.format, options, seen, null, true);
+  return openLayer(path, options.format, options, seen, null, 1, path);
+}
+
+function lockMode(options: OpenImageOptions, readOnly: boolean): LockMode {
+  if (options.locking === false) return "none";
+  if (!readOnly) return "write";
+  return options.forceShare ? "force-share" : "read";
 }
 
 function openLayer(
@@ -92,55 +157,65 @@ function openLayer(
   options: OpenImageOptions,
   seen: Set<string>,
   child: string | null,
-  top: boolean,
+  depth: number,
+  topPath: string,
 ): DiskImage {
-  const real = realPath(path);
-  if (seen.has(real)) {
+  if (depth > MAX_CHAIN_DEPTH) {
+    throw new BackingChainError(
+      `the backing chain of '${topPath}' is more than ${MAX_CHAIN_DEPTH} images deep ` +
+        `('${child}' names '${path}'); shorten it with 'vmkit disk stream' or 'qemu-img rebase'`,
+    );
+  }
+  const st = statImage(path, child);
+  const id = `${st.dev}:${st.ino}`;
+  if (seen.has(id)) {
     throw new BackingChainError(
       `backing chain loop: '${child}' names '${path}', which is already in the chain`,
     );
   }
-  seen.add(real);
+  seen.add(id);
+  const top = depth === 1;
+  const readOnly = top ? options.readOnly ?? false : true;
+  const file = ImageFile.open(path, {
+    readOnly,
+    lock: lockMode(options, readOnly),
+    ...(top && options.faults ? { faults: options.faults } : {}),
+  });
+  let img: Qcow2Image;
   try {
-    Deno.statSync(path);
-  } catch (err) {
-    if (err instanceof Deno.errors.NotFound) {
-      throw new BackingChainError(
-        child === null
-          ? `image '${path}' does not exist`
-          : `backing file '${path}' of '${child}' does not exist; restore it or rebase the image`,
-      );
+    const fmt = format ?? probeFile(file);
+    if (fmt === "raw") {
+      const probed = format === undefined || (top && options.formatProbed === true);
+      return RawImage.fromFile(file, probed);
     }
+    img = Qcow2Image.fromFile(file, { backing: null });
+  } catch (err) {
+    file.close();
     throw err;
   }
-  const fmt = format ?? probeFormat(path);
-  const readOnly = top ? options.readOnly ?? false : true;
-  const faults = top && options.faults ? { faults: options.faults } : {};
-  if (fmt === "raw") return RawImage.open(path, { readOnly, ...faults });
-  const peek = Qcow2Image.open(path, { readOnly: true, backing: null });
-  const name = peek.backingFile;
-  const bfmt = peek.backingFormat;
-  peek.closeSync();
-  let backing: DiskImage | null = null;
-  if (name !== null && !options.noBacking) {
-    if (bfmt !== null && bfmt !== "raw" && bfmt !== "qcow2") {
-      throw new BackingChainError(
-        `'${path}' names backing format '${bfmt}'; vmkit reads only raw and qcow2`,
-      );
-    }
-    backing = openLayer(
-      resolveBackingPath(path, name),
-      bfmt ?? undefined,
-      options,
-      seen,
-      path,
-      false,
-    );
-  }
   try {
-    return Qcow2Image.open(path, { readOnly, ...faults, backing });
+    const name = img.backingFile;
+    const bfmt = img.backingFormat;
+    if (name !== null && !options.noBacking) {
+      if (bfmt !== null && bfmt !== "raw" && bfmt !== "qcow2") {
+        throw new BackingChainError(
+          `'${path}' names backing format '${bfmt}'; vmkit reads only raw and qcow2`,
+        );
+      }
+      const backing = openLayer(
+        resolveBackingPath(path, name),
+        bfmt ?? undefined,
+        options,
+        seen,
+        path,
+        depth + 1,
+        topPath,
+      );
+      img.setBacking(backing, undefined, true);
+    }
+    return img;
   } catch (err) {
-    backing?.closeSync();
+    img.abandon();
     throw err;
   }
 }
@@ -187,9 +262,19 @@ export function createImage(path: string, options: CreateImageOptions): DiskImag
       readOnly: true,
       ...(backingFormat ? { format: backingFormat } : {}),
     });
-    backingFormat ??= parent.format;
-    size ??= parent.size;
-    parent.closeSync();
+    try {
+      const hit = chainLayerAt(parent, path);
+      if (hit !== null) {
+        throw new BackingChainError(
+          `'${path}' is '${hit.path}', a file of its own backing chain; creating it would ` +
+            `destroy its backing file`,
+        );
+      }
+      backingFormat ??= parent.format;
+      size ??= parent.size;
+    } finally {
+      parent.closeSync();
+    }
   }
   if (size === undefined) {
     throw new CowError(`creating '${path}' needs a size or a backing file`);
@@ -202,6 +287,28 @@ export function createImage(path: string, options: CreateImageOptions): DiskImag
     ...(backingFormat !== undefined ? { backingFormat } : {}),
   });
   return openImage(path, { format: "qcow2" });
+}
+
+/**
+ * The layer of `image`'s chain that the file at `path` is (same device and
+ * inode: also through a symlink or a hard link), or null when `path` does
+ * not exist or is none of them.
+ */
+export function chainLayerAt(image: DiskImage, path: string): DiskImage | null {
+  if (path.includes("\0")) {
+    throw new CowError(`image path ${JSON.stringify(path)} contains a NUL byte`);
+  }
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(path);
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return null;
+    throw err;
+  }
+  for (let d: DiskImage | null = image; d !== null; d = d.backing) {
+    if (d.identity.dev === st.dev && d.identity.ino === st.ino) return d;
+  }
+  return null;
 }
 
 /** Paths of `image` and its backing images, top first. */

@@ -9,7 +9,8 @@
 
 import { UnsupportedFeatureError } from "./errors.ts";
 import { ImageFile } from "./file_io.ts";
-import { MAX_CLUSTER_BITS, parseHeader } from "./qcow2_format.ts";
+import { isCorrupt, MAX_CLUSTER_BITS, parseHeader } from "./qcow2_format.ts";
+import { compressedSpan, entryOffset } from "./qcow2_tables.ts";
 
 /** Result of {@link checkImage}. */
 export interface CheckResult {
@@ -25,7 +26,54 @@ export interface CheckResult {
   imageEndOffset: number;
 }
 
-const TWO32 = 2 ** 32;
+/** Options for {@link checkImage}. */
+export interface CheckOptions {
+  /** Check an image another process has open for writing (QEMU's force-share). */
+  forceShare?: boolean;
+}
+
+/** Clusters per chunk of the reference counter. */
+const CHUNK = 1 << 16;
+/** Refcount blocks kept in memory at once (they are visited mostly in order). */
+const BLOCK_CACHE = 64;
+
+/**
+ * Reference counts by host cluster, allocated in chunks only where clusters
+ * are referenced: memory follows the metadata, not the file length (an
+ * 8 TiB sparse file costs nothing).
+ */
+class SparseCounts {
+  #chunks = new Map<number, Uint32Array>();
+  add(ci: number): void {
+    const k = Math.floor(ci / CHUNK);
+    let c = this.#chunks.get(k);
+    if (c === undefined) {
+      c = new Uint32Array(CHUNK);
+      this.#chunks.set(k, c);
+      if (k === this.#lastKey) this.#last = c;
+    }
+    const i = ci - k * CHUNK;
+    c[i] = (c[i] ?? 0) + 1;
+  }
+  #lastKey = -1;
+  #last: Uint32Array | undefined;
+  get(ci: number): number {
+    const k = Math.floor(ci / CHUNK);
+    if (k !== this.#lastKey) {
+      this.#lastKey = k;
+      this.#last = this.#chunks.get(k);
+    }
+    return this.#last?.[ci - k * CHUNK] ?? 0;
+  }
+  /** Every referenced cluster with its count, in ascending order. */
+  *entries(): Generator<[number, number]> {
+    for (const k of [...this.#chunks.keys()].sort((a, b) => a - b)) {
+      const c = this.#chunks.get(k);
+      if (c === undefined) continue;
+      for (let i = 0; i < CHUNK; i++) if (c[i] !== 0) yield [k * CHUNK + i, c[i] ?? 0];
+    }
+  }
+}
 
 /**
  * Checks the qcow2 file at `path`. Throws `QcowError` when it is not a qcow2
@@ -43,8 +91,11 @@ const TWO32 = 2 ** 32;
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export function checkImage(path: string): CheckResult {
-  const file = ImageFile.open(path, { readOnly: true });
+export function checkImage(path: string, options: CheckOptions = {}): CheckResult {
+  const file = ImageFile.open(path, {
+    readOnly: true,
+    lock: options.forceShare ? "force-share" : "read",
+  });
   try {
     return checkReader(file, path);
   } finally {
@@ -71,8 +122,11 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
   const h = parseHeader(head, path, len);
   const cs = 2 ** h.clusterBits;
   const nClusters = Math.ceil(len / cs);
-  const refs = new Uint32Array(nClusters);
+  const refs = new SparseCounts();
   const errors: string[] = [];
+  if (isCorrupt(h)) {
+    errors.push("the image is marked corrupt (a write into its metadata was refused)");
+  }
   const ref = (offset: number, what: string): boolean => {
     if (offset % cs !== 0) {
       errors.push(`${what}: offset ${offset} is not cluster aligned`);
@@ -83,7 +137,7 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
       errors.push(`${what}: offset ${offset} is past the end of the file (${len})`);
       return false;
     }
-    refs[ci] = (refs[ci] ?? 0) + 1;
+    refs.add(ci);
     return true;
   };
   const readTable = (offset: number, bytes: number): DataView => {
@@ -95,7 +149,7 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
   const entry = (v: DataView, i: number): { hi: number; lo: number; off: number } => {
     const hi = v.getUint32(i * 8, false);
     const lo = v.getUint32(i * 8 + 4, false);
-    return { hi, lo, off: (hi & 0x00ffffff) * TWO32 + ((lo & 0xfffffe00) >>> 0) };
+    return { hi, lo, off: entryOffset(hi, lo) };
   };
   ref(0, "header");
   const l1Bytes = h.l1Size * 8;
@@ -114,12 +168,27 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
   const rt = readTable(h.refcountTableOffset, rcEntries * 8);
   const rcBits = 1 << h.refcountOrder;
   const rcPer = (cs * 8) / rcBits;
-  const blocks = new Map<number, DataView>();
+  /** Host offsets of the refcount blocks, by refcount-table index. */
+  const blocks = new Map<number, number>();
   for (let i = 0; i < rcEntries; i++) {
     const { off } = entry(rt, i);
     if (off === 0) continue;
-    if (ref(off, `refcount block ${i}`)) blocks.set(i, readTable(off, cs));
+    if (ref(off, `refcount block ${i}`)) blocks.set(i, off);
   }
+  const cached = new Map<number, DataView>();
+  const block = (bi: number): DataView | undefined => {
+    const hit = cached.get(bi);
+    if (hit !== undefined) return hit;
+    const off = blocks.get(bi);
+    if (off === undefined) return undefined;
+    if (cached.size >= BLOCK_CACHE) {
+      const first = cached.keys().next();
+      if (!first.done) cached.delete(first.value);
+    }
+    const v = readTable(off, cs);
+    cached.set(bi, v);
+    return v;
+  };
   // L1 / L2 / data
   const l2Entries = cs / 8;
   const l1 = readTable(h.l1TableOffset, l1Bytes);
@@ -135,11 +204,8 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
       const d = entry(l2, j);
       const guest = (i * l2Entries + j) * cs;
       if (d.hi & 0x40000000) {
-        const full = (BigInt(d.hi) << 32n) | BigInt(d.lo >>> 0);
-        const x = BigInt(62 - (h.clusterBits - 8));
-        const off = Number(full & ((1n << x) - 1n));
-        const sectors = Number((full >> x) & ((1n << (62n - x)) - 1n)) + 1;
-        const end = off - (off % 512) + sectors * 512;
+        const { offset: off, length } = compressedSpan(d.hi, d.lo, h.clusterBits);
+        const end = off + length;
         for (let c = Math.floor(off / cs); c <= Math.floor((end - 1) / cs); c++) {
           ref(c * cs, `compressed cluster at guest ${guest}`);
         }
@@ -154,11 +220,7 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
       }
     }
   }
-  const stored = (ci: number): number => {
-    const bi = Math.floor(ci / rcPer);
-    const v = blocks.get(bi);
-    if (v === undefined) return 0;
-    const i = ci - bi * rcPer;
+  const storedIn = (v: DataView, i: number): number => {
     switch (rcBits) {
       case 8:
         return v.getUint8(i);
@@ -174,16 +236,30 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
       }
     }
   };
+  const stored = (ci: number): number => {
+    const bi = Math.floor(ci / rcPer);
+    const v = block(bi);
+    return v === undefined ? 0 : storedIn(v, ci - bi * rcPer);
+  };
   let leaks = 0;
   let end = 0;
-  for (let ci = 0; ci < nClusters; ci++) {
-    const want = refs[ci] ?? 0;
+  for (const [ci, want] of refs.entries()) {
     const have = stored(ci);
-    if (want > 0) end = (ci + 1) * cs;
+    end = (ci + 1) * cs;
     if (have < want) {
       errors.push(`cluster ${ci} (offset ${ci * cs}): refcount ${have}, referenced ${want} times`);
     } else if (have > want) {
       leaks++;
+    }
+  }
+  // Leaks among the unreferenced clusters: walk only the refcount blocks there are.
+  for (const bi of [...blocks.keys()].sort((a, b) => a - b)) {
+    const first = bi * rcPer;
+    const last = Math.min(first + rcPer, nClusters);
+    const v = first < last ? block(bi) : undefined;
+    if (v === undefined) continue;
+    for (let ci = first; ci < last; ci++) {
+      if (refs.get(ci) === 0 && storedIn(v, ci - first) > 0) leaks++;
     }
   }
   for (const { ci, what } of copiedChecks) {

@@ -19,6 +19,12 @@
  * flushed write below the cursor reached both files. The state file is
  * removed after the pivot.
  *
+ * The cursor is only trusted while the overlay is unchanged since it was
+ * saved: the commit sets an autoclear feature bit in the overlay's header
+ * (`AUTOCLEAR_COMMIT_MARKER`), which every writer that does not know it
+ * (QEMU, or vmkit outside this commit) clears before its first write. A
+ * resume that finds the bit gone starts over from the beginning.
+ *
  * @module
  */
 
@@ -29,6 +35,7 @@ import { type DiskImage, settle } from "./disk_image.ts";
 import { LiveOperationError } from "./errors.ts";
 import { type BackgroundOptions, Pacer } from "./progress.ts";
 import type { Qcow2Image } from "./qcow2.ts";
+import { RawImage } from "./raw.ts";
 import type { SwitchableDevice } from "./switchable_device.ts";
 import { openQcow2Overlay } from "./overlay.ts";
 
@@ -50,6 +57,8 @@ export interface CommitResult {
   resumedFrom: number;
   /** Bytes copied into the parent by this run. */
   copied: number;
+  /** A saved cursor was found but the overlay changed since: the copy started over. */
+  restarted: boolean;
 }
 
 interface CommitState {
@@ -121,6 +130,17 @@ export class CommitMirror implements BlockDevice {
     return this.overlay.close();
   }
 
+  /**
+   * Bytes from `offset` the next {@link copyStep} should take: a whole run
+   * the overlay does not allocate (nothing to copy, however long), else
+   * at most `chunk`.
+   */
+  nextStep(offset: number, chunk: number): number {
+    const rest = this.overlay.size - offset;
+    const st = this.overlay.blockStatus(offset, rest);
+    return st.kind === "unallocated" ? st.length : Math.min(chunk, rest);
+  }
+
   /** Copies the overlay's allocation in `[offset, offset + length)` down; advances the cursor. */
   copyStep(offset: number, length: number, buf: Uint8Array): number {
     let copied = 0;
@@ -176,13 +196,29 @@ function saveState(path: string, state: CommitState): void {
   Deno.renameSync(tmp, path);
 }
 
+/**
+ * The overlay's parent opened read-write, in place of the read-only one the
+ * chain holds. The read-only one stops refusing writers first (its locks
+ * drop to force-share), so the read-write open can take the write lock; if
+ * that open fails, it goes back to its read locks.
+ */
 function writableParent(overlay: Qcow2Image): DiskImage {
   const b = overlay.backing;
   if (b === null) {
     throw new LiveOperationError(`'${overlay.path}' has no backing file to commit into`);
   }
   if (!b.readOnly) return b;
-  const fresh = openImage(b.path, { format: b.format });
+  b.relock("force-share");
+  let fresh: DiskImage;
+  try {
+    fresh = openImage(b.path, {
+      format: b.format,
+      ...(b instanceof RawImage ? { formatProbed: b.probed } : {}),
+    });
+  } catch (err) {
+    b.relock("read");
+    throw err;
+  }
   overlay.setBacking(fresh, undefined, true);
   return fresh;
 }
@@ -216,8 +252,10 @@ export async function commit(
     return await commitOpen(overlay, options);
   } catch (err) {
     // An overlay we opened ourselves is closed (with its chain) on failure;
-    // the state file stays, so a later call resumes.
+    // the state file stays, so a later call resumes. A caller's overlay may
+    // go on being written: the marker then goes at its next write.
     if (typeof overlayArg === "string") overlay.closeSync();
+    else overlay.releaseCommitMarker();
     throw err;
   }
 }
@@ -234,6 +272,7 @@ async function commitOpen(overlay: Qcow2Image, options: CommitOptions): Promise<
     cursor: 0,
   };
   const saved = loadState(statePath);
+  let restarted = false;
   if (saved !== null) {
     if (saved.parent !== state.parent || saved.overlay !== state.overlay) {
       throw new LiveOperationError(
@@ -241,7 +280,9 @@ async function commitOpen(overlay: Qcow2Image, options: CommitOptions): Promise<
           `delete it to restart`,
       );
     }
-    state.cursor = Math.min(saved.cursor, size);
+    // Trust the cursor only if nobody wrote the overlay since it was saved.
+    if (overlay.commitMarker) state.cursor = Math.min(saved.cursor, size);
+    else restarted = true;
   }
   const mirror = new CommitMirror(overlay, parent);
   mirror.cursor = state.cursor;
@@ -253,10 +294,12 @@ async function commitOpen(overlay: Qcow2Image, options: CommitOptions): Promise<
   const buf = new Uint8Array(chunk);
   let copied = 0;
   let steps = 0;
+  // The cursor (0 when starting over) is durable before the marker vouches for it.
   saveState(statePath, state);
+  overlay.setCommitMarker(true);
   options.onProgress?.({ done: state.cursor, total: size });
   while (mirror.cursor < size) {
-    const n = Math.min(chunk, size - mirror.cursor);
+    const n = mirror.nextStep(mirror.cursor, chunk);
     const c = mirror.copyStep(mirror.cursor, n, buf);
     copied += c;
     if (++steps % saveEvery === 0 || mirror.cursor >= size) {
@@ -273,8 +316,9 @@ async function commitOpen(overlay: Qcow2Image, options: CommitOptions): Promise<
     parent.flushSync();
   }
   overlay.flushSync();
+  overlay.setCommitMarker(false);
   overlay.detachBacking();
   overlay.closeSync();
   Deno.removeSync(statePath);
-  return { parent, resumedFrom, copied };
+  return { parent, resumedFrom, copied, restarted };
 }

@@ -6,8 +6,9 @@
  * @module
  */
 
-import { createImage, type ImageFormat, openImage } from "./chain.ts";
+import { chainLayerAt, createImage, type ImageFormat, openImage } from "./chain.ts";
 import type { DiskImage } from "./disk_image.ts";
+import { CowError } from "./errors.ts";
 import { type BackgroundOptions, isZero, Pacer } from "./progress.ts";
 
 /** Options for {@link copyParent}. */
@@ -16,6 +17,8 @@ export interface CopyOptions extends BackgroundOptions {
   format?: ImageFormat;
   /** Cluster size when the copy is qcow2 (default 64 KiB). */
   clusterSize?: number;
+  /** Open a source given by path with force-share (it may be in use by a writer). */
+  forceShare?: boolean;
 }
 
 /** What {@link copyParent} did. */
@@ -32,6 +35,10 @@ export interface CopyResult {
  * keeping under `bandwidth`. `src` should no longer be written (after a
  * checkpoint switch the parent is read-only); a source that is written
  * meanwhile yields a copy that is not point-in-time.
+ *
+ * A `dst` that is the source itself (by any name: symlink, hard link) or
+ * any file of its backing chain is refused before anything is opened for
+ * writing.
  *
  * @example
  * ```ts
@@ -51,8 +58,22 @@ export async function copyParent(
   dst: string,
   options: CopyOptions = {},
 ): Promise<CopyResult> {
-  const source = typeof src === "string" ? openImage(src, { readOnly: true }) : src;
+  const source = typeof src === "string"
+    ? openImage(src, { readOnly: true, ...(options.forceShare ? { forceShare: true } : {}) })
+    : src;
   try {
+    const hit = chainLayerAt(source, dst);
+    if (hit === source) {
+      throw new CowError(
+        `refusing to copy '${source.path}' onto '${dst}': it is the same file as the source`,
+      );
+    }
+    if (hit !== null) {
+      throw new CowError(
+        `refusing to copy '${source.path}' onto '${dst}': it is '${hit.path}', a file of the ` +
+          `source's backing chain`,
+      );
+    }
     const size = source.size;
     const out = createImage(dst, {
       size,

@@ -9,6 +9,8 @@
  */
 
 import type { BlockDevice } from "./block_device.ts";
+import type { FileIdentity } from "./file_io.ts";
+import type { LockMode } from "./image_lock.ts";
 
 /** Allocation state of a run of bytes in one image layer. */
 export type AllocationKind = "data" | "zero" | "unallocated";
@@ -31,6 +33,8 @@ export interface DiskImage extends BlockDevice {
   readonly readOnly: boolean;
   /** The image this one reads unallocated ranges from, or null. */
   readonly backing: DiskImage | null;
+  /** Device and inode of the image file (what it is, whatever name it was opened by). */
+  readonly identity: FileIdentity;
   /** Synchronous {@link BlockDevice.read}. */
   readSync(offset: number, buf: Uint8Array): void;
   /** Synchronous {@link BlockDevice.write}. */
@@ -45,6 +49,8 @@ export interface DiskImage extends BlockDevice {
   blockStatus(offset: number, length: number): BlockStatus;
   /** Synchronous {@link BlockDevice.close}; also closes an owned backing image. */
   closeSync(): void;
+  /** Changes how the image file is locked (see `image_lock.ts`); throws `ImageLockError`. */
+  relock(mode: LockMode): void;
 }
 
 /** Runs a synchronous image call as the async {@link BlockDevice} method. */
@@ -66,6 +72,7 @@ export abstract class SyncDiskImage implements DiskImage {
   abstract readonly path: string;
   abstract readonly readOnly: boolean;
   abstract readonly backing: DiskImage | null;
+  abstract readonly identity: FileIdentity;
   abstract readonly size: number;
   abstract readSync(offset: number, buf: Uint8Array): void;
   abstract writeSync(offset: number, data: Uint8Array): void;
@@ -74,6 +81,7 @@ export abstract class SyncDiskImage implements DiskImage {
   abstract grow(newSize: number): void;
   abstract blockStatus(offset: number, length: number): BlockStatus;
   abstract closeSync(): void;
+  abstract relock(mode: LockMode): void;
 
   /** Async {@link DiskImage.readSync}. */
   read(offset: number, buf: Uint8Array): Promise<void> {

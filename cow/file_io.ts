@@ -5,13 +5,17 @@
  * two ops and not safe with concurrent users of one fd) and each async op
  * costs 10+ µs, far above what 4 KiB random I/O at QEMU's speed allows. So
  * this file calls `pread64`, `pwrite64`, `fdatasync`, `ftruncate`,
- * `fallocate` and `lseek64` directly through `Deno.dlopen("libc.so.6")`, as
- * synchronous FFI calls (V8 fast calls; page-cache hits take ~1 µs). They block
- * the JS thread for the duration of the syscall, including `fdatasync`: that
- * keeps every image operation atomic with respect to other JS code, which the
- * live operations (switch, commit, stream) rely on. `open` is variadic in C;
- * it is declared with three fixed arguments, which is ABI-correct on x86-64
- * and aarch64 Linux.
+ * `fallocate` and `lseek64` directly (`libc.ts`), as synchronous FFI calls
+ * (V8 fast calls; page-cache hits take ~1 µs). They block the JS thread for
+ * the duration of the syscall, including `fdatasync`: that keeps every image
+ * operation atomic with respect to other JS code, which the live operations
+ * (switch, commit, stream) rely on.
+ *
+ * Opening checks what it opened: only regular files and block devices are
+ * images (a FIFO is opened non-blocking, so it cannot hang the open), names
+ * holding a NUL byte are refused, and the file is locked the way QEMU locks
+ * images (`image_lock.ts`) before anything is written, also before a
+ * `create` truncates an existing file.
  *
  * Every write point (pwrite, ftruncate, fallocate) passes through an optional
  * {@link FaultInjector}, which the crash-consistency tests use to stop an
@@ -20,71 +24,24 @@
  * @module
  */
 
-import { DiskIoError, InjectedFault } from "./errors.ts";
+import { CowError, DiskIoError, InjectedFault } from "./errors.ts";
+import { lockImage, type LockMode, unlockImage } from "./image_lock.ts";
+import { ERRNO, errno, errText, lib } from "./libc.ts";
 
 const O_RDONLY = 0;
 const O_RDWR = 2;
 const O_CREAT = 0o100;
 const O_EXCL = 0o200;
-const O_TRUNC = 0o1000;
+const O_NONBLOCK = 0o4000;
 const O_CLOEXEC = 0o2000000;
+const F_SETFL = 4;
 const SEEK_END = 2;
 const FALLOC_FL_KEEP_SIZE = 1;
 const FALLOC_FL_PUNCH_HOLE = 2;
-const EINTR = 4;
-const EOPNOTSUPP = 95;
+const EINTR = ERRNO.EINTR;
+const EOPNOTSUPP = ERRNO.EOPNOTSUPP;
 /** Largest count passed to one pread/pwrite (keeps results within i32). */
 const MAX_IO = 1 << 30;
-
-const SYMBOLS = {
-  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
-  close: { parameters: ["i32"], result: "i32" },
-  // Results declared i32: counts are capped at 1 GiB per call, and on the
-  // 64-bit ABIs the low half of an ssize_t return register is the value.
-  pread64: { parameters: ["i32", "buffer", "usize", "i64"], result: "i32" },
-  pwrite64: { parameters: ["i32", "buffer", "usize", "i64"], result: "i32" },
-  fdatasync: { parameters: ["i32"], result: "i32" },
-  ftruncate64: { parameters: ["i32", "i64"], result: "i32" },
-  fallocate64: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
-  lseek64: { parameters: ["i32", "i64", "i32"], result: "i64" },
-  __errno_location: { parameters: [], result: "pointer" },
-  strerror: { parameters: ["i32"], result: "pointer" },
-} as const;
-
-/**
- * The symbols as called: Deno's typings want bigint for i64 parameters, but
- * the runtime takes plain numbers too, and converting every offset to a
- * bigint would allocate on the hot path. Offsets stay below 2^53.
- */
-interface Libc {
-  open(path: Uint8Array, flags: number, mode: number): number;
-  close(fd: number): number;
-  pread64(fd: number, buf: Uint8Array, count: number, offset: number): number;
-  pwrite64(fd: number, buf: Uint8Array, count: number, offset: number): number;
-  fdatasync(fd: number): number;
-  ftruncate64(fd: number, length: number): number;
-  fallocate64(fd: number, mode: number, offset: number, length: number): number;
-  lseek64(fd: number, offset: number, whence: number): number | bigint;
-  __errno_location(): Deno.PointerValue;
-  strerror(code: number): Deno.PointerValue;
-}
-let libc: Libc | null = null;
-
-function lib(): Libc {
-  if (libc === null) libc = Deno.dlopen("libc.so.6", SYMBOLS).symbols as unknown as Libc;
-  return libc;
-}
-
-function errno(): number {
-  const p = lib().__errno_location();
-  if (p === null) return 0;
-  return new Deno.UnsafePointerView(p).getInt32(0);
-}
-
-function errText(code: number): string {
-  const p = lib().strerror(code);
-  return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
-}
 
 /**
  * Counts write points and throws {@link InjectedFault} at write number
@@ -115,8 +72,13 @@ export interface ImageFileOptions {
   readOnly?: boolean;
   /** Create the file; fails if it exists unless `truncate` is set. */
   create?: boolean;
-  /** With `create`, replace an existing file. */
+  /** With `create`, replace an existing file (after locking it). */
   truncate?: boolean;
+  /**
+   * How to lock the file (see `image_lock.ts`); default "write" for
+   * read-write opens, "read" for read-only ones.
+   */
+  lock?: LockMode;
   /** Fault injection for crash tests. */
   faults?: FaultInjector;
 }
@@ -127,21 +89,39 @@ export class ImageFile {
   readonly path: string;
   /** Whether the file was opened read-only. */
   readonly readOnly: boolean;
+  /** Device and inode of the open file (what it is, whatever name it was opened by). */
+  readonly identity: FileIdentity;
   #fd: number;
   #faults: FaultInjector | undefined;
 
-  private constructor(path: string, fd: number, readOnly: boolean, faults?: FaultInjector) {
+  private constructor(
+    path: string,
+    fd: number,
+    readOnly: boolean,
+    identity: FileIdentity,
+    faults?: FaultInjector,
+  ) {
     this.path = path;
     this.#fd = fd;
     this.readOnly = readOnly;
+    this.identity = identity;
     this.#faults = faults;
   }
 
-  /** Opens `path`; throws {@link DiskIoError} naming the errno on failure. */
+  /**
+   * Opens `path`; throws {@link DiskIoError} naming the errno on failure,
+   * {@link CowError} when the path is not a regular file or block device,
+   * and `ImageLockError` when another opener's locks conflict.
+   */
   static open(path: string, options: ImageFileOptions = {}): ImageFile {
     const readOnly = options.readOnly ?? false;
-    let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC;
-    if (options.create) flags |= O_CREAT | (options.truncate ? O_TRUNC : O_EXCL);
+    if (path.includes("\0")) {
+      throw new CowError(`image path ${JSON.stringify(path)} contains a NUL byte`);
+    }
+    if (path === "") throw new CowError("image path is empty");
+    let flags = (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | O_NONBLOCK;
+    // Never O_TRUNC: an existing file is emptied only once it is locked.
+    if (options.create) flags |= O_CREAT | (options.truncate ? 0 : O_EXCL);
     const cpath = new TextEncoder().encode(path + "\0");
     let fd: number;
     do {
@@ -151,7 +131,18 @@ export class ImageFile {
       const e = errno();
       throw new DiskIoError("open", path, e, errText(e));
     }
-    return new ImageFile(path, fd, readOnly, options.faults);
+    try {
+      const { identity, regular } = checkKind(fd, path);
+      // O_NONBLOCK only kept a FIFO from blocking the open; it has no business on an image.
+      lib().fcntlInt(fd, F_SETFL, 0);
+      lockImage(fd, path, options.lock ?? (readOnly ? "read" : "write"), identity);
+      const file = new ImageFile(path, fd, readOnly, identity, options.faults);
+      if (options.create && options.truncate && regular) file.truncate(0);
+      return file;
+    } catch (err) {
+      lib().close(fd);
+      throw err;
+    }
   }
 
   #check(): number {
@@ -249,6 +240,18 @@ export class ImageFile {
     return n;
   }
 
+  /**
+   * Changes how the open file is locked (e.g. to let a read-write open of
+   * the same file in, or back). Throws `ImageLockError` when another opener
+   * conflicts with `mode`; the file is then left with `mode`'s own bytes
+   * taken, as far as they could be.
+   */
+  relock(mode: LockMode): void {
+    const fd = this.#check();
+    unlockImage(fd, this.path);
+    lockImage(fd, this.path, mode, this.identity);
+  }
+
   /** Closes the descriptor; later calls fail with a clear error. */
   close(): void {
     if (this.#fd < 0) return;
@@ -259,4 +262,35 @@ export class ImageFile {
       throw new DiskIoError("close", this.path, e, errText(e));
     }
   }
+}
+
+/** What a file is: its device and inode numbers. */
+export interface FileIdentity {
+  /** st_dev. */
+  dev: number;
+  /** st_ino. */
+  ino: number;
+}
+
+/** Whether two identities name the same file. */
+export function sameFile(a: FileIdentity, b: FileIdentity): boolean {
+  return a.dev === b.dev && a.ino === b.ino;
+}
+
+/** The identity of the open `fd`; throws unless it is a regular file or a block device. */
+function checkKind(fd: number, path: string): { identity: FileIdentity; regular: boolean } {
+  const st = Deno.statSync(`/proc/self/fd/${fd}`);
+  if (!st.isFile && !st.isBlockDevice) {
+    const kind = st.isDirectory
+      ? "a directory"
+      : st.isFifo
+      ? "a FIFO"
+      : st.isCharDevice
+      ? "a character device"
+      : st.isSocket
+      ? "a socket"
+      : "not a regular file";
+    throw new CowError(`'${path}' is ${kind}, not a disk image (a regular file or block device)`);
+  }
+  return { identity: { dev: st.dev, ino: st.ino ?? 0 }, regular: st.isFile };
 }

@@ -61,6 +61,12 @@ function layerInfo(d: DiskImage): LayerInfo {
   };
 }
 
+/** Options for {@link imageInfo}. */
+export interface InfoOptions {
+  /** Describe an image another process has open for writing (QEMU's force-share, `-U`). */
+  forceShare?: boolean;
+}
+
 /**
  * Opens `path` read-only with its chain and describes every layer.
  *
@@ -70,8 +76,11 @@ function layerInfo(d: DiskImage): LayerInfo {
  * for (const layer of imageInfo("/tmp/top.qcow2").chain) console.log(layer.path, layer.format);
  * ```
  */
-export function imageInfo(path: string): ImageInfo {
-  const top = openImage(path, { readOnly: true });
+export function imageInfo(path: string, options: InfoOptions = {}): ImageInfo {
+  const top = openImage(path, {
+    readOnly: true,
+    ...(options.forceShare ? { forceShare: true } : {}),
+  });
   try {
     const chain: LayerInfo[] = [];
     for (let d: DiskImage | null = top; d !== null; d = d.backing) chain.push(layerInfo(d));

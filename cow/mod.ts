@@ -35,7 +35,15 @@
  * - Metadata is cached write-back and written in QEMU's order at flush
  *   (see `qcow2.ts`), so a crash leaves at most leaked clusters.
  * - Active commit mirrors writes below its cursor into the parent (QEMU's
- *   write-blocking mode) and saves the cursor for crash resume (`commit.ts`).
+ *   write-blocking mode) and saves the cursor for crash resume (`commit.ts`);
+ *   a resume trusts the cursor only if the overlay kept the commit's
+ *   autoclear marker (no writer since).
+ * - Every image file is locked as QEMU locks it (`image_lock.ts`): vmkit and
+ *   QEMU keep each other off an image being written, in both directions.
+ * - Every qcow2 write is checked against the image's metadata (QEMU's
+ *   overlap check, `qcow2_metadata.ts`); a probed raw image refuses writes
+ *   that would make it probe as another format (`raw.ts`).
+ * - The formats and on-disk conventions are described in `FORMAT.md`.
  *
  * @module
  */
@@ -53,24 +61,55 @@ export {
   QcowError,
   UnsupportedFeatureError,
 } from "./errors.ts";
-export { FaultInjector, ImageFile, type ImageFileOptions } from "./file_io.ts";
-export { RawImage, type RawOpenOptions } from "./raw.ts";
-export { type Qcow2CreateOptions, Qcow2Image, type Qcow2OpenOptions } from "./qcow2.ts";
 export {
+  FaultInjector,
+  type FileIdentity,
+  ImageFile,
+  type ImageFileOptions,
+  sameFile,
+} from "./file_io.ts";
+export {
+  ImageLockError,
+  LOCK_PERM_BASE,
+  LOCK_SHARED_BASE,
+  type LockHolder,
+  lockHolders,
+  type LockMode,
+  lockPermissions,
+  PERM,
+} from "./image_lock.ts";
+export { RawImage, type RawOpenOptions } from "./raw.ts";
+export {
+  AUTOCLEAR_COMMIT_MARKER,
+  type Qcow2CreateOptions,
+  Qcow2Image,
+  type Qcow2OpenOptions,
+} from "./qcow2.ts";
+export { probeBytes } from "./probe.ts";
+export {
+  chainLayerAt,
   chainPaths,
   createImage,
   type CreateImageOptions,
   type ImageFormat,
+  MAX_CHAIN_DEPTH,
   openImage,
   type OpenImageOptions,
   probeFormat,
   resolveBackingPath,
+  statImage,
 } from "./chain.ts";
 export { SwitchableDevice, type SwitchOptions } from "./switchable_device.ts";
 export { createOverlay, type OverlayOptions, switchToOverlay } from "./overlay.ts";
 export { type CopyOptions, copyParent, type CopyResult } from "./copy_parent.ts";
 export { commit, CommitMirror, type CommitOptions, type CommitResult } from "./commit.ts";
 export { stream, type StreamOptions, type StreamResult } from "./stream.ts";
-export { checkImage, checkReader, type CheckResult, type PositionedReader } from "./check.ts";
-export { type ImageInfo, imageInfo, type LayerInfo } from "./info.ts";
+export {
+  checkImage,
+  type CheckOptions,
+  checkReader,
+  type CheckResult,
+  type PositionedReader,
+} from "./check.ts";
+export { type ImageInfo, imageInfo, type InfoOptions, type LayerInfo } from "./info.ts";
 export { type BackgroundOptions, type Progress } from "./progress.ts";

@@ -14,6 +14,16 @@
  *    refcount decremented, reuse allowed): a cluster is never reused while
  *    a durable L2 entry may still point at it.
  *
+ * Every write is checked against the image's metadata first (QEMU's
+ * overlap check, `qcow2_metadata.ts`): a write that would land on a
+ * structure other than its own is refused, the image is marked corrupt on
+ * disk (the header's corrupt bit) and refuses all further writes; it opens
+ * read-only until `qemu-img check -r all` repairs it.
+ *
+ * Autoclear feature bits are cleared before the first modification (the
+ * spec's rule for writers that do not maintain them), except the commit
+ * marker this image maintains for `commit.ts` while a commit runs.
+ *
  * @module
  */
 
@@ -26,42 +36,42 @@ import {
   QcowError,
   UnsupportedFeatureError,
 } from "./errors.ts";
-import { type FaultInjector, ImageFile } from "./file_io.ts";
+import { type FaultInjector, type FileIdentity, ImageFile } from "./file_io.ts";
+import type { LockMode } from "./image_lock.ts";
 import { isZero } from "./progress.ts";
+import { META, MetadataMap } from "./qcow2_metadata.ts";
 import {
   buildHeader,
   HDR,
+  INCOMPAT,
+  isCorrupt,
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
   parseHeader,
   type Qcow2Header,
 } from "./qcow2_format.ts";
+import { Refcounts } from "./qcow2_refcounts.ts";
+import {
+  COMPRESSED_HI,
+  compressedSpan,
+  COPIED_HI,
+  entryOffset,
+  newTable,
+  type Table,
+  TableCache,
+  TWO32,
+  ZERO_LO,
+} from "./qcow2_tables.ts";
 
-const TWO32 = 2 ** 32;
-/** L1/L2 entry bit 63 (high word): refcount is exactly one. */
-const COPIED_HI = 0x80000000;
-/** L2 entry bit 62 (high word): compressed cluster. */
-const COMPRESSED_HI = 0x40000000;
-/** Offset bits 32..55 in the high word. */
-const OFFSET_HI = 0x00ffffff;
-/** Offset bits 9..31 in the low word. */
-const OFFSET_LO = 0xfffffe00;
-/** L2 entry bit 0: reads as zeros (v3). */
-const ZERO_LO = 1;
 /** Default bytes of L2 tables and refcount blocks each cached in memory. */
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
-
-interface Table {
-  offset: number;
-  data: Uint8Array;
-  view: DataView;
-  dirty: boolean;
-}
-
-function cleanVictim(map: Map<number, Table>): number | undefined {
-  for (const [k, v] of map) if (!v.dirty) return k;
-  return undefined;
-}
+/**
+ * Autoclear bit vmkit sets while a commit of this image is in progress: any
+ * writer that does not know it (QEMU, or vmkit outside that commit) clears
+ * it before its first write, so a resumed commit can tell whether the
+ * overlay changed since its cursor was saved.
+ */
+export const AUTOCLEAR_COMMIT_MARKER = 1n << 40n;
 
 /** Options for {@link Qcow2Image.open}. */
 export interface Qcow2OpenOptions {
@@ -79,6 +89,8 @@ export interface Qcow2OpenOptions {
   ownsBacking?: boolean;
   /** Bytes of L2 tables (and, separately, refcount blocks) to cache (default 32 MiB). */
   cacheBytes?: number;
+  /** How to lock the file (default: "write", or "read" when read-only). */
+  lock?: LockMode;
 }
 
 /** Options for {@link Qcow2Image.create}. */
@@ -89,7 +101,7 @@ export interface Qcow2CreateOptions {
   clusterSize?: number;
   /** Backing file name to store (relative names resolve from the image's folder). */
   backingFile?: string;
-  /** Backing format to store in the header extension. */
+  /** Backing format to store in the header extension; required with `backingFile`. */
   backingFormat?: "raw" | "qcow2";
 }
 
@@ -102,7 +114,10 @@ export class Qcow2Image extends SyncDiskImage {
   /** Whether writes are refused. */
   readonly readOnly: boolean;
   #file: ImageFile;
+  /** The parsed header, kept current. */
   #h: Qcow2Header;
+  /** Where the metadata lies (for the overlap checks). */
+  #meta: MetadataMap;
   #cs: number;
   #l2Entries: number;
   #size: number;
@@ -110,106 +125,133 @@ export class Qcow2Image extends SyncDiskImage {
   #ownsBacking: boolean;
   #l1: Float64Array;
   #l1Dirty = new Set<number>();
-  #l2 = new Map<number, Table>();
+  #l2: TableCache;
   #l2DirtySet = new Set<Table>();
-  #rcTable: Float64Array;
-  #rcTableDirty = new Set<number>();
-  #rc = new Map<number, Table>();
-  #rcDirtySet = new Set<Table>();
-  #rcPer: number;
-  #rcOrder: number;
-  #nextFree: number;
-  #freeList: number[] = [];
-  #pendingFree: number[] = [];
+  #rc: Refcounts;
   #scratch: Uint8Array;
   #zeros: Uint8Array;
-  #cacheTables: number;
   #lastCompressed: { hi: number; lo: number; data: Uint8Array } | null = null;
   #closed = false;
-  /** Whether the last #allocCluster came from never-written space (reads as zeros). */
-  #lastFresh = false;
+  /** Why the image was marked corrupt in this session, or null. */
+  #corrupt: string | null = null;
+  /** Autoclear bits this image keeps set through its writes. */
+  #maintained = 0n;
+  /** Autoclear bits to clear before the next modification. */
+  #clearPending = false;
 
   private constructor(file: ImageFile, h: Qcow2Header, options: Qcow2OpenOptions) {
     super();
     this.path = file.path;
     this.#file = file;
-    this.readOnly = options.readOnly ?? false;
+    this.readOnly = file.readOnly;
     this.#h = h;
     this.#cs = 2 ** h.clusterBits;
     this.#l2Entries = this.#cs / 8;
     this.#size = h.size;
     this.#backing = options.backing ?? null;
     this.#ownsBacking = options.ownsBacking ?? true;
-    this.#rcOrder = h.refcountOrder;
-    this.#rcPer = (this.#cs * 8) / (1 << h.refcountOrder);
     this.#scratch = new Uint8Array(this.#cs);
     this.#zeros = new Uint8Array(this.#cs);
-    this.#cacheTables = Math.max(
+    const cacheTables = Math.max(
       8,
       Math.floor((options.cacheBytes ?? DEFAULT_CACHE_BYTES) / this.#cs),
     );
+    this.#l2 = new TableCache(cacheTables, () => this.flushSync());
     const fileLength = file.length();
-    this.#nextFree = Math.ceil(fileLength / this.#cs);
+    const cs = this.#cs;
+    const meta = new MetadataMap(cs);
+    this.#meta = meta;
+    meta.add(META.HEADER, 0, cs);
+    meta.add(META.REFCOUNT_TABLE, h.refcountTableOffset, h.refcountTableClusters * cs);
+    meta.add(META.L1, h.l1TableOffset, h.l1Size * 8);
+    if (h.nbSnapshots > 0) meta.add(META.SNAPSHOT_TABLE, h.snapshotsOffset, cs);
+    if (h.bitmapDirectory !== null) {
+      meta.add(META.BITMAP_DIRECTORY, h.bitmapDirectory.offset, h.bitmapDirectory.size);
+    }
     this.#l1 = this.#readOffsetTable(h.l1TableOffset, h.l1Size, "L1 table", fileLength);
-    this.#rcTable = this.#readOffsetTable(
+    for (const off of this.#l1) if (off !== 0) meta.add(META.L2, off, cs);
+    const rcTable = this.#readOffsetTable(
       h.refcountTableOffset,
-      (h.refcountTableClusters * this.#cs) / 8,
+      (h.refcountTableClusters * cs) / 8,
       "refcount table",
       fileLength,
     );
+    this.#rc = new Refcounts(
+      {
+        path: this.path,
+        file,
+        header: h,
+        meta,
+        guard: (offset, length, allowed, what) => this.#guard(offset, length, allowed, what),
+        flushSync: () => this.flushSync(),
+      },
+      rcTable,
+      fileLength,
+      cacheTables,
+    );
+    this.#clearPending = !this.readOnly && h.autoclear !== 0n;
   }
 
   /** Opens an existing qcow2 file (not its backing file: see `openImage`). */
   static open(path: string, options: Qcow2OpenOptions = {}): Qcow2Image {
-    const readOnly = options.readOnly ?? false;
     const file = ImageFile.open(path, {
-      readOnly,
+      readOnly: options.readOnly ?? false,
       ...(options.faults ? { faults: options.faults } : {}),
+      ...(options.lock ? { lock: options.lock } : {}),
     });
     try {
-      const len = file.length();
-      const first = new Uint8Array(Math.min(len, 4096));
-      file.pread(first, 0);
-      let head = first;
-      if (first.length >= 24) {
-        const bits = new DataView(first.buffer).getUint32(HDR.CLUSTER_BITS, false);
-        if (bits > 12 && bits <= MAX_CLUSTER_BITS) {
-          head = new Uint8Array(Math.min(len, 2 ** bits));
-          file.pread(head, 0);
-        }
-      }
-      const h = parseHeader(head, path, len);
-      if (!readOnly && h.version < 3) {
-        throw new UnsupportedFeatureError(
-          `'${path}' is qcow2 version 2: vmkit opens it read-only; upgrade it with ` +
-            `'qemu-img amend -o compat=1.1 ${path}' to write`,
-        );
-      }
-      if (!readOnly && h.nbSnapshots > 0) {
-        throw new UnsupportedFeatureError(
-          `'${path}' has ${h.nbSnapshots} internal snapshots: vmkit opens it read-only; ` +
-            `remove them with 'qemu-img snapshot -d' to write`,
-        );
-      }
-      if (h.backingFile !== null && options.backing === undefined) {
-        throw new BackingChainError(
-          `'${path}' has backing file '${h.backingFile}': open it with openImage() ` +
-            `so the chain is opened too`,
-        );
-      }
-      const img = new Qcow2Image(file, h, options);
-      if (!readOnly && h.autoclear !== 0n) {
-        // Spec: a writer that does not maintain autoclear features must clear them.
-        const bytes = new Uint8Array(8);
-        file.pwrite(bytes, HDR.AUTOCLEAR_FEATURES);
-        file.sync();
-        h.autoclear = 0n;
-      }
-      return img;
+      return Qcow2Image.fromFile(file, options);
     } catch (err) {
       file.close();
       throw err;
     }
+  }
+
+  /**
+   * Opens the qcow2 image in an open file; the image owns the file once this
+   * returns (on failure the caller still does). `options.readOnly` is the
+   * file's.
+   */
+  static fromFile(file: ImageFile, options: Qcow2OpenOptions = {}): Qcow2Image {
+    const path = file.path;
+    const readOnly = file.readOnly;
+    const len = file.length();
+    const first = new Uint8Array(Math.min(len, 4096));
+    file.pread(first, 0);
+    let head = first;
+    if (first.length >= 24) {
+      const bits = new DataView(first.buffer).getUint32(HDR.CLUSTER_BITS, false);
+      if (bits > 12 && bits <= MAX_CLUSTER_BITS) {
+        head = new Uint8Array(Math.min(len, 2 ** bits));
+        file.pread(head, 0);
+      }
+    }
+    const h = parseHeader(head, path, len);
+    if (!readOnly && isCorrupt(h)) {
+      throw new QcowError(
+        `'${path}' is marked corrupt; it opens read-only only: repair it with ` +
+          `'qemu-img check -r all ${path}'`,
+      );
+    }
+    if (!readOnly && h.version < 3) {
+      throw new UnsupportedFeatureError(
+        `'${path}' is qcow2 version 2: vmkit opens it read-only; upgrade it with ` +
+          `'qemu-img amend -o compat=1.1 ${path}' to write`,
+      );
+    }
+    if (!readOnly && h.nbSnapshots > 0) {
+      throw new UnsupportedFeatureError(
+        `'${path}' has ${h.nbSnapshots} internal snapshots: vmkit opens it read-only; ` +
+          `remove them with 'qemu-img snapshot -d' to write`,
+      );
+    }
+    if (h.backingFile !== null && options.backing === undefined) {
+      throw new BackingChainError(
+        `'${path}' has backing file '${h.backingFile}': open it with openImage() ` +
+          `so the chain is opened too`,
+      );
+    }
+    return new Qcow2Image(file, h, options);
   }
 
   /** Writes a new, empty qcow2 v3 file at `path` (replacing any file there). */
@@ -221,6 +263,13 @@ export class Qcow2Image extends SyncDiskImage {
     }
     if (!Number.isSafeInteger(options.size) || options.size < 0 || options.size > 2 ** 50) {
       throw new QcowError(`image size ${options.size} must be an integer from 0 to 2^50 bytes`);
+    }
+    if (options.backingFile !== undefined && options.backingFormat === undefined) {
+      // A backing file without its format would be probed, and a probed raw
+      // backing file can be made to look like qcow2 by the guest.
+      throw new QcowError(
+        `creating '${path}' over '${options.backingFile}' needs the backing format (raw or qcow2)`,
+      );
     }
     // Like qemu-img create: virtual sizes are whole 512-byte sectors.
     const size = Math.ceil(options.size / 512) * 512;
@@ -282,6 +331,15 @@ export class Qcow2Image extends SyncDiskImage {
   get backing(): DiskImage | null {
     return this.#backing;
   }
+  /** Changes how the file is locked (see `image_lock.ts`). */
+  relock(mode: LockMode): void {
+    this.#file.relock(mode);
+  }
+
+  /** Device and inode of the file. */
+  get identity(): FileIdentity {
+    return this.#file.identity;
+  }
   /** The backing file name stored in the header, or null. */
   get backingFile(): string | null {
     return this.#h.backingFile;
@@ -296,11 +354,15 @@ export class Qcow2Image extends SyncDiskImage {
   }
   /** Refcount width in bits. */
   get refcountBits(): number {
-    return 1 << this.#rcOrder;
+    return this.#rc.bits;
   }
   /** Host file length in bytes. */
   get fileLength(): number {
     return this.#file.length();
+  }
+  /** Whether the image is marked corrupt (on disk, or by a refused write in this session). */
+  get corrupt(): boolean {
+    return this.#corrupt !== null || isCorrupt(this.#h);
   }
 
   // ---- tables -------------------------------------------------------------
@@ -319,7 +381,8 @@ export class Qcow2Image extends SyncDiskImage {
     for (let i = 0; i < entries; i++) {
       const hi = v.getUint32(i * 8, false);
       const lo = v.getUint32(i * 8 + 4, false);
-      const off = (hi & OFFSET_HI) * TWO32 + ((lo & OFFSET_LO) >>> 0);
+      if (hi === 0 && lo === 0) continue;
+      const off = entryOffset(hi, lo);
       if (off % this.#cs !== 0) {
         throw new QcowError(`'${this.path}': ${what} entry ${i} (${off}) is not cluster aligned`);
       }
@@ -333,28 +396,6 @@ export class Qcow2Image extends SyncDiskImage {
     return out;
   }
 
-  #loadTable(offset: number, what: string): Table {
-    const data = new Uint8Array(this.#cs);
-    const n = this.#file.pread(data, offset);
-    if (n < this.#cs) {
-      throw new QcowError(`'${this.path}': ${what} at ${offset} is cut off by the end of the file`);
-    }
-    return { offset, data, view: new DataView(data.buffer), dirty: false };
-  }
-
-  #insert(map: Map<number, Table>, key: number, t: Table): void {
-    if (map.size >= this.#cacheTables) {
-      // Only clean tables are evicted; a dirty one is written by a flush first.
-      let victim = cleanVictim(map);
-      if (victim === undefined) {
-        this.flushSync();
-        victim = cleanVictim(map);
-      }
-      if (victim !== undefined) map.delete(victim);
-    }
-    map.set(key, t);
-  }
-
   #getL2(l1i: number, alloc: boolean): Table | null {
     const cached = this.#l2.get(l1i);
     if (cached !== undefined) return cached;
@@ -362,16 +403,21 @@ export class Qcow2Image extends SyncDiskImage {
     let t: Table;
     if (off === 0) {
       if (!alloc) return null;
-      const host = this.#allocCluster();
-      const data = new Uint8Array(this.#cs);
-      t = { offset: host, data, view: new DataView(data.buffer), dirty: false };
+      const host = this.#rc.alloc();
+      t = newTable(host, this.#cs, false);
       this.#l1[l1i] = host;
       this.#l1Dirty.add(l1i);
+      this.#meta.add(META.L2, host, this.#cs);
       this.#markL2(t);
     } else {
-      t = this.#loadTable(off, `L2 table ${l1i}`);
+      t = newTable(off, this.#cs, false);
+      if (this.#file.pread(t.data, off) < this.#cs) {
+        throw new QcowError(
+          `'${this.path}': L2 table ${l1i} at ${off} is cut off by the end of the file`,
+        );
+      }
     }
-    this.#insert(this.#l2, l1i, t);
+    this.#l2.set(l1i, t);
     return t;
   }
 
@@ -380,163 +426,82 @@ export class Qcow2Image extends SyncDiskImage {
     this.#l2DirtySet.add(t);
   }
 
-  // ---- refcounts ----------------------------------------------------------
+  // ---- overlap checks and corruption ---------------------------------------
 
-  #getRcBlock(bi: number): Table | null {
-    const cached = this.#rc.get(bi);
-    if (cached !== undefined) return cached;
-    const off = this.#rcTable[bi] ?? 0;
-    if (off === 0) return null;
-    const t = this.#loadTable(off, `refcount block ${bi}`);
-    this.#insert(this.#rc, bi, t);
-    return t;
+  /**
+   * Throws, and marks the image corrupt, when `[offset, offset + length)`
+   * holds metadata other than `allowed` (a META mask; 0 for guest data).
+   */
+  #guard(offset: number, length: number, allowed: number, what: string): void {
+    const hit = this.#meta.overlap(offset, length, allowed);
+    if (hit !== null) this.#signalCorruption(`${what} at host offset ${offset}`, hit);
   }
 
-  /** Refcount of host cluster `ci`. */
-  #refcount(ci: number): number {
-    const bi = Math.floor(ci / this.#rcPer);
-    if (bi >= this.#rcTable.length) return 0;
-    const blk = this.#getRcBlock(bi);
-    if (blk === null) return 0;
-    const i = ci - bi * this.#rcPer;
-    const v = blk.view;
-    switch (this.#rcOrder) {
-      case 4:
-        return v.getUint16(i * 2, false);
-      case 3:
-        return v.getUint8(i);
-      case 5:
-        return v.getUint32(i * 4, false);
-      case 6:
-        return Number(v.getBigUint64(i * 8, false));
-      default: {
-        const bits = 1 << this.#rcOrder;
-        const per = 8 / bits;
-        const byte = v.getUint8(Math.floor(i / per));
-        return (byte >> ((i % per) * bits)) & ((1 << bits) - 1);
+  #signalCorruption(what: string, structure: string): never {
+    const reason = `${what} would overwrite the ${structure}`;
+    let marked = "the image is now marked corrupt";
+    if (this.#corrupt === null) {
+      this.#corrupt = reason;
+      try {
+        this.#h.incompatible |= 1n << BigInt(INCOMPAT.CORRUPT);
+        const b = new Uint8Array(8);
+        new DataView(b.buffer).setBigUint64(0, this.#h.incompatible, false);
+        this.#file.pwrite(b, HDR.INCOMPATIBLE_FEATURES);
+        this.#file.sync();
+      } catch (err) {
+        marked = `marking the image corrupt failed too (${(err as Error).message})`;
       }
     }
+    throw new QcowError(
+      `'${this.path}': refused ${reason}: the image's tables point into its metadata; ` +
+        `${marked} (repair it with 'qemu-img check -r all ${this.path}')`,
+    );
   }
 
-  #setRefcount(ci: number, value: number): void {
-    const bi = Math.floor(ci / this.#rcPer);
-    if (bi >= this.#rcTable.length) this.#growRefcountTable(bi);
-    if ((this.#rcTable[bi] ?? 0) === 0) this.#createRcBlock(bi);
-    const blk = this.#getRcBlock(bi);
-    if (blk === null) throw new QcowError(`'${this.path}': refcount block ${bi} vanished`);
-    const i = ci - bi * this.#rcPer;
-    const v = blk.view;
-    const max = this.#rcOrder >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << this.#rcOrder) - 1;
-    if (value > max) {
-      throw new QcowError(`'${this.path}': refcount of cluster ${ci} would overflow ${max}`);
-    }
-    switch (this.#rcOrder) {
-      case 4:
-        v.setUint16(i * 2, value, false);
-        break;
-      case 3:
-        v.setUint8(i, value);
-        break;
-      case 5:
-        v.setUint32(i * 4, value, false);
-        break;
-      case 6:
-        v.setBigUint64(i * 8, BigInt(value), false);
-        break;
-      default: {
-        const bits = 1 << this.#rcOrder;
-        const per = 8 / bits;
-        const at = Math.floor(i / per);
-        const shift = (i % per) * bits;
-        const mask = ((1 << bits) - 1) << shift;
-        v.setUint8(at, (v.getUint8(at) & ~mask) | (value << shift));
-      }
-    }
-    blk.dirty = true;
-    this.#rcDirtySet.add(blk);
+  // ---- autoclear bits ------------------------------------------------------
+
+  #writeAutoclear(): void {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, this.#h.autoclear, false);
+    this.#file.pwrite(b, HDR.AUTOCLEAR_FEATURES);
+    this.#file.sync();
   }
 
-  #createRcBlock(bi: number): void {
-    let nb: number;
-    do nb = this.#nextFree++; while (this.#refcount(nb) !== 0);
-    const data = new Uint8Array(this.#cs);
-    const t: Table = { offset: nb * this.#cs, data, view: new DataView(data.buffer), dirty: true };
-    this.#rcDirtySet.add(t);
-    this.#rcTable[bi] = nb * this.#cs;
-    this.#rcTableDirty.add(bi);
-    this.#insert(this.#rc, bi, t);
-    this.#setRefcount(nb, 1);
+  /** Clears the autoclear bits nobody here maintains; before the first modification. */
+  #clearAutoclear(): void {
+    this.#clearPending = false;
+    const keep = this.#h.autoclear & this.#maintained;
+    if (keep === this.#h.autoclear) return;
+    this.#h.autoclear = keep;
+    this.#writeAutoclear();
+  }
+
+  /** Whether the header carries the commit marker ({@link AUTOCLEAR_COMMIT_MARKER}). */
+  get commitMarker(): boolean {
+    return (this.#h.autoclear & AUTOCLEAR_COMMIT_MARKER) !== 0n;
   }
 
   /**
-   * Moves the refcount table to a bigger place. Rare (a 64 KiB-cluster image
-   * needs it past 16 TiB of allocation), done synchronously: new blocks and
-   * the new table are written and synced before the header points at them.
+   * Sets (and from now on maintains through writes) or clears the commit
+   * marker, durably. Used by `commit`.
    */
-  #growRefcountTable(minIndex: number): void {
-    const cs = this.#cs;
-    const oldOffset = this.#h.refcountTableOffset;
-    const oldClusters = this.#h.refcountTableClusters;
-    const wanted = Math.max(this.#rcTable.length * 2, minIndex + 1);
-    const clusters = Math.ceil((wanted * 8) / cs);
-    const table = new Float64Array((clusters * cs) / 8);
-    table.set(this.#rcTable);
-    this.#rcTable = table;
-    const start = this.#nextFree;
-    this.#nextFree += clusters;
-    for (let c = start; c < start + clusters; c++) this.#setRefcount(c, 1);
-    // Blocks only: dirty table entries may lie past the end of the old table,
-    // they reach the disk inside the new table written below.
-    this.#writeRefcountBlocks();
-    const bytes = new Uint8Array(clusters * cs);
-    const v = new DataView(bytes.buffer);
-    for (let i = 0; i < table.length; i++) v.setBigUint64(i * 8, BigInt(table[i] ?? 0), false);
-    this.#file.pwrite(bytes, start * cs);
-    this.#file.sync();
-    const hdr = new Uint8Array(12);
-    const hv = new DataView(hdr.buffer);
-    hv.setBigUint64(0, BigInt(start * cs), false);
-    hv.setUint32(8, clusters, false);
-    this.#file.pwrite(hdr, HDR.REFCOUNT_TABLE_OFFSET);
-    this.#file.sync();
-    this.#h.refcountTableOffset = start * cs;
-    this.#h.refcountTableClusters = clusters;
-    this.#rcTableDirty.clear();
-    for (let c = 0; c < oldClusters; c++) this.#pendingFree.push(oldOffset / cs + c);
+  setCommitMarker(on: boolean): void {
+    this.#writable("mark");
+    if (on) {
+      this.#maintained |= AUTOCLEAR_COMMIT_MARKER;
+      this.#h.autoclear |= AUTOCLEAR_COMMIT_MARKER;
+    } else {
+      this.#maintained &= ~AUTOCLEAR_COMMIT_MARKER;
+      this.#h.autoclear &= ~AUTOCLEAR_COMMIT_MARKER;
+    }
+    this.#writeAutoclear();
+    this.#clearPending = (this.#h.autoclear & ~this.#maintained) !== 0n;
   }
 
-  #allocCluster(): number {
-    for (;;) {
-      const reused = this.#freeList.pop();
-      const ci = reused ?? this.#nextFree++;
-      if (this.#refcount(ci) !== 0) continue;
-      this.#setRefcount(ci, 1);
-      // nextFree starts past the end of the file and only grows, so a cluster
-      // taken from it has never been written: it reads as zeros.
-      this.#lastFresh = reused === undefined;
-      return ci * this.#cs;
-    }
-  }
-
-  #writeRefcountBlocks(): void {
-    for (const t of this.#rcDirtySet) {
-      this.#file.pwrite(t.data, t.offset);
-      t.dirty = false;
-    }
-    this.#rcDirtySet.clear();
-  }
-
-  #writeRefcounts(): void {
-    this.#writeRefcountBlocks();
-    if (this.#rcTableDirty.size > 0) {
-      const e = new Uint8Array(8);
-      const v = new DataView(e.buffer);
-      for (const bi of [...this.#rcTableDirty].sort((a, b) => a - b)) {
-        v.setBigUint64(0, BigInt(this.#rcTable[bi] ?? 0), false);
-        this.#file.pwrite(e, this.#h.refcountTableOffset + bi * 8);
-      }
-      this.#rcTableDirty.clear();
-    }
+  /** Stops maintaining the commit marker: the next modification clears it. */
+  releaseCommitMarker(): void {
+    this.#maintained &= ~AUTOCLEAR_COMMIT_MARKER;
+    this.#clearPending = !this.readOnly && (this.#h.autoclear & ~this.#maintained) !== 0n;
   }
 
   // ---- guest I/O ----------------------------------------------------------
@@ -544,6 +509,13 @@ export class Qcow2Image extends SyncDiskImage {
   #writable(what: string): void {
     if (this.#closed) throw new QcowError(`cannot ${what} '${this.path}': image is closed`);
     if (this.readOnly) throw new QcowError(`cannot ${what} '${this.path}': opened read-only`);
+    if (this.#corrupt !== null) {
+      throw new QcowError(
+        `cannot ${what} '${this.path}': the image is marked corrupt (${this.#corrupt}); ` +
+          `repair it with 'qemu-img check -r all'`,
+      );
+    }
+    if (this.#clearPending) this.#clearAutoclear();
   }
 
   #readBacking(offset: number, buf: Uint8Array): void {
@@ -558,19 +530,10 @@ export class Qcow2Image extends SyncDiskImage {
     if (n < buf.length) buf.fill(0, n);
   }
 
-  #compressedSpan(hi: number, lo: number): { offset: number; length: number } {
-    const entry = (BigInt(hi >>> 0) << 32n) | BigInt(lo >>> 0);
-    const x = BigInt(62 - (this.#h.clusterBits - 8));
-    const offset = Number(entry & ((1n << x) - 1n));
-    const sectors = Number((entry >> x) & ((1n << (62n - x)) - 1n)) + 1;
-    const length = sectors * 512 - (offset % 512);
-    return { offset, length };
-  }
-
   #readCompressed(hi: number, lo: number): Uint8Array {
     const last = this.#lastCompressed;
     if (last !== null && last.hi === hi && last.lo === lo) return last.data;
-    const { offset, length } = this.#compressedSpan(hi, lo);
+    const { offset, length } = compressedSpan(hi, lo, this.#h.clusterBits);
     const comp = new Uint8Array(Math.min(length, this.#cs * 2 + 512));
     this.#file.readZeroFilled(comp, offset);
     let out: Uint8Array;
@@ -592,10 +555,10 @@ export class Qcow2Image extends SyncDiskImage {
   }
 
   #freeCompressed(hi: number, lo: number): void {
-    const { offset, length } = this.#compressedSpan(hi, lo);
+    const { offset, length } = compressedSpan(hi, lo, this.#h.clusterBits);
     const first = Math.floor(offset / this.#cs);
     const last = Math.floor((offset + length - 1) / this.#cs);
-    for (let c = first; c <= last; c++) this.#pendingFree.push(c);
+    for (let c = first; c <= last; c++) this.#rc.freeLater(c);
     this.#lastCompressed = null;
   }
 
@@ -630,7 +593,7 @@ export class Qcow2Image extends SyncDiskImage {
       } else if (lo & ZERO_LO) {
         buf.fill(0, pos, pos + n);
       } else {
-        const host = (hi & OFFSET_HI) * TWO32 + ((lo & OFFSET_LO) >>> 0);
+        const host = entryOffset(hi, lo);
         if (host === 0) {
           this.#readBacking(go, pos === 0 && n === len ? buf : buf.subarray(pos, pos + n));
         } else {
@@ -640,7 +603,7 @@ export class Qcow2Image extends SyncDiskImage {
             const h2 = v.getUint32((l2i + 1) * 8, false);
             const l2 = v.getUint32((l2i + 1) * 8 + 4, false);
             if ((h2 & COMPRESSED_HI) || (l2 & ZERO_LO)) break;
-            if ((h2 & OFFSET_HI) * TWO32 + ((l2 & OFFSET_LO) >>> 0) !== next) break;
+            if (entryOffset(h2, l2) !== next) break;
             n += Math.min(cs, len - pos - n);
             next += cs;
             l2i++;
@@ -683,14 +646,15 @@ export class Qcow2Image extends SyncDiskImage {
     const lo = v.getUint32(at + 4, false);
     const compressed = (hi & COMPRESSED_HI) !== 0;
     const zero = !compressed && (lo & ZERO_LO) !== 0;
-    const host = compressed ? 0 : (hi & OFFSET_HI) * TWO32 + ((lo & OFFSET_LO) >>> 0);
+    const host = compressed ? 0 : entryOffset(hi, lo);
     if (!compressed && !zero && host !== 0) {
-      if ((hi & COPIED_HI) === 0 && this.#refcount(host / cs) !== 1) {
+      if ((hi & COPIED_HI) === 0 && this.#rc.get(host / cs) !== 1) {
         throw new UnsupportedFeatureError(
           `'${this.path}': cluster at ${host} is shared (refcount != 1); vmkit does not ` +
             `copy shared clusters`,
         );
       }
+      this.#guard(host, cs, 0, "a guest data write");
       this.#file.pwrite(chunk, host + inOff);
       return;
     }
@@ -715,12 +679,13 @@ export class Qcow2Image extends SyncDiskImage {
     }
     let target: number;
     let fresh = false;
-    if (zero && host !== 0 && this.#refcount(host / cs) === 1) {
+    if (zero && host !== 0 && this.#rc.get(host / cs) === 1) {
       target = host;
     } else {
-      target = this.#allocCluster();
-      fresh = this.#lastFresh;
+      target = this.#rc.alloc();
+      fresh = this.#rc.lastFresh;
     }
+    this.#guard(target, cs, 0, "a guest data write");
     // Like QEMU's zero-COW shortcut: a never-written cluster already reads as
     // zeros, so only the guest's bytes need writing when the rest is zero.
     if (fresh && restZero) this.#file.pwrite(chunk, target + inOff);
@@ -729,7 +694,7 @@ export class Qcow2Image extends SyncDiskImage {
     v.setUint32(at + 4, target % TWO32, false);
     this.#markL2(t);
     if (compressed) this.#freeCompressed(hi, lo);
-    else if (zero && host !== 0 && target !== host) this.#pendingFree.push(host / cs);
+    else if (zero && host !== 0 && target !== host) this.#rc.freeLater(host / cs);
   }
 
   /** Deallocates whole clusters in the range; partial clusters are zero-written. */
@@ -772,8 +737,8 @@ export class Qcow2Image extends SyncDiskImage {
     if (hi & COMPRESSED_HI) {
       this.#freeCompressed(hi, lo);
     } else {
-      const host = (hi & OFFSET_HI) * TWO32 + ((lo & OFFSET_LO) >>> 0);
-      if (host !== 0) this.#pendingFree.push(host / this.#cs);
+      const host = entryOffset(hi, lo);
+      if (host !== 0) this.#rc.freeLater(host / this.#cs);
     }
     v.setUint32(at, 0, false);
     v.setUint32(at + 4, newLo, false);
@@ -783,11 +748,13 @@ export class Qcow2Image extends SyncDiskImage {
   /** Writes back cached metadata in crash-safe order and syncs (see module doc). */
   flushSync(): void {
     if (this.readOnly || this.#closed) return;
+    if (this.#corrupt !== null) this.#writable("flush");
     const metaDirty = this.#l1Dirty.size > 0 || this.#l2DirtySet.size > 0;
-    this.#writeRefcounts();
+    this.#rc.write();
     if (metaDirty) {
       this.#file.sync();
       for (const t of this.#l2DirtySet) {
+        this.#guard(t.offset, this.#cs, META.L2, "an L2 table write");
         this.#file.pwrite(t.data, t.offset);
         t.dirty = false;
       }
@@ -795,26 +762,19 @@ export class Qcow2Image extends SyncDiskImage {
       if (this.#l1Dirty.size > 0) {
         const e = new Uint8Array(8);
         const v = new DataView(e.buffer);
+        const base = this.#h.l1TableOffset;
         for (const i of [...this.#l1Dirty].sort((a, b) => a - b)) {
           const off = this.#l1[i] ?? 0;
           v.setUint32(0, off === 0 ? 0 : (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);
           v.setUint32(4, off % TWO32, false);
-          this.#file.pwrite(e, this.#h.l1TableOffset + i * 8);
+          this.#guard(base + i * 8, 8, META.L1, "an L1 table write");
+          this.#file.pwrite(e, base + i * 8);
         }
         this.#l1Dirty.clear();
       }
     }
     this.#file.sync();
-    if (this.#pendingFree.length > 0) {
-      const freed = this.#pendingFree;
-      this.#pendingFree = [];
-      for (const c of freed) {
-        const rc = this.#refcount(c);
-        if (rc === 0) continue;
-        this.#setRefcount(c, rc - 1);
-        if (rc === 1) this.#freeList.push(c);
-      }
-    }
+    this.#rc.releasePending();
   }
 
   /** Grows the virtual size to `newSize` bytes, moving the L1 table if it must grow. */
@@ -826,12 +786,12 @@ export class Qcow2Image extends SyncDiskImage {
       );
     }
     const cs = this.#cs;
+    const h = this.#h;
     const needL1 = Math.ceil(newSize / (this.#l2Entries * cs));
     if (needL1 > this.#l1.length) {
       const clusters = Math.ceil((needL1 * 8) / cs);
-      const start = this.#nextFree;
-      this.#nextFree += clusters;
-      for (let c = start; c < start + clusters; c++) this.#setRefcount(c, 1);
+      const start = this.#rc.reserve(clusters);
+      this.#meta.add(META.L1, start * cs, clusters * cs);
       this.flushSync();
       const l1 = new Float64Array(needL1);
       l1.set(this.#l1);
@@ -843,6 +803,7 @@ export class Qcow2Image extends SyncDiskImage {
         v.setUint32(i * 8, (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);
         v.setUint32(i * 8 + 4, off % TWO32, false);
       }
+      this.#guard(start * cs, bytes.length, META.L1, "an L1 table write");
       this.#file.pwrite(bytes, start * cs);
       this.#file.sync();
       const hdr = new Uint8Array(12);
@@ -851,11 +812,11 @@ export class Qcow2Image extends SyncDiskImage {
       hv.setBigUint64(4, BigInt(start * cs), false);
       this.#file.pwrite(hdr, HDR.L1_SIZE);
       this.#file.sync();
-      const oldOffset = this.#h.l1TableOffset;
+      const oldOffset = h.l1TableOffset;
       const oldClusters = Math.max(1, Math.ceil((this.#l1.length * 8) / cs));
-      for (let c = 0; c < oldClusters; c++) this.#pendingFree.push(oldOffset / cs + c);
-      this.#h.l1TableOffset = start * cs;
-      this.#h.l1Size = needL1;
+      for (let c = 0; c < oldClusters; c++) this.#rc.freeLater(oldOffset / cs + c);
+      h.l1TableOffset = start * cs;
+      h.l1Size = needL1;
       this.#l1 = l1;
     }
     const sz = new Uint8Array(8);
@@ -863,43 +824,50 @@ export class Qcow2Image extends SyncDiskImage {
     this.#file.pwrite(sz, HDR.SIZE);
     this.#file.sync();
     this.#size = newSize;
-    this.#h.size = newSize;
+    h.size = newSize;
   }
 
   /** This layer's allocation at `offset`: one run of equal kind, up to `length` bytes. */
   blockStatus(offset: number, length: number): BlockStatus {
     checkRange("block status", this.path, offset, length, this.#size, BlockRangeError);
     const cs = this.#cs;
+    const l2e = this.#l2Entries;
     let kind: BlockStatus["kind"] | null = null;
     let pos = 0;
     while (pos < length) {
       const go = offset + pos;
       const ci = Math.floor(go / cs);
-      const k = this.#kindOf(ci);
+      const l1i = Math.floor(ci / l2e);
+      const t = this.#getL2(l1i, false);
+      let k: BlockStatus["kind"];
+      let n: number;
+      if (t === null) {
+        // A whole L2 range without a table: one step, not one per cluster.
+        k = "unallocated";
+        n = Math.min((l1i + 1) * l2e * cs - go, length - pos);
+      } else {
+        k = kindOf(t, (ci - l1i * l2e) * 8);
+        n = Math.min(cs - (go - ci * cs), length - pos);
+      }
       if (kind === null) kind = k;
       else if (k !== kind) break;
-      pos += Math.min(cs - (go - ci * cs), length - pos);
+      pos += n;
     }
     return { kind: kind ?? "unallocated", length: Math.max(pos, 0) };
-  }
-
-  #kindOf(ci: number): BlockStatus["kind"] {
-    const l1i = Math.floor(ci / this.#l2Entries);
-    const t = this.#getL2(l1i, false);
-    if (t === null) return "unallocated";
-    const at = (ci - l1i * this.#l2Entries) * 8;
-    const hi = t.view.getUint32(at, false);
-    const lo = t.view.getUint32(at + 4, false);
-    if (hi & COMPRESSED_HI) return "data";
-    if (lo & ZERO_LO) return "zero";
-    return (hi & OFFSET_HI) * TWO32 + ((lo & OFFSET_LO) >>> 0) === 0 ? "unallocated" : "data";
   }
 
   /** Bytes of guest data this layer holds (data clusters, not zero clusters). */
   allocatedBytes(): number {
     let clusters = 0;
     const total = Math.ceil(this.#size / this.#cs);
-    for (let ci = 0; ci < total; ci++) if (this.#kindOf(ci) === "data") clusters++;
+    // Walk the L2 tables the L1 names; unallocated ranges cost nothing.
+    for (let l1i = 0; l1i < this.#l1.length; l1i++) {
+      if ((this.#l1[l1i] ?? 0) === 0) continue;
+      const t = this.#getL2(l1i, false);
+      if (t === null) continue;
+      const n = Math.min(this.#l2Entries, total - l1i * this.#l2Entries);
+      for (let i = 0; i < n; i++) if (kindOf(t, i * 8) === "data") clusters++;
+    }
     return clusters * this.#cs;
   }
 
@@ -916,21 +884,25 @@ export class Qcow2Image extends SyncDiskImage {
     if (name !== undefined) {
       this.#writable("rewrite the header of");
       this.flushSync();
+      const h = this.#h;
       const header = buildHeader({
-        clusterBits: this.#h.clusterBits,
+        clusterBits: h.clusterBits,
         size: this.#size,
-        l1Size: this.#h.l1Size,
-        l1TableOffset: this.#h.l1TableOffset,
-        refcountTableOffset: this.#h.refcountTableOffset,
-        refcountTableClusters: this.#h.refcountTableClusters,
-        refcountOrder: this.#rcOrder,
+        l1Size: h.l1Size,
+        l1TableOffset: h.l1TableOffset,
+        refcountTableOffset: h.refcountTableOffset,
+        refcountTableClusters: h.refcountTableClusters,
+        refcountOrder: h.refcountOrder,
         backingFile: name?.file ?? null,
         backingFormat: name?.format ?? null,
       });
+      if (h.autoclear !== 0n) {
+        new DataView(header.buffer).setBigUint64(HDR.AUTOCLEAR_FEATURES, h.autoclear, false);
+      }
       this.#file.pwrite(header.subarray(0, Math.min(header.length, 4096)), 0);
       this.#file.sync();
-      this.#h.backingFile = name?.file ?? null;
-      this.#h.backingFormat = name?.format ?? null;
+      h.backingFile = name?.file ?? null;
+      h.backingFormat = name?.format ?? null;
     }
     if (this.#ownsBacking && this.#backing !== null && this.#backing !== backing) {
       this.#backing.closeSync();
@@ -947,16 +919,25 @@ export class Qcow2Image extends SyncDiskImage {
     return b;
   }
 
-  /** Flushes (twice if frees are pending, so refcounts end exact) and closes. */
+  /**
+   * Flushes (twice if frees are pending, so refcounts end exact) and closes.
+   * A corrupt image is closed without writing its cached metadata.
+   */
   closeSync(): void {
     if (this.#closed) return;
-    if (!this.readOnly) {
-      this.flushSync();
-      if (this.#rcDirtySet.size > 0 || this.#rcTableDirty.size > 0) this.flushSync();
+    let failure: unknown = null;
+    if (!this.readOnly && this.#corrupt === null) {
+      try {
+        this.flushSync();
+        if (this.#rc.dirty) this.flushSync();
+      } catch (err) {
+        failure = err;
+      }
     }
     this.#closed = true;
     this.#file.close();
     if (this.#ownsBacking && this.#backing !== null) this.#backing.closeSync();
+    if (failure !== null) throw failure;
   }
 
   /**
@@ -969,4 +950,13 @@ export class Qcow2Image extends SyncDiskImage {
     this.#file.close();
     if (this.#ownsBacking && this.#backing !== null) this.#backing.closeSync();
   }
+}
+
+/** The kind of the L2 entry at byte `at` of table `t`. */
+function kindOf(t: Table, at: number): BlockStatus["kind"] {
+  const hi = t.view.getUint32(at, false);
+  const lo = t.view.getUint32(at + 4, false);
+  if (hi & COMPRESSED_HI) return "data";
+  if (lo & ZERO_LO) return "zero";
+  return entryOffset(hi, lo) === 0 ? "unallocated" : "data";
 }

@@ -98,6 +98,33 @@ export interface Qcow2Header {
   backingFile: string | null;
   /** Backing format from the header extension, or null. */
   backingFormat: string | null;
+  /** The bitmap directory named by the bitmaps extension, or null. */
+  bitmapDirectory: { offset: number; size: number } | null;
+}
+
+/** Whether the header's corrupt bit is set (the image may be opened read-only only). */
+export function isCorrupt(h: Qcow2Header): boolean {
+  return (h.incompatible & (1n << BigInt(INCOMPAT.CORRUPT))) !== 0n;
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Decodes a name stored in a header; refuses non-UTF-8 bytes and NUL bytes. */
+function headerName(bytes: Uint8Array, what: string, path: string): string {
+  let name: string;
+  try {
+    name = UTF8.decode(bytes);
+  } catch (err) {
+    throw new QcowError(
+      `'${path}': the ${what} is not valid UTF-8; vmkit takes UTF-8 names only ` +
+        `(rename the file and fix the name with 'qemu-img rebase -u')`,
+      { cause: err },
+    );
+  }
+  if (name.includes("\0")) {
+    throw new QcowError(`'${path}': the ${what} ${JSON.stringify(name)} contains a NUL byte`);
+  }
+  return name;
 }
 
 function u64(view: DataView, at: number): number {
@@ -156,6 +183,7 @@ export function parseHeader(head: Uint8Array, path: string, fileLength: number):
     compressionType: 0,
     backingFile: null,
     backingFormat: null,
+    bitmapDirectory: null,
   };
   if (version === 3) {
     if (head.length < V3_MIN_HEADER_LENGTH) throw new QcowError(`'${path}': header truncated`);
@@ -212,7 +240,7 @@ export function parseHeader(head: Uint8Array, path: string, fileLength: number):
     if (bLen > MAX_BACKING_NAME || bOff + bLen > Math.min(clusterSize, head.length)) {
       throw new QcowError(`'${path}': backing file name (${bLen} bytes at ${bOff}) is invalid`);
     }
-    h.backingFile = new TextDecoder().decode(head.subarray(bOff, bOff + bLen));
+    h.backingFile = headerName(head.subarray(bOff, bOff + bLen), "backing file name", path);
   }
   parseExtensions(head, h, path, bOff);
   return h;
@@ -226,9 +254,7 @@ function checkFeatures(h: Qcow2Header, path: string): void {
       `'${path}' is marked dirty (lazy refcounts not flushed); repair it with 'qemu-img check -r all'`,
     );
   }
-  if (inc & bit(INCOMPAT.CORRUPT)) {
-    throw new QcowError(`'${path}' is marked corrupt; repair it with 'qemu-img check -r all'`);
-  }
+  // The corrupt bit is the opener's call: QEMU (and vmkit) open such images read-only.
   if (inc & bit(INCOMPAT.DATA_FILE)) {
     throw new UnsupportedFeatureError(
       `'${path}' uses an external data file; vmkit does not support external data files`,
@@ -270,7 +296,14 @@ function parseExtensions(head: Uint8Array, h: Qcow2Header, path: string, bOff: n
       throw new QcowError(`'${path}': header extension 0x${type.toString(16)} overruns the header`);
     }
     if (type === EXT.BACKING_FORMAT) {
-      h.backingFormat = new TextDecoder().decode(head.subarray(data, data + len));
+      h.backingFormat = headerName(head.subarray(data, data + len), "backing format", path);
+    } else if (type === EXT.BITMAPS && len >= 24) {
+      // nb_bitmaps u32, reserved u32, bitmap_directory_size u64, bitmap_directory_offset u64
+      const size = Number(v.getBigUint64(data + 8, false));
+      const offset = Number(v.getBigUint64(data + 16, false));
+      if (Number.isSafeInteger(size) && Number.isSafeInteger(offset) && size > 0) {
+        h.bitmapDirectory = { offset, size: Math.min(size, 64 << 20) };
+      }
     } else if (type === EXT.CRYPTO) {
       throw new UnsupportedFeatureError(`'${path}' has an encryption header; not supported`);
     } else if (type === EXT.DATA_FILE) {

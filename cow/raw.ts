@@ -1,13 +1,21 @@
 /**
  * Raw disk images: the file's bytes are the disk's bytes.
  *
+ * A raw image whose format was probed (no format given, no backing-format
+ * extension naming it) refuses, as QEMU's raw driver does, any write that
+ * would make its first sector probe as another format: otherwise a guest
+ * could write a qcow2 header naming a host file as its backing file into
+ * its own disk, and the next probe would open that host file for it.
+ *
  * @module
  */
 
 import type { AllocationKind, BlockStatus, DiskImage } from "./disk_image.ts";
 import { checkRange, SyncDiskImage } from "./disk_image.ts";
 import { BlockRangeError, CowError } from "./errors.ts";
-import { type FaultInjector, ImageFile } from "./file_io.ts";
+import { type FaultInjector, type FileIdentity, ImageFile } from "./file_io.ts";
+import type { LockMode } from "./image_lock.ts";
+import { PROBE_BYTES, probeBytes } from "./probe.ts";
 
 /** Options for {@link RawImage.open}. */
 export interface RawOpenOptions {
@@ -15,6 +23,10 @@ export interface RawOpenOptions {
   readOnly?: boolean;
   /** Fault injection for crash tests. */
   faults?: FaultInjector;
+  /** The format was probed, not given: guard the first sector (default false). */
+  probed?: boolean;
+  /** How to lock the file (default: "write", or "read" when read-only). */
+  lock?: LockMode;
 }
 
 /** A raw image file as a {@link DiskImage}. */
@@ -27,15 +39,19 @@ export class RawImage extends SyncDiskImage {
   readonly readOnly: boolean;
   /** Raw images have no backing file. */
   readonly backing: DiskImage | null = null;
+  /** Whether the format was probed (the first sector is guarded). */
+  readonly probed: boolean;
   #file: ImageFile;
   #size: number;
   #zeros: Uint8Array | null = null;
+  #sector0: Uint8Array | null = null;
 
-  private constructor(file: ImageFile, readOnly: boolean) {
+  private constructor(file: ImageFile, probed: boolean) {
     super();
     this.path = file.path;
     this.#file = file;
-    this.readOnly = readOnly;
+    this.readOnly = file.readOnly;
+    this.probed = probed;
     this.#size = file.length();
   }
 
@@ -45,8 +61,24 @@ export class RawImage extends SyncDiskImage {
     const file = ImageFile.open(path, {
       readOnly,
       ...(options.faults ? { faults: options.faults } : {}),
+      ...(options.lock ? { lock: options.lock } : {}),
     });
-    return new RawImage(file, readOnly);
+    return new RawImage(file, options.probed ?? false);
+  }
+
+  /** Wraps an open file; the image owns it from here on. */
+  static fromFile(file: ImageFile, probed: boolean): RawImage {
+    return new RawImage(file, probed);
+  }
+
+  /** Changes how the file is locked (see `image_lock.ts`). */
+  relock(mode: LockMode): void {
+    this.#file.relock(mode);
+  }
+
+  /** Device and inode of the file. */
+  get identity(): FileIdentity {
+    return this.#file.identity;
   }
 
   /** Creates (or replaces) a sparse raw file of `size` bytes. */
@@ -55,7 +87,12 @@ export class RawImage extends SyncDiskImage {
       throw new CowError(`raw image size must be a non-negative integer, got ${size}`);
     }
     const file = ImageFile.open(path, { create: true, truncate: true });
-    file.truncate(size);
+    try {
+      file.truncate(size);
+    } catch (err) {
+      file.close();
+      throw err;
+    }
     return new RawImage(file, false);
   }
 
@@ -78,7 +115,24 @@ export class RawImage extends SyncDiskImage {
   writeSync(offset: number, data: Uint8Array): void {
     this.#writable("write");
     checkRange("write", this.path, offset, data.length, this.#size, BlockRangeError);
+    if (offset < PROBE_BYTES && this.probed && data.length > 0) this.#guardSector0(offset, data);
     this.#file.pwrite(data, offset);
+  }
+
+  /** Refuses a write that would make the first sector probe as another format. */
+  #guardSector0(offset: number, data: Uint8Array): void {
+    const s0 = this.#sector0 ??= new Uint8Array(PROBE_BYTES);
+    this.#file.readZeroFilled(s0, 0);
+    const n = Math.min(data.length, PROBE_BYTES - offset);
+    s0.set(n === data.length ? data : data.subarray(0, n), offset);
+    const fmt = probeBytes(s0.subarray(0, Math.min(PROBE_BYTES, this.#size)));
+    if (fmt !== "raw") {
+      throw new CowError(
+        `refusing to write sector 0 of '${this.path}': its format was probed as raw, and the ` +
+          `write would make it probe as ${fmt}; name the format explicitly (for a backing ` +
+          `file: qemu-img rebase -u -b <backing> -F raw <overlay>)`,
+      );
+    }
   }
 
   /** fdatasync. */
@@ -91,6 +145,9 @@ export class RawImage extends SyncDiskImage {
     this.#writable("discard");
     checkRange("discard", this.path, offset, length, this.#size, BlockRangeError);
     if (length === 0) return;
+    if (offset < PROBE_BYTES && this.probed) {
+      this.#guardSector0(offset, new Uint8Array(Math.min(length, PROBE_BYTES - offset)));
+    }
     if (this.#file.punchHole(offset, length)) return;
     this.#zeros ??= new Uint8Array(1 << 20);
     for (let done = 0; done < length; done += this.#zeros.length) {

@@ -70,18 +70,32 @@ export async function stream(
     const pacer = new Pacer(options);
     let copied = 0;
     let paced = 0;
+    let steps = 0;
     options.onProgress?.({ done: 0, total: size });
-    for (let off = 0; off < size; off += cs) {
-      const n = Math.min(cs, size - off);
-      copied += pullCluster(
-        overlay,
-        layers,
-        base !== null,
-        off,
-        n === cs ? buf : buf.subarray(0, n),
-      );
-      if ((off / cs) % 16 === 15 || off + n >= size) {
-        options.onProgress?.({ done: off + n, total: size });
+    for (let off = 0; off < size;) {
+      let adv: number;
+      const st = overlay.blockStatus(off, size - off);
+      if (st.kind !== "unallocated") {
+        adv = st.length;
+      } else {
+        // Skip what no layer above the base has; pull clusters one by one where one does.
+        const free = unallocatedAbove(layers, off, st.length);
+        adv = Math.floor((off + free) / cs) * cs - off;
+        if (adv <= 0) {
+          const n = Math.min(cs, size - off);
+          copied += pullCluster(
+            overlay,
+            layers,
+            base !== null,
+            off,
+            n === cs ? buf : buf.subarray(0, n),
+          );
+          adv = n;
+        }
+      }
+      off += adv;
+      if (++steps % 16 === 0 || adv > cs || off >= size) {
+        options.onProgress?.({ done: off, total: size });
         await pacer.step(copied - paced);
         paced = copied;
       }
@@ -101,6 +115,22 @@ export async function stream(
   } finally {
     if (typeof overlayArg === "string") overlay.closeSync();
   }
+}
+
+/**
+ * Bytes from `off` (up to `max`) in which no layer of `layers` allocates
+ * anything: 0 when one has data or zeros at `off`.
+ */
+function unallocatedAbove(layers: DiskImage[], off: number, max: number): number {
+  let run = max;
+  for (const l of layers) {
+    if (off >= l.size) continue;
+    const lim = Math.min(run, l.size - off);
+    const st = l.blockStatus(off, lim);
+    if (st.kind !== "unallocated") return 0;
+    if (st.length < lim) run = st.length;
+  }
+  return run;
 }
 
 /** Pulls one cluster up if the overlay lacks it and a layer above the base has it. */

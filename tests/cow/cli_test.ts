@@ -1,19 +1,5 @@
 import assert from "node:assert/strict";
-import { assertQemuCheck, pattern, qemuImg, qemuIo, run, tempDir } from "./helpers.ts";
-
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
-
-function disk(cwd: string, ...args: string[]) {
-  return new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "disk", ...args],
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-  }).output().then((o) => {
-    const dec = new TextDecoder();
-    return { code: o.code, stdout: dec.decode(o.stdout), stderr: dec.decode(o.stderr) };
-  });
-}
+import { assertQemuCheck, disk, pattern, qemuImg, qemuIo, run, tempDir } from "./helpers.ts";
 
 Deno.test("vmkit disk create, info --json, check, copy, commit and stream work on a chain", async () => {
   await using dir = await tempDir();

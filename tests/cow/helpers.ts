@@ -108,3 +108,114 @@ export function assertBytes(actual: Uint8Array, expected: Uint8Array, what: stri
     `${what}: first difference at byte ${d} (got ${actual[d]}, want ${expected[d]})`,
   );
 }
+
+const CLI_MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
+
+/** Runs `vmkit disk ARGS` from source in `cwd`; returns its status and output. */
+export async function disk(cwd: string, ...args: string[]): Promise<ToolResult> {
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI_MAIN, "disk", ...args],
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const dec = new TextDecoder();
+  return { code: o.code, stdout: dec.decode(o.stdout), stderr: dec.decode(o.stderr) };
+}
+
+/** Starts `vmkit disk ARGS` in `cwd` without waiting for it. */
+export function spawnDisk(cwd: string, ...args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI_MAIN, "disk", ...args],
+    cwd,
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+/**
+ * An interactive qemu-io holding an image open (and so its locks), driven
+ * command by command through its prompt.
+ */
+export class QemuIoSession implements AsyncDisposable {
+  readonly pid: number;
+  #child: Deno.ChildProcess;
+  #stdin: WritableStreamDefaultWriter<Uint8Array>;
+  #stdout: ReadableStreamDefaultReader<Uint8Array>;
+  #buffered = "";
+
+  private constructor(child: Deno.ChildProcess) {
+    this.#child = child;
+    this.pid = child.pid;
+    this.#stdin = child.stdin.getWriter();
+    this.#stdout = child.stdout.getReader();
+  }
+
+  /** Opens `image` in qemu-io with `args` (e.g. `-f qcow2`, `-r`) and waits for its prompt. */
+  static async open(image: string, ...args: string[]): Promise<QemuIoSession> {
+    const child = new Deno.Command("qemu-io", {
+      args: [...args, image],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const s = new QemuIoSession(child);
+    try {
+      await s.#prompt();
+    } catch (err) {
+      const out = await child.output().catch(() => null);
+      const text = out ? new TextDecoder().decode(out.stderr) : "";
+      throw new Error(`qemu-io ${args.join(" ")} ${image} did not start: ${text}`, { cause: err });
+    }
+    return s;
+  }
+
+  async #prompt(): Promise<string> {
+    const dec = new TextDecoder();
+    while (!this.#buffered.endsWith("qemu-io> ")) {
+      const { value, done } = await this.#stdout.read();
+      if (done) throw new Error(`qemu-io exited; output so far: ${this.#buffered}`);
+      this.#buffered += dec.decode(value, { stream: true });
+    }
+    const out = this.#buffered.slice(0, -"qemu-io> ".length);
+    this.#buffered = "";
+    return out;
+  }
+
+  /** Runs one qemu-io command and returns its output; asserts it reported no failure. */
+  async cmd(command: string): Promise<string> {
+    await this.#stdin.write(new TextEncoder().encode(command + "\n"));
+    const out = await this.#prompt();
+    assert.doesNotMatch(out, /failed|error|Operation not permitted/i, `qemu-io ${command}: ${out}`);
+    return out;
+  }
+
+  /** Quits qemu-io and waits for it to exit. */
+  async close(): Promise<void> {
+    await this.#stdin.write(new TextEncoder().encode("quit\n")).catch(() => {});
+    await this.#stdin.close().catch(() => {});
+    this.#stdout.releaseLock();
+    await this.#child.stdout.cancel().catch(() => {});
+    await this.#child.stderr.cancel().catch(() => {});
+    await this.#child.status;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+}
+
+/** Hides the backing-format extension of `path` (its type becomes an unknown one, ignored). */
+export async function dropBackingFormat(path: string): Promise<void> {
+  const data = await Deno.readFile(path);
+  const v = new DataView(data.buffer);
+  for (let at = 112; at + 8 <= 4096; at += 8) {
+    if (v.getUint32(at, false) === 0xe2792aca) {
+      v.setUint32(at, 0x7fff0001, false);
+      await Deno.writeFile(path, data);
+      return;
+    }
+  }
+  throw new Error(`${path} has no backing format extension`);
+}

@@ -3,7 +3,15 @@ import { createImage, openImage } from "../../cow/chain.ts";
 import { checkImage } from "../../cow/check.ts";
 import { Qcow2Image } from "../../cow/qcow2.ts";
 import { UnsupportedFeatureError } from "../../cow/errors.ts";
-import { assertBytes, assertQemuCheck, pattern, qemuImg, qemuIo, tempDir } from "./helpers.ts";
+import {
+  assertBytes,
+  assertQemuCheck,
+  dropBackingFormat,
+  pattern,
+  qemuImg,
+  qemuIo,
+  tempDir,
+} from "./helpers.ts";
 
 const MiB = 1 << 20;
 
@@ -131,7 +139,12 @@ Deno.test("a backing chain qemu-img builds (relative and absolute names, no form
     "write -P 3 4500k 100k",
   );
   // an image whose header has no backing-format extension (format is probed)
-  Qcow2Image.create(`${dir.path}/sub/l3.qcow2`, { size: 5 * MiB, backingFile: "l2.qcow2" });
+  Qcow2Image.create(`${dir.path}/sub/l3.qcow2`, {
+    size: 5 * MiB,
+    backingFile: "l2.qcow2",
+    backingFormat: "qcow2",
+  });
+  await dropBackingFormat(`${dir.path}/sub/l3.qcow2`);
   const want = await qemuRaw(dir.path, `${dir.path}/sub/l3.qcow2`);
   assertBytes(await readAll(`${dir.path}/sub/l3.qcow2`), want, "3-deep qemu chain");
 });

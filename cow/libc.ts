@@ -1,0 +1,76 @@
+/**
+ * The libc calls `cow/` makes through FFI (`Deno.dlopen("libc.so.6")`), in
+ * one table shared by the image file I/O and the image locks.
+ *
+ * The symbols are synchronous FFI calls (V8 fast calls). `open` and `fcntl`
+ * are variadic in C; they are declared with fixed arguments, which is
+ * ABI-correct on x86-64 and aarch64 Linux.
+ *
+ * @module
+ */
+
+const SYMBOLS = {
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  // Results declared i32: counts are capped at 1 GiB per call, and on the
+  // 64-bit ABIs the low half of an ssize_t return register is the value.
+  pread64: { parameters: ["i32", "buffer", "usize", "i64"], result: "i32" },
+  pwrite64: { parameters: ["i32", "buffer", "usize", "i64"], result: "i32" },
+  fdatasync: { parameters: ["i32"], result: "i32" },
+  ftruncate64: { parameters: ["i32", "i64"], result: "i32" },
+  fallocate64: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
+  lseek64: { parameters: ["i32", "i64", "i32"], result: "i64" },
+  fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
+  fcntlInt: { name: "fcntl", parameters: ["i32", "i32", "i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+} as const;
+
+/**
+ * The symbols as called: Deno's typings want bigint for i64 parameters, but
+ * the runtime takes plain numbers too, and converting every offset to a
+ * bigint would allocate on the hot path. Offsets stay below 2^53.
+ */
+export interface Libc {
+  open(path: Uint8Array, flags: number, mode: number): number;
+  close(fd: number): number;
+  pread64(fd: number, buf: Uint8Array, count: number, offset: number): number;
+  pwrite64(fd: number, buf: Uint8Array, count: number, offset: number): number;
+  fdatasync(fd: number): number;
+  ftruncate64(fd: number, length: number): number;
+  fallocate64(fd: number, mode: number, offset: number, length: number): number;
+  lseek64(fd: number, offset: number, whence: number): number | bigint;
+  fcntl(fd: number, cmd: number, arg: Uint8Array): number;
+  fcntlInt(fd: number, cmd: number, arg: number): number;
+  __errno_location(): Deno.PointerValue;
+  strerror(code: number): Deno.PointerValue;
+}
+let libc: Libc | null = null;
+
+/** The libc symbols, loaded on first use. */
+export function lib(): Libc {
+  if (libc === null) libc = Deno.dlopen("libc.so.6", SYMBOLS).symbols as unknown as Libc;
+  return libc;
+}
+
+/** The calling thread's errno. */
+export function errno(): number {
+  const p = lib().__errno_location();
+  if (p === null) return 0;
+  return new Deno.UnsafePointerView(p).getInt32(0);
+}
+
+/** strerror(code). */
+export function errText(code: number): string {
+  const p = lib().strerror(code);
+  return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/** errno values by name. */
+export const ERRNO = {
+  EBADF: 9,
+  EINTR: 4,
+  EACCES: 13,
+  EAGAIN: 11,
+  EOPNOTSUPP: 95,
+} as const;
