@@ -42,9 +42,10 @@ async function io(
   };
 }
 
+/** qemu-img check of an image the running drive holds open (-U: share its write lock). */
 async function qemuImgCheck(path: string): Promise<string> {
   const out = await new Deno.Command("qemu-img", {
-    args: ["check", path],
+    args: ["check", "-U", path],
     stdout: "piped",
     stderr: "piped",
   })

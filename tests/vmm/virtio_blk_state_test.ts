@@ -113,13 +113,15 @@ Deno.test("a virtio-blk device quiesced with requests in flight, saved and resto
 Deno.test("restoring state of another device shape is refused", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-blk-state-" });
   await Deno.writeFile(`${dir}/a.raw`, new Uint8Array(1 << 20));
+  await Deno.writeFile(`${dir}/b.raw`, new Uint8Array(1 << 20));
   using mem = HostMemory.create(MEM);
   const ro = await startHost(mem, {
     id: "vda",
     backend: { kind: "file", path: `${dir}/a.raw` },
     readOnly: true,
   });
-  const rw = await startHost(mem, { id: "vda", backend: { kind: "file", path: `${dir}/a.raw` } });
+  // Another file: a writer and a reader of one image exclude each other (image locks).
+  const rw = await startHost(mem, { id: "vda", backend: { kind: "file", path: `${dir}/b.raw` } });
   try {
     await ro.quiesce();
     const saved = new VirtioMmioTransport(ro.spec).save();
