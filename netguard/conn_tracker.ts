@@ -66,7 +66,7 @@ export class ConnTracker {
   #spread = 0;
 
   /** Creates a table of 2^`bits` flows. */
-  constructor(ackWindowMs = 1000, bits = DEFAULT_BITS) {
+  constructor(ackWindowMs: number = 1000, bits: number = DEFAULT_BITS) {
     this.ackWindowMs = ackWindowMs;
     const size = 1 << bits;
     this.#mask = size - 1;
