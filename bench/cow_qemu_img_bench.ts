@@ -2,36 +2,50 @@
  * cow/ against `qemu-img bench` on the same machine and the same kind of
  * images: 4 KiB cluster-allocating writes into a fresh overlay over a 1 GiB
  * raw parent, 4 KiB rewrites of allocated clusters, 4 KiB reads through a
- * 3-deep chain, and sequential 1 MiB reads of a fully allocated image.
+ * 3-deep chain, and sequential 1 MiB reads of a fully allocated image; the
+ * reads both with a warm page cache and a cold one (the image files' pages
+ * dropped with fdatasync + posix_fadvise(DONTNEED) before every run, on both
+ * sides). Then what the metadata overlap checks cost vmkit: the same writes
+ * with `overlapCheck: "all"` (the default) and `"none"`.
  *
  * `qemu-img bench` issues requests at `offset += step` (it has no random
  * mode), so both sides use the same strided offsets; a 64 KiB step makes
  * every write land in a new 64 KiB cluster. vmkit runs its async
- * BlockDevice API one request at a time; qemu-img runs queue depth 64 with
- * cache=writeback. Neither side flushes inside the timing. Each metric runs
- * 3 rounds, alternating which side goes first; the best round of each side
- * counts (the machine is shared, so single runs are noisy).
+ * BlockDevice API one request at a time; qemu-img runs at its best setting
+ * here, queue depth 64, cache=writeback, aio=io_uring (depth 1, cache=none
+ * and aio=threads were slower on this machine). Neither side flushes inside the timing. Each
+ * metric runs 5 rounds, alternating which side goes first; the table shows
+ * the median of each side with its range, and the machine load.
  *
  * Usage: `deno run -A bench/cow_qemu_img_bench.ts`
  *
  * @module
  */
 
-import { createImage, type DiskImage, openImage } from "../cow/mod.ts";
+import { createImage, type DiskImage, openImage, type OpenImageOptions } from "../cow/mod.ts";
 
 const GiB = 1 << 30;
 const MiB = 1 << 20;
 const CLUSTER = 65536;
+/** Rounds per metric (each side runs once per round; the order alternates). */
+const ROUNDS = 5;
+
+interface Timing {
+  seconds: number;
+  command: string;
+}
 
 interface Row {
   metric: string;
   unit: string;
-  vmkit: number;
-  peer: number;
+  /** Work per run: requests (IOPS) or GB (GB/s). */
+  work: number;
+  a: number[];
+  b: number[];
   command: string;
 }
 
-async function qemuBench(args: string[]): Promise<{ seconds: number; command: string }> {
+async function qemuBench(args: string[]): Promise<Timing> {
   const command = `qemu-img bench ${args.join(" ")}`;
   const out = await new Deno.Command("qemu-img", { args: ["bench", ...args], stdout: "piped" })
     .output();
@@ -63,35 +77,59 @@ async function vmkitRun(
   return (performance.now() - t0) / 1000;
 }
 
-/** Rounds per metric; each side's best round counts, and the order alternates. */
-const ROUNDS = 3;
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  fdatasync: { parameters: ["i32"], result: "i32" },
+  posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
+});
+const POSIX_FADV_DONTNEED = 4;
 
-interface Best {
-  vmkit: number;
-  peer: number;
-  command: string;
-}
-
-async function bestOf(
-  vmkit: (round: number) => Promise<number>,
-  qemu: (round: number) => Promise<{ seconds: number; command: string }>,
-): Promise<Best> {
-  let v = Infinity;
-  let q = Infinity;
-  let command = "";
-  for (let r = 0; r < ROUNDS; r++) {
-    if (r % 2 === 0) v = Math.min(v, await vmkit(r));
-    const x = await qemu(r);
-    q = Math.min(q, x.seconds);
-    command = x.command;
-    if (r % 2 === 1) v = Math.min(v, await vmkit(r));
+/** Drops the page cache of `paths` (written back first), so the next read goes to the disk. */
+function dropCache(paths: string[]): void {
+  for (const p of paths) {
+    const fd = libc.symbols.open(new TextEncoder().encode(p + "\0"), 0, 0);
+    if (fd < 0) throw new Error(`cannot open ${p} to drop its cache`);
+    libc.symbols.fdatasync(fd);
+    const rc = libc.symbols.posix_fadvise(fd, 0n, 0n, POSIX_FADV_DONTNEED);
+    libc.symbols.close(fd);
+    if (rc !== 0) throw new Error(`posix_fadvise(DONTNEED) on ${p} failed: ${rc}`);
   }
-  return { vmkit: v, peer: q, command };
 }
 
-/** A table row from best times: `work` is requests (IOPS) or GB (GB/s). */
-function row(metric: string, unit: string, work: number, b: Best): Row {
-  return { metric, unit, vmkit: work / b.vmkit, peer: work / b.peer, command: b.command };
+/** Runs `a` and `b` once per round, alternating which goes first; `before` runs before each. */
+async function rounds(
+  a: (round: number) => Promise<number | Timing>,
+  b: (round: number) => Promise<number | Timing>,
+  before: () => void = () => {},
+): Promise<{ a: number[]; b: number[]; command: string }> {
+  const as: number[] = [];
+  const bs: number[] = [];
+  let command = "";
+  const take = (x: number | Timing): number => {
+    if (typeof x === "number") return x;
+    command = x.command;
+    return x.seconds;
+  };
+  for (let r = 0; r < ROUNDS; r++) {
+    if (r % 2 === 0) {
+      before();
+      as.push(take(await a(r)));
+    }
+    before();
+    bs.push(take(await b(r)));
+    if (r % 2 === 1) {
+      before();
+      as.push(take(await a(r)));
+    }
+  }
+  return { a: as, b: bs, command };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((p, q) => p - q);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] ?? NaN : ((s[m - 1] ?? NaN) + (s[m] ?? NaN)) / 2;
 }
 
 function cpuModel(): string {
@@ -99,9 +137,15 @@ function cpuModel(): string {
   return /model name\s*:\s*(.*)/.exec(info)?.[1] ?? "unknown";
 }
 
+function loadAvg(): string {
+  return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+}
+
 async function main(): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "vmkit_cow_bench_" });
-  const rows: Row[] = [];
+  const peerRows: Row[] = [];
+  const costRows: Row[] = [];
+  const loadBefore = loadAvg();
   try {
     const parent = `${dir}/parent.raw`;
     // 1 GiB raw parent, sparse except a 64 MiB written head.
@@ -124,41 +168,55 @@ async function main(): Promise<void> {
       String(step),
       "-t",
       "writeback",
+      "-i",
+      "io_uring",
       "-f",
       "qcow2",
       file,
     ];
+    let n = 0;
+    const fresh = (): string => {
+      const p = `${dir}/overlay_${n++}.qcow2`;
+      createImage(p, { backingFile: "parent.raw", backingFormat: "raw" }).closeSync();
+      return p;
+    };
+    const vmkitWrites = async (
+      path: string,
+      count: number,
+      options: OpenImageOptions = {},
+    ): Promise<number> => {
+      const dev = openImage(path, options);
+      try {
+        return await vmkitRun(dev, true, count, 4096, CLUSTER);
+      } finally {
+        dev.closeSync();
+      }
+    };
 
-    // 1. cluster-allocating 4 KiB writes, a fresh pair of overlays per round
+    // 1. cluster-allocating 4 KiB writes, a fresh overlay per run
     const writes = 8192; // 512 MiB / 64 KiB: every write allocates a new cluster
-    const ov = (who: string, r: number) => `${dir}/overlay_${who}_${r}.qcow2`;
-    const alloc = await bestOf(
-      (r) => {
-        createImage(ov("v", r), { backingFile: "parent.raw", backingFormat: "raw" }).closeSync();
-        const dev = openImage(ov("v", r));
-        return vmkitRun(dev, true, writes, 4096, CLUSTER).finally(() => dev.closeSync());
-      },
-      (r) => {
-        createImage(ov("q", r), { backingFile: "parent.raw", backingFormat: "raw" }).closeSync();
-        return qemuBench(benchArgs(ov("q", r), true, writes, 4096, CLUSTER));
-      },
+    const alloc = await rounds(
+      () => vmkitWrites(fresh(), writes),
+      () => qemuBench(benchArgs(fresh(), true, writes, 4096, CLUSTER)),
     );
-    rows.push(row("4K alloc writes, fresh overlay", "IOPS", writes, alloc));
-    for (let r = 1; r < ROUNDS; r++) {
-      await Deno.remove(ov("v", r));
-      await Deno.remove(ov("q", r));
-    }
+    peerRows.push({
+      metric: "4K alloc writes, fresh overlay",
+      unit: "IOPS",
+      work: writes,
+      ...alloc,
+    });
 
-    // 2. 4 KiB rewrites of the clusters allocated in round 0
+    // 2. 4 KiB rewrites of allocated clusters (one overlay per side, allocated once)
+    const vAllocated = fresh();
+    await vmkitWrites(vAllocated, writes);
+    const qAllocated = fresh();
+    await qemuBench(benchArgs(qAllocated, true, writes, 4096, CLUSTER));
     const rewrites = 32768;
-    const rew = await bestOf(
-      () => {
-        const dev = openImage(ov("v", 0));
-        return vmkitRun(dev, true, rewrites, 4096, CLUSTER).finally(() => dev.closeSync());
-      },
-      () => qemuBench(benchArgs(ov("q", 0), true, rewrites, 4096, CLUSTER)),
+    const rew = await rounds(
+      () => vmkitWrites(vAllocated, rewrites),
+      () => qemuBench(benchArgs(qAllocated, true, rewrites, 4096, CLUSTER)),
     );
-    rows.push(row("4K rewrites, allocated", "IOPS", rewrites, rew));
+    peerRows.push({ metric: "4K rewrites, allocated", unit: "IOPS", work: rewrites, ...rew });
 
     // 3. 4 KiB reads through a 3-deep chain (parent.raw <- l1 <- l2 <- l3)
     const l1 = `${dir}/l1.qcow2`;
@@ -176,16 +234,30 @@ async function main(): Promise<void> {
         img.closeSync();
       }
     }
-    const reads = 65536;
     const readStep = CLUSTER + 4096;
-    const rd = await bestOf(
-      () => {
-        const dev = openImage(l3, { readOnly: true });
-        return vmkitRun(dev, false, reads, 4096, readStep).finally(() => dev.closeSync());
-      },
-      () => qemuBench(benchArgs(l3, false, reads, 4096, readStep)),
-    );
-    rows.push(row("4K reads, 3-deep chain", "IOPS", reads, rd));
+    const chainFiles = [l3, l2, l1, parent];
+    for (const cold of [false, true]) {
+      // Warm: four passes over the parent's 1 GiB; cold: one (a second would be warm).
+      const reads = cold ? Math.floor(GiB / readStep) : 65536;
+      const rd = await rounds(
+        async () => {
+          const dev = openImage(l3, { readOnly: true });
+          try {
+            return await vmkitRun(dev, false, reads, 4096, readStep);
+          } finally {
+            dev.closeSync();
+          }
+        },
+        () => qemuBench(benchArgs(l3, false, reads, 4096, readStep)),
+        cold ? () => dropCache(chainFiles) : undefined,
+      );
+      peerRows.push({
+        metric: `4K reads, 3-deep chain, ${cold ? "cold" : "warm"} cache`,
+        unit: "IOPS",
+        work: reads,
+        ...rd,
+      });
+    }
 
     // 4. sequential 1 MiB reads of a fully allocated 256 MiB image
     const full = `${dir}/full.qcow2`;
@@ -195,35 +267,74 @@ async function main(): Promise<void> {
       for (let o = 0; o < 256 * MiB; o += MiB) img.writeSync(o, chunk);
       img.closeSync();
     }
-    const seqCount = 1024; // 4 passes over 256 MiB
-    const seq = await bestOf(
-      () => {
-        const dev = openImage(full, { readOnly: true });
-        return vmkitRun(dev, false, seqCount, MiB, MiB).finally(() => dev.closeSync());
-      },
-      () => qemuBench(benchArgs(full, false, seqCount, MiB, MiB)),
+    const seqCount = 256; // one pass over 256 MiB
+    for (const cold of [false, true]) {
+      const seq = await rounds(
+        async () => {
+          const dev = openImage(full, { readOnly: true });
+          try {
+            return await vmkitRun(dev, false, seqCount, MiB, MiB);
+          } finally {
+            dev.closeSync();
+          }
+        },
+        () => qemuBench(benchArgs(full, false, seqCount, MiB, MiB)),
+        cold ? () => dropCache([full]) : undefined,
+      );
+      peerRows.push({
+        metric: `seq 1M reads, allocated, ${cold ? "cold" : "warm"} cache`,
+        unit: "GB/s",
+        work: (seqCount * MiB) / 1e9,
+        ...seq,
+      });
+    }
+
+    // 5. what the overlap checks cost: the write metrics with checks on and off
+    const allocCost = await rounds(
+      () => vmkitWrites(fresh(), writes, { overlapCheck: "all" }),
+      () => vmkitWrites(fresh(), writes, { overlapCheck: "none" }),
     );
-    rows.push(row("seq 1M reads, allocated", "GB/s", (seqCount * MiB) / 1e9, seq));
+    costRows.push({ metric: "4K alloc writes", unit: "IOPS", work: writes, ...allocCost });
+    const rewCost = await rounds(
+      () => vmkitWrites(vAllocated, rewrites, { overlapCheck: "all" }),
+      () => vmkitWrites(vAllocated, rewrites, { overlapCheck: "none" }),
+    );
+    costRows.push({ metric: "4K rewrites, allocated", unit: "IOPS", work: rewrites, ...rewCost });
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 
+  const fmt = (
+    unit: string,
+    v: number,
+  ) => (unit === "GB/s" ? v.toFixed(2) : Math.round(v).toString());
+  const cell = (r: Row, xs: number[]): string => {
+    const rates = xs.map((s) => r.work / s);
+    return `${fmt(r.unit, median(rates))} (${fmt(r.unit, Math.min(...rates))}–${
+      fmt(r.unit, Math.max(...rates))
+    })`;
+  };
+  const ratio = (r: Row): string => (median(r.b) / median(r.a)).toFixed(2);
   console.log(`machine: ${navigator.hardwareConcurrency} CPUs (nproc), ${cpuModel()}`);
-  console.log(`deno ${Deno.version.deno}; peer: qemu-img bench (qemu-utils), cache=writeback`);
-  console.log("");
+  console.log(`load average (1/5/15 min): before ${loadBefore}, after ${loadAvg()}`);
+  console.log(
+    `deno ${Deno.version.deno}; peer: qemu-img bench (qemu-utils), depth 64, cache=writeback, aio=io_uring`,
+  );
+  console.log(`${ROUNDS} rounds per metric, alternating order; median (min–max)\n`);
   console.log(
     "| metric | unit | vmkit | peer (qemu-img) | ratio vmkit/peer |\n|---|---|---|---|---|",
   );
-  for (const r of rows) {
-    const fmt = (v: number) => (r.unit === "GB/s" ? v.toFixed(2) : Math.round(v).toString());
-    console.log(
-      `| ${r.metric} | ${r.unit} | ${fmt(r.vmkit)} | ${fmt(r.peer)} | ${
-        (r.vmkit / r.peer).toFixed(2)
-      } |`,
-    );
+  for (const r of peerRows) {
+    console.log(`| ${r.metric} | ${r.unit} | ${cell(r, r.a)} | ${cell(r, r.b)} | ${ratio(r)} |`);
+  }
+  console.log("\noverlap checks (QEMU's overlap-check=all) against none, vmkit only:\n");
+  console.log("| metric | unit | checks on | checks off | ratio on/off |\n|---|---|---|---|---|");
+  for (const r of costRows) {
+    console.log(`| ${r.metric} | ${r.unit} | ${cell(r, r.a)} | ${cell(r, r.b)} | ${ratio(r)} |`);
   }
   console.log("\npeer commands (image paths in a temp folder):");
-  for (const r of rows) console.log(`  ${r.metric}: ${r.command}`);
+  for (const r of peerRows) console.log(`  ${r.metric}: ${r.command}`);
 }
 
 await main();
+libc.close();

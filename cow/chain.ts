@@ -47,6 +47,8 @@ export interface OpenImageOptions {
   forceShare?: boolean;
   /** Lock the image files as QEMU does (default true; false is QEMU's `locking=off`). */
   locking?: boolean;
+  /** The top qcow2 image's overlap checks (QEMU's `overlap-check`; default "all"). */
+  overlapCheck?: "all" | "none";
 }
 
 /** Reads the first bytes of `path` and returns its format ("raw" unless qcow2 magic). */
@@ -188,7 +190,10 @@ function openLayer(
       const probed = format === undefined || (top && options.formatProbed === true);
       return RawImage.fromFile(file, probed);
     }
-    img = Qcow2Image.fromFile(file, { backing: null });
+    img = Qcow2Image.fromFile(file, {
+      backing: null,
+      ...(top && options.overlapCheck ? { overlapCheck: options.overlapCheck } : {}),
+    });
   } catch (err) {
     file.close();
     throw err;

@@ -208,3 +208,70 @@ Deno.test("vmkit disk commit, stream, copy and info refuse an image another vmki
     await child.output();
   }
 });
+
+/** Starts a paused qemu-system (no kernel runs: -S) with `image` as a virtio-blk disk. */
+async function qemuSystem(image: string, format: string): Promise<Deno.ChildProcess> {
+  const child = new Deno.Command("qemu-system-x86_64", {
+    args: [
+      ...["-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-machine", "microvm"],
+      ...["-monitor", "none", "-serial", "none"],
+      ...["-drive", `file=${image},format=${format},if=none,id=d0`],
+      ...["-device", "virtio-blk-device,drive=d0"],
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  // Its locks are up once /proc/locks shows the write byte (101) on the image's inode.
+  const ino = (await Deno.stat(image)).ino;
+  for (let i = 0; i < 200; i++) {
+    const locks = await Deno.readTextFile("/proc/locks");
+    if (new RegExp(`:${ino} 10[01] 101\\b`).test(locks)) return child;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  child.kill("SIGKILL");
+  const out = await child.output();
+  throw new Error(`qemu-system did not take its locks: ${new TextDecoder().decode(out.stderr)}`);
+}
+
+for (const format of ["qcow2", "raw"] as const) {
+  Deno.test(`vmkit and a running qemu-system keep off each other's ${format} disk, in both directions`, async () => {
+    await using dir = await tempDir();
+    const img = `${dir.path}/vm.${format}`;
+    await qemuImg("create", "-q", "-f", format, img, "16M");
+    const vm = await qemuSystem(img, format);
+    try {
+      assert.throws(
+        () => openImage(img, { format }),
+        new RegExp(`Failed to get (shared )?"write" lock.*qemu-system.*pid ${vm.pid}`),
+      );
+      const r = await disk(dir.path, "info", `vm.${format}`);
+      assert.equal(r.code, 1, r.stdout);
+      assert.match(r.stderr, /shared "write" lock.*qemu-system/);
+      const u = await disk(dir.path, "info", "-U", `vm.${format}`);
+      assert.equal(u.code, 0, u.stderr);
+    } finally {
+      vm.kill("SIGKILL");
+      await vm.output();
+    }
+    const v = openImage(img, { format });
+    try {
+      const child = new Deno.Command("qemu-system-x86_64", {
+        args: [
+          ...["-S", "-nodefaults", "-display", "none", "-accel", "tcg", "-machine", "microvm"],
+          ...["-drive", `file=${img},format=${format},if=none,id=d0`],
+          ...["-device", "virtio-blk-device,drive=d0"],
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+        signal: AbortSignal.timeout(20_000),
+      });
+      const out = await child.output();
+      assert.notEqual(out.code, 0, "qemu-system started on an image vmkit writes");
+      assert.match(new TextDecoder().decode(out.stderr), /Failed to get "write" lock/);
+    } finally {
+      v.closeSync();
+    }
+  });
+}
