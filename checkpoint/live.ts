@@ -127,6 +127,11 @@ export interface CheckpointerOptions {
    * userfaultfd is then registered at once, before the VM runs.
    */
   sources?: readonly bigint[];
+  /**
+   * With `sources`: the shared page store each region is mapped from
+   * (`MAP_PRIVATE` of `fd` at `offset`; see `page_store.ts`).
+   */
+  stores?: readonly { readonly fd: number; readonly offset: number }[];
   /** The checkpoint the RAM was restored from: the parent of a first diff. */
   restoredFrom?: { path: string; id: Uint8Array };
 }
@@ -172,12 +177,17 @@ export class Checkpointer implements Disposable {
           `${sources.length} memory sources for ${target.regions.length} regions`,
         );
       }
+      const stores = opts.stores;
       const wp = WriteProtect.create(
-        target.regions.map((r, i) => ({
-          hostAddr: r.hostAddr,
-          size: r.size,
-          source: sources[i] ?? 0n,
-        })),
+        target.regions.map((r, i) => {
+          const store = stores?.[i];
+          return {
+            hostAddr: r.hostAddr,
+            size: r.size,
+            source: sources[i] ?? 0n,
+            ...(store === undefined ? {} : { store }),
+          };
+        }),
         cp.#ringPages,
       );
       cp.#wp = wp;

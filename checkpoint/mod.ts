@@ -38,6 +38,7 @@ export {
   openCheckpoint,
 } from "./reader.ts";
 export { MemorySource } from "./restore.ts";
+export { DEFAULT_PAGE_STORE_DIR, PageStore } from "./page_store.ts";
 export {
   type CheckpointInfo,
   describeCheckpoint,

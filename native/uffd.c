@@ -33,6 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -42,6 +45,9 @@
 /* Debian 12's headers predate these (kernel 6.4+). */
 #ifndef UFFD_FEATURE_WP_UNPOPULATED
 #define UFFD_FEATURE_WP_UNPOPULATED (1 << 13)
+#endif
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((__u64)1 << 1)
 #endif
 
 #define VK_PAGE 4096u
@@ -57,7 +63,8 @@ enum { VK_KIND_NONE = 0, VK_KIND_ZERO = 1, VK_KIND_DATA = 2 };
 /* Counter indices of vk_wp_counters. */
 enum {
   VK_C_FAULTS = 0, VK_C_COPIES, VK_C_RECORDED, VK_C_LEFT_TO_WRITER, VK_C_RING_WAITS,
-  VK_C_FAULT_NS, VK_C_REPROTECTED, VK_C_MAX_FAULT_NS, VK_C_MISSING, VK_C_ERRORS, VK_C_COUNT
+  VK_C_FAULT_NS, VK_C_REPROTECTED, VK_C_MAX_FAULT_NS, VK_C_MISSING, VK_C_ERRORS, VK_C_MINOR,
+  VK_C_STORED, VK_C_COUNT
 };
 
 struct vk_region {
@@ -68,6 +75,8 @@ struct vk_region {
   uint64_t *save;    /* pages to save (NULL: all); the dirty map of the previous freeze */
   uint64_t *unprot;  /* unprotected by the handler since the last re-protect */
   uint64_t source;   /* lazily restored: missing pages are copied from here (0: none) */
+  int store;         /* shared page store (tmpfs file mapped MAP_PRIVATE here), or -1 */
+  uint64_t store_off; /* the region's offset in the store */
 };
 
 struct vk_wp {
@@ -259,6 +268,27 @@ int64_t vk_pread_buf(int fd, uint8_t *buf, uint64_t len, uint64_t off) {
   }
   return (int64_t)done;
 }
+/* flock(2) of fd with op (LOCK_SH 1, LOCK_EX 2, LOCK_NB 4, LOCK_UN 8). */
+int vk_file_lock(int fd, int op) { return ret_errno(flock(fd, op)); }
+/* out[0..5) = size, owner uid, link count, mode, inode of an open file. */
+int vk_file_stat(int fd, uint64_t *out) {
+  struct stat st;
+  if (fstat(fd, &st) < 0) return -errno;
+  out[0] = (uint64_t)st.st_size;
+  out[1] = (uint64_t)st.st_uid;
+  out[2] = (uint64_t)st.st_nlink;
+  out[3] = (uint64_t)st.st_mode;
+  out[4] = (uint64_t)st.st_ino;
+  return 0;
+}
+/* The f_type magic of the file system holding fd (statfs(2); tmpfs is 0x01021994). */
+int64_t vk_fs_magic(int fd) {
+  struct statfs sf;
+  if (fstatfs(fd, &sf) < 0) return -(int64_t)errno;
+  return (int64_t)(uint64_t)sf.f_type;
+}
+/* Effective uid of the process. */
+int64_t vk_geteuid(void) { return (int64_t)geteuid(); }
 /* Size of an open file. */
 int64_t vk_file_size(int fd) {
   off_t e = lseek(fd, 0, SEEK_END);
@@ -350,7 +380,67 @@ static void handle_fault(struct vk_wp *w, uint64_t addr) {
   wp_range(w->uffd, pa, VK_PAGE, 0);
 }
 
-/* Fills a missing page of a lazily restored region from its source mapping. */
+/* Whether a page being filled gets mapped write-protected. */
+static int fill_protected(struct vk_wp *w, struct vk_region *r, uint64_t page) {
+  int protect = w->protecting && !bit_test(r->unprot, page);
+  if (w->mode == VK_MODE_COPY && protect) {
+    uint8_t st = __atomic_load_n(&r->state[page], __ATOMIC_ACQUIRE);
+    /* A page still to be saved stays protected; a saved one is filled as it was. */
+    protect = st == VK_ST_TODO || st == VK_ST_CLAIMED;
+  }
+  return protect;
+}
+
+/* Maps the store's page-cache page at pa (UFFDIO_CONTINUE; wakes the fault). */
+static int store_continue(struct vk_wp *w, uint64_t pa, int protect) {
+  struct uffdio_continue c = {.range = {.start = pa, .len = VK_PAGE},
+                              .mode = protect ? UFFDIO_CONTINUE_MODE_WP : 0};
+  for (;;) {
+    if (ioctl(w->uffd, UFFDIO_CONTINUE, &c) == 0) return 0;
+    if (errno == EEXIST) return wake_range(w->uffd, pa, VK_PAGE); /* mapped meanwhile */
+    if (errno != EAGAIN && errno != EINTR) return -errno;
+  }
+}
+
+/* A zero page: the shared zero page, write-protected before the fault is woken when tracking. */
+static int fill_zero(struct vk_wp *w, uint64_t pa, int protect) {
+  struct uffdio_zeropage z = {.range = {.start = pa, .len = VK_PAGE},
+                              .mode = protect ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0};
+  for (;;) {
+    if (ioctl(w->uffd, UFFDIO_ZEROPAGE, &z) == 0) break;
+    if (errno == EEXIST) {
+      /* A write-protect marker (protect_all over an unmapped page) holds the PTE: clear it. */
+      if (wp_range(w->uffd, pa, VK_PAGE, 0) < 0 || ioctl(w->uffd, UFFDIO_ZEROPAGE, &z) < 0) {
+        if (errno != EEXIST) return -errno;
+        return wake_range(w->uffd, pa, VK_PAGE); /* filled meanwhile */
+      }
+      break;
+    }
+    if (errno != EAGAIN && errno != EINTR) return -errno;
+  }
+  if (!protect) return 0;
+  int e = wp_range(w->uffd, pa, VK_PAGE, 1);
+  int k = wake_range(w->uffd, pa, VK_PAGE);
+  return e < 0 ? e : k;
+}
+
+/* A private copy of the source page (UFFDIO_COPY: anonymous memory, or a store that is full). */
+static int fill_copy(struct vk_wp *w, uint64_t pa, uint64_t src, int protect) {
+  struct uffdio_copy c = {.dst = pa, .src = src, .len = VK_PAGE,
+                          .mode = protect ? UFFDIO_COPY_MODE_WP : 0};
+  for (;;) {
+    if (ioctl(w->uffd, UFFDIO_COPY, &c) == 0) return 0;
+    if (errno == EEXIST) return wake_range(w->uffd, pa, VK_PAGE); /* filled meanwhile */
+    if (errno != EAGAIN && errno != EINTR) return -errno;
+  }
+}
+
+/*
+ * Fills a missing page of a lazily restored region from its source mapping.
+ * With a shared store, a data page is written into the store (the page cache
+ * every clone of the checkpoint maps) and mapped from there, so a page the
+ * guest only reads is never copied per VM; zero pages map the zero page.
+ */
 static void handle_missing(struct vk_wp *w, uint64_t addr) {
   int ri;
   struct vk_region *r = find_region(w, addr, &ri);
@@ -358,26 +448,37 @@ static void handle_missing(struct vk_wp *w, uint64_t addr) {
   uint64_t page = (addr - r->base) / VK_PAGE;
   uint64_t pa = r->base + page * VK_PAGE;
   uint64_t src = r->source + page * VK_PAGE;
-  int protect = w->protecting && !bit_test(r->unprot, page);
-  if (w->mode == VK_MODE_COPY && protect) {
-    uint8_t st = __atomic_load_n(&r->state[page], __ATOMIC_ACQUIRE);
-    /* A page still to be saved stays protected; a saved one is filled as it was. */
-    protect = st == VK_ST_TODO || st == VK_ST_CLAIMED;
-  }
-  struct uffdio_copy c = {.dst = pa, .src = src, .len = VK_PAGE,
-                          .mode = protect ? UFFDIO_COPY_MODE_WP : 0};
+  int protect = fill_protected(w, r, page);
   w->counters[VK_C_MISSING]++;
-  for (;;) {
-    if (ioctl(w->uffd, UFFDIO_COPY, &c) == 0) return;
-    if (errno == EEXIST) { /* filled meanwhile (by another fault): just wake */
-      wake_range(w->uffd, pa, VK_PAGE);
-      return;
-    }
-    if (errno != EAGAIN && errno != EINTR) {
-      w->counters[VK_C_ERRORS]++;
-      wake_range(w->uffd, pa, VK_PAGE);
-      return;
-    }
+  int e;
+  if (r->store < 0) {
+    e = fill_copy(w, pa, src, protect);
+  } else if (page_is_zero((const uint8_t *)(uintptr_t)src)) {
+    e = fill_zero(w, pa, protect);
+  } else if (pwrite(r->store, (const void *)(uintptr_t)src, VK_PAGE,
+                    (off_t)(r->store_off + page * VK_PAGE)) == VK_PAGE) {
+    w->counters[VK_C_STORED]++;
+    e = store_continue(w, pa, protect);
+  } else {
+    e = fill_copy(w, pa, src, protect); /* the store is full (ENOSPC): a private copy */
+  }
+  if (e < 0) {
+    w->counters[VK_C_ERRORS]++;
+    wake_range(w->uffd, pa, VK_PAGE);
+  }
+}
+
+/* A page the store holds (another clone, or an earlier fill) but this VM has not mapped yet. */
+static void handle_minor(struct vk_wp *w, uint64_t addr) {
+  int ri;
+  struct vk_region *r = find_region(w, addr, &ri);
+  if (r == NULL) return;
+  uint64_t page = (addr - r->base) / VK_PAGE;
+  uint64_t pa = r->base + page * VK_PAGE;
+  w->counters[VK_C_MINOR]++;
+  if (store_continue(w, pa, fill_protected(w, r, page)) < 0) {
+    w->counters[VK_C_ERRORS]++;
+    wake_range(w->uffd, pa, VK_PAGE);
   }
 }
 
@@ -406,7 +507,9 @@ static void *fault_thread(void *arg) {
       if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
       w->counters[VK_C_FAULTS]++;
       uint64_t a = msgs[i].arg.pagefault.address & ~(uint64_t)(VK_PAGE - 1);
-      if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) handle_fault(w, a);
+      uint64_t flags = msgs[i].arg.pagefault.flags;
+      if (flags & UFFD_PAGEFAULT_FLAG_WP) handle_fault(w, a);
+      else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) handle_minor(w, a);
       else handle_missing(w, a);
     }
     pthread_mutex_unlock(&w->mu);
@@ -435,11 +538,16 @@ static void free_regions(struct vk_wp *w) {
  * every region for write-protect faults (nothing is protected yet) and starts
  * the fault thread in RECORD mode. A non-zero sources[i] makes region i lazy:
  * it is also registered for missing faults, each filled from sources[i] at the
- * same offset (a mapping of a checkpoint's memory). Returns the context
- * address or -errno.
+ * same offset (a mapping of a checkpoint's memory). A region i with
+ * stores[i] >= 0 is a MAP_PRIVATE mapping of that tmpfs file from
+ * store_offs[i]: missing pages are written into the file and mapped from its
+ * page cache, and pages the file already holds are mapped on first access
+ * (minor faults), so every VM mapping the file shares the pages it only
+ * reads. Returns the context address or -errno.
  */
 int64_t vk_wp_create(const uint64_t *bases, const uint64_t *sizes, const uint64_t *sources,
-                     uint32_t n, uint32_t ring_slots, uint32_t log_cap) {
+                     const int64_t *stores, const uint64_t *store_offs, uint32_t n,
+                     uint32_t ring_slots, uint32_t log_cap) {
   if (n == 0 || n > VK_MAX_REGIONS || ring_slots == 0 || log_cap == 0) return -EINVAL;
   struct vk_wp *w = calloc(1, sizeof *w);
   if (w == NULL) return -ENOMEM;
@@ -451,8 +559,11 @@ int64_t vk_wp_create(const uint64_t *bases, const uint64_t *sizes, const uint64_
     err = -errno;
     goto fail;
   }
+  int stored = 0;
+  for (uint32_t i = 0; i < n; i++) stored |= stores[i] >= 0;
   struct uffdio_api api = {.api = UFFD_API,
-                           .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED};
+                           .features = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_WP_UNPOPULATED |
+                                       (stored ? UFFD_FEATURE_MINOR_SHMEM : 0)};
   if (ioctl(w->uffd, UFFDIO_API, &api) < 0) {
     err = -errno;
     goto fail;
@@ -481,9 +592,12 @@ int64_t vk_wp_create(const uint64_t *bases, const uint64_t *sizes, const uint64_
       goto fail;
     }
     r->source = sources[i];
+    r->store = r->source != 0 && stores[i] >= 0 ? (int)stores[i] : -1;
+    r->store_off = store_offs[i];
     struct uffdio_register reg = {
         .range = {.start = r->base, .len = r->size},
-        .mode = UFFDIO_REGISTER_MODE_WP | (r->source ? UFFDIO_REGISTER_MODE_MISSING : 0)};
+        .mode = UFFDIO_REGISTER_MODE_WP | (r->source ? UFFDIO_REGISTER_MODE_MISSING : 0) |
+                (r->store >= 0 ? UFFDIO_REGISTER_MODE_MINOR : 0)};
     if (ioctl(w->uffd, UFFDIO_REGISTER, &reg) < 0) {
       err = -errno;
       goto fail;

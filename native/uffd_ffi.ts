@@ -36,9 +36,13 @@ export const UFFD_SYMBOLS = {
   vk_unmap: { parameters: ["u64", "u64"], result: "i32" },
   vk_advise: { parameters: ["u64", "u64", "i32"], result: "i32" },
   vk_wp_create: {
-    parameters: ["buffer", "buffer", "buffer", "u32", "u32", "u32"],
+    parameters: ["buffer", "buffer", "buffer", "buffer", "buffer", "u32", "u32", "u32"],
     result: "i64",
   },
+  vk_file_lock: { parameters: ["i32", "i32"], result: "i32" },
+  vk_file_stat: { parameters: ["i32", "buffer"], result: "i32" },
+  vk_fs_magic: { parameters: ["i32"], result: "i64" },
+  vk_geteuid: { parameters: [], result: "i64" },
   vk_wp_destroy: { parameters: ["u64"], result: "i32" },
   vk_wp_reset: { parameters: ["u64", "i32"], result: "i32" },
   vk_wp_protect_all: { parameters: ["u64"], result: "i32" },
@@ -78,6 +82,8 @@ export const WP_COUNTERS = [
   "maxFaultNs",
   "missing",
   "errors",
+  "minor",
+  "stored",
 ] as const;
 /** Counters of a {@link WriteProtect} context (the names of {@link WP_COUNTERS}). */
 export interface WpCounters {
@@ -101,6 +107,10 @@ export interface WpCounters {
   missing: number;
   /** Fills that failed. */
   errors: number;
+  /** Pages mapped from the shared page store on first access (another VM, or an earlier fill, put them there). */
+  minor: number;
+  /** Pages written into the shared page store. */
+  stored: number;
 }
 
 /** `MADV_HUGEPAGE`. */
@@ -172,6 +182,12 @@ export interface WpRegion {
   readonly size: number;
   /** Host address of a read-only mapping that missing pages are filled from (lazy restore). */
   readonly source?: bigint;
+  /**
+   * With `source`: the region is a `MAP_PRIVATE` mapping of this shared page
+   * store (a tmpfs file) from `offset`; missing pages go into the store and
+   * every VM mapping it shares the pages it only reads.
+   */
+  readonly store?: { readonly fd: number; readonly offset: number };
 }
 
 /**
@@ -194,10 +210,14 @@ export class WriteProtect implements Disposable {
     const bases = new BigUint64Array(regions.map((r) => r.hostAddr));
     const sizes = new BigUint64Array(regions.map((r) => BigInt(r.size)));
     const sources = new BigUint64Array(regions.map((r) => r.source ?? 0n));
+    const stores = new BigInt64Array(regions.map((r) => BigInt(r.store?.fd ?? -1)));
+    const storeOffs = new BigUint64Array(regions.map((r) => BigInt(r.store?.offset ?? 0)));
     const h = uffd().vk_wp_create(
       new Uint8Array(bases.buffer),
       new Uint8Array(sizes.buffer),
       new Uint8Array(sources.buffer),
+      new Uint8Array(stores.buffer),
+      new Uint8Array(storeOffs.buffer),
       regions.length,
       ringSlots,
       logCap,

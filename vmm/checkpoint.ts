@@ -23,10 +23,14 @@ import { Checkpointer, type CheckpointerOptions } from "../checkpoint/live.ts";
 import { CheckpointError } from "../checkpoint/errors.ts";
 import { openCheckpoint } from "../checkpoint/reader.ts";
 import { MemorySource } from "../checkpoint/restore.ts";
+import { DEFAULT_PAGE_STORE_DIR, PageStore } from "../checkpoint/page_store.ts";
+import { idHex } from "../checkpoint/format.ts";
+import { check, uffd, UffdError } from "../native/uffd_ffi.ts";
 import type { CheckpointTarget, MachineCpuState, TargetRegion } from "../checkpoint/target.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
 import { Machine, type MachineConfig } from "./machine.ts";
 import { HostMemory, type MemoryBacking } from "./memory.ts";
+import { changeVmGenId, newVmGenId } from "./acpi/install.ts";
 
 /** What the `config` section records of a machine (enough to rebuild it). */
 export interface MachineDescription {
@@ -131,7 +135,21 @@ export interface RestoreOptions {
   /** Backing of the new RAM (default anonymous). */
   memoryBacking?: MemoryBacking;
   /** Options of the machine's checkpointer. */
-  checkpointer?: Omit<CheckpointerOptions, "sources" | "restoredFrom">;
+  checkpointer?: Omit<CheckpointerOptions, "sources" | "stores" | "restoredFrom">;
+  /**
+   * Folder of the shared page store (a tmpfs, default `/dev/shm`) through
+   * which clones of one checkpoint share the pages they only read; `false`
+   * fills RAM privately (each VM its own copy of every page it touches).
+   * Ignored with a memfd backing.
+   */
+  pageStore?: string | false;
+  /**
+   * The VM generation id the restored guest sees (16 bytes), written to the
+   * vmgenid page and announced by its interrupt; default a new random one,
+   * so every restore and every clone gets its own. `false` keeps the
+   * checkpoint's (a plain resume of the same VM).
+   */
+  vmGenId?: Uint8Array | false;
 }
 
 /** A machine restored from a checkpoint, with what keeps its RAM filling. */
@@ -140,20 +158,52 @@ export class RestoredMachine implements AsyncDisposable {
   readonly machine: Machine;
   /** Its checkpointer (owns the userfaultfd that fills RAM). */
   readonly checkpointer: Checkpointer;
+  /** The shared page store its RAM is mapped from (undefined: RAM filled privately). */
+  readonly pageStore: PageStore | undefined;
+  /** The VM generation id given at the restore (undefined: unchanged, or no vmgenid device). */
+  readonly vmGenId: Uint8Array | undefined;
   readonly #source: MemorySource;
 
-  constructor(machine: Machine, checkpointer: Checkpointer, source: MemorySource) {
+  constructor(
+    machine: Machine,
+    checkpointer: Checkpointer,
+    source: MemorySource,
+    pageStore: PageStore | undefined,
+    vmGenId: Uint8Array | undefined,
+  ) {
+    this.vmGenId = vmGenId;
     this.machine = machine;
     this.checkpointer = checkpointer;
     this.#source = source;
+    this.pageStore = pageStore;
   }
 
-  /** Stops the machine, then releases its memory, the userfaultfd and the source mappings. */
+  /** Stops the machine, then releases its memory, the userfaultfd, the sources and the store. */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.machine[Symbol.asyncDispose]();
     this.checkpointer.close();
     this.#source.close();
+    this.pageStore?.close();
   }
+}
+
+/** Maps each region of `memory` MAP_PRIVATE from `store` (regions back to back, as in the image). */
+function mapStore(memory: HostMemory, store: PageStore): { fd: number; offset: number }[] {
+  let offset = 0;
+  return memory.regions.map((r) => {
+    check(
+      "mmap(page store)",
+      uffd().vk_map_file_fixed(r.hostAddr, BigInt(r.size), store.fd, BigInt(offset)),
+    );
+    const at = { fd: store.fd, offset };
+    offset += r.size;
+    return at;
+  });
+}
+
+/** Maps fresh anonymous memory over `[addr, addr+size)`. */
+function mapAnon(addr: bigint, size: number): void {
+  check("mmap(anonymous RAM)", uffd().vk_map_anon_fixed(addr, BigInt(size)));
 }
 
 function isDescription(d: unknown): d is MachineDescription {
@@ -181,6 +231,7 @@ export async function restoreMachine(
   const chain = await openCheckpoint(path);
   let source: MemorySource | undefined;
   let machine: Machine | undefined;
+  let store: PageStore | undefined;
   try {
     const top = chain.top;
     const desc = top.config.machine;
@@ -225,20 +276,52 @@ export async function restoreMachine(
       ...(desc.deviceModule === undefined ? {} : { deviceModule: desc.deviceModule }),
     };
     source = MemorySource.map(chain);
+    let stores: { fd: number; offset: number }[] | undefined;
+    try {
+      if (opts.pageStore !== false && opts.memoryBacking !== "memfd") {
+        const dir = opts.pageStore ?? DEFAULT_PAGE_STORE_DIR;
+        store = PageStore.open(dir, idHex(top.header.id), memBytes);
+        if (store !== undefined) stores = mapStore(memory, store);
+      }
+    } catch (err) {
+      memory.close(); // the machine owns it only once created
+      throw err;
+    }
     machine = await Machine.create(config);
     const target = new MachineTarget(machine);
-    const cp = await Checkpointer.create(target, {
+    const cpOpts = {
       ...opts.checkpointer,
       sources: source.addrs,
       restoredFrom: { path, id: top.header.id },
-    });
+    };
+    let cp: Checkpointer;
+    try {
+      cp = await Checkpointer.create(target, stores === undefined ? cpOpts : { ...cpOpts, stores });
+    } catch (err) {
+      // A kernel without minor faults on shmem: fall back to private fills.
+      if (stores === undefined || !(err instanceof UffdError)) throw err;
+      for (const r of memory.regions) mapAnon(r.hostAddr, r.size);
+      store?.close();
+      store = undefined;
+      cp = await Checkpointer.create(target, cpOpts);
+    }
     checkpointers.set(machine, cp);
     machine.restoreCpuState(top.cpuState());
     machine.restoreDevices(top.devices());
-    return new RestoredMachine(machine, cp, source);
+    // After the irqchip state: the notification's edge must not be overwritten by it.
+    const loc = machine.acpi?.vmgenid;
+    const m = machine;
+    const genId = opts.vmGenId === false || loc === undefined
+      ? undefined
+      : opts.vmGenId ?? newVmGenId();
+    if (genId !== undefined && loc !== undefined) {
+      changeVmGenId(m.memory, loc, genId, (gsi, level) => m.vm.irqLine(gsi, level));
+    }
+    return new RestoredMachine(machine, cp, source, store, genId);
   } catch (err) {
     if (machine !== undefined) await machine[Symbol.asyncDispose]();
     source?.close();
+    store?.close();
     throw err;
   } finally {
     chain.close();

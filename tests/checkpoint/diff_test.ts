@@ -5,7 +5,8 @@ import { restoreMachine } from "../../vmm/checkpoint.ts";
 import { copyRam, firstDifference, ReferenceTarget, seqMachine, sleep } from "./helpers.ts";
 
 async function restoredRam(path: string): Promise<Uint8Array[]> {
-  await using r = await restoreMachine(path);
+  // The same VM resumed, not a clone: keep its generation id so RAM compares byte for byte.
+  await using r = await restoreMachine(path, { vmGenId: false });
   return copyRam(r.machine);
 }
 
