@@ -442,11 +442,27 @@ export class Qcow2Image extends SyncDiskImage {
   #guard(offset: number, length: number, allowed: number, what: string): void {
     if (!this.#overlapCheck) return;
     const hit = this.#meta.overlap(offset, length, allowed);
-    if (hit !== null) this.#signalCorruption(`${what} at host offset ${offset}`, hit);
+    if (hit !== null) {
+      this.#signalCorruption(
+        `${what} at host offset ${offset} would overwrite the ${hit}: the image's tables ` +
+          `point into its metadata`,
+      );
+    }
   }
 
-  #signalCorruption(what: string, structure: string): never {
-    const reason = `${what} would overwrite the ${structure}`;
+  /** The hot-path form of {@link #guard} for one guest data cluster at host offset `host`. */
+  #guardData(host: number): void {
+    if (!this.#overlapCheck) return;
+    const ci = host / this.#cs;
+    if (!Number.isInteger(ci)) {
+      this.#signalCorruption(
+        `a guest data write at host offset ${host}: the L2 entry is not cluster aligned`,
+      );
+    }
+    if (this.#meta.has(ci)) this.#guard(host, this.#cs, 0, "a guest data write");
+  }
+
+  #signalCorruption(reason: string): never {
     let marked = "the image is now marked corrupt";
     if (this.#corrupt === null) {
       this.#corrupt = reason;
@@ -461,8 +477,8 @@ export class Qcow2Image extends SyncDiskImage {
       }
     }
     throw new QcowError(
-      `'${this.path}': refused ${reason}: the image's tables point into its metadata; ` +
-        `${marked} (repair it with 'qemu-img check -r all ${this.path}')`,
+      `'${this.path}': refused ${reason}; ${marked} ` +
+        `(repair it with 'qemu-img check -r all ${this.path}')`,
     );
   }
 
@@ -662,7 +678,7 @@ export class Qcow2Image extends SyncDiskImage {
             `copy shared clusters`,
         );
       }
-      this.#guard(host, cs, 0, "a guest data write");
+      this.#guardData(host);
       this.#file.pwrite(chunk, host + inOff);
       return;
     }
@@ -693,7 +709,7 @@ export class Qcow2Image extends SyncDiskImage {
       target = this.#rc.alloc();
       fresh = this.#rc.lastFresh;
     }
-    this.#guard(target, cs, 0, "a guest data write");
+    this.#guardData(target);
     // Like QEMU's zero-COW shortcut: a never-written cluster already reads as
     // zeros, so only the guest's bytes need writing when the rest is zero.
     if (fresh && restZero) this.#file.pwrite(chunk, target + inOff);

@@ -54,6 +54,11 @@ export class MetadataMap {
     }
   }
 
+  /** Whether cluster `ci` holds any metadata (the one-lookup check of a data cluster). */
+  has(ci: number): boolean {
+    return this.#map.has(ci);
+  }
+
   /** Forgets everything recorded at cluster `ci` (it was freed). */
   forget(ci: number): void {
     this.#map.delete(ci);

@@ -144,6 +144,7 @@ export class QemuIoSession implements AsyncDisposable {
   #stdin: WritableStreamDefaultWriter<Uint8Array>;
   #stdout: ReadableStreamDefaultReader<Uint8Array>;
   #buffered = "";
+  #closed = false;
 
   private constructor(child: Deno.ChildProcess) {
     this.#child = child;
@@ -164,8 +165,10 @@ export class QemuIoSession implements AsyncDisposable {
     try {
       await s.#prompt();
     } catch (err) {
-      const out = await child.output().catch(() => null);
-      const text = out ? new TextDecoder().decode(out.stderr) : "";
+      s.#stdout.releaseLock();
+      await child.stdout.cancel();
+      const text = await new Response(child.stderr).text();
+      await child.status;
       throw new Error(`qemu-io ${args.join(" ")} ${image} did not start: ${text}`, { cause: err });
     }
     return s;
@@ -191,13 +194,18 @@ export class QemuIoSession implements AsyncDisposable {
     return out;
   }
 
-  /** Quits qemu-io and waits for it to exit. */
+  /** Quits qemu-io and waits for it to exit (it may have exited already: a closed pipe is fine). */
   async close(): Promise<void> {
-    await this.#stdin.write(new TextEncoder().encode("quit\n")).catch(() => {});
-    await this.#stdin.close().catch(() => {});
+    if (this.#closed) return;
+    this.#closed = true;
+    const closedPipe = (err: unknown): void => {
+      if (!(err instanceof Deno.errors.BrokenPipe)) throw err;
+    };
+    await this.#stdin.write(new TextEncoder().encode("quit\n")).catch(closedPipe);
+    await this.#stdin.close().catch(closedPipe);
     this.#stdout.releaseLock();
-    await this.#child.stdout.cancel().catch(() => {});
-    await this.#child.stderr.cancel().catch(() => {});
+    await this.#child.stdout.cancel();
+    await this.#child.stderr.cancel();
     await this.#child.status;
   }
 

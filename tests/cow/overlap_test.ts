@@ -126,3 +126,22 @@ Deno.test("stream refuses to write an L2 table over the L1 table a hostile L1 en
   assert.deepEqual(await bytesAt(top, l.l1, l.cs), before, "the L1 table was overwritten");
   assert.ok(await isCorrupt(top));
 });
+
+Deno.test("a guest write through an L2 entry that is not cluster aligned is refused and marks the image corrupt", async () => {
+  await using dir = await tempDir();
+  const img = `${dir.path}/img.qcow2`;
+  await qemuImg("create", "-q", "-f", "qcow2", img, "8M");
+  await qemuIo(img, "qcow2", "write -P 1 0 128k");
+  const l = await layout(img);
+  // Guest cluster 1's data moves half a cluster down: it now straddles guest cluster 0's.
+  const e = (await Deno.readFile(img)).slice(l.l2 + 8, l.l2 + 16);
+  const data1 = new DataView(e.buffer).getBigUint64(0, false) & 0x00fffffffffffe00n;
+  await patch64(img, l.l2 + 8, COPIED | (data1 - 32768n));
+  const before = await Deno.readFile(img);
+  const v = openImage(img);
+  assert.throws(() => v.writeSync(64 * KiB, pattern(4 * KiB, 4)), /not cluster aligned/);
+  v.closeSync();
+  const after = await Deno.readFile(img);
+  assert.deepEqual(after.subarray(4096), before.subarray(4096), "only the header changed");
+  assert.ok(await isCorrupt(img));
+});
