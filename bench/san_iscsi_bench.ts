@@ -2,20 +2,28 @@
  * Benchmark: vmkit's TypeScript iSCSI initiator against libiscsi's
  * `iscsi-perf`, both reading from the same private tgtd LUN on 127.0.0.1:
  * random 4 KiB reads with 32 in flight, and sequential 128 KiB reads with 16
- * in flight. Each side runs three times, alternating; the best run counts.
+ * in flight. Each side runs `--runs` times (default 5), the order
+ * alternating between rounds; the table gives the median with the range.
  *
- * Usage: deno run -A bench/san_iscsi_bench.ts [--seconds N]
+ * Usage: deno run -A bench/san_iscsi_bench.ts [--seconds N] [--runs N]
  *
  * @module
  */
 
 import { IscsiSession } from "../san/mod.ts";
 import { backingFile, Tgtd } from "../tests/san/tgt.ts";
+import { loadAverage, machineLine, median, medianRange } from "./stats.ts";
 
 const TARGET = "iqn.2026-01.dev.vmkit.bench:lun";
 const VM = "iqn.2026-01.dev.vmkit.bench:vm-1";
 const LUN_BYTES = 256 << 20;
-const SECONDS = Number(Deno.args[Deno.args.indexOf("--seconds") + 1] ?? "") || 4;
+/** The numeric value after `flag` on the command line, or `dflt`. */
+function numArg(flag: string, dflt: number): number {
+  const i = Deno.args.indexOf(flag);
+  return i < 0 ? dflt : Number(Deno.args[i + 1] ?? "") || dflt;
+}
+const SECONDS = numArg("--seconds", 4);
+const RUNS = Math.max(1, numArg("--runs", 5));
 
 interface Workload {
   name: string;
@@ -99,11 +107,6 @@ async function peerRun(port: number, w: Workload): Promise<{ iops: number; mbps:
   return { iops, mbps: (iops * w.blocks * 512) / 1e6 };
 }
 
-async function cpuModel(): Promise<string> {
-  const info = await Deno.readTextFile("/proc/cpuinfo");
-  return /model name\s*:\s*(.*)/.exec(info)?.[1] ?? "unknown";
-}
-
 const dir = await Deno.makeTempDir({ prefix: "vmkit-bench-san-" });
 const tgt = await Tgtd.start();
 try {
@@ -114,31 +117,35 @@ try {
   for (let o = 0; o < LUN_BYTES; o += chunk.length) await f.write(chunk);
   f.close();
   await tgt.addTarget({ tid: 1, name: TARGET, luns: [{ lun: 1, path: lun }], initiators: [VM] });
-  console.log(`machine: nproc ${navigator.hardwareConcurrency}, CPU ${await cpuModel()}`);
+  console.log(`machine: ${machineLine()}`);
   console.log(
-    `target: tgtd 127.0.0.1:${tgt.port}, ${
-      LUN_BYTES >> 20
-    } MiB LUN, ${SECONDS} s per run, best of 3, alternating`,
+    `target: tgtd 127.0.0.1:${tgt.port}, ${LUN_BYTES >> 20} MiB LUN, ${SECONDS} s per run, ` +
+      `median of ${RUNS} runs [range], order alternating`,
   );
   console.log("");
   console.log("| metric | vmkit | peer (iscsi-perf) | ratio (vmkit/peer) |");
   console.log("| --- | ---: | ---: | ---: |");
   for (const w of WORKLOADS) {
-    let best = { iops: 0, mbps: 0 };
-    let peer = { iops: 0, mbps: 0 };
-    for (let round = 0; round < 3; round++) {
-      const v = await vmkitRun(tgt.port, w);
-      if (v.iops > best.iops) best = v;
-      const p = await peerRun(tgt.port, w);
-      if (p.iops > peer.iops) peer = p;
-    }
     const metric = w.random ? "iops" : "mbps";
-    const fmt = (x: { iops: number; mbps: number }): string =>
-      metric === "iops" ? x.iops.toFixed(0) : x.mbps.toFixed(0);
+    const vmkit: number[] = [];
+    const peer: number[] = [];
+    for (let round = 0; round < RUNS; round++) {
+      const sides = [
+        async () => vmkit.push((await vmkitRun(tgt.port, w))[metric]),
+        async () => peer.push((await peerRun(tgt.port, w))[metric]),
+      ];
+      if (round % 2 === 1) sides.reverse();
+      for (const side of sides) await side();
+    }
+    const fmt = (x: number): string => x.toFixed(0);
     console.log(
-      `| ${w.name} | ${fmt(best)} | ${fmt(peer)} | ${(best[metric] / peer[metric]).toFixed(2)} |`,
+      `| ${w.name} | ${medianRange(vmkit, fmt)} | ${medianRange(peer, fmt)} | ${
+        (median(vmkit) / median(peer)).toFixed(2)
+      } |`,
     );
   }
+  console.log("");
+  console.log(`load after the runs: ${loadAverage()}`);
   console.log("");
   for (const w of WORKLOADS) {
     console.log(
