@@ -44,6 +44,7 @@ import {
 import { dirOf, finishFile, metadataStart, PendingFile } from "./file_io.ts";
 import { encodePageMap, Kind, type RegionPages } from "./pagemap.ts";
 import { encodeCpuState, encodeDevices } from "./state_codec.ts";
+import { type DiskPolicy, DiskStep } from "./disks.ts";
 import type { CheckpointTarget, MachineCpuState } from "./target.ts";
 
 /** Pages per writer batch (2 MiB: one huge page). */
@@ -64,6 +65,8 @@ export interface CheckpointOptions {
   memFilePath?: string;
   /** Save only the pages written since the previous checkpoint of this checkpointer. */
   diff?: boolean;
+  /** What happens to the disks' parents (default `keep-parent`; see `disks.ts`). */
+  diskPolicy?: DiskPolicy;
 }
 
 /** Progress of a background save. */
@@ -76,6 +79,8 @@ export interface SaveProgress {
   bytesTotal: number;
   /** The failure, when failed. */
   error?: string;
+  /** What went wrong after the checkpoint was complete (e.g. committing an overlay back). */
+  warning?: string;
 }
 
 /** What a finished save reports. */
@@ -98,6 +103,8 @@ export interface SaveSummary {
   copiedPages: number;
   /** Milliseconds from the end of the pause to the durable file. */
   saveMs: number;
+  /** What went wrong after the checkpoint was complete (it is still valid). */
+  warning?: string;
 }
 
 /** A checkpoint in progress: the VM runs again; the file is being written. */
@@ -278,6 +285,20 @@ export class Checkpointer implements Disposable {
       memFile?.abandon();
       throw err;
     }
+    // Overlays over the disks, armed while the VM runs (the quiesce switches them).
+    let step: DiskStep;
+    try {
+      step = await DiskStep.prepare(
+        t.disks?.() ?? [],
+        opts.diskPolicy ?? "keep-parent",
+        opts.path,
+        idHex(id).slice(0, 8),
+      );
+    } catch (err) {
+      file.abandon();
+      memFile?.abandon();
+      throw err;
+    }
 
     // ---- while the VM runs: protect, converge ----
     let wp = this.#wp;
@@ -295,19 +316,28 @@ export class Checkpointer implements Disposable {
     const diffTotal = parent === undefined ? memBytes : this.#dirtyBytes(wp);
 
     // ---- the pause ----
-    await t.quiesceDevices();
+    try {
+      await t.quiesceDevices();
+    } catch (err) {
+      wp.abort();
+      this.#protected = false;
+      this.#trackingSinceParent = false;
+      file.abandon();
+      memFile?.abandon();
+      await step.abandon(false);
+      await t.resumeDevices();
+      throw err;
+    }
     const wasPaused = t.paused;
     const t0 = performance.now();
     let pausePages = 0;
     let cpuState: MachineCpuState;
     let deviceState: Record<string, Uint8Array>;
-    let disks: Record<string, unknown> | undefined;
     try {
       if (!wasPaused) await t.pause();
       pausePages = wp.freeze();
       cpuState = t.saveCpuState();
       deviceState = t.saveDevices();
-      disks = t.switchDisks?.();
     } catch (err) {
       // Leave the machine as it was: running, unprotected, no file.
       wp.abort();
@@ -317,6 +347,7 @@ export class Checkpointer implements Disposable {
       memFile?.abandon();
       if (!wasPaused) await t.resume();
       await t.resumeDevices();
+      await step.abandon(true);
       throw err;
     }
     if (!wasPaused) await t.resume();
@@ -327,7 +358,11 @@ export class Checkpointer implements Disposable {
     const devices = encodeDevices(deviceState);
 
     // ---- background save ----
-    const progress: SaveProgress = { state: "saving", bytesWritten: 0, bytesTotal: diffTotal };
+    const progress: SaveProgress = {
+      state: "saving",
+      bytesWritten: 0,
+      bytesTotal: diffTotal + step.copyBytes,
+    };
     this.#last = progress;
     const config = {
       machine: t.describe(),
@@ -338,6 +373,8 @@ export class Checkpointer implements Disposable {
     const done = (async (): Promise<SaveSummary> => {
       try {
         const pages = await this.#writePages(wp, file, memFile, memOffset, progress);
+        const pageBytes = progress.bytesWritten;
+        const disks = await step.record((done) => progress.bytesWritten = pageBytes + done);
         const sections: Array<[number, Uint8Array]> = [
           [Section.CONFIG, json(config)],
           [Section.CPU, cpu],
@@ -345,7 +382,7 @@ export class Checkpointer implements Disposable {
           [Section.PAGEMAP, encodePageMap(pages.map)],
           [Section.PAGECRC, pages.crcs],
         ];
-        if (disks !== undefined) sections.push([Section.DISKS, json(disks)]);
+        if (disks.disks.length > 0) sections.push([Section.DISKS, json(disks)]);
         if (parent !== undefined) {
           sections.push([
             Section.PARENT,
@@ -370,6 +407,17 @@ export class Checkpointer implements Disposable {
         });
         this.#parent = { path: opts.path, id };
         this.#trackingSinceParent = this.#track;
+        const saveMs = performance.now() - started;
+        let warning: string | undefined;
+        try {
+          await step.finish(); // copy-parent: the VM goes back onto its own files
+        } catch (err) {
+          // The checkpoint is complete; the VM goes on in its overlays, nothing is lost.
+          warning = `the checkpoint is complete, but committing the disks back failed: ${
+            (err as Error).message
+          }; the VM goes on in its overlays`;
+          progress.warning = warning;
+        }
         progress.state = "done";
         return {
           path: opts.path,
@@ -380,7 +428,8 @@ export class Checkpointer implements Disposable {
           zeroPages: pages.zero,
           inheritedPages: pages.inherited,
           copiedPages: pages.copied,
-          saveMs: performance.now() - started,
+          saveMs,
+          ...(warning === undefined ? {} : { warning }),
         };
       } catch (err) {
         progress.state = "failed";
@@ -390,6 +439,7 @@ export class Checkpointer implements Disposable {
         this.#trackingSinceParent = false;
         file.abandon();
         memFile?.abandon();
+        await step.abandon(true);
         throw err;
       } finally {
         this.#busy = false;

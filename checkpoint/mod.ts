@@ -22,7 +22,14 @@
  */
 
 export { CheckpointError } from "./errors.ts";
-export type { CheckpointTarget, MachineCpuState, TargetRegion } from "./target.ts";
+export type {
+  CheckpointDisk,
+  CheckpointTarget,
+  DiskInfo,
+  DiskLayerInfo,
+  MachineCpuState,
+  TargetRegion,
+} from "./target.ts";
 export {
   Checkpointer,
   type CheckpointerOptions,
@@ -39,6 +46,16 @@ export {
 } from "./reader.ts";
 export { MemorySource } from "./restore.ts";
 export { DEFAULT_PAGE_STORE_DIR, PageStore } from "./page_store.ts";
+export {
+  checkLayer,
+  type DiskIdentity,
+  diskIdentity,
+  type DiskPolicy,
+  type DisksRecord,
+  parseDisksRecord,
+  type RecordedDisk,
+  type RecordedLayer,
+} from "./disks.ts";
 export {
   type CheckpointInfo,
   describeCheckpoint,

@@ -21,6 +21,52 @@ export interface TargetRegion {
   readonly hostAddr: bigint;
 }
 
+/** One layer of a disk's chain as a checkpoint sees it. */
+export interface DiskLayerInfo {
+  /** Image path. */
+  readonly path: string;
+  /** Image format. */
+  readonly format: "raw" | "qcow2";
+  /** Virtual size in bytes. */
+  readonly size: number;
+}
+
+/** A disk as a checkpoint sees it. */
+export interface DiskInfo {
+  /** Drive id. */
+  readonly id: string;
+  /** `file` (a chain of images) or `iscsi` (a LUN). */
+  readonly kind: "file" | "iscsi";
+  /** Whether the guest sees it read-only (then it needs no overlay). */
+  readonly readOnly: boolean;
+  /** Size in bytes. */
+  readonly size: number;
+  /** The chain, top first (empty for a LUN). */
+  readonly layers: readonly DiskLayerInfo[];
+  /** iSCSI URL. */
+  readonly url?: string;
+}
+
+/**
+ * A disk of the machine, which the checkpoint's disk step drives: an
+ * overlay is created over its top while the VM runs and armed, the machine's
+ * {@link CheckpointTarget.quiesceDevices} switches to it (the parent is
+ * frozen from then on), and with `copy-parent` the overlay is committed back
+ * into its parent while the VM runs.
+ */
+export interface CheckpointDisk {
+  /** Drive id. */
+  readonly id: string;
+  /** The chain as it is now. */
+  describe(): Promise<DiskInfo>;
+  /** Creates a qcow2 overlay at `path` over the current top; the next quiesce switches to it. */
+  armOverlay(path: string): Promise<void>;
+  /** Drops an armed overlay (its file is removed). */
+  disarm(): Promise<void>;
+  /** Commits the top overlay into its parent while the VM runs; the disk ends on the parent. */
+  commit(): Promise<void>;
+}
+
 /** A machine that can be checkpointed. */
 export interface CheckpointTarget {
   /** Guest RAM regions, sorted by guest address. */
@@ -47,9 +93,6 @@ export interface CheckpointTarget {
   saveCpuState(): MachineCpuState;
   /** Device states by name (paused). */
   saveDevices(): Record<string, Uint8Array>;
-  /**
-   * Runs inside the pause after memory and state are saved, e.g. to switch
-   * disks to their overlays; returns a JSON record for the `disks` section.
-   */
-  switchDisks?(): Record<string, unknown> | undefined;
+  /** The machine's disks (none: the checkpoint holds memory and state only). */
+  disks?(): readonly CheckpointDisk[];
 }

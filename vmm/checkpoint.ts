@@ -26,10 +26,21 @@ import { MemorySource } from "../checkpoint/restore.ts";
 import { DEFAULT_PAGE_STORE_DIR, PageStore } from "../checkpoint/page_store.ts";
 import { idHex } from "../checkpoint/format.ts";
 import { check, uffd, UffdError } from "../native/uffd_ffi.ts";
-import type { CheckpointTarget, MachineCpuState, TargetRegion } from "../checkpoint/target.ts";
+import type {
+  CheckpointDisk,
+  CheckpointTarget,
+  DiskInfo,
+  MachineCpuState,
+  TargetRegion,
+} from "../checkpoint/target.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
 import { Machine, type MachineConfig } from "./machine.ts";
 import { HostMemory, type MemoryBacking } from "./memory.ts";
+import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
+import { defaultMac, formatMac } from "./devices/virtio/net_format.ts";
+import { checkLayer, parseDisksRecord } from "../checkpoint/disks.ts";
+import { dirOf } from "../checkpoint/file_io.ts";
+import { Qcow2Image } from "../cow/qcow2.ts";
 import { changeVmGenId, newVmGenId } from "./acpi/install.ts";
 
 /** What the `config` section records of a machine (enough to rebuild it). */
@@ -46,6 +57,14 @@ export interface MachineDescription {
   >;
   /** Module of the device factory, when not the built-in one. */
   deviceModule?: string;
+  /** virtio-blk drives as configured (their images at the pause are in the `disks` section). */
+  drives?: DriveConfig[];
+  /** virtio-net interfaces (host TAPs: reattached at restore unless overridden). */
+  nets?: NetConfig[];
+  /** The storage identity (VM id and SUI registry). */
+  identity?: StorageIdentityConfig;
+  /** Whether the machine has ACPI tables (false when turned off). */
+  acpi?: boolean;
 }
 
 /** Describes `m` for its checkpoint. */
@@ -62,6 +81,10 @@ export function describeMachine(m: Machine): MachineDescription {
       stateBytes: d.state.byteLength,
     })),
     ...(c.deviceModule === undefined ? {} : { deviceModule: c.deviceModule }),
+    ...(c.drives === undefined || c.drives.length === 0 ? {} : { drives: [...c.drives] }),
+    ...(c.nets === undefined || c.nets.length === 0 ? {} : { nets: [...c.nets] }),
+    ...(c.identity === undefined ? {} : { identity: c.identity }),
+    ...(c.acpi === false ? { acpi: false } : {}),
   };
 }
 
@@ -95,14 +118,39 @@ export class MachineTarget implements CheckpointTarget {
     return this.machine.resume();
   }
 
-  // The legacy devices do no I/O of their own; quiesce belongs to the I/O
-  // device model (virtio), whose Machine hooks these will call.
   quiesceDevices(): Promise<void> {
-    return Promise.resolve();
+    return this.machine.quiesceDevices();
   }
 
   resumeDevices(): Promise<void> {
+    this.machine.resumeDevices();
     return Promise.resolve();
+  }
+
+  disks(): CheckpointDisk[] {
+    return this.machine.disks().map((h) => ({
+      id: h.id,
+      describe: async (): Promise<DiskInfo> => {
+        const d = await h.describe();
+        return {
+          id: d.id,
+          kind: d.kind,
+          readOnly: d.readOnly,
+          size: d.size,
+          layers: d.layers.map((l) => ({ path: l.path, format: l.format, size: l.size })),
+          ...(d.url === undefined ? {} : { url: d.url }),
+        };
+      },
+      armOverlay: async (path: string): Promise<void> => {
+        await h.armOverlay(path);
+      },
+      disarm: async (): Promise<void> => {
+        await h.disarm();
+      },
+      commit: async (): Promise<void> => {
+        await h.commit();
+      },
+    }));
   }
 
   saveCpuState(): MachineCpuState {
@@ -150,6 +198,19 @@ export interface RestoreOptions {
    * checkpoint's (a plain resume of the same VM).
    */
   vmGenId?: Uint8Array | false;
+  /**
+   * Folder of the fresh qcow2 overlays the restored VM's writable disks run
+   * in (default: the checkpoint's folder); the checkpoint's images are never
+   * written. They are the restored VM's disks: kept after it stops.
+   */
+  diskDir?: string;
+  /**
+   * A new VM id (a clone's): its own storage identity (SUI) and, for NICs
+   * without an override, its own MAC. Default: the recorded one.
+   */
+  vmId?: string;
+  /** Host side of NICs by interface id (e.g. another TAP for a clone); default as recorded. */
+  nets?: Record<string, Partial<Pick<NetConfig, "tap" | "netns" | "mac">>>;
 }
 
 /** A machine restored from a checkpoint, with what keeps its RAM filling. */
@@ -178,12 +239,12 @@ export class RestoredMachine implements AsyncDisposable {
     this.pageStore = pageStore;
   }
 
-  /** Stops the machine, then releases its memory, the userfaultfd, the sources and the store. */
+  /**
+   * Stops the machine, then releases its memory, the userfaultfd, the sources
+   * and the store (disposing the machine itself does the same).
+   */
   async [Symbol.asyncDispose](): Promise<void> {
     await this.machine[Symbol.asyncDispose]();
-    this.checkpointer.close();
-    this.#source.close();
-    this.pageStore?.close();
   }
 }
 
@@ -206,10 +267,82 @@ function mapAnon(addr: bigint, size: number): void {
   check("mmap(anonymous RAM)", uffd().vk_map_anon_fixed(addr, BigInt(size)));
 }
 
+/**
+ * The restored VM's drives: each recorded chain checked against its
+ * identities, a writable disk given a fresh qcow2 overlay over the recorded
+ * top (the checkpoint's images are only read), a read-only one opened as is.
+ */
+function restoredDrives(
+  path: string,
+  desc: MachineDescription,
+  disksSection: Record<string, unknown> | undefined,
+  opts: RestoreOptions,
+  made: string[],
+): DriveConfig[] {
+  const configured = desc.drives ?? [];
+  if (configured.length === 0) return [];
+  if (disksSection === undefined) {
+    throw new CheckpointError("the machine has drives but the checkpoint records no disks", {
+      path,
+      section: "disks",
+    });
+  }
+  const record = parseDisksRecord(disksSection, path);
+  const byId = new Map(record.disks.map((d) => [d.id, d]));
+  for (const d of configured) {
+    const r = byId.get(d.id);
+    if (r === undefined) {
+      throw new CheckpointError(`drive '${d.id}' is not among the recorded disks`, {
+        path,
+        section: "disks",
+      });
+    }
+    for (const layer of r.layers) checkLayer(d.id, layer, path);
+  }
+  const dir = opts.diskDir ?? dirOf(path);
+  const base = path.slice(path.lastIndexOf("/") + 1);
+  return configured.map((d): DriveConfig => {
+    const r = byId.get(d.id);
+    const top = r?.layers[0];
+    if (r === undefined || top === undefined) throw new CheckpointError(`no image for '${d.id}'`);
+    if (r.readOnly) return { ...d, backend: { kind: "file", path: top.path, format: top.format } };
+    const overlay = `${dir}/${base}.${d.id}.${crypto.randomUUID().slice(0, 8)}.qcow2`;
+    Qcow2Image.create(overlay, {
+      size: r.size,
+      backingFile: relativePath(dir, top.path),
+      backingFormat: top.format,
+    });
+    made.push(overlay);
+    return { ...d, backend: { kind: "file", path: overlay, format: "qcow2" } };
+  });
+}
+
+/** `to` relative to folder `from` (both made absolute). */
+function relativePath(from: string, to: string): string {
+  const abs = (p: string): string[] =>
+    (p.startsWith("/") ? p : `${Deno.cwd()}/${p}`).split("/").filter((x) => x !== "" && x !== ".");
+  const a = abs(from);
+  const b = abs(to);
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return [...a.slice(i).map(() => ".."), ...b.slice(i)].join("/") || ".";
+}
+
 function isDescription(d: unknown): d is MachineDescription {
   if (typeof d !== "object" || d === null) return false;
   const m = d as Record<string, unknown>;
-  return Number.isInteger(m.memMiB) && Number.isInteger(m.vcpus) && Array.isArray(m.devices) &&
+  const records = (x: unknown, ok: (e: Record<string, unknown>) => boolean): boolean =>
+    x === undefined ||
+    (Array.isArray(x) &&
+      x.every((e) => typeof e === "object" && e !== null && ok(e as Record<string, unknown>)));
+  const drivesOk = records(m.drives, (d) => {
+    const b = d.backend as Record<string, unknown> | undefined;
+    return typeof d.id === "string" && typeof b === "object" && b !== null &&
+      (b.kind === "file" || b.kind === "iscsi");
+  });
+  const netsOk = records(m.nets, (n) => typeof n.id === "string" && typeof n.tap === "string");
+  return drivesOk && netsOk && Number.isInteger(m.memMiB) && Number.isInteger(m.vcpus) &&
+    Array.isArray(m.devices) &&
     (m.devices as unknown[]).every((x) => {
       const e = x as Record<string, unknown>;
       return typeof e.kind === "string" && typeof e.name === "string" &&
@@ -232,6 +365,7 @@ export async function restoreMachine(
   let source: MemorySource | undefined;
   let machine: Machine | undefined;
   let store: PageStore | undefined;
+  const overlays: string[] = [];
   try {
     const top = chain.top;
     const desc = top.config.machine;
@@ -267,13 +401,34 @@ export async function restoreMachine(
       config: opts.deviceConfig?.[d.name] ?? d.config,
       state: new SharedArrayBuffer(d.stateBytes),
     }));
+    let drives: DriveConfig[];
+    try {
+      drives = restoredDrives(path, desc, top.disks(), opts, overlays);
+    } catch (err) {
+      memory.close();
+      throw err;
+    }
+    const identity = desc.identity === undefined
+      ? undefined
+      : { ...desc.identity, ...(opts.vmId === undefined ? {} : { vmId: opts.vmId }) };
+    const nets = (desc.nets ?? []).map((n): NetConfig => {
+      const o = opts.nets?.[n.id] ?? {};
+      const mac = o.mac ??
+        (opts.vmId === undefined ? n.mac : formatMac(defaultMac(opts.vmId, n.id)));
+      return { ...n, ...o, ...(mac === undefined ? {} : { mac }) };
+    });
     const config: MachineConfig = {
       memMiB: desc.memMiB,
       vcpus: desc.vcpus,
       cmdline: desc.cmdline,
       devices: specs,
       memory,
+      announceOnCmdline: false,
       ...(desc.deviceModule === undefined ? {} : { deviceModule: desc.deviceModule }),
+      ...(drives.length === 0 ? {} : { drives }),
+      ...(nets.length === 0 ? {} : { nets }),
+      ...(identity === undefined ? {} : { identity }),
+      ...(desc.acpi === false ? { acpi: false } : {}),
     };
     source = MemorySource.map(chain);
     let stores: { fd: number; offset: number }[] | undefined;
@@ -306,6 +461,13 @@ export async function restoreMachine(
       cp = await Checkpointer.create(target, cpOpts);
     }
     checkpointers.set(machine, cp);
+    const src = source;
+    const st = store;
+    machine.onDispose(() => {
+      cp.close();
+      src.close();
+      st?.close();
+    });
     machine.restoreCpuState(top.cpuState());
     machine.restoreDevices(top.devices());
     // After the irqchip state: the notification's edge must not be overwritten by it.
@@ -322,6 +484,13 @@ export async function restoreMachine(
     if (machine !== undefined) await machine[Symbol.asyncDispose]();
     source?.close();
     store?.close();
+    for (const f of overlays) {
+      try {
+        Deno.removeSync(f);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
     throw err;
   } finally {
     chain.close();

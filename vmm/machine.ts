@@ -147,6 +147,7 @@ export class Machine implements AsyncDisposable {
   #onAllExited: (() => void) | undefined;
   #closed = false;
   #cpuSaver: CpuStateSaver | undefined;
+  readonly #disposers: (() => void | Promise<void>)[] = [];
 
   private constructor(
     kvm: Kvm,
@@ -650,5 +651,15 @@ export class Machine implements AsyncDisposable {
     this.memory.close();
     this.vm.close();
     this.kvm.close();
+    for (const f of this.#disposers.splice(0).reverse()) await f();
+  }
+
+  /**
+   * Runs `fn` when the machine is disposed, after its memory is unmapped
+   * (what a restore keeps for the machine's lifetime: the userfaultfd that
+   * fills RAM, the source mappings, the shared page store).
+   */
+  onDispose(fn: () => void | Promise<void>): void {
+    this.#disposers.push(fn);
   }
 }

@@ -19,6 +19,7 @@
  *   blk irqs <count>
  *   blk done
  *
+ * With `blk.seq` it then writes sequence numbers forever (see blk_seq).
  * With `blk.again` on the command line it then prints "blk waiting", waits
  * for a byte on COM1 (the host swapped the disk: PATCH /drives), and reads
  * the device again:
@@ -365,6 +366,30 @@ static uint64_t cfg64(unsigned off)
 	return ((uint64_t)hi << 32) | lo;
 }
 
+/*
+ * blk.seq (checkpoint tests): forever writes sequence number s over all of
+ * sector BLK_SEQ_FIRST + s % BLK_SEQ_SECTORS, and after each completed write
+ * stores s at BLK_SEQ_DONE in RAM, so a test knows what the disk must hold.
+ */
+#define BLK_SEQ_FIRST 16
+#define BLK_SEQ_SECTORS 64
+#define BLK_SEQ_DONE 0xf00000u
+static void __attribute__((noreturn)) blk_seq(void)
+{
+	say("blk seq", "");
+	for (uint32_t s = 1;; s++) {
+		uint32_t *w = (uint32_t *)data[0];
+		for (int i = 0; i < 128; i++)
+			w[i] = s;
+		uint8_t st = do_req(0, T_OUT, BLK_SEQ_FIRST + s % BLK_SEQ_SECTORS, data[0], 512, 0);
+		if (st != 0) {
+			say_num("blk seq write failed ", st);
+			debug_exit(4);
+		}
+		*(volatile uint32_t *)(uintptr_t)BLK_SEQ_DONE = s;
+	}
+}
+
 void virtio_blk_test(const char *cmdline)
 {
 	uint64_t addr;
@@ -502,6 +527,8 @@ void virtio_blk_test(const char *cmdline)
 	say_num(ok && good == INFLIGHT ? "blk inflight ok " : "blk inflight failed ", good);
 	say_num("blk irqs ", irqs);
 	say("blk done", "");
+	if (has_word(cmdline, "blk.seq"))
+		blk_seq();
 	if (!has_word(cmdline, "blk.again"))
 		return;
 	say("blk waiting", "");

@@ -220,7 +220,8 @@ export class BlkDisk {
         "only a file drive that is not being committed takes an overlay",
       );
     }
-    this.#armed = createOverlay(top, path);
+    // The overlay owns its parent from the switch on: closing the drive closes both.
+    this.#armed = createOverlay(top, path, { adoptParent: true });
     return this.describe();
   }
 
@@ -229,6 +230,7 @@ export class BlkDisk {
     const a = this.#armed;
     if (a === null) return;
     this.#armed = null;
+    a.detachBacking(); // the parent is still the drive's top
     a.closeSync();
     Deno.removeSync(a.path);
   }
@@ -239,6 +241,9 @@ export class BlkDisk {
     if (a === null) return false;
     this.#armed = null;
     await this.dev.switchTo(a);
+    // The parent is frozen: it holds read locks from now on, as a backing file does
+    // (QEMU reopens it read-only), so other VMs (a checkpoint's clones) may read it.
+    a.backing?.relock("read");
     return true;
   }
 
@@ -254,6 +259,8 @@ export class BlkDisk {
         "the drive's top is not an overlay with a parent to commit into",
       );
     }
+    // Writing the parent again: its write lock back (refused while others read it).
+    if (!top.backing.readOnly) top.backing.relock("write");
     await commit(top, { switchable: this.dev });
     return this.describe();
   }
