@@ -26,7 +26,7 @@
 
 import { CowError, DiskIoError, InjectedFault } from "./errors.ts";
 import { lockImage, type LockMode, unlockImage } from "./image_lock.ts";
-import { ERRNO, errno, errText, lib } from "./libc.ts";
+import { ERRNO, errno, errText, type FdStat, fstat, lib, S_IF } from "./libc.ts";
 
 const O_RDONLY = 0;
 const O_RDWR = 2;
@@ -279,18 +279,37 @@ export function sameFile(a: FileIdentity, b: FileIdentity): boolean {
 
 /** The identity of the open `fd`; throws unless it is a regular file or a block device. */
 function checkKind(fd: number, path: string): { identity: FileIdentity; regular: boolean } {
-  const st = Deno.statSync(`/proc/self/fd/${fd}`);
-  if (!st.isFile && !st.isBlockDevice) {
-    const kind = st.isDirectory
+  const st = fstat(fd) ?? procStat(fd);
+  if (st.type !== S_IF.REG && st.type !== S_IF.BLK) {
+    const kind = st.type === S_IF.DIR
       ? "a directory"
-      : st.isFifo
+      : st.type === S_IF.FIFO
       ? "a FIFO"
-      : st.isCharDevice
+      : st.type === S_IF.CHR
       ? "a character device"
-      : st.isSocket
+      : st.type === S_IF.SOCK
       ? "a socket"
       : "not a regular file";
     throw new CowError(`'${path}' is ${kind}, not a disk image (a regular file or block device)`);
   }
-  return { identity: { dev: st.dev, ino: st.ino ?? 0 }, regular: st.isFile };
+  return { identity: { dev: st.dev, ino: st.ino }, regular: st.type === S_IF.REG };
+}
+
+/** fstat through /proc, for a libc without an `fstat64` symbol. */
+function procStat(fd: number): FdStat {
+  const st = Deno.statSync(`/proc/self/fd/${fd}`);
+  const type = st.isFile
+    ? S_IF.REG
+    : st.isBlockDevice
+    ? S_IF.BLK
+    : st.isDirectory
+    ? S_IF.DIR
+    : st.isFifo
+    ? S_IF.FIFO
+    : st.isCharDevice
+    ? S_IF.CHR
+    : st.isSocket
+    ? S_IF.SOCK
+    : 0;
+  return { type, dev: st.dev, ino: st.ino ?? 0 };
 }

@@ -236,9 +236,7 @@ export function lockHolders(
   try {
     procs = Deno.readDirSync("/proc");
   } catch (err) {
-    if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.PermissionDenied) {
-      return out;
-    }
+    if (isGone(err)) return out;
     throw err;
   }
   for (const p of procs) {
@@ -300,5 +298,6 @@ function readComm(pid: number): string {
 /** A /proc entry that vanished or may not be read (the process exited, or is another user's). */
 function isGone(err: unknown): boolean {
   return err instanceof Deno.errors.NotFound || err instanceof Deno.errors.PermissionDenied ||
+    err instanceof Deno.errors.NotCapable ||
     (err instanceof Error && /ESRCH|No such process/.test(err.message));
 }

@@ -22,6 +22,8 @@ const SYMBOLS = {
   lseek64: { parameters: ["i32", "i64", "i32"], result: "i64" },
   fcntl: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   fcntlInt: { name: "fcntl", parameters: ["i32", "i32", "i32"], result: "i32" },
+  // A real function from glibc 2.33 on (older ones only had __fxstat64).
+  fstat64: { parameters: ["i32", "buffer"], result: "i32", optional: true },
   __errno_location: { parameters: [], result: "pointer" },
   strerror: { parameters: ["i32"], result: "pointer" },
 } as const;
@@ -42,6 +44,7 @@ export interface Libc {
   lseek64(fd: number, offset: number, whence: number): number | bigint;
   fcntl(fd: number, cmd: number, arg: Uint8Array): number;
   fcntlInt(fd: number, cmd: number, arg: number): number;
+  fstat64: ((fd: number, buf: Uint8Array) => number) | null;
   __errno_location(): Deno.PointerValue;
   strerror(code: number): Deno.PointerValue;
 }
@@ -64,6 +67,46 @@ export function errno(): number {
 export function errText(code: number): string {
   const p = lib().strerror(code);
   return p === null ? `errno ${code}` : Deno.UnsafePointerView.getCString(p);
+}
+
+/** What `fstat` says about an open file: its kind (S_IFMT bits), device and inode. */
+export interface FdStat {
+  /** st_mode & S_IFMT. */
+  type: number;
+  /** st_dev. */
+  dev: number;
+  /** st_ino. */
+  ino: number;
+}
+
+/** File type bits of st_mode. */
+export const S_IF = {
+  MT: 0o170000,
+  REG: 0o100000,
+  BLK: 0o060000,
+  DIR: 0o040000,
+  CHR: 0o020000,
+  FIFO: 0o010000,
+  SOCK: 0o140000,
+} as const;
+
+/**
+ * `fstat(fd)`, or null when this libc has no `fstat64` symbol. struct stat
+ * starts with st_dev and st_ino (u64 each) on both ABIs; st_mode is at 24 on
+ * x86-64 and at 16 on aarch64.
+ */
+export function fstat(fd: number): FdStat | null {
+  const f = lib().fstat64;
+  if (f === null) return null;
+  const buf = new Uint8Array(256);
+  if (f(fd, buf) !== 0) return null;
+  const v = new DataView(buf.buffer);
+  const modeAt = Deno.build.arch === "aarch64" ? 16 : 24;
+  return {
+    type: v.getUint32(modeAt, true) & S_IF.MT,
+    dev: Number(v.getBigUint64(0, true)),
+    ino: Number(v.getBigUint64(8, true)),
+  };
 }
 
 /** errno values by name. */
