@@ -578,30 +578,34 @@ try {
     args: ["create", "-q", "-f", "qcow2", "-b", raw, "-F", "raw", overlay],
   }).output();
   if (!q.success) throw new Error("qemu-img create failed");
-  const qr = await device({ kind: "file", path: overlay });
-  try {
-    const count = QUICK ? 20000 : 40000;
-    for (
-      const [name, type, write] of [["4K seq write (alloc+rewrite)", 1, true], [
-        "4K seq read",
-        0,
-        false,
-      ]] as const
-    ) {
-      await compare(
-        `qcow2 overlay ${name} QD32 (req/s)`,
-        overlay,
-        false,
-        () => Promise.resolve(count / vmkitRun(qr, type, 4096, count, false, count * 4096)),
-        Object.fromEntries(
-          ["threads", "io_uring", "native"].map((
-            aio,
-          ) => [`qemu-img bench -i ${aio}`, () => qemuImgBench(overlay, write, count, DEPTH, aio)]),
-        ),
-      );
-    }
-  } finally {
-    await closeDevice(qr);
+  // The device holds the image's write lock while open (as qemu-img does), so each vmkit run
+  // opens it, runs, and closes it again; opening is outside the timing.
+  const count = QUICK ? 20000 : 40000;
+  for (
+    const [name, type, write] of [["4K seq write (alloc+rewrite)", 1, true], [
+      "4K seq read",
+      0,
+      false,
+    ]] as const
+  ) {
+    await compare(
+      `qcow2 overlay ${name} QD32 (req/s)`,
+      overlay,
+      false,
+      async () => {
+        const qr = await device({ kind: "file", path: overlay });
+        try {
+          return count / vmkitRun(qr, type, 4096, count, false, count * 4096);
+        } finally {
+          await closeDevice(qr);
+        }
+      },
+      Object.fromEntries(
+        ["threads", "io_uring", "native"].map((
+          aio,
+        ) => [`qemu-img bench -i ${aio}`, () => qemuImgBench(overlay, write, count, DEPTH, aio)]),
+      ),
+    );
   }
   console.log(
     `peer commands: fio --ioengine={io_uring [--fixedbufs=1 --registerfiles=1 --iodepth_batch_submit=16 --iodepth_batch_complete_max=16],libaio} --rw=... --bs=... --iodepth=${DEPTH} --size=${FILE_BYTES} ` +

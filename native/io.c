@@ -165,10 +165,12 @@ static void ring_free(struct vkio_ring *r) {
 
 /*
  * Creates a ring of `entries` SQEs (CQ twice that); with `eventfd` >= 0 the
- * kernel signals it on every completion. Returns the ring's handle (a host
+ * kernel signals it on completions: every one, or with `async_only` only
+ * those that did not complete inside the submitting io_uring_enter
+ * (IORING_REGISTER_EVENTFD_ASYNC). Returns the ring's handle (a host
  * pointer) or -errno.
  */
-int64_t vkio_uring_setup(uint32_t entries, int eventfd) {
+int64_t vkio_uring_setup(uint32_t entries, int eventfd, uint32_t async_only) {
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
   struct vkio_ring *r = calloc(1, sizeof *r);
@@ -212,7 +214,8 @@ int64_t vkio_uring_setup(uint32_t entries, int eventfd) {
   r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
   if (eventfd >= 0) {
     int32_t efd = eventfd;
-    if (syscall(__NR_io_uring_register, r->fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0) goto fail;
+    unsigned op = async_only ? IORING_REGISTER_EVENTFD_ASYNC : IORING_REGISTER_EVENTFD;
+    if (syscall(__NR_io_uring_register, r->fd, op, &efd, 1) < 0) goto fail;
   }
   return (int64_t)(uintptr_t)r;
 fail: {
@@ -228,6 +231,12 @@ int vkio_uring_close(uint64_t handle) {
   if (r == NULL) return -EINVAL;
   ring_free(r);
   return 0;
+}
+
+/* Completions waiting in the CQ now (no syscall). */
+int vkio_uring_ready(uint64_t handle) {
+  struct vkio_ring *r = (struct vkio_ring *)(uintptr_t)handle;
+  return (int)(__atomic_load_n(r->cq_tail, __ATOMIC_ACQUIRE) - *r->cq_head);
 }
 
 /* SQ slots free now. */

@@ -40,7 +40,8 @@ export const IO_SYMBOLS = {
     result: "i32",
     nonblocking: true,
   },
-  vkio_uring_setup: { parameters: ["u32", "i32"], result: "i64" },
+  vkio_uring_setup: { parameters: ["u32", "i32", "u32"], result: "i64" },
+  vkio_uring_ready: { parameters: ["u64"], result: "i32" },
   vkio_uring_close: { parameters: ["u64"], result: "i32" },
   vkio_uring_space: { parameters: ["u64"], result: "i32" },
   vkio_uring_submit: { parameters: ["u64", "buffer", "u32", "u32"], result: "i32" },
@@ -271,12 +272,21 @@ export class IoUring implements Disposable {
     this.entries = entries;
   }
 
-  /** Sets up a ring with `entries` SQEs; completions signal `eventFd` when given. */
-  static create(entries: number, eventFd = -1): IoUring {
-    const h = ioShim().vkio_uring_setup(entries, eventFd);
+  /**
+   * Sets up a ring with `entries` SQEs; completions signal `eventFd` when
+   * given (with `asyncOnly`, only completions that did not finish inside
+   * the submitting call).
+   */
+  static create(entries: number, eventFd = -1, asyncOnly = false): IoUring {
+    const h = ioShim().vkio_uring_setup(entries, eventFd, asyncOnly ? 1 : 0);
     const v = toBigInt(h);
     if (v < 0n) throw new KvmError("io_uring_setup", Number(-v), `${entries} entries`);
     return new IoUring(v, entries);
+  }
+
+  /** Completions waiting now (a memory read in C, no syscall). */
+  ready(): number {
+    return ioShim().vkio_uring_ready(this.#handle);
   }
 
   /** Free SQ slots. */

@@ -57,6 +57,14 @@ export interface VirtioBackend {
   activate(): void;
   /** Takes and handles what queue `q` holds (called after a notify, on resume, after activate). */
   process(q: number): void;
+  /**
+   * Does whatever work is ready without waiting (new chains in a queue,
+   * completions of the back end's own I/O); returns whether it found any.
+   * The loop calls it in a short busy-poll window after each wake-up, so a
+   * driver that resubmits at once is served without a sleep and a wake-up
+   * (QEMU's IOThread adaptive polling).
+   */
+  poll?(): boolean;
   /** Called once everything in flight has completed during a quiesce; may switch disks. */
   quiesced?(): Promise<void> | void;
   /** Everything in flight has completed during a reset: forget per-activation state. */

@@ -188,13 +188,21 @@ export class BlkBackend implements VirtioBackend {
       sRegion,
       (chain.addr[last] ?? 0) + (chain.len[last] ?? 1) - 1,
     );
-    if (chain.readBytes < BLK_HEADER_BYTES || !this.#gather(chain, 0, BLK_HEADER_BYTES)) {
+    if (chain.readBytes < BLK_HEADER_BYTES) return this.#done(req, BlkStatus.IOERR);
+    // The header, read in place when it lies in the first buffer (as every driver puts it).
+    let hv = this.#hdrView;
+    let ho = 0;
+    const r0 = chain.region[0] ?? 0;
+    const first = ctx.ram.views[r0];
+    if (chain.readable > 0 && (chain.len[0] ?? 0) >= BLK_HEADER_BYTES && first !== undefined) {
+      hv = first;
+      ho = ctx.ram.offset(r0, chain.addr[0] ?? 0);
+    } else if (!this.#gather(chain, 0, BLK_HEADER_BYTES)) {
       return this.#done(req, BlkStatus.IOERR);
     }
-    const hv = this.#hdrView;
-    req.type = hv.getUint32(0, true);
-    const sectorLo = hv.getUint32(8, true);
-    const sectorHi = hv.getUint32(12, true);
+    req.type = hv.getUint32(ho, true);
+    const sectorLo = hv.getUint32(ho + 8, true);
+    const sectorHi = hv.getUint32(ho + 12, true);
     req.sector = sectorHi >= 0x20_0000 ? -1 : sectorHi * 0x1_0000_0000 + sectorLo;
     switch (req.type) {
       case BlkType.IN:
@@ -452,6 +460,22 @@ export class BlkBackend implements VirtioBackend {
     this.#free.push(req.slot);
     this.#touched |= 1 << req.queue;
     this.#ctx.completed();
+  }
+
+  poll(): boolean {
+    let did = false;
+    const u = this.#uring;
+    if (u !== null && u.ready()) {
+      u.reapNow();
+      this.#interrupt();
+      did = true;
+    }
+    const queue = this.#ctx.queues[0];
+    if (queue !== null && queue !== undefined && this.#free.length > 0 && queue.pending() > 0) {
+      this.process(0);
+      did = true;
+    }
+    return did;
   }
 
   /** Completions the uring engine reaped outside process(): interrupt for them. */

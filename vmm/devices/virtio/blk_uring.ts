@@ -64,6 +64,9 @@ export class BlkUring {
     this.#onDone = onDone;
     this.#onBatch = onBatch;
     this.#event = EventFd.create();
+    // Every completion signals the eventfd. (IORING_REGISTER_EVENTFD_ASYNC would skip the
+    // inline ones, but it also skips completions posted by task_work, not only io-wq
+    // workers, which left cold-cache reads unsignalled.)
     this.#ring = IoUring.create(Math.min(4096, slots * 2), this.#event.fd);
     this.#reqs = new Uint8Array(slots * Math.max(1, maxRanges) * URING_REQ_BYTES);
     this.#reqView = new DataView(this.#reqs.buffer);
@@ -155,6 +158,11 @@ export class BlkUring {
     }
     req.pendingOps = n;
     if (n === 0) this.#onDone(req);
+  }
+
+  /** Whether completions are waiting (no syscall). */
+  ready(): boolean {
+    return this.#ring.ready() > 0;
   }
 
   /** Submits what {@link start} queued (what the SQ has no room for stays queued). */

@@ -49,7 +49,15 @@ export interface VirtioDeviceConfig {
   readonly backendModule: string;
   /** The back end's configuration (structured-clone-able). */
   readonly backendConfig: unknown;
+  /**
+   * Busy-poll window of the I/O Worker after each wake-up, in microseconds
+   * (default {@link DEFAULT_POLL_US}; 0 never polls).
+   */
+  readonly pollUs?: number;
 }
+
+/** Default busy-poll window: QEMU's IOThread default (poll-max-ns 32768). */
+export const DEFAULT_POLL_US = 32;
 
 /** Raised when a device's Worker or back end fails, or a call fails. */
 export class VirtioDeviceError extends Error {
@@ -166,6 +174,7 @@ export class VirtioDeviceHost {
         irqFd: irq.fd,
         backendModule: config.backendModule,
         backendConfig: config.backendConfig,
+        pollUs: config.pollUs ?? DEFAULT_POLL_US,
       });
       return host;
     } catch (err) {

@@ -200,6 +200,21 @@ class IoLoop implements VirtioBackendContext {
         if (i < 32 && (bits & (1 << i)) !== 0) onReady();
         i++;
       }
+      this.#busyPoll();
+    }
+  }
+
+  /** Keeps taking work for up to pollUs after the last work found, before blocking again. */
+  #busyPoll(): void {
+    const poll = this.backend?.poll;
+    const windowMs = this.#init.pollUs / 1000;
+    if (poll === undefined || windowMs <= 0 || !this.canTake()) return;
+    const b = this.backend;
+    let last = performance.now();
+    for (;;) {
+      if (Atomics.load(this.state, W.CTRL) !== 0) return;
+      if (poll.call(b)) last = performance.now();
+      else if (performance.now() - last > windowMs) return;
     }
   }
 

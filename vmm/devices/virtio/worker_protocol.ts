@@ -30,6 +30,8 @@ export interface IoWorkerInit {
   readonly backendModule: string;
   /** The back end's own configuration (structured-clone-able). */
   readonly backendConfig: unknown;
+  /** Busy-poll window after each wake-up, in microseconds (0: none). */
+  readonly pollUs: number;
 }
 
 /** A call on the back end. */
