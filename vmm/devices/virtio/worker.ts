@@ -122,6 +122,8 @@ class IoLoop implements VirtioBackendContext {
     Atomics.add(w, W.GUEST_ERRORS, 1);
     if (Atomics.load(w, W.BACKEND) === Backend.BROKEN) return;
     Atomics.store(w, W.BACKEND, Backend.BROKEN);
+    // InterruptStatus first: a driver that sees DEVICE_NEEDS_RESET also sees why it was interrupted.
+    Atomics.or(w, W.INTERRUPT_STATUS, Interrupt.CONFIG_CHANGE);
     Atomics.or(w, W.STATUS, Status.DEVICE_NEEDS_RESET);
     post({ type: "guest-error", reason });
     this.#interrupt(Interrupt.CONFIG_CHANGE);
