@@ -190,7 +190,7 @@ export class BlkBackend implements VirtioBackend {
     );
     if (chain.readBytes < BLK_HEADER_BYTES) return this.#done(req, BlkStatus.IOERR);
     // The header, read in place when it lies in the first buffer (as every driver puts it).
-    let hv = this.#hdrView;
+    let hv: DataView = this.#hdrView;
     let ho = 0;
     const r0 = chain.region[0] ?? 0;
     const first = ctx.ram.views[r0];
