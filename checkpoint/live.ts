@@ -81,6 +81,8 @@ export interface SaveProgress {
   error?: string;
   /** What went wrong after the checkpoint was complete (e.g. committing an overlay back). */
   warning?: string;
+  /** How long the VM was stopped (µs). */
+  pauseUs?: number;
 }
 
 /** What a finished save reports. */
@@ -362,6 +364,7 @@ export class Checkpointer implements Disposable {
       state: "saving",
       bytesWritten: 0,
       bytesTotal: diffTotal + step.copyBytes,
+      pauseUs,
     };
     this.#last = progress;
     const config = {

@@ -39,6 +39,7 @@ import { command, type Entry, kebabKeys } from "./command.ts";
 import { Exit } from "./exit.ts";
 import { int, list, optionalStr, str, type Values } from "./options.ts";
 import { parseDiskSpec, parseNetSpec } from "./run_devices.ts";
+import { loadSnapshot, setSnapshotHost } from "../vmm/snapshot_api.ts";
 import { checkPathArg, UsageError } from "./usage.ts";
 
 /** Default kernel command line: console on COM1, reboot through the i8042 (which powers off). */
@@ -73,6 +74,11 @@ const OPTIONS = {
   "config-file": str("FILE", "Firecracker-style JSON config (boot-source, drives, ...)", {
     complete: "file",
   }),
+  restore: str(
+    "PATH",
+    "restore a checkpoint (vmkit checkpoint create) instead of booting; --net overrides TAPs, --vm-id makes a clone",
+    { complete: "file" },
+  ),
   "api-sock": str(
     "PATH",
     "serve Firecracker's API on this socket (alone: wait there to be configured)",
@@ -123,6 +129,8 @@ interface RunPlan {
   bootNow: boolean;
   identity: StorageIdentityConfig | undefined;
   logLevel: Level | undefined;
+  /** The checkpoint to restore (--restore), with NIC overrides by interface id. */
+  restore?: { path: string; nets: Record<string, { tap: string; netns?: string; mac?: string }> };
 }
 
 async function readConfigFile(path: string): Promise<VmResources> {
@@ -148,6 +156,7 @@ async function readConfigFile(path: string): Promise<VmResources> {
 }
 
 async function planRun(o: RunOptions, given: ReadonlySet<string>): Promise<RunPlan> {
+  if (o.restore !== undefined) return planRestore(o, given, o.restore);
   const configFile = o["config-file"];
   let resources: VmResources;
   let bootNow: boolean;
@@ -230,6 +239,39 @@ async function planRun(o: RunOptions, given: ReadonlySet<string>): Promise<RunPl
     bootNow,
     identity: vmId === undefined || registry === undefined ? undefined : { vmId, registry },
     logLevel,
+  };
+}
+
+/** `--restore PATH`: the VM comes from the checkpoint; --net only moves NICs to other TAPs. */
+function planRestore(o: RunOptions, given: ReadonlySet<string>, path: string): RunPlan {
+  const clash = [...VM_OPTIONS.filter((k) => k !== "net"), "config-file"].find((k) => given.has(k));
+  if (clash !== undefined) {
+    throw new UsageError(
+      `--${clash} cannot be combined with --restore (the checkpoint has the VM)`,
+    );
+  }
+  const nets: Record<string, { tap: string; netns?: string; mac?: string }> = {};
+  try {
+    o.net.forEach((spec, i) => {
+      const n = parseNetSpec(spec, i);
+      nets[n.iface_id] = {
+        tap: n.host_dev_name,
+        ...(n.netns === undefined ? {} : { netns: n.netns }),
+        ...(n.guest_mac === undefined ? {} : { mac: n.guest_mac }),
+      };
+    });
+  } catch (err) {
+    if (err instanceof VmConfigError) throw new UsageError(err.message);
+    throw err;
+  }
+  const vmId = o["vm-id"];
+  const registry = o["sui-registry"];
+  return {
+    resources: new VmResources(),
+    bootNow: false,
+    identity: vmId === undefined || registry === undefined ? undefined : { vmId, registry },
+    logLevel: o.level === undefined ? undefined : checkedLevel(o.level),
+    restore: { path: checkPathArg("--restore", path), nets },
   };
 }
 
@@ -417,9 +459,19 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     Deno.addSignalListener("SIGTERM", onTerm);
     // With a kernel or config file the VM is running before the socket appears (as
     // Firecracker builds it before serving requests); else the socket waits for InstanceStart.
-    if (plan.bootNow) {
+    // Snapshot loads (--restore, PUT /snapshot/load) give the VM this VMM's console and NICs.
+    setSnapshotHost(ctl, {
+      devices: launchOptions.devices,
+      restore: {
+        ...(vmId === undefined ? {} : { vmId }),
+        ...(plan.restore === undefined ? {} : { nets: plan.restore.nets }),
+      },
+    });
+    if (plan.bootNow || plan.restore !== undefined) {
       try {
-        await ctl.start();
+        if (plan.restore !== undefined) {
+          await loadSnapshot(ctl, { path: plan.restore.path, resume: true });
+        } else await ctl.start();
       } catch (err) {
         // The launch error, without the API's "cannot start the microVM: " prefix.
         throw new Error((err as Error).message.replace(/^cannot start the microVM: /, ""));
@@ -441,9 +493,12 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
       });
       log.info("api", "listening", { socket: sock });
     }
-    if (!plan.bootNow) log.info("run", "waiting for InstanceStart", {});
+    if (!plan.bootNow && plan.restore === undefined) {
+      log.info("run", "waiting for InstanceStart", {});
+    }
     const vm = await ctl.launched();
     machine = vm?.machine;
+    metrics.machine ??= machine;
     if (machine === undefined) {
       // Shut down (API Shutdown or a signal) before anything started.
       const code = signalled === undefined

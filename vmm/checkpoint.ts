@@ -36,6 +36,7 @@ import type {
 import type { DeviceSpec } from "./devices/spec.ts";
 import { Machine, type MachineConfig } from "./machine.ts";
 import { HostMemory, type MemoryBacking } from "./memory.ts";
+import type { MetricFamily } from "./metrics/prometheus.ts";
 import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
 import { defaultMac, formatMac } from "./devices/virtio/net_format.ts";
 import { checkLayer, parseDisksRecord } from "../checkpoint/disks.ts";
@@ -90,9 +91,12 @@ export function describeMachine(m: Machine): MachineDescription {
 
 /** A {@link Machine} as `checkpoint/` sees it. */
 export class MachineTarget implements CheckpointTarget {
+  /** The machine. */
   readonly machine: Machine;
+  /** Its RAM regions as host ranges. */
   readonly regions: readonly TargetRegion[];
 
+  /** The target of `machine`. */
   constructor(machine: Machine) {
     this.machine = machine;
     this.regions = machine.memory.regions.map((r) => ({
@@ -173,13 +177,82 @@ export async function checkpointerFor(
   if (have !== undefined) return have;
   const cp = await Checkpointer.create(new MachineTarget(m), opts);
   checkpointers.set(m, cp);
+  addMetrics(m, cp);
   return cp;
+}
+
+/** The checkpoint families of `GET /metrics` for `m`. */
+function addMetrics(m: Machine, cp: Checkpointer): void {
+  m.metrics.registry.add((): MetricFamily[] => {
+    const p = cp.progress();
+    const c = cp.counters();
+    const gauge = (name: string, help: string, value: number): MetricFamily => ({
+      name,
+      help,
+      type: "gauge",
+      samples: [{ value }],
+    });
+    const counter = (name: string, help: string, value: number): MetricFamily => ({
+      name,
+      help,
+      type: "counter",
+      samples: [{ value }],
+    });
+    return [
+      gauge(
+        "vmkit_checkpoint_in_progress",
+        "1 while a checkpoint is being written.",
+        cp.busy ? 1 : 0,
+      ),
+      gauge(
+        "vmkit_checkpoint_bytes_written",
+        "Bytes of the current or last checkpoint handled so far.",
+        p?.bytesWritten ?? 0,
+      ),
+      gauge(
+        "vmkit_checkpoint_bytes_total",
+        "Bytes of the current or last checkpoint.",
+        p?.bytesTotal ?? 0,
+      ),
+      gauge(
+        "vmkit_checkpoint_pause_seconds",
+        "How long the last checkpoint stopped the VM.",
+        (p?.pauseUs ?? 0) / 1e6,
+      ),
+      counter(
+        "vmkit_checkpoint_write_faults_total",
+        "Write-protect faults taken by guest writes (tracking and copy-before-write).",
+        c?.faults ?? 0,
+      ),
+      counter(
+        "vmkit_checkpoint_copied_pages_total",
+        "Pages copied before the guest changed them during a save.",
+        c?.copies ?? 0,
+      ),
+      counter(
+        "vmkit_restore_filled_pages_total",
+        "Pages of restored RAM filled from the checkpoint on first access.",
+        c?.missing ?? 0,
+      ),
+      counter(
+        "vmkit_restore_shared_pages_total",
+        "Pages mapped from the page store another clone already filled.",
+        c?.minor ?? 0,
+      ),
+    ];
+  });
 }
 
 /** Options of {@link restoreMachine}. */
 export interface RestoreOptions {
   /** Replaces a device's recorded config (e.g. the serial output), by device name. */
   deviceConfig?: Record<string, Record<string, unknown>>;
+  /**
+   * The restoring VMM's own legacy devices for a guest of `memMiB` MiB: a
+   * recorded device with the same name and kind takes its config (its host
+   * side: COM1 on this VMM's console); `deviceConfig` still wins.
+   */
+  hostDevices?: (memMiB: number) => DeviceSpec[];
   /** Backing of the new RAM (default anonymous). */
   memoryBacking?: MemoryBacking;
   /** Options of the machine's checkpointer. */
@@ -225,6 +298,7 @@ export class RestoredMachine implements AsyncDisposable {
   readonly vmGenId: Uint8Array | undefined;
   readonly #source: MemorySource;
 
+  /** Wraps what {@link restoreMachine} built. */
   constructor(
     machine: Machine,
     checkpointer: Checkpointer,
@@ -395,12 +469,13 @@ export async function restoreMachine(
         section: "config",
       });
     }
-    const specs: DeviceSpec[] = desc.devices.map((d) => ({
-      kind: d.kind,
-      name: d.name,
-      config: opts.deviceConfig?.[d.name] ?? d.config,
-      state: new SharedArrayBuffer(d.stateBytes),
-    }));
+    const host = new Map((opts.hostDevices?.(desc.memMiB) ?? []).map((d) => [d.name, d]));
+    const specs: DeviceSpec[] = desc.devices.map((d) => {
+      const h = host.get(d.name);
+      const config = opts.deviceConfig?.[d.name] ??
+        (h !== undefined && h.kind === d.kind ? { ...h.config } : d.config);
+      return { kind: d.kind, name: d.name, config, state: new SharedArrayBuffer(d.stateBytes) };
+    });
     let drives: DriveConfig[];
     try {
       drives = restoredDrives(path, desc, top.disks(), opts, overlays);
@@ -461,6 +536,7 @@ export async function restoreMachine(
       cp = await Checkpointer.create(target, cpOpts);
     }
     checkpointers.set(machine, cp);
+    addMetrics(machine, cp);
     const src = source;
     const st = store;
     machine.onDispose(() => {

@@ -164,3 +164,20 @@ export {
   parseListenAddress,
 } from "./metrics/metrics_endpoint.ts";
 export { netFamilies } from "./metrics/device_metrics.ts";
+export {
+  checkpointerFor,
+  describeMachine,
+  type MachineDescription,
+  MachineTarget,
+  RestoredMachine,
+  restoreMachine,
+  type RestoreOptions,
+} from "./checkpoint.ts";
+export {
+  type LoadRequest,
+  loadSnapshot,
+  restoredApiVm,
+  setSnapshotHost,
+  type SnapshotHost,
+  snapshotRoutes,
+} from "./snapshot_api.ts";

@@ -463,7 +463,7 @@ Deno.test("firecracker API: a route set added from another file can adopt a VM b
   const server = await startApiServer(`${dir}/s`, ctl, {
     routes: [{
       method: "PUT",
-      path: "/snapshot/load",
+      path: "/test/adopt",
       handler: async (c) => {
         const body = await c.body();
         await ctl.adopt(() => {
@@ -475,10 +475,10 @@ Deno.test("firecracker API: a route set added from another file can adopt a VM b
     }],
   });
   try {
-    const r = await rawRequest(`${dir}/s`, "PUT", "/snapshot/load", { resume_vm: false });
+    const r = await rawRequest(`${dir}/s`, "PUT", "/test/adopt", { resume_vm: false });
     assert.equal(r.status, 204);
     assert.equal(ctl.state, "Paused");
-    const again = await rawRequest(`${dir}/s`, "PUT", "/snapshot/load", {});
+    const again = await rawRequest(`${dir}/s`, "PUT", "/test/adopt", {});
     assert.equal(again.status, 400);
     assert.equal(fault(again.body), POST_BOOT_MESSAGE);
     assert.equal((await rawRequest(`${dir}/s`, "PATCH", "/vm", { state: "Resumed" })).status, 204);

@@ -80,7 +80,7 @@ Deno.test("api rejects bad JSON, unknown fields and bad states with 400 and a fa
 
 Deno.test("api answers 404 for unknown paths, 405 for wrong methods, 500 when the machine fails", async () => {
   await withServer(async (sock, vm) => {
-    const nf = await apiRequest(sock, "GET", "/snapshot/create");
+    const nf = await apiRequest(sock, "GET", "/no/such/resource");
     assert.equal(nf.status, 404);
     assert.match((nf.body as { fault_message: string }).fault_message, /no such resource/);
     for (const [method, path] of [["DELETE", "/vm"], ["GET", "/actions"], ["POST", "/vm"]]) {

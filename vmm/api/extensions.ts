@@ -13,9 +13,10 @@
 
 import type { VmController } from "./controller.ts";
 import type { ApiRoute } from "./router.ts";
+import { snapshotRoutes } from "../snapshot_api.ts";
 
 /** Makes a route set for one controller. */
 export type ApiRouteFactory = (ctl: VmController) => readonly ApiRoute[];
 
 /** The route sets every control socket serves (besides the Firecracker routes). */
-export const API_EXTENSIONS: readonly ApiRouteFactory[] = [];
+export const API_EXTENSIONS: readonly ApiRouteFactory[] = [snapshotRoutes];
