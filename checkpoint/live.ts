@@ -8,10 +8,10 @@
  * change first. The pause does not grow with memory size.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { Checkpointer } from "./live.ts";
  * import type { CheckpointTarget, MachineCpuState } from "./target.ts";
- * declare const machine: CheckpointTarget;
+ * declare const machine: CheckpointTarget; // a running machine: not available to a doc test
  * using cp = await Checkpointer.create(machine);
  * const save = await cp.checkpoint({ path: "/tmp/vm.ckpt" });
  * console.log(`paused ${save.pauseUs} µs`);

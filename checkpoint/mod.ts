@@ -7,10 +7,10 @@
  * `Machine`. The file format is documented in `checkpoint/FORMAT.md`.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { Checkpointer, openCheckpoint } from "@vmkit/vmkit/checkpoint";
  * import type { CheckpointTarget } from "@vmkit/vmkit/checkpoint";
- * declare const machine: CheckpointTarget;
+ * declare const machine: CheckpointTarget; // a running machine: not available to a doc test
  * using cp = await Checkpointer.create(machine);
  * const save = await cp.checkpoint({ path: "vm.ckpt" });
  * console.log(`paused ${save.pauseUs} µs`, await save.done);

@@ -261,7 +261,7 @@ export class PcapWriter {
   }
 
   /** The file so far. */
-  bytes(): Uint8Array {
+  bytes(): Uint8Array<ArrayBuffer> {
     const out = new Uint8Array(this.#size);
     let o = 0;
     for (const c of this.#chunks) {

@@ -5,10 +5,10 @@
  * RAM filled lazily from the file.
  *
  * @example
- * ```ts
+ * ```ts ignore
  * import { checkpointerFor, restoreMachine } from "./checkpoint.ts";
  * import type { Machine } from "./machine.ts";
- * declare const vm: Machine;
+ * declare const vm: Machine; // a running machine: not available to a doc test
  * const cp = await checkpointerFor(vm);
  * const save = await cp.checkpoint({ path: "/tmp/vm.ckpt" });
  * await save.done;
