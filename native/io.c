@@ -329,34 +329,3 @@ int vkio_uring_reap(uint64_t handle, uint8_t *out, uint32_t len, uint32_t max, u
 int vkio_open(const char *path, int flags, uint32_t mode) {
   return io_ret(open(path, flags | O_CLOEXEC, mode));
 }
-
-/* Bytes of the file (or block device) behind `fd`. */
-int64_t vkio_file_size(int fd) {
-  off_t n = lseek(fd, 0, SEEK_END);
-  return n < 0 ? -(int64_t)errno : (int64_t)n;
-}
-
-/* Synchronous preadv/pwritev over `iov` (16-byte iovecs, `cnt` of them). */
-int64_t vkio_preadv(int fd, const uint8_t *iov, uint32_t len, uint32_t cnt, uint64_t off) {
-  if ((uint64_t)cnt * sizeof(struct iovec) > len || cnt > IOV_MAX) return -EINVAL;
-  ssize_t r;
-  do {
-    r = preadv(fd, (const struct iovec *)iov, (int)cnt, (off_t)off);
-  } while (r < 0 && errno == EINTR);
-  return r < 0 ? -(int64_t)errno : (int64_t)r;
-}
-
-int64_t vkio_pwritev(int fd, const uint8_t *iov, uint32_t len, uint32_t cnt, uint64_t off) {
-  if ((uint64_t)cnt * sizeof(struct iovec) > len || cnt > IOV_MAX) return -EINVAL;
-  ssize_t r;
-  do {
-    r = pwritev(fd, (const struct iovec *)iov, (int)cnt, (off_t)off);
-  } while (r < 0 && errno == EINTR);
-  return r < 0 ? -(int64_t)errno : (int64_t)r;
-}
-
-int vkio_fdatasync(int fd) { return io_ret(fdatasync(fd)); }
-
-int vkio_fallocate(int fd, int mode, uint64_t off, uint64_t len) {
-  return io_ret(fallocate(fd, mode, (off_t)off, (off_t)len));
-}

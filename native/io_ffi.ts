@@ -47,11 +47,6 @@ export const IO_SYMBOLS = {
   vkio_uring_submit: { parameters: ["u64", "buffer", "u32", "u32"], result: "i32" },
   vkio_uring_reap: { parameters: ["u64", "buffer", "u32", "u32", "u32"], result: "i32" },
   vkio_open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
-  vkio_file_size: { parameters: ["i32"], result: "i64" },
-  vkio_preadv: { parameters: ["i32", "buffer", "u32", "u32", "u64"], result: "i64" },
-  vkio_pwritev: { parameters: ["i32", "buffer", "u32", "u32", "u64"], result: "i64" },
-  vkio_fdatasync: { parameters: ["i32"], result: "i32" },
-  vkio_fallocate: { parameters: ["i32", "i32", "u64", "u64"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened I/O shim's callable symbols. */
@@ -68,12 +63,6 @@ export function ioShim(): IoShim {
 function check(call: string, r: number, detail = ""): number {
   if (r < 0) throw new KvmError(call, -r, detail);
   return r;
-}
-
-function check64(call: string, r: number | bigint, detail = ""): number {
-  const v = typeof r === "bigint" ? Number(r) : r;
-  if (v < 0) throw new KvmError(call, -v, detail);
-  return v;
 }
 
 /** `KVM_IOEVENTFD_FLAG_DATAMATCH`. */
@@ -128,6 +117,23 @@ export function signalEventFd(fd: number, n = 1): void {
   check("write(eventfd)", ioShim().vkio_eventfd_write(fd, n), `fd ${fd}`);
 }
 
+function ioeventfd(
+  call: string,
+  vmFd: number,
+  fd: number,
+  addr: number,
+  len: number,
+  datamatch: number | undefined,
+  extra: number,
+): void {
+  const flags = (datamatch === undefined ? 0 : IOEVENTFD_DATAMATCH) | extra;
+  check(
+    call,
+    ioShim().vkio_ioeventfd(vmFd, fd, BigInt(addr), len, BigInt(datamatch ?? 0), flags),
+    `0x${addr.toString(16)}/${len}`,
+  );
+}
+
 /**
  * `KVM_IOEVENTFD`: a guest write of `len` bytes at MMIO `addr` whose value is
  * `datamatch` (any value when absent) signals `fd` inside KVM, with no exit
@@ -140,12 +146,7 @@ export function registerIoeventfd(
   len: number,
   datamatch?: number,
 ): void {
-  const flags = datamatch === undefined ? 0 : IOEVENTFD_DATAMATCH;
-  check(
-    "KVM_IOEVENTFD",
-    ioShim().vkio_ioeventfd(vmFd, fd, BigInt(addr), len, BigInt(datamatch ?? 0), flags),
-    `0x${addr.toString(16)}/${len}`,
-  );
+  ioeventfd("KVM_IOEVENTFD", vmFd, fd, addr, len, datamatch, 0);
 }
 
 /** Removes a registration made by {@link registerIoeventfd} (same arguments). */
@@ -156,12 +157,7 @@ export function unregisterIoeventfd(
   len: number,
   datamatch?: number,
 ): void {
-  const flags = (datamatch === undefined ? 0 : IOEVENTFD_DATAMATCH) | IOEVENTFD_DEASSIGN;
-  check(
-    "KVM_IOEVENTFD(deassign)",
-    ioShim().vkio_ioeventfd(vmFd, fd, BigInt(addr), len, BigInt(datamatch ?? 0), flags),
-    `0x${addr.toString(16)}/${len}`,
-  );
+  ioeventfd("KVM_IOEVENTFD(deassign)", vmFd, fd, addr, len, datamatch, IOEVENTFD_DEASSIGN);
 }
 
 /** `KVM_IRQFD`: every signal of `fd` pulses GSI `gsi` (an edge; no resample fd). */
@@ -331,8 +327,6 @@ export const O_RDWR = 2;
 export const FALLOC_KEEP_SIZE = 1;
 /** `FALLOC_FL_PUNCH_HOLE`. */
 export const FALLOC_PUNCH_HOLE = 2;
-/** `FALLOC_FL_ZERO_RANGE`. */
-export const FALLOC_ZERO_RANGE = 16;
 
 /** Opens `path` (`O_CLOEXEC` added); throws naming the path. */
 export function openFd(path: string, flags: number): number {
@@ -343,9 +337,4 @@ export function openFd(path: string, flags: number): number {
 /** Closes an fd from {@link openFd}. */
 export function closeFd(fd: number): void {
   check("close", ioShim().vkio_close(fd));
-}
-
-/** Size in bytes of the file or block device `fd`. */
-export function fdSize(fd: number): number {
-  return check64("lseek", ioShim().vkio_file_size(fd));
 }

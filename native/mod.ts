@@ -67,8 +67,6 @@ export {
   EventFd,
   FALLOC_KEEP_SIZE,
   FALLOC_PUNCH_HOLE,
-  FALLOC_ZERO_RANGE,
-  fdSize,
   FdWaiter,
   IO_SYMBOLS,
   IOEVENTFD_DATAMATCH,

@@ -1,12 +1,9 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
-import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
-import { blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
-import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import { DiskHandle } from "../../vmm/disk_handle.ts";
 import type { DriveConfig } from "../../vmm/io_config.ts";
-import { HostDriver, queueLayout, R } from "./virtio_driver.ts";
+import { HostDriver, queueLayout, R, startBlk } from "./virtio_driver.ts";
 
 await loadShim();
 
@@ -61,11 +58,7 @@ Deno.test("a checkpoint's disk steps on a running drive: arm an overlay, switch 
   await Deno.writeFile(base, new Uint8Array(4 << 20).fill(0x11));
   using mem = HostMemory.create(MEM);
   const drive: DriveConfig = { id: "vda", backend: { kind: "file", path: base } };
-  const host = await VirtioDeviceHost.start(
-    blkDeviceConfig(drive),
-    mem.regions,
-    new MmioAllocator().allocate("vda"),
-  );
+  const host = await startBlk(mem, drive);
   const disk = new DiskHandle(host, drive);
   try {
     const d = new HostDriver(mem, host);
@@ -129,11 +122,7 @@ Deno.test("replacing a running drive's back end (PATCH /drives) changes its capa
   await Deno.writeFile(`${dir}/b.raw`, new Uint8Array(2 << 20).fill(0x02));
   using mem = HostMemory.create(MEM);
   const drive: DriveConfig = { id: "vda", backend: { kind: "file", path: `${dir}/a.raw` } };
-  const host = await VirtioDeviceHost.start(
-    blkDeviceConfig(drive),
-    mem.regions,
-    new MmioAllocator().allocate("vda"),
-  );
+  const host = await startBlk(mem, drive);
   const disk = new DiskHandle(host, drive);
   try {
     const d = new HostDriver(mem, host);

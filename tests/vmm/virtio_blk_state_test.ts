@@ -1,13 +1,11 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
-import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
-import { blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
-import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import { W } from "../../vmm/devices/virtio/layout.ts";
 import { VirtioMmioTransport } from "../../vmm/devices/virtio/mmio.ts";
 import type { DriveConfig } from "../../vmm/io_config.ts";
-import { type Buf, HostDriver, queueLayout } from "./virtio_driver.ts";
+import { type Buf, HostDriver, queueLayout, startBlk } from "./virtio_driver.ts";
 
 await loadShim();
 
@@ -56,11 +54,7 @@ function readReq(
 }
 
 async function startHost(mem: HostMemory, drive: DriveConfig): Promise<VirtioDeviceHost> {
-  return await VirtioDeviceHost.start(
-    blkDeviceConfig(drive),
-    mem.regions,
-    new MmioAllocator().allocate(drive.id),
-  );
+  return await startBlk(mem, drive);
 }
 
 Deno.test("a virtio-blk device quiesced with requests in flight, saved and restored into a new device continues the queue exactly", async () => {

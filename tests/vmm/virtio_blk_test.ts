@@ -1,11 +1,9 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
-import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
-import { blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
-import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import type { DriveConfig } from "../../vmm/io_config.ts";
-import { type Buf, HostDriver, queueLayout, S } from "./virtio_driver.ts";
+import { type Buf, HostDriver, queueLayout, S, startBlk } from "./virtio_driver.ts";
 
 await loadShim();
 
@@ -49,8 +47,7 @@ async function rig(
     readOnly: opts.readOnly ?? false,
     serial: "vmkit-serial-1",
   };
-  const slot = new MmioAllocator().allocate("vda");
-  const host = await VirtioDeviceHost.start(blkDeviceConfig(drive), mem.regions, slot);
+  const host = await startBlk(mem, drive);
   const drv = new HostDriver(mem, host);
   return { mem, host, drv, dir, path };
 }

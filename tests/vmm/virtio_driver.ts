@@ -11,7 +11,10 @@
 
 import { FdWaiter } from "../../native/io_ffi.ts";
 import type { HostMemory } from "../../vmm/memory.ts";
-import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
+import { blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
+import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import type { DriveConfig } from "../../vmm/io_config.ts";
 import { VirtioMmioTransport } from "../../vmm/devices/virtio/mmio.ts";
 
 /** Register offsets (virtio 1.2 §4.2.2), written out again here on purpose. */
@@ -43,6 +46,15 @@ export const R = {
 
 /** Status bits. */
 export const S = { ACK: 1, DRIVER: 2, DRIVER_OK: 4, FEATURES_OK: 8, NEEDS_RESET: 64, FAILED: 128 };
+
+/** Starts a virtio-blk device for `drive` over `mem` in the first MMIO slot (or `alloc`'s next). */
+export function startBlk(
+  mem: HostMemory,
+  drive: DriveConfig,
+  alloc = new MmioAllocator(),
+): Promise<VirtioDeviceHost> {
+  return VirtioDeviceHost.start(blkDeviceConfig(drive), mem.regions, alloc.allocate(drive.id));
+}
 
 /** One buffer of a chain. */
 export interface Buf {

@@ -2,10 +2,9 @@ import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
 import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
-import { blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
-import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import { W } from "../../vmm/devices/virtio/layout.ts";
-import { HostDriver, queueLayout, R, S } from "./virtio_driver.ts";
+import { HostDriver, queueLayout, R, S, startBlk } from "./virtio_driver.ts";
 
 await loadShim();
 
@@ -34,11 +33,7 @@ async function rig(): Promise<Rig> {
     const path = `${dir}/${id}.raw`;
     await Deno.writeFile(path, new Uint8Array(1 << 20).fill(0x11));
     hosts.push(
-      await VirtioDeviceHost.start(
-        blkDeviceConfig({ id, backend: { kind: "file", path } }),
-        mem.regions,
-        alloc.allocate(id),
-      ),
+      await startBlk(mem, { id, backend: { kind: "file", path } }, alloc),
     );
   }
   const [a, b] = hosts;

@@ -366,29 +366,18 @@ export class BlkBackend implements VirtioBackend {
   }
 
   #runSync(req: BlkRequest, t: SyncTarget): void {
-    switch (req.type) {
-      case BlkType.IN: {
-        let off = req.sector * SECTOR;
-        for (let i = 0; i < req.segs; i++) {
-          const v = this.#segView(req, i);
-          t.readSync(off, v);
-          off += v.length;
-        }
-        return;
-      }
-      case BlkType.OUT: {
-        let off = req.sector * SECTOR;
-        for (let i = 0; i < req.segs; i++) {
-          const v = this.#segView(req, i);
-          t.writeSync(off, v);
-          off += v.length;
-        }
-        return;
-      }
-      case BlkType.FLUSH:
-        return t.flushSync();
-      default:
-        for (let i = 0; i < req.segs; i++) t.discardSync(req.segAddr[i] ?? 0, req.segLen[i] ?? 0);
+    const type = req.type;
+    if (type === BlkType.FLUSH) return t.flushSync();
+    if (type !== BlkType.IN && type !== BlkType.OUT) {
+      for (let i = 0; i < req.segs; i++) t.discardSync(req.segAddr[i] ?? 0, req.segLen[i] ?? 0);
+      return;
+    }
+    let off = req.sector * SECTOR;
+    for (let i = 0; i < req.segs; i++) {
+      const v = this.#segView(req, i);
+      if (type === BlkType.IN) t.readSync(off, v);
+      else t.writeSync(off, v);
+      off += v.length;
     }
   }
 
@@ -398,36 +387,22 @@ export class BlkBackend implements VirtioBackend {
     ctx.asyncStarted();
     this.#asyncInflight++;
     const work = async (): Promise<void> => {
-      switch (req.type) {
-        case BlkType.IN: {
-          let off = req.sector * SECTOR;
-          const jobs: Promise<void>[] = [];
-          for (let i = 0; i < req.segs; i++) {
-            const v = this.#segView(req, i);
-            jobs.push(dev.read(off, v));
-            off += v.length;
-          }
-          await Promise.all(jobs);
-          return;
+      const type = req.type;
+      if (type === BlkType.FLUSH) return await dev.flush();
+      if (type !== BlkType.IN && type !== BlkType.OUT) {
+        for (let i = 0; i < req.segs; i++) {
+          await dev.discard(req.segAddr[i] ?? 0, req.segLen[i] ?? 0);
         }
-        case BlkType.OUT: {
-          let off = req.sector * SECTOR;
-          const jobs: Promise<void>[] = [];
-          for (let i = 0; i < req.segs; i++) {
-            const v = this.#segView(req, i);
-            jobs.push(dev.write(off, v));
-            off += v.length;
-          }
-          await Promise.all(jobs);
-          return;
-        }
-        case BlkType.FLUSH:
-          return await dev.flush();
-        default:
-          for (let i = 0; i < req.segs; i++) {
-            await dev.discard(req.segAddr[i] ?? 0, req.segLen[i] ?? 0);
-          }
+        return;
       }
+      let off = req.sector * SECTOR;
+      const jobs: Promise<void>[] = [];
+      for (let i = 0; i < req.segs; i++) {
+        const v = this.#segView(req, i);
+        jobs.push(type === BlkType.IN ? dev.read(off, v) : dev.write(off, v));
+        off += v.length;
+      }
+      await Promise.all(jobs);
     };
     work().then(
       () => this.#finishAsync(req, BlkStatus.OK),
