@@ -130,6 +130,26 @@ export class TokenBucket {
     return ((want - this.#tokens) * this.refillTimeMs) / this.size;
   }
 
+  /**
+   * A bucket with new limits that goes on from this one's state at `nowMs`
+   * (Firecracker's rate limiter update): the budget and the one-time burst
+   * left are kept, capped at the new size and the new one-time burst, and a
+   * debt stays owed.
+   */
+  resized(options: TokenBucketOptions, nowMs: number): TokenBucket {
+    this.#refill(nowMs);
+    const next = new TokenBucket(options);
+    next.#tokens = Math.min(this.#tokens, next.size);
+    next.#burst = Math.min(this.#burst, next.#burst);
+    next.#last = this.#last;
+    return next;
+  }
+
+  /** The one-time burst not yet spent. */
+  get burstLeft(): number {
+    return this.#burst;
+  }
+
   /** Tokens available now, not counting the one-time burst (negative while in debt). */
   available(nowMs: number): number {
     this.#refill(nowMs);

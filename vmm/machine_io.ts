@@ -19,7 +19,13 @@ import { blkDeviceConfig } from "./devices/virtio/blk_format.ts";
 import { type VirtioDeviceConfig, VirtioDeviceHost } from "./devices/virtio/host.ts";
 import type { MemoryRegion } from "./guest_memory.ts";
 import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
-import { type NetDevice, netDevice, type NetStats } from "./devices/virtio/net_format.ts";
+import {
+  type NetDevice,
+  netDevice,
+  type NetRateLimiterUpdate,
+  type NetStats,
+  setNetRateLimiters,
+} from "./devices/virtio/net_format.ts";
 
 /** The I/O part of a machine's configuration. */
 export interface MachineIoConfig {
@@ -45,6 +51,8 @@ export interface NetInterface {
   readonly mac: string;
   /** The device's frame and byte counters. */
   readonly stats: NetStats;
+  /** Replaces the running interface's rate limiters (`PATCH /network-interfaces`). */
+  setRateLimiters(update: NetRateLimiterUpdate): Promise<void>;
 }
 
 /** Raised for bad drive configuration. */
@@ -135,7 +143,13 @@ export class MachineIo {
       const d = netDevices[i];
       if (d === undefined) return;
       if (nets.has(n.id)) throw new MachineIoError(`two network interfaces have the id '${n.id}'`);
-      nets.set(n.id, { id: n.id, tap: n.tap, mac: d.mac, stats: d.stats });
+      nets.set(n.id, {
+        id: n.id,
+        tap: n.tap,
+        mac: d.mac,
+        stats: d.stats,
+        setRateLimiters: (u) => setNetRateLimiters(hosts.find((h) => h.name === n.id), n.id, u),
+      });
     });
     const devices: VirtioDeviceConfig[] = [
       ...drives.map((d) =>

@@ -108,7 +108,7 @@ Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (nee
   }
 });
 
-Deno.test("vmkit run --net --netguard: the guest answers pings through its TAP, counted in GET /metrics (root, netns, /dev/kvm)", async () => {
+Deno.test("vmkit run --net --netguard: the guest answers pings through its TAP, counted in GET /metrics, under rate limits PATCHed while it runs (root, netns, /dev/kvm)", async () => {
   const dir = await Deno.makeTempDir();
   const ns = await Netns.create("h7");
   const tap = `h7t${Deno.pid % 100000}`;
@@ -159,6 +159,33 @@ Deno.test("vmkit run --net --netguard: the guest answers pings through its TAP, 
       guest_mac: "06:00:00:00:97:02",
       netns: ns.name,
     }]);
+    // PATCH the running NIC: one received frame a minute holds the pings back in the TAP...
+    const limit = await curl(sock, "PATCH", "/network-interfaces/eth0", {
+      iface_id: "eth0",
+      rx_rate_limiter: { ops: { size: 1, refill_time: 60000 } },
+    });
+    assert.equal(limit.status, 204, limit.body);
+    const held = await ns.exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.97.0.2"], true);
+    const answered = Number(/(\d+) received/.exec(held.stdout)?.[1]);
+    assert.ok(answered <= 1, `${answered} of 3 pings answered through a one-frame-a-minute limit`);
+    const throttled = Number(
+      new RegExp(`^vmkit_net_rx_throttled_total\\{iface="eth0",tap="${tap}"\\} (\\d+)$`, "m")
+        .exec((await curl(sock, "GET", "/metrics")).body)?.[1],
+    );
+    assert.ok(throttled >= 1, `rx throttled ${throttled}`);
+    // ...and a 0-sized bucket removes the limit again.
+    const lift = await curl(sock, "PATCH", "/network-interfaces/eth0", {
+      iface_id: "eth0",
+      rx_rate_limiter: { ops: { size: 0, refill_time: 0 } },
+    });
+    assert.equal(lift.status, 204, lift.body);
+    const again = await ns.exec(["ping", "-c", "3", "-i", "0.2", "-W", "2", "10.97.0.2"], true);
+    assert.equal(again.code, 0, again.stdout + again.stderr);
+    assert.equal(
+      JSON.parse((await curl(sock, "GET", "/vm/config")).body)["network-interfaces"][0]
+        .rx_rate_limiter,
+      undefined,
+    );
     assert.equal((await curl(sock, "PUT", "/actions", { action_type: "Shutdown" })).status, 204);
     const out = await child.exit();
     assert.equal(out.code, 0, out.stderr);

@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import {
   type ApiVm,
   type DriveUpdate,
+  type NetUpdate,
   POST_BOOT_MESSAGE,
   PRE_BOOT_MESSAGE,
   startApiServer,
@@ -27,6 +28,11 @@ class FakeVm extends FakeMachine implements ApiVm {
   }
   updateDrive(id: string, update: DriveUpdate): Promise<void> {
     this.drives.push([id, update]);
+    return Promise.resolve();
+  }
+  nets: Array<[string, NetUpdate]> = [];
+  updateNet(id: string, update: NetUpdate): Promise<void> {
+    this.nets.push([id, update]);
     return Promise.resolve();
   }
 }
@@ -266,6 +272,71 @@ Deno.test("firecracker API: configure over curl before boot, InstanceStart, then
     const flush = await put("/actions", { action_type: "FlushMetrics" });
     assert.equal(flush.status, 400);
     assert.match(fault(flush.body), /metrics system is not configured/);
+  });
+});
+
+Deno.test("firecracker API: PATCH /network-interfaces replaces a running NIC's rate limiters, merged as Firecracker does", async () => {
+  await withRig(async ({ sock, dir, vm }) => {
+    const put = async (path: string, body: unknown) => await curl(sock, "PUT", path, body);
+    assert.equal(
+      (await put("/boot-source", { kernel_image_path: `${dir}/vmlinux` })).status,
+      204,
+    );
+    assert.equal(
+      (await put("/network-interfaces/eth0", {
+        iface_id: "eth0",
+        host_dev_name: "tap0",
+        rx_rate_limiter: { bandwidth: { size: 1024, one_time_burst: 1048576, refill_time: 1000 } },
+        tx_rate_limiter: { bandwidth: { size: 1024, refill_time: 1000 } },
+      })).status,
+      204,
+    );
+    assert.equal((await put("/actions", { action_type: "InstanceStart" })).status, 204);
+    // Firecracker's example: RX gains an ops bucket and a new bandwidth; TX is left alone.
+    const rx = await curl(sock, "PATCH", "/network-interfaces/eth0", {
+      iface_id: "eth0",
+      rx_rate_limiter: {
+        bandwidth: { size: 1048576, refill_time: 1000 },
+        ops: { size: 2000, refill_time: 1000 },
+      },
+    });
+    assert.equal(rx.status, 204, rx.body);
+    // Then TX's limit is removed with 0-sized buckets.
+    const tx = await curl(sock, "PATCH", "/network-interfaces/eth0", {
+      iface_id: "eth0",
+      tx_rate_limiter: { bandwidth: { size: 0, refill_time: 0 }, ops: { size: 0, refill_time: 0 } },
+    });
+    assert.equal(tx.status, 204, tx.body);
+    assert.deepEqual(vm.nets, [
+      ["eth0", {
+        rxRateLimiter: {
+          bandwidth: { size: 1048576, refillTimeMs: 1000 },
+          ops: { size: 2000, refillTimeMs: 1000 },
+        },
+      }],
+      ["eth0", {
+        txRateLimiter: {
+          bandwidth: { size: 0, refillTimeMs: 0 },
+          ops: { size: 0, refillTimeMs: 0 },
+        },
+      }],
+    ]);
+    const cfg = JSON.parse((await curl(sock, "GET", "/vm/config")).body);
+    assert.deepEqual(cfg["network-interfaces"], [{
+      iface_id: "eth0",
+      host_dev_name: "tap0",
+      rx_rate_limiter: {
+        bandwidth: { size: 1048576, refill_time: 1000 },
+        ops: { size: 2000, refill_time: 1000 },
+      },
+    }]);
+    const unknown = await curl(sock, "PATCH", "/network-interfaces/eth9", {
+      iface_id: "eth9",
+      rx_rate_limiter: { ops: { size: 1, refill_time: 1 } },
+    });
+    assert.equal(unknown.status, 400);
+    assert.match(fault(unknown.body), /no network interface 'eth9'/);
+    assert.equal(vm.nets.length, 2);
   });
 });
 

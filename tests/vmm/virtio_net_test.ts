@@ -4,7 +4,7 @@ import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
 import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import { Q, queueWord } from "../../vmm/devices/virtio/layout.ts";
 import { VirtioMmioTransport } from "../../vmm/devices/virtio/mmio.ts";
-import { netDevice, NetStat } from "../../vmm/devices/virtio/net_format.ts";
+import { netDevice, NetStat, setNetRateLimiters } from "../../vmm/devices/virtio/net_format.ts";
 import { sleep, waitFor } from "../netguard/helpers.ts";
 import { benchFrame, FRAME_LEN } from "../../bench/net_frames.ts";
 import { R, S, type Used } from "./virtio_driver.ts";
@@ -237,6 +237,42 @@ Deno.test("a transmit ops limit of 20 frames per 100 ms spaces 60 frames over at
     assert.ok(ms >= 190, `60 frames in ${ms.toFixed(0)} ms`);
     assert.equal(r.stats.get(NetStat.TX_FRAMES), 60);
     assert.ok(r.stats.get(NetStat.TX_THROTTLED) >= 2);
+  } finally {
+    await r.close();
+  }
+});
+
+Deno.test("a running device's transmit limit replaced through its call lets held frames go and a new limit holds them (root, netns)", async () => {
+  // 5 frames a minute: the sixth waits until the limit changes.
+  const r = await netRig({ txRateLimiter: { ops: { size: 5, refillTimeMs: 60_000 } } });
+  try {
+    startDriver(r, BASE, 64);
+    const frame = new Uint8Array(HDR + 60).fill(0xff, HDR, HDR + 6);
+    r.mem.write(BUFS, frame);
+    const send = (n: number) => {
+      r.drv.use(1);
+      for (let i = 0; i < n; i++) r.drv.addChain([{ addr: BUFS, len: frame.length, write: false }]);
+      r.drv.kick(1);
+    };
+    send(20);
+    assert.equal((await r.drv.collect(5, 5000)).length, 5);
+    await sleep(300);
+    assert.equal(r.drv.takeUsed().length, 0, "the limit holds the other 15");
+    assert.ok(r.stats.get(NetStat.TX_THROTTLED) >= 1);
+    // Firecracker's removal: 0-sized buckets. The held frames go at once.
+    const t0 = performance.now();
+    await setNetRateLimiters(r.host, "eth0", { tx: { ops: { size: 0, refillTimeMs: 0 } } });
+    await r.drv.collect(15, 5000);
+    assert.ok(performance.now() - t0 < 3000, "held frames left soon after the limit went");
+    assert.equal(r.stats.get(NetStat.TX_FRAMES), 20);
+    // A new limit on the running device: 2 of 6 pass.
+    await setNetRateLimiters(r.host, "eth0", { tx: { ops: { size: 2, refillTimeMs: 60_000 } } });
+    send(6);
+    assert.equal((await r.drv.collect(2, 5000)).length, 2);
+    await sleep(300);
+    assert.equal(r.drv.takeUsed().length, 0, "the new limit holds the other 4");
+    assert.equal(r.stats.get(NetStat.TX_FRAMES), 22);
+    await assert.rejects(() => r.host.call("nope", {}), /virtio-net has no call 'nope'/);
   } finally {
     await r.close();
   }

@@ -26,15 +26,18 @@ export type InstanceState = "Not started" | "Running" | "Paused" | "Stopped";
 export interface DriveUpdate {
   /** New image (or `iscsi://` URL) for the drive's back end. */
   readonly path?: string;
-  /** New rate limiter. */
+  /**
+   * Rate limiter update, merged bucket by bucket as `RateLimiter.update`
+   * does (left out: kept; 0-sized: removed; else replaced).
+   */
   readonly rateLimiter?: RateLimiterConfig;
 }
 
 /** A NIC update from `PATCH /network-interfaces/{id}`. */
 export interface NetUpdate {
-  /** New receive rate limiter. */
+  /** Receive rate limiter update (merged as {@link DriveUpdate.rateLimiter}). */
   readonly rxRateLimiter?: RateLimiterConfig;
-  /** New transmit rate limiter. */
+  /** Transmit rate limiter update (merged as {@link DriveUpdate.rateLimiter}). */
   readonly txRateLimiter?: RateLimiterConfig;
 }
 

@@ -14,7 +14,7 @@
  * | PUT       | `/drives/{drive_id}`           | pre-boot  | `Drive` → 204                             |
  * | PATCH     | `/drives/{drive_id}`           | post-boot | `PartialDrive` → 204 (swaps the image)    |
  * | PUT       | `/network-interfaces/{id}`     | pre-boot  | `NetworkInterface` → 204                  |
- * | PATCH     | `/network-interfaces/{id}`     | post-boot | `PartialNetworkInterface` → 204           |
+ * | PATCH     | `/network-interfaces/{id}`     | post-boot | `PartialNetworkInterface` → 204 (limiters)|
  * | PUT       | `/logger`, `/metrics`          | pre-boot  | `Logger`, `Metrics` → 204                 |
  * | GET       | `/metrics`                     | any       | 200 Prometheus text (vmkit)               |
  * | PUT       | `/actions`                     | see below | `InstanceActionInfo` → 204                |
@@ -22,6 +22,13 @@
  *
  * Actions: `InstanceStart` (pre-boot), `SendCtrlAltDel` (post-boot),
  * `FlushMetrics` (any, once metrics are configured), `Shutdown` (vmkit: any).
+ *
+ * A `PATCH` of a rate limiter is merged as Firecracker merges it: a
+ * direction or bucket left out is unchanged, a 0-sized bucket removes that
+ * limit, any other replaces it with the budget carried over
+ * (`RateLimiter.update`). A running NIC takes it on its device; a running
+ * drive answers 400 until its disk handle offers `setRateLimiter`
+ * (`RateLimitable` in `launch.ts`).
  *
  * @module
  */

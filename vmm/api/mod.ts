@@ -43,6 +43,7 @@ export {
   type LaunchOptions,
   machineApiVm,
   machineConfigFrom,
+  type RateLimitable,
 } from "./launch.ts";
 export { checkDrivePath, checkHostFile, checkIscsiUrl } from "./host_files.ts";
 export * from "./vm_config.ts";
@@ -50,6 +51,7 @@ export {
   driveConfig,
   type FullVmConfiguration,
   isIscsiUrl,
+  mergeRateLimiter,
   netConfig,
   rateLimiterConfig,
   VmResources,

@@ -289,8 +289,12 @@ function pathId(body: Json, key: string, what: string, fromPath: string | undefi
   return id;
 }
 
-/** Parses a `TokenBucket`; a zero `size` or `refill_time` disables it (absent), as in Firecracker. */
-function tokenBucket(v: unknown, what: string): FcTokenBucket | undefined {
+/**
+ * Parses a `TokenBucket`; a zero `size` or `refill_time` disables it, as in
+ * Firecracker: absent in a configuration, kept in an `update` (where it
+ * removes a running limit, and absence means "unchanged").
+ */
+function tokenBucket(v: unknown, what: string, update: boolean): FcTokenBucket | undefined {
   if (v === null || v === undefined) return undefined;
   const b = objectAt(v, what);
   only(b, what, ["size", "one_time_burst", "refill_time"]);
@@ -298,17 +302,24 @@ function tokenBucket(v: unknown, what: string): FcTokenBucket | undefined {
   const size = integer(b, "size", what, 0, max);
   const refill = integer(b, "refill_time", what, 0, max);
   const burst = integer(b, "one_time_burst", what, 0, max, true);
-  if (size === 0 || refill === 0) return undefined;
+  if (size === 0 || refill === 0) return update ? { size, refill_time: refill } : undefined;
   return { size, refill_time: refill, ...(burst === undefined ? {} : { one_time_burst: burst }) };
 }
 
-/** Parses a `RateLimiter` (absent or null: none). */
-export function parseRateLimiter(v: unknown, what: string): FcRateLimiter | undefined {
+/**
+ * Parses a `RateLimiter` (absent or null: none). With `update` (a `PATCH`),
+ * 0-sized buckets are kept: they remove a running limit.
+ */
+export function parseRateLimiter(
+  v: unknown,
+  what: string,
+  update = false,
+): FcRateLimiter | undefined {
   if (v === null || v === undefined) return undefined;
   const r = objectAt(v, what);
   only(r, what, ["bandwidth", "ops"]);
-  const bandwidth = tokenBucket(r.bandwidth, `${what}.bandwidth`);
-  const ops = tokenBucket(r.ops, `${what}.ops`);
+  const bandwidth = tokenBucket(r.bandwidth, `${what}.bandwidth`, update);
+  const ops = tokenBucket(r.ops, `${what}.ops`, update);
   if (bandwidth === undefined && ops === undefined) return undefined;
   return {
     ...(bandwidth === undefined ? {} : { bandwidth }),
@@ -432,7 +443,7 @@ export function parsePartialDrive(v: unknown, id: string): FcPartialDrive {
   const driveId = pathId(b, "drive_id", what, id);
   const p = path(b, "path_on_host", what, true);
   const hasLimiter = Object.hasOwn(b, "rate_limiter");
-  const rateLimiter = parseRateLimiter(b.rate_limiter, "drive rate_limiter");
+  const rateLimiter = parseRateLimiter(b.rate_limiter, "drive rate_limiter", true);
   if (p === undefined && !hasLimiter) {
     throw new VmConfigError("a drive update needs 'path_on_host' or 'rate_limiter'");
   }
@@ -497,8 +508,8 @@ export function parsePartialNetworkInterface(v: unknown, id: string): FcPartialN
   const b = objectAt(v, what);
   only(b, what, ["iface_id", "rx_rate_limiter", "tx_rate_limiter"]);
   const ifaceId = pathId(b, "iface_id", what, id);
-  const rx = parseRateLimiter(b.rx_rate_limiter, "rx_rate_limiter");
-  const tx = parseRateLimiter(b.tx_rate_limiter, "tx_rate_limiter");
+  const rx = parseRateLimiter(b.rx_rate_limiter, "rx_rate_limiter", true);
+  const tx = parseRateLimiter(b.tx_rate_limiter, "tx_rate_limiter", true);
   return {
     iface_id: ifaceId,
     ...(rx === undefined ? {} : { rx_rate_limiter: rx }),

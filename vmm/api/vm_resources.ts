@@ -76,6 +76,29 @@ export function rateLimiterConfig(r: FcRateLimiter | undefined): RateLimiterConf
   };
 }
 
+/**
+ * A rate limiter after a `PATCH`, as Firecracker merges it: each bucket the
+ * update leaves out is kept, a 0-sized one is removed, any other replaces
+ * the old. Undefined when no bucket is left.
+ */
+export function mergeRateLimiter(
+  current: FcRateLimiter | undefined,
+  update: FcRateLimiter,
+): FcRateLimiter | undefined {
+  const merged = (
+    now: FcTokenBucket | undefined,
+    next: FcTokenBucket | undefined,
+  ): FcTokenBucket | undefined =>
+    next === undefined ? now : next.size === 0 || next.refill_time === 0 ? undefined : next;
+  const bandwidth = merged(current?.bandwidth, update.bandwidth);
+  const ops = merged(current?.ops, update.ops);
+  if (bandwidth === undefined && ops === undefined) return undefined;
+  return {
+    ...(bandwidth === undefined ? {} : { bandwidth }),
+    ...(ops === undefined ? {} : { ops }),
+  };
+}
+
 /** Whether a drive path names an iSCSI LUN rather than a host file. */
 export function isIscsiUrl(path: string): boolean {
   return /^iscsi:\/\//i.test(path);
@@ -162,7 +185,15 @@ export class VmResources {
   updateDrive(id: string, update: { path_on_host?: string; rate_limiter?: FcRateLimiter }): void {
     const d = this.#drives.get(id);
     if (d === undefined) throw new VmConfigError(`no drive '${id}' is configured`);
-    this.#drives.set(id, { ...d, ...update });
+    const { rate_limiter: _old, ...rest } = d;
+    const rl = update.rate_limiter === undefined
+      ? d.rate_limiter
+      : mergeRateLimiter(d.rate_limiter, update.rate_limiter);
+    this.#drives.set(id, {
+      ...rest,
+      ...(update.path_on_host === undefined ? {} : { path_on_host: update.path_on_host }),
+      ...(rl === undefined ? {} : { rate_limiter: rl }),
+    });
   }
 
   /** The drives, the root device first, then in the order they were added. */
@@ -201,7 +232,18 @@ export class VmResources {
   ): void {
     const n = this.#nets.get(id);
     if (n === undefined) throw new VmConfigError(`no network interface '${id}' is configured`);
-    this.#nets.set(id, { ...n, ...update });
+    const { rx_rate_limiter: _rx, tx_rate_limiter: _tx, ...rest } = n;
+    const rx = update.rx_rate_limiter === undefined
+      ? n.rx_rate_limiter
+      : mergeRateLimiter(n.rx_rate_limiter, update.rx_rate_limiter);
+    const tx = update.tx_rate_limiter === undefined
+      ? n.tx_rate_limiter
+      : mergeRateLimiter(n.tx_rate_limiter, update.tx_rate_limiter);
+    this.#nets.set(id, {
+      ...rest,
+      ...(rx === undefined ? {} : { rx_rate_limiter: rx }),
+      ...(tx === undefined ? {} : { tx_rate_limiter: tx }),
+    });
   }
 
   /** The interfaces, in the order they were added. */

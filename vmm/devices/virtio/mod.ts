@@ -95,8 +95,11 @@ export {
   type NetDeviceOptions,
   NetFeature,
   netFeatures,
+  type NetRateLimiterUpdate,
   NetStat,
   NetStats,
   parseMac,
+  SET_RATE_LIMITERS,
+  setNetRateLimiters,
 } from "./net_format.ts";
 export { RateLimiter } from "./rate_limiter.ts";

@@ -49,9 +49,11 @@ import {
   type NetBackendConfig,
   NetFeature,
   NetHdr,
+  type NetRateLimiterUpdate,
   NetStat,
   NetStats,
   RX_QUEUE,
+  SET_RATE_LIMITERS,
   TX_QUEUE,
   writeNetConfig,
 } from "./net_format.ts";
@@ -70,6 +72,7 @@ const TX_BATCH = 64;
 /** The virtio-net back end. */
 export class NetBackend implements VirtioBackend {
   readonly #ctx: VirtioBackendContext;
+  readonly #id: string;
   readonly #tap: Tap;
   readonly #timer: Timer;
   readonly #stats: NetStats;
@@ -108,6 +111,7 @@ export class NetBackend implements VirtioBackend {
     timer: Timer,
   ) {
     this.#ctx = ctx;
+    this.#id = cfg.id;
     this.#tap = tap;
     this.#timer = timer;
     this.#stats = new NetStats(cfg.stats);
@@ -177,6 +181,29 @@ export class NetBackend implements VirtioBackend {
     this.#tap.setOffload(0);
   }
 
+  /**
+   * `setRateLimiters` ({@link NetRateLimiterUpdate}): replaces the limiters
+   * of a running interface; a direction held back by its old limiter is
+   * retried at once under the new one.
+   */
+  call(method: string, args: unknown): Promise<unknown> {
+    if (method !== SET_RATE_LIMITERS) {
+      return Promise.reject(new VirtioBackendError(this.#id, `virtio-net has no call '${method}'`));
+    }
+    const u = args as NetRateLimiterUpdate;
+    const now = performance.now();
+    try {
+      if (u.rx !== undefined) this.#rxLimit.update(u.rx, now);
+      if (u.tx !== undefined) this.#txLimit.update(u.tx, now);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.#timer.arm(0);
+    this.#timerAt = Infinity;
+    this.#retryHeld();
+    return Promise.resolve(undefined);
+  }
+
   close(): Promise<void> {
     this.#tap.close();
     this.#timer.close();
@@ -211,6 +238,11 @@ export class NetBackend implements VirtioBackend {
   #onTimer(): void {
     this.#timer.drain();
     this.#timerAt = Infinity;
+    this.#retryHeld();
+  }
+
+  /** Takes up again the directions a limiter held back (each may be held again). */
+  #retryHeld(): void {
     if (!this.#ctx.canTake()) return;
     if (this.#rxHeld) {
       this.#rxHeld = false;

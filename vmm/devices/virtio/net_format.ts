@@ -8,7 +8,7 @@
  */
 
 import type { NetConfig, RateLimiterConfig } from "../../io_config.ts";
-import type { VirtioDeviceConfig } from "./host.ts";
+import type { VirtioDeviceConfig, VirtioDeviceHost } from "./host.ts";
 import { Feature } from "./layout.ts";
 
 /** virtio device id of a network card. */
@@ -180,6 +180,37 @@ export interface NetBackendConfig {
   readonly txRateLimiter?: RateLimiterConfig;
   /** The counters ({@link NetStats}). */
   readonly stats: SharedArrayBuffer;
+}
+
+/** The back-end call (`VirtioDeviceHost.call`) that replaces a running interface's rate limiters. */
+export const SET_RATE_LIMITERS = "setRateLimiters";
+
+/**
+ * New rate limiters for a running interface, per direction: a direction
+ * left out keeps its limiter; within one, buckets follow
+ * `RateLimiter.update` (left out: kept; 0-sized: removed; else replaced,
+ * the budget carried over), as Firecracker's `PATCH /network-interfaces`.
+ */
+export interface NetRateLimiterUpdate {
+  /** Guest receive limiter update. */
+  readonly rx?: RateLimiterConfig;
+  /** Guest transmit limiter update. */
+  readonly tx?: RateLimiterConfig;
+}
+
+/**
+ * Sends `update` to the back end of interface `id` (its device `host`) and
+ * waits until it applies.
+ *
+ * @throws {NetConfigError} when the interface has no running device.
+ */
+export async function setNetRateLimiters(
+  host: VirtioDeviceHost | undefined,
+  id: string,
+  update: NetRateLimiterUpdate,
+): Promise<void> {
+  if (host === undefined) throw new NetConfigError(id, "the interface has no running device");
+  await host.call(SET_RATE_LIMITERS, update);
 }
 
 /** Options of {@link netDevice}. */

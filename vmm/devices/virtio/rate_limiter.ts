@@ -17,25 +17,42 @@
  * @module
  */
 
-import { TokenBucket } from "../../../netguard/token_bucket.ts";
+import { TokenBucket, type TokenBucketOptions } from "../../../netguard/token_bucket.ts";
 import type { RateLimiterConfig, TokenBucketConfig } from "../../io_config.ts";
 
-function bucket(c: TokenBucketConfig | undefined): TokenBucket | null {
-  // Firecracker: a bucket of size 0 or refill time 0 is no limit.
-  if (c === undefined || c.size === 0 || c.refillTimeMs === 0) return null;
-  return new TokenBucket({
+/** Whether `c` asks for no limit: Firecracker's 0-sized (or 0 refill time) bucket. */
+function unlimited(c: TokenBucketConfig): boolean {
+  return c.size === 0 || c.refillTimeMs === 0;
+}
+
+function options(c: TokenBucketConfig): TokenBucketOptions {
+  return {
     size: c.size,
     refillTimeMs: c.refillTimeMs,
     ...(c.oneTimeBurst === undefined ? {} : { oneTimeBurst: c.oneTimeBurst }),
-  });
+  };
+}
+
+function bucket(c: TokenBucketConfig | undefined): TokenBucket | null {
+  if (c === undefined || unlimited(c)) return null;
+  return new TokenBucket(options(c));
+}
+
+/** A bucket after an update: absent keeps it, 0-sized removes it, else new limits on its state. */
+function updated(
+  current: TokenBucket | null,
+  c: TokenBucketConfig | undefined,
+  nowMs: number,
+): TokenBucket | null {
+  if (c === undefined) return current;
+  if (unlimited(c)) return null;
+  return current === null ? new TokenBucket(options(c)) : current.resized(options(c), nowMs);
 }
 
 /** Bandwidth and ops token buckets in front of a device queue. */
 export class RateLimiter {
-  /** The bandwidth bucket (bytes), or null for no limit. */
-  readonly bandwidth: TokenBucket | null;
-  /** The ops bucket, or null for no limit. */
-  readonly ops: TokenBucket | null;
+  #bandwidth: TokenBucket | null;
+  #ops: TokenBucket | null;
   /** Requests refused so far (each refusal once per attempt). */
   throttled = 0;
 
@@ -45,19 +62,45 @@ export class RateLimiter {
    * @throws {TokenBucketError} for a negative or non-finite size or refill time.
    */
   constructor(config: RateLimiterConfig | undefined) {
-    this.bandwidth = bucket(config?.bandwidth);
-    this.ops = bucket(config?.ops);
+    this.#bandwidth = bucket(config?.bandwidth);
+    this.#ops = bucket(config?.ops);
+  }
+
+  /** The bandwidth bucket (bytes), or null for no limit. */
+  get bandwidth(): TokenBucket | null {
+    return this.#bandwidth;
+  }
+
+  /** The ops bucket, or null for no limit. */
+  get ops(): TokenBucket | null {
+    return this.#ops;
+  }
+
+  /**
+   * Applies an update at `nowMs` as Firecracker's `PATCH` does, bucket by
+   * bucket: a bucket `update` leaves out stays as it is; a 0-sized one (or
+   * one with refill time 0) removes the limit; any other replaces the
+   * limits, keeping the budget and one-time burst left (capped at the new
+   * limits), so limiting goes on smoothly instead of starting full.
+   *
+   * @throws {TokenBucketError} for a negative or non-finite size or refill time.
+   */
+  update(update: RateLimiterConfig, nowMs: number): void {
+    const bandwidth = updated(this.#bandwidth, update.bandwidth, nowMs);
+    const ops = updated(this.#ops, update.ops, nowMs);
+    this.#bandwidth = bandwidth;
+    this.#ops = ops;
   }
 
   /** Whether this limiter limits anything. */
   get active(): boolean {
-    return this.bandwidth !== null || this.ops !== null;
+    return this.#bandwidth !== null || this.#ops !== null;
   }
 
   /** Takes `ops` operations and `bytes` bytes at `nowMs` if both buckets allow; else takes nothing. */
   consume(ops: number, bytes: number, nowMs: number): boolean {
-    const o = this.ops;
-    const b = this.bandwidth;
+    const o = this.#ops;
+    const b = this.#bandwidth;
     if (o !== null && o.reduce(ops, nowMs) === "empty") {
       this.throttled++;
       return false;
@@ -76,11 +119,14 @@ export class RateLimiter {
    * wait until refill pays it back.
    */
   charge(bytes: number, nowMs: number): void {
-    this.bandwidth?.force(bytes, nowMs);
+    this.#bandwidth?.force(bytes, nowMs);
   }
 
   /** Milliseconds from `nowMs` until {@link consume} of the same request can pass. */
   msUntil(ops: number, bytes: number, nowMs: number): number {
-    return Math.max(this.ops?.msUntil(ops, nowMs) ?? 0, this.bandwidth?.msUntil(bytes, nowMs) ?? 0);
+    return Math.max(
+      this.#ops?.msUntil(ops, nowMs) ?? 0,
+      this.#bandwidth?.msUntil(bytes, nowMs) ?? 0,
+    );
   }
 }
