@@ -38,7 +38,9 @@ import { Machine, type MachineConfig } from "./machine.ts";
 import { HostMemory, type MemoryBacking } from "./memory.ts";
 import type { MetricFamily } from "./metrics/prometheus.ts";
 import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
-import { defaultMac, formatMac } from "./devices/virtio/net_format.ts";
+import { defaultMac, formatMac, NetConfigSpace, parseMac } from "./devices/virtio/net_format.ts";
+import { configOffset, W } from "./devices/virtio/layout.ts";
+import { STATE_HEADER_BYTES } from "./devices/state.ts";
 import { checkLayer, parseDisksRecord } from "../checkpoint/disks.ts";
 import { dirOf } from "../checkpoint/file_io.ts";
 import { Qcow2Image } from "../cow/qcow2.ts";
@@ -322,6 +324,34 @@ export class RestoredMachine implements AsyncDisposable {
   }
 }
 
+/**
+ * The saved device states with each NIC whose MAC changed (a clone's
+ * `vmId`, an override) showing the new MAC in its virtio-net config space
+ * and a new config generation, so a guest that re-reads the space (the
+ * vmgenid notification is its cue) finds it.
+ */
+function withMacs(
+  states: Record<string, Uint8Array>,
+  recorded: readonly NetConfig[],
+  now: readonly NetConfig[],
+): Record<string, Uint8Array> {
+  const out = { ...states };
+  for (const n of now) {
+    const was = recorded.find((r) => r.id === n.id)?.mac;
+    const state = out[n.id];
+    if (n.mac === undefined || n.mac === was || state === undefined) continue;
+    const copy = state.slice();
+    const cfg = STATE_HEADER_BYTES + configOffset() + NetConfigSpace.MAC;
+    if (copy.length < cfg + 6) continue;
+    copy.set(parseMac(n.id, n.mac), cfg);
+    const dv = new DataView(copy.buffer);
+    const gen = STATE_HEADER_BYTES + W.CONFIG_GENERATION * 4;
+    dv.setUint32(gen, dv.getUint32(gen, true) + 1, true);
+    out[n.id] = copy;
+  }
+  return out;
+}
+
 /** Maps each region of `memory` MAP_PRIVATE from `store` (regions back to back, as in the image). */
 function mapStore(memory: HostMemory, store: PageStore): { fd: number; offset: number }[] {
   let offset = 0;
@@ -545,7 +575,7 @@ export async function restoreMachine(
       st?.close();
     });
     machine.restoreCpuState(top.cpuState());
-    machine.restoreDevices(top.devices());
+    machine.restoreDevices(withMacs(top.devices(), desc.nets ?? [], nets));
     // After the irqchip state: the notification's edge must not be overwritten by it.
     const loc = machine.acpi?.vmgenid;
     const m = machine;
