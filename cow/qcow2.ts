@@ -27,7 +27,6 @@
  * @module
  */
 
-import { inflateRawSync } from "node:zlib";
 import type { BlockStatus, DiskImage } from "./disk_image.ts";
 import { checkRange, SyncDiskImage } from "./disk_image.ts";
 import {
@@ -42,26 +41,29 @@ import { isZero } from "./progress.ts";
 import { META, MetadataMap } from "./qcow2_metadata.ts";
 import {
   buildHeader,
+  checkWritable,
   HDR,
   INCOMPAT,
   isCorrupt,
   MAX_CLUSTER_BITS,
-  MIN_CLUSTER_BITS,
   parseHeader,
   type Qcow2Header,
 } from "./qcow2_format.ts";
+import { CompressedClusters } from "./qcow2_compressed.ts";
+import { createQcow2, type Qcow2CreateOptions } from "./qcow2_create.ts";
+import { L2Tables } from "./qcow2_l2.ts";
 import { Refcounts } from "./qcow2_refcounts.ts";
 import {
   COMPRESSED_HI,
   compressedSpan,
   COPIED_HI,
   entryOffset,
-  newTable,
   type Table,
-  TableCache,
   TWO32,
   ZERO_LO,
 } from "./qcow2_tables.ts";
+
+export type { Qcow2CreateOptions } from "./qcow2_create.ts";
 
 /** Default bytes of L2 tables and refcount blocks each cached in memory. */
 const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
@@ -98,18 +100,6 @@ export interface Qcow2OpenOptions {
   overlapCheck?: "all" | "none";
 }
 
-/** Options for {@link Qcow2Image.create}. */
-export interface Qcow2CreateOptions {
-  /** Virtual size in bytes (rounded up to a multiple of 512, as qemu-img does). */
-  size: number;
-  /** Cluster size in bytes, a power of two from 512 B to 2 MiB (default 64 KiB). */
-  clusterSize?: number;
-  /** Backing file name to store (relative names resolve from the image's folder). */
-  backingFile?: string;
-  /** Backing format to store in the header extension; required with `backingFile`. */
-  backingFormat?: "raw" | "qcow2";
-}
-
 /** A qcow2 image file as a {@link DiskImage}. */
 export class Qcow2Image extends SyncDiskImage {
   /** Always "qcow2". */
@@ -128,14 +118,11 @@ export class Qcow2Image extends SyncDiskImage {
   #size: number;
   #backing: DiskImage | null;
   #ownsBacking: boolean;
-  #l1: Float64Array;
-  #l1Dirty = new Set<number>();
-  #l2: TableCache;
-  #l2DirtySet = new Set<Table>();
+  #l2: L2Tables;
   #rc: Refcounts;
   #scratch: Uint8Array;
   #zeros: Uint8Array;
-  #lastCompressed: { hi: number; lo: number; data: Uint8Array } | null = null;
+  #compressed: CompressedClusters;
   #closed = false;
   /** Why the image was marked corrupt in this session, or null. */
   #corrupt: string | null = null;
@@ -157,13 +144,13 @@ export class Qcow2Image extends SyncDiskImage {
     this.#backing = options.backing ?? null;
     this.#ownsBacking = options.ownsBacking ?? true;
     this.#overlapCheck = (options.overlapCheck ?? "all") === "all";
+    this.#compressed = new CompressedClusters(file, h.clusterBits);
     this.#scratch = new Uint8Array(this.#cs);
     this.#zeros = new Uint8Array(this.#cs);
     const cacheTables = Math.max(
       8,
       Math.floor((options.cacheBytes ?? DEFAULT_CACHE_BYTES) / this.#cs),
     );
-    this.#l2 = new TableCache(cacheTables, () => this.flushSync());
     const fileLength = file.length();
     const cs = this.#cs;
     const meta = new MetadataMap(cs);
@@ -175,27 +162,24 @@ export class Qcow2Image extends SyncDiskImage {
     if (h.bitmapDirectory !== null) {
       meta.add(META.BITMAP_DIRECTORY, h.bitmapDirectory.offset, h.bitmapDirectory.size);
     }
-    this.#l1 = this.#readOffsetTable(h.l1TableOffset, h.l1Size, "L1 table", fileLength);
-    for (const off of this.#l1) if (off !== 0) meta.add(META.L2, off, cs);
+    const l1 = this.#readOffsetTable(h.l1TableOffset, h.l1Size, "L1 table", fileLength);
     const rcTable = this.#readOffsetTable(
       h.refcountTableOffset,
       (h.refcountTableClusters * cs) / 8,
       "refcount table",
       fileLength,
     );
-    this.#rc = new Refcounts(
-      {
-        path: this.path,
-        file,
-        header: h,
-        meta,
-        guard: (offset, length, allowed, what) => this.#guard(offset, length, allowed, what),
-        flushSync: () => this.flushSync(),
-      },
-      rcTable,
-      fileLength,
-      cacheTables,
-    );
+    const host = {
+      path: this.path,
+      file,
+      header: h,
+      meta,
+      guard: (offset: number, length: number, allowed: number, what: string) =>
+        this.#guard(offset, length, allowed, what),
+      flushSync: () => this.flushSync(),
+    };
+    this.#rc = new Refcounts(host, rcTable, fileLength, cacheTables);
+    this.#l2 = new L2Tables(host, this.#rc, l1, cacheTables);
     this.#clearPending = !this.readOnly && h.autoclear !== 0n;
   }
 
@@ -234,24 +218,7 @@ export class Qcow2Image extends SyncDiskImage {
       }
     }
     const h = parseHeader(head, path, len);
-    if (!readOnly && isCorrupt(h)) {
-      throw new QcowError(
-        `'${path}' is marked corrupt; it opens read-only only: repair it with ` +
-          `'qemu-img check -r all ${path}'`,
-      );
-    }
-    if (!readOnly && h.version < 3) {
-      throw new UnsupportedFeatureError(
-        `'${path}' is qcow2 version 2: vmkit opens it read-only; upgrade it with ` +
-          `'qemu-img amend -o compat=1.1 ${path}' to write`,
-      );
-    }
-    if (!readOnly && h.nbSnapshots > 0) {
-      throw new UnsupportedFeatureError(
-        `'${path}' has ${h.nbSnapshots} internal snapshots: vmkit opens it read-only; ` +
-          `remove them with 'qemu-img snapshot -d' to write`,
-      );
-    }
+    if (!readOnly) checkWritable(h, path);
     if (h.backingFile !== null && options.backing === undefined) {
       throw new BackingChainError(
         `'${path}' has backing file '${h.backingFile}': open it with openImage() ` +
@@ -263,67 +230,7 @@ export class Qcow2Image extends SyncDiskImage {
 
   /** Writes a new, empty qcow2 v3 file at `path` (replacing any file there). */
   static create(path: string, options: Qcow2CreateOptions): void {
-    const cs = options.clusterSize ?? 65536;
-    const bits = Math.log2(cs);
-    if (!Number.isInteger(bits) || bits < MIN_CLUSTER_BITS || bits > MAX_CLUSTER_BITS) {
-      throw new QcowError(`cluster size ${cs} is not a power of two from 512 to 2097152 bytes`);
-    }
-    if (!Number.isSafeInteger(options.size) || options.size < 0 || options.size > 2 ** 50) {
-      throw new QcowError(`image size ${options.size} must be an integer from 0 to 2^50 bytes`);
-    }
-    if (options.backingFile !== undefined && options.backingFormat === undefined) {
-      // A backing file without its format would be probed, and a probed raw
-      // backing file can be made to look like qcow2 by the guest.
-      throw new QcowError(
-        `creating '${path}' over '${options.backingFile}' needs the backing format (raw or qcow2)`,
-      );
-    }
-    // Like qemu-img create: virtual sizes are whole 512-byte sectors.
-    const size = Math.ceil(options.size / 512) * 512;
-    const l2Entries = cs / 8;
-    const l1Size = Math.ceil(size / (l2Entries * cs));
-    const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
-    const rcPer = cs / 2; // 16-bit refcounts
-    let t = 1;
-    let b = 1;
-    for (;;) {
-      const n = 1 + t + l1Clusters + b;
-      const nb = Math.ceil(n / rcPer);
-      const nt = Math.ceil((nb * 8) / cs);
-      if (nb === b && nt === t) break;
-      b = nb;
-      t = nt;
-    }
-    const total = 1 + t + l1Clusters + b;
-    const l1Offset = (1 + t) * cs;
-    const header = buildHeader({
-      clusterBits: bits,
-      size,
-      l1Size,
-      l1TableOffset: l1Offset,
-      refcountTableOffset: cs,
-      refcountTableClusters: t,
-      refcountOrder: 4,
-      backingFile: options.backingFile ?? null,
-      backingFormat: options.backingFile !== undefined ? options.backingFormat ?? null : null,
-    });
-    const table = new Uint8Array(t * cs);
-    const tv = new DataView(table.buffer);
-    const firstBlock = 1 + t + l1Clusters;
-    for (let i = 0; i < b; i++) tv.setBigUint64(i * 8, BigInt((firstBlock + i) * cs), false);
-    const blocks = new Uint8Array(b * cs);
-    const bv = new DataView(blocks.buffer);
-    for (let c = 0; c < total; c++) bv.setUint16(c * 2, 1, false);
-    const file = ImageFile.open(path, { create: true, truncate: true });
-    try {
-      file.truncate(total * cs);
-      file.pwrite(header, 0);
-      file.pwrite(table, cs);
-      file.pwrite(blocks, firstBlock * cs);
-      file.sync();
-    } finally {
-      file.close();
-    }
+    createQcow2(path, options);
   }
 
   /** Virtual size in bytes. */
@@ -401,36 +308,6 @@ export class Qcow2Image extends SyncDiskImage {
       out[i] = off;
     }
     return out;
-  }
-
-  #getL2(l1i: number, alloc: boolean): Table | null {
-    const cached = this.#l2.get(l1i);
-    if (cached !== undefined) return cached;
-    const off = this.#l1[l1i] ?? 0;
-    let t: Table;
-    if (off === 0) {
-      if (!alloc) return null;
-      const host = this.#rc.alloc();
-      t = newTable(host, this.#cs, false);
-      this.#l1[l1i] = host;
-      this.#l1Dirty.add(l1i);
-      this.#meta.add(META.L2, host, this.#cs);
-      this.#markL2(t);
-    } else {
-      t = newTable(off, this.#cs, false);
-      if (this.#file.pread(t.data, off) < this.#cs) {
-        throw new QcowError(
-          `'${this.path}': L2 table ${l1i} at ${off} is cut off by the end of the file`,
-        );
-      }
-    }
-    this.#l2.set(l1i, t);
-    return t;
-  }
-
-  #markL2(t: Table): void {
-    t.dirty = true;
-    this.#l2DirtySet.add(t);
   }
 
   // ---- overlap checks and corruption ---------------------------------------
@@ -554,36 +431,12 @@ export class Qcow2Image extends SyncDiskImage {
     if (n < buf.length) buf.fill(0, n);
   }
 
-  #readCompressed(hi: number, lo: number): Uint8Array {
-    const last = this.#lastCompressed;
-    if (last !== null && last.hi === hi && last.lo === lo) return last.data;
-    const { offset, length } = compressedSpan(hi, lo, this.#h.clusterBits);
-    const comp = new Uint8Array(Math.min(length, this.#cs * 2 + 512));
-    this.#file.readZeroFilled(comp, offset);
-    let out: Uint8Array;
-    try {
-      out = inflateRawSync(comp, { maxOutputLength: this.#cs, finishFlush: 2 /* Z_SYNC_FLUSH */ });
-    } catch (err) {
-      throw new QcowError(`'${this.path}': compressed cluster at ${offset} does not inflate`, {
-        cause: err,
-      });
-    }
-    if (out.length !== this.#cs) {
-      throw new QcowError(
-        `'${this.path}': compressed cluster at ${offset} inflates to ${out.length} bytes, not ${this.#cs}`,
-      );
-    }
-    const data = new Uint8Array(out.buffer, out.byteOffset, out.length);
-    this.#lastCompressed = { hi, lo, data };
-    return data;
-  }
-
   #freeCompressed(hi: number, lo: number): void {
     const { offset, length } = compressedSpan(hi, lo, this.#h.clusterBits);
     const first = Math.floor(offset / this.#cs);
     const last = Math.floor((offset + length - 1) / this.#cs);
     for (let c = first; c <= last; c++) this.#rc.freeLater(c);
-    this.#lastCompressed = null;
+    this.#compressed.forget();
   }
 
   /** Reads `buf.length` bytes at `offset`. */
@@ -600,7 +453,7 @@ export class Qcow2Image extends SyncDiskImage {
       const inOff = go - ci * cs;
       const l1i = Math.floor(ci / l2e);
       let l2i = ci - l1i * l2e;
-      const t = this.#getL2(l1i, false);
+      const t = this.#l2.get(l1i, false);
       if (t === null) {
         const n = Math.min(len - pos, (l1i + 1) * l2e * cs - go);
         this.#readBacking(go, pos === 0 && n === len ? buf : buf.subarray(pos, pos + n));
@@ -612,7 +465,7 @@ export class Qcow2Image extends SyncDiskImage {
       const lo = v.getUint32(l2i * 8 + 4, false);
       let n = Math.min(cs - inOff, len - pos);
       if (hi & COMPRESSED_HI) {
-        const data = this.#readCompressed(hi, lo);
+        const data = this.#compressed.read(hi, lo);
         buf.set(data.subarray(inOff, inOff + n), pos);
       } else if (lo & ZERO_LO) {
         buf.fill(0, pos, pos + n);
@@ -663,7 +516,7 @@ export class Qcow2Image extends SyncDiskImage {
     const cs = this.#cs;
     const l1i = Math.floor(ci / this.#l2Entries);
     const at = (ci - l1i * this.#l2Entries) * 8;
-    const t = this.#getL2(l1i, true);
+    const t = this.#l2.get(l1i, true);
     if (t === null) throw new QcowError(`'${this.path}': could not allocate an L2 table`);
     const v = t.view;
     const hi = v.getUint32(at, false);
@@ -690,7 +543,7 @@ export class Qcow2Image extends SyncDiskImage {
       buf = this.#scratch;
       const tailAt = inOff + chunk.length;
       if (compressed) {
-        buf.set(this.#readCompressed(hi, lo));
+        buf.set(this.#compressed.read(hi, lo));
       } else if (zero) {
         buf.fill(0);
         restZero = true;
@@ -716,7 +569,7 @@ export class Qcow2Image extends SyncDiskImage {
     else this.#file.pwrite(buf, target);
     v.setUint32(at, (COPIED_HI | Math.floor(target / TWO32)) >>> 0, false);
     v.setUint32(at + 4, target % TWO32, false);
-    this.#markL2(t);
+    this.#l2.mark(t);
     if (compressed) this.#freeCompressed(hi, lo);
     else if (zero && host !== 0 && target !== host) this.#rc.freeLater(host / cs);
   }
@@ -751,7 +604,7 @@ export class Qcow2Image extends SyncDiskImage {
     const l1i = Math.floor(ci / this.#l2Entries);
     const at = (ci - l1i * this.#l2Entries) * 8;
     const hasBacking = this.#backing !== null || this.#h.backingFile !== null;
-    const t = this.#getL2(l1i, hasBacking);
+    const t = this.#l2.get(l1i, hasBacking);
     if (t === null) return;
     const v = t.view;
     const hi = v.getUint32(at, false);
@@ -766,36 +619,18 @@ export class Qcow2Image extends SyncDiskImage {
     }
     v.setUint32(at, 0, false);
     v.setUint32(at + 4, newLo, false);
-    this.#markL2(t);
+    this.#l2.mark(t);
   }
 
   /** Writes back cached metadata in crash-safe order and syncs (see module doc). */
   flushSync(): void {
     if (this.readOnly || this.#closed) return;
     if (this.#corrupt !== null) this.#writable("flush");
-    const metaDirty = this.#l1Dirty.size > 0 || this.#l2DirtySet.size > 0;
+    const metaDirty = this.#l2.dirty;
     this.#rc.write();
     if (metaDirty) {
       this.#file.sync();
-      for (const t of this.#l2DirtySet) {
-        this.#guard(t.offset, this.#cs, META.L2, "an L2 table write");
-        this.#file.pwrite(t.data, t.offset);
-        t.dirty = false;
-      }
-      this.#l2DirtySet.clear();
-      if (this.#l1Dirty.size > 0) {
-        const e = new Uint8Array(8);
-        const v = new DataView(e.buffer);
-        const base = this.#h.l1TableOffset;
-        for (const i of [...this.#l1Dirty].sort((a, b) => a - b)) {
-          const off = this.#l1[i] ?? 0;
-          v.setUint32(0, off === 0 ? 0 : (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);
-          v.setUint32(4, off % TWO32, false);
-          this.#guard(base + i * 8, 8, META.L1, "an L1 table write");
-          this.#file.pwrite(e, base + i * 8);
-        }
-        this.#l1Dirty.clear();
-      }
+      this.#l2.write();
     }
     this.#file.sync();
     this.#rc.releasePending();
@@ -811,38 +646,7 @@ export class Qcow2Image extends SyncDiskImage {
     }
     const cs = this.#cs;
     const h = this.#h;
-    const needL1 = Math.ceil(newSize / (this.#l2Entries * cs));
-    if (needL1 > this.#l1.length) {
-      const clusters = Math.ceil((needL1 * 8) / cs);
-      const start = this.#rc.reserve(clusters);
-      this.#meta.add(META.L1, start * cs, clusters * cs);
-      this.flushSync();
-      const l1 = new Float64Array(needL1);
-      l1.set(this.#l1);
-      const bytes = new Uint8Array(clusters * cs);
-      const v = new DataView(bytes.buffer);
-      for (let i = 0; i < l1.length; i++) {
-        const off = l1[i] ?? 0;
-        if (off === 0) continue;
-        v.setUint32(i * 8, (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);
-        v.setUint32(i * 8 + 4, off % TWO32, false);
-      }
-      this.#guard(start * cs, bytes.length, META.L1, "an L1 table write");
-      this.#file.pwrite(bytes, start * cs);
-      this.#file.sync();
-      const hdr = new Uint8Array(12);
-      const hv = new DataView(hdr.buffer);
-      hv.setUint32(0, needL1, false);
-      hv.setBigUint64(4, BigInt(start * cs), false);
-      this.#file.pwrite(hdr, HDR.L1_SIZE);
-      this.#file.sync();
-      const oldOffset = h.l1TableOffset;
-      const oldClusters = Math.max(1, Math.ceil((this.#l1.length * 8) / cs));
-      for (let c = 0; c < oldClusters; c++) this.#rc.freeLater(oldOffset / cs + c);
-      h.l1TableOffset = start * cs;
-      h.l1Size = needL1;
-      this.#l1 = l1;
-    }
+    this.#l2.grow(Math.ceil(newSize / (this.#l2Entries * cs)));
     const sz = new Uint8Array(8);
     new DataView(sz.buffer).setBigUint64(0, BigInt(newSize), false);
     this.#file.pwrite(sz, HDR.SIZE);
@@ -862,7 +666,7 @@ export class Qcow2Image extends SyncDiskImage {
       const go = offset + pos;
       const ci = Math.floor(go / cs);
       const l1i = Math.floor(ci / l2e);
-      const t = this.#getL2(l1i, false);
+      const t = this.#l2.get(l1i, false);
       let k: BlockStatus["kind"];
       let n: number;
       if (t === null) {
@@ -885,9 +689,9 @@ export class Qcow2Image extends SyncDiskImage {
     let clusters = 0;
     const total = Math.ceil(this.#size / this.#cs);
     // Walk the L2 tables the L1 names; unallocated ranges cost nothing.
-    for (let l1i = 0; l1i < this.#l1.length; l1i++) {
-      if ((this.#l1[l1i] ?? 0) === 0) continue;
-      const t = this.#getL2(l1i, false);
+    for (let l1i = 0; l1i < this.#l2.length; l1i++) {
+      if (!this.#l2.allocated(l1i)) continue;
+      const t = this.#l2.get(l1i, false);
       if (t === null) continue;
       const n = Math.min(this.#l2Entries, total - l1i * this.#l2Entries);
       for (let i = 0; i < n; i++) if (kindOf(t, i * 8) === "data") clusters++;

@@ -107,6 +107,31 @@ export function isCorrupt(h: Qcow2Header): boolean {
   return (h.incompatible & (1n << BigInt(INCOMPAT.CORRUPT))) !== 0n;
 }
 
+/**
+ * Throws when the image of header `h` may be opened read-only only: marked
+ * corrupt, qcow2 version 2, or holding internal snapshots.
+ */
+export function checkWritable(h: Qcow2Header, path: string): void {
+  if (isCorrupt(h)) {
+    throw new QcowError(
+      `'${path}' is marked corrupt; it opens read-only only: repair it with ` +
+        `'qemu-img check -r all ${path}'`,
+    );
+  }
+  if (h.version < 3) {
+    throw new UnsupportedFeatureError(
+      `'${path}' is qcow2 version 2: vmkit opens it read-only; upgrade it with ` +
+        `'qemu-img amend -o compat=1.1 ${path}' to write`,
+    );
+  }
+  if (h.nbSnapshots > 0) {
+    throw new UnsupportedFeatureError(
+      `'${path}' has ${h.nbSnapshots} internal snapshots: vmkit opens it read-only; ` +
+        `remove them with 'qemu-img snapshot -d' to write`,
+    );
+  }
+}
+
 const UTF8 = new TextDecoder("utf-8", { fatal: true });
 
 /** Decodes a name stored in a header; refuses non-UTF-8 bytes and NUL bytes. */

@@ -13,26 +13,12 @@
  */
 
 import { QcowError } from "./errors.ts";
-import type { ImageFile } from "./file_io.ts";
-import { META, type MetadataMap } from "./qcow2_metadata.ts";
-import { HDR, type Qcow2Header } from "./qcow2_format.ts";
-import { newTable, type Table, TableCache } from "./qcow2_tables.ts";
+import { META } from "./qcow2_metadata.ts";
+import { HDR } from "./qcow2_format.ts";
+import { newTable, type Table, TableCache, type TableHost } from "./qcow2_tables.ts";
 
 /** What the refcounts need from their image. */
-export interface RefcountHost {
-  /** The image path, for messages. */
-  readonly path: string;
-  /** The image file. */
-  readonly file: ImageFile;
-  /** The header (the refcount table fields change when the table moves). */
-  readonly header: Qcow2Header;
-  /** The image's metadata clusters. */
-  readonly meta: MetadataMap;
-  /** Throws (and marks the image corrupt) when a write would hit other metadata. */
-  guard(offset: number, length: number, allowed: number, what: string): void;
-  /** Flushes the whole image (called when every cached block is dirty). */
-  flushSync(): void;
-}
+export type RefcountHost = TableHost;
 
 /** The refcount structures of one open image. */
 export class Refcounts {

@@ -5,6 +5,26 @@
  * @module
  */
 
+import type { ImageFile } from "./file_io.ts";
+import type { MetadataMap } from "./qcow2_metadata.ts";
+import type { Qcow2Header } from "./qcow2_format.ts";
+
+/** What the L2 tables and the refcounts need from their image. */
+export interface TableHost {
+  /** The image path, for messages. */
+  readonly path: string;
+  /** The image file. */
+  readonly file: ImageFile;
+  /** The header (table fields change when a table moves). */
+  readonly header: Qcow2Header;
+  /** The image's metadata clusters. */
+  readonly meta: MetadataMap;
+  /** Throws (and marks the image corrupt) when a write would hit other metadata. */
+  guard(offset: number, length: number, allowed: number, what: string): void;
+  /** Flushes the whole image (called when every cached table is dirty). */
+  flushSync(): void;
+}
+
 /** 2^32, to combine the two 32-bit halves of a 64-bit entry. */
 export const TWO32: number = 2 ** 32;
 /** L1/L2 entry bit 63 (high word): refcount is exactly one. */
