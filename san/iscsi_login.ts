@@ -42,7 +42,7 @@ import {
 import { pduLength, putLoginRequest } from "./iscsi_pdu_build.ts";
 
 /** The largest data segment vmkit accepts from a target. */
-export const MAX_ACCEPTED_SEGMENT = 16 << 20;
+export const MAX_ACCEPTED_SEGMENT: number = 16 << 20;
 /** Most login text (all Continue PDUs together) vmkit accepts. */
 const MAX_LOGIN_TEXT = 1 << 20;
 /** Data segment size vmkit declares it can receive unless told otherwise. */
