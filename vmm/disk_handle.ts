@@ -15,8 +15,10 @@
  */
 
 import type { DiskDescription } from "./devices/virtio/blk_disk.ts";
+import { BLK_STAT_NAMES, type BlkBackendConfig } from "./devices/virtio/blk_format.ts";
 import type { VirtioDeviceHost } from "./devices/virtio/host.ts";
-import type { DriveBackend, DriveConfig } from "./io_config.ts";
+import type { DriveBackend, DriveConfig, RateLimiterConfig } from "./io_config.ts";
+import { SharedCounters } from "./metrics/shared_counters.ts";
 
 export type { DiskDescription, DiskLayer } from "./devices/virtio/blk_disk.ts";
 
@@ -24,12 +26,22 @@ export type { DiskDescription, DiskLayer } from "./devices/virtio/blk_disk.ts";
 export class DiskHandle {
   /** The drive as configured. */
   readonly config: DriveConfig;
+  /**
+   * The drive's counters (`reads`, `read_bytes`, `writes`, `write_bytes`,
+   * `flushes`, `discards`, `write_zeroes`, `get_ids`, `io_errors`,
+   * `unsupported`, `throttled`), written by its I/O Worker.
+   */
+  readonly stats: SharedCounters;
   readonly #host: VirtioDeviceHost;
 
-  /** Wraps the drive's device host. */
+  /** Wraps the drive's device host (built by `blkDeviceConfig`). */
   constructor(host: VirtioDeviceHost, config: DriveConfig) {
     this.#host = host;
     this.config = config;
+    const buf = (host.config.backendConfig as BlkBackendConfig).stats;
+    this.stats = buf === undefined
+      ? SharedCounters.create(BLK_STAT_NAMES)
+      : SharedCounters.over(buf, BLK_STAT_NAMES);
   }
 
   /** Drive id. */
@@ -58,6 +70,15 @@ export class DiskHandle {
   /** Commits the top overlay into its parent while the VM runs; the drive ends on the parent. */
   async commit(): Promise<DiskDescription> {
     return await this.#host.call("commit") as DiskDescription;
+  }
+
+  /**
+   * Changes a running drive's rate limiter as Firecracker's `PATCH /drives`
+   * does: a bucket left out is kept, a 0-sized one removes the limit, any
+   * other replaces it with the budget carried over.
+   */
+  async setRateLimiter(update: RateLimiterConfig): Promise<void> {
+    await this.#host.call("setRateLimiter", { rateLimiter: update });
   }
 
   /**

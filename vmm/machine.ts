@@ -75,7 +75,7 @@ import {
 } from "./machine_config.ts";
 import { MachineIo, type NetInterface } from "./machine_io.ts";
 import { HostMemory } from "./memory.ts";
-import { netFamilies } from "./metrics/device_metrics.ts";
+import { blkFamilies, netFamilies } from "./metrics/device_metrics.ts";
 import { MachineMetrics } from "./metrics/machine_metrics.ts";
 import {
   controlBytes,
@@ -174,6 +174,7 @@ export class Machine implements AsyncDisposable {
     this.bootPlan = bootPlan;
     this.metrics = new MachineMetrics(vcpus.length);
     this.metrics.registry.add(() => netFamilies(this.nets()));
+    this.metrics.registry.add(() => blkFamilies(this.disks()));
     this.#devices = devices;
     this.#bus = bus;
     this.#control = new SharedArrayBuffer(controlBytes(vcpus.length));

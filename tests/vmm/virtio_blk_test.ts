@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
+import { DiskHandle } from "../../vmm/disk_handle.ts";
 import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import type { DriveConfig } from "../../vmm/io_config.ts";
 import { type Buf, HostDriver, queueLayout, S, startBlk } from "./virtio_driver.ts";
@@ -21,6 +22,7 @@ interface Rig {
   drv: HostDriver;
   dir: string;
   path: string;
+  disk: DiskHandle;
 }
 
 async function rig(
@@ -30,6 +32,7 @@ async function rig(
     bytes?: number;
     format?: "raw" | "qcow2";
     path?: string;
+    rateLimiter?: DriveConfig["rateLimiter"];
   } = {},
 ): Promise<Rig> {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-blk-" });
@@ -46,10 +49,11 @@ async function rig(
     backend: { kind: "file", path, ...(opts.format === undefined ? {} : { format: opts.format }) },
     readOnly: opts.readOnly ?? false,
     serial: "vmkit-serial-1",
+    ...(opts.rateLimiter === undefined ? {} : { rateLimiter: opts.rateLimiter }),
   };
   const host = await startBlk(mem, drive);
   const drv = new HostDriver(mem, host);
-  return { mem, host, drv, dir, path };
+  return { mem, host, drv, dir, path, disk: new DiskHandle(host, drive) };
 }
 
 async function teardown(r: Rig): Promise<void> {
@@ -207,6 +211,46 @@ Deno.test("virtio-blk DISCARD and WRITE_ZEROES ranges read back as zeros", async
     assert.ok(file.subarray(16 * 512, 24 * 512).every((b) => b === 0));
     assert.ok(file.subarray(64 * 512, 72 * 512).every((b) => b === 0));
     assert.equal(file[24 * 512], 24);
+  } finally {
+    await teardown(r);
+  }
+});
+
+Deno.test("a drive's ops rate limiter holds requests in order; PATCH-style updates lift it; counters count", async () => {
+  const r = await rig({ bytes: 4 << 20, rateLimiter: { ops: { size: 5, refillTimeMs: 100 } } });
+  try {
+    start(r, F_VERSION_1 | F_EVENT_IDX, 256);
+    const n = 20;
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) {
+      r.drv.addChain(request(r, BUF_AT + i * 0x3000, T_IN, i * 8, 4096, true).bufs);
+    }
+    r.drv.kick();
+    const used = await r.drv.collect(n, 10_000);
+    const ms = performance.now() - t0;
+    // 5 at once, then 5 per 100 ms: the last 15 need at least ~300 ms of refill.
+    assert.ok(
+      ms >= 250,
+      `20 requests through a 5-per-100-ms limiter took only ${ms.toFixed(0)} ms`,
+    );
+    assert.deepEqual(
+      used.map((u) => u.id),
+      used.map((u) => u.id).slice().sort((a, b) => a - b),
+      "in order",
+    );
+    assert.equal(r.disk.stats.get("reads"), n);
+    assert.equal(r.disk.stats.get("read_bytes"), n * 4096);
+    assert.ok(r.disk.stats.get("throttled") > 0);
+    await r.disk.setRateLimiter({ ops: { size: 0, refillTimeMs: 0 } }); // 0-sized: no limit
+    const t1 = performance.now();
+    for (let i = 0; i < n; i++) {
+      r.drv.addChain(request(r, BUF_AT + i * 0x3000, T_OUT, i * 8, 4096, false).bufs);
+    }
+    r.drv.kick();
+    await r.drv.collect(n, 10_000);
+    assert.ok(performance.now() - t1 < 1000, "unlimited after the update");
+    assert.equal(r.disk.stats.get("writes"), n);
+    assert.equal(r.disk.stats.get("io_errors"), 0);
   } finally {
     await teardown(r);
   }

@@ -7,7 +7,9 @@
  * @module
  */
 
+import { BlkStat } from "../devices/virtio/blk_format.ts";
 import { NetStat } from "../devices/virtio/net_format.ts";
+import type { DiskHandle } from "../disk_handle.ts";
 import type { NetInterface } from "../machine_io.ts";
 import type { MetricFamily } from "./prometheus.ts";
 
@@ -49,5 +51,31 @@ export function netFamilies(nets: readonly NetInterface[]): MetricFamily[] {
     help,
     type: "counter" as const,
     samples: nets.map((n) => ({ labels: { iface: n.id, tap: n.tap }, value: n.stats.get(stat) })),
+  }));
+}
+
+/** Prometheus name, type and help of each virtio-blk counter. */
+const BLK_FAMILIES: ReadonlyArray<[number, string, string]> = [
+  [BlkStat.READS, "vmkit_blk_read_requests_total", "Read requests the guest made."],
+  [BlkStat.READ_BYTES, "vmkit_blk_read_bytes_total", "Bytes the guest read."],
+  [BlkStat.WRITES, "vmkit_blk_write_requests_total", "Write requests the guest made."],
+  [BlkStat.WRITE_BYTES, "vmkit_blk_write_bytes_total", "Bytes the guest wrote."],
+  [BlkStat.FLUSHES, "vmkit_blk_flush_requests_total", "Flush requests (made durable)."],
+  [BlkStat.DISCARDS, "vmkit_blk_discard_requests_total", "Discard requests."],
+  [BlkStat.WRITE_ZEROES, "vmkit_blk_write_zeroes_requests_total", "Write-zeroes requests."],
+  [BlkStat.GET_IDS, "vmkit_blk_get_id_requests_total", "GET_ID (serial) requests."],
+  [BlkStat.IO_ERRORS, "vmkit_blk_io_errors_total", "Requests answered VIRTIO_BLK_S_IOERR."],
+  [BlkStat.UNSUPPORTED, "vmkit_blk_unsupported_total", "Requests of an unsupported type."],
+  [BlkStat.THROTTLED, "vmkit_blk_throttled_total", "Requests the rate limiter held."],
+];
+
+/** The virtio-blk families of `disks`, one sample per drive (label `drive`). */
+export function blkFamilies(disks: readonly DiskHandle[]): MetricFamily[] {
+  if (disks.length === 0) return [];
+  return BLK_FAMILIES.map(([stat, name, help]) => ({
+    name,
+    help,
+    type: "counter" as const,
+    samples: disks.map((d) => ({ labels: { drive: d.id }, value: d.stats.values[stat] ?? 0 })),
   }));
 }

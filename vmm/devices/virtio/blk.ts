@@ -26,6 +26,8 @@ import {
   BLK_MAX_REQUEST_BYTES,
   BLK_SEG_MAX,
   BLK_SEGMENT_BYTES,
+  BLK_STAT_NAMES,
+  BlkStat,
   BlkStatus,
   BlkType,
   SECTOR,
@@ -33,6 +35,9 @@ import {
   writeBlkConfig,
 } from "./blk_format.ts";
 import { BlkUring } from "./blk_uring.ts";
+import { SharedCounters } from "../../metrics/shared_counters.ts";
+import type { RateLimiterConfig } from "../../io_config.ts";
+import { RateLimiter } from "./rate_limiter.ts";
 import { Q, queueWord, W } from "./layout.ts";
 import { DescChain, POP_ERROR, POP_OK } from "./queue.ts";
 
@@ -90,6 +95,11 @@ export class BlkBackend implements VirtioBackend {
   readonly #hdrView = new DataView(this.#hdr.buffer);
   readonly #id: Uint8Array;
   #asyncInflight = 0;
+  readonly #stats: SharedCounters;
+  readonly #limiter: RateLimiter;
+  /** Requests the rate limiter holds, oldest first (taken, in flight, not yet run). */
+  readonly #held: BlkRequest[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
   #touched = 0; // bit per queue with used entries not yet interrupted for
 
   private constructor(
@@ -104,6 +114,10 @@ export class BlkBackend implements VirtioBackend {
     this.#chain = new DescChain(queueSize);
     this.#slots = Array.from({ length: queueSize }, (_, i) => new BlkRequest(i, MAX_SEGS));
     this.#free = Array.from({ length: queueSize }, (_, i) => queueSize - 1 - i);
+    this.#stats = cfg.stats === undefined
+      ? SharedCounters.create(BLK_STAT_NAMES)
+      : SharedCounters.over(cfg.stats, BLK_STAT_NAMES);
+    this.#limiter = new RateLimiter(cfg.rateLimiter);
     this.#id = new Uint8Array(BLK_ID_BYTES);
     this.#id.set(new TextEncoder().encode(cfg.serial).subarray(0, BLK_ID_BYTES));
     this.#uring = (cfg.uring ?? true) && cfg.backend.kind === "file"
@@ -137,7 +151,8 @@ export class BlkBackend implements VirtioBackend {
     if (queue === null || queue === undefined) return;
     const chain = this.#chain;
     for (;;) {
-      while (ctx.canTake() && this.#free.length > 0) {
+      // While the rate limiter holds requests, nothing new is taken (order is kept).
+      while (ctx.canTake() && this.#free.length > 0 && this.#held.length === 0) {
         const r = queue.pop(chain);
         if (r === POP_ERROR) return ctx.fail(queue.error);
         if (r !== POP_OK) break;
@@ -148,7 +163,11 @@ export class BlkBackend implements VirtioBackend {
       // EVENT_IDX: ask for a notify past what we took, then re-check for a
       // chain the driver added before it could see that.
       queue.armNotify();
-      if (!ctx.canTake() || this.#free.length === 0 || queue.pending() === 0) break;
+      if (
+        !ctx.canTake() || this.#free.length === 0 || this.#held.length > 0 || queue.pending() === 0
+      ) {
+        break;
+      }
     }
     this.#uring?.reapNow();
     this.#interrupt();
@@ -217,6 +236,7 @@ export class BlkBackend implements VirtioBackend {
       case BlkType.FLUSH:
         break;
       default:
+        this.#stats.add(BlkStat.UNSUPPORTED);
         return this.#done(req, BlkStatus.UNSUPP);
     }
     if (req.segs < 0) return this.#done(req, BlkStatus.IOERR);
@@ -290,6 +310,7 @@ export class BlkBackend implements VirtioBackend {
     if (type === BlkType.GET_ID) {
       const n = Math.min(BLK_ID_BYTES, req.dataBytes);
       this.#copyOut(req, this.#id.subarray(0, n));
+      this.#stats.add(BlkStat.GET_IDS);
       req.written = n + 1;
       return this.#done(req, BlkStatus.OK);
     }
@@ -330,6 +351,55 @@ export class BlkBackend implements VirtioBackend {
       }
       req.segs = count;
     }
+    if (this.#limiter.active && !this.#admit(req)) return;
+    this.#dispatch(req);
+  }
+
+  /** Whether the rate limiter lets `req` run now; if not, holds it and arms the retry timer. */
+  #admit(req: BlkRequest): boolean {
+    const bytes = req.type === BlkType.IN || req.type === BlkType.OUT ? req.dataBytes : 0;
+    if (this.#held.length === 0 && this.#limiter.consume(1, bytes, performance.now())) return true;
+    this.#held.push(req);
+    this.#stats.add(BlkStat.THROTTLED);
+    this.#armTimer();
+    return false;
+  }
+
+  #armTimer(): void {
+    const first = this.#held[0];
+    if (first === undefined || this.#timer !== undefined) return;
+    const bytes = first.type === BlkType.IN || first.type === BlkType.OUT ? first.dataBytes : 0;
+    const ms = Math.max(1, Math.ceil(this.#limiter.msUntil(1, bytes, performance.now())));
+    this.#ctx.asyncStarted(); // the loop keeps its event loop (and this timer) running
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      this.#ctx.asyncEnded();
+      this.#release();
+    }, ms);
+  }
+
+  /** Runs held requests the limiter now admits, then takes new ones. */
+  #release(): void {
+    const now = performance.now();
+    while (this.#held.length > 0) {
+      const req = this.#held[0];
+      if (req === undefined) break;
+      const bytes = req.type === BlkType.IN || req.type === BlkType.OUT ? req.dataBytes : 0;
+      if (this.#limiter.active && !this.#limiter.consume(1, bytes, now)) break;
+      this.#held.shift();
+      this.#dispatch(req);
+    }
+    this.#uring?.submit();
+    this.#uring?.reapNow();
+    this.#interrupt();
+    if (this.#held.length > 0) this.#armTimer();
+    else this.process(0);
+  }
+
+  /** Counts `req` and runs it on the drive's current path. */
+  #dispatch(req: BlkRequest): void {
+    this.#count(req);
+    const disk = this.disk;
     const fd = disk.uringFd;
     if (fd >= 0 && this.#uring !== null) return this.#uring.start(req, fd);
     const sync = disk.syncTarget();
@@ -422,8 +492,29 @@ export class BlkBackend implements VirtioBackend {
     this.#done(req, req.status);
   }
 
+  #count(req: BlkRequest): void {
+    const s = this.#stats;
+    switch (req.type) {
+      case BlkType.IN:
+        s.add(BlkStat.READS);
+        s.add(BlkStat.READ_BYTES, req.dataBytes);
+        return;
+      case BlkType.OUT:
+        s.add(BlkStat.WRITES);
+        s.add(BlkStat.WRITE_BYTES, req.dataBytes);
+        return;
+      case BlkType.FLUSH:
+        return s.add(BlkStat.FLUSHES);
+      case BlkType.DISCARD:
+        return s.add(BlkStat.DISCARDS);
+      case BlkType.WRITE_ZEROES:
+        return s.add(BlkStat.WRITE_ZEROES);
+    }
+  }
+
   /** Writes the status byte and uses the chain. */
   #done(req: BlkRequest, status: number): void {
+    if (status === BlkStatus.IOERR) this.#stats.add(BlkStat.IO_ERRORS);
     const bytes = this.#ctx.ram.bytes[req.statusRegion];
     if (bytes !== undefined) bytes[req.statusOffset] = status;
     this.#complete(req, status === BlkStatus.OK ? req.written : 1);
@@ -446,7 +537,10 @@ export class BlkBackend implements VirtioBackend {
       did = true;
     }
     const queue = this.#ctx.queues[0];
-    if (queue !== null && queue !== undefined && this.#free.length > 0 && queue.pending() > 0) {
+    if (
+      queue !== null && queue !== undefined && this.#free.length > 0 && this.#held.length === 0 &&
+      this.#ctx.canTake() && queue.pending() > 0
+    ) {
       this.process(0);
       did = true;
     }
@@ -475,6 +569,18 @@ export class BlkBackend implements VirtioBackend {
         return this.disk.describe();
       case "commit":
         return await this.disk.commitTop();
+      case "setRateLimiter": {
+        this.#limiter.update((a.rateLimiter ?? {}) as RateLimiterConfig, performance.now());
+        if (this.#held.length > 0) {
+          if (this.#timer !== undefined) {
+            clearTimeout(this.#timer);
+            this.#timer = undefined;
+            this.#ctx.asyncEnded();
+          }
+          this.#release();
+        }
+        return this.disk.describe();
+      }
       case "replace": {
         const backend = a.backend as BlkBackendConfig["backend"] | undefined;
         if (backend === undefined) throw new TypeError("replace needs { backend }");
@@ -489,6 +595,10 @@ export class BlkBackend implements VirtioBackend {
   }
 
   async close(): Promise<void> {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#ctx.asyncEnded();
+    }
     this.#uring?.close();
     await this.disk.close();
   }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { DriveBackend, DriveConfig } from "../../io_config.ts";
+import type { DriveBackend, DriveConfig, RateLimiterConfig } from "../../io_config.ts";
 import type { VirtioDeviceConfig } from "./host.ts";
 import { Feature } from "./layout.ts";
 
@@ -91,6 +91,36 @@ export const BLK_HEADER_BYTES = 16;
 /** One DISCARD / WRITE_ZEROES segment: sector u64, num_sectors u32, flags u32. */
 export const BLK_SEGMENT_BYTES = 16;
 
+/** Per-drive counters (slots of a `SharedCounters` the I/O Worker writes). */
+export const BlkStat = {
+  READS: 0,
+  READ_BYTES: 1,
+  WRITES: 2,
+  WRITE_BYTES: 3,
+  FLUSHES: 4,
+  DISCARDS: 5,
+  WRITE_ZEROES: 6,
+  GET_IDS: 7,
+  IO_ERRORS: 8,
+  UNSUPPORTED: 9,
+  THROTTLED: 10,
+} as const;
+
+/** Names of the {@link BlkStat} slots, in slot order. */
+export const BLK_STAT_NAMES: readonly string[] = [
+  "reads",
+  "read_bytes",
+  "writes",
+  "write_bytes",
+  "flushes",
+  "discards",
+  "write_zeroes",
+  "get_ids",
+  "io_errors",
+  "unsupported",
+  "throttled",
+];
+
 /** The feature bits a drive offers. */
 export function blkFeatures(readOnly: boolean): number[] {
   const f: number[] = [
@@ -134,6 +164,10 @@ export interface BlkBackendConfig {
   readonly initiatorName?: string;
   /** Use io_uring for raw files (default true; false uses the synchronous path). */
   readonly uring?: boolean;
+  /** Firecracker's rate limiter: bandwidth (data bytes) and ops (requests). */
+  readonly rateLimiter?: RateLimiterConfig;
+  /** The drive's counters ({@link BLK_STAT_NAMES}), written by the I/O Worker. */
+  readonly stats?: SharedArrayBuffer;
 }
 
 /**
@@ -145,6 +179,7 @@ export function blkDeviceConfig(
   drive: DriveConfig,
   initiatorName?: string,
   uring = true,
+  stats?: SharedArrayBuffer,
 ): VirtioDeviceConfig {
   const readOnly = drive.readOnly ?? false;
   const backendConfig: BlkBackendConfig = {
@@ -154,6 +189,8 @@ export function blkDeviceConfig(
     serial: drive.serial ?? drive.id,
     uring,
     ...(initiatorName === undefined ? {} : { initiatorName }),
+    ...(drive.rateLimiter === undefined ? {} : { rateLimiter: drive.rateLimiter }),
+    stats: stats ?? new SharedArrayBuffer(BLK_STAT_NAMES.length * 8),
   };
   return {
     name: drive.id,

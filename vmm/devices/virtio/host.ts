@@ -72,6 +72,8 @@ export class VirtioDeviceError extends Error {
 export class VirtioDeviceHost {
   /** The device's MMIO window and GSI. */
   readonly slot: MmioSlot;
+  /** What the device was built from. */
+  readonly config: VirtioDeviceConfig;
   /** The transport spec every vCPU thread builds its register file from. */
   readonly spec: DeviceSpec;
   /** Control eventfd. */
@@ -96,6 +98,7 @@ export class VirtioDeviceHost {
   #vmFd = -1;
 
   private constructor(
+    config: VirtioDeviceConfig,
     slot: MmioSlot,
     spec: DeviceSpec,
     ctrl: EventFd,
@@ -103,6 +106,7 @@ export class VirtioDeviceHost {
     irq: EventFd,
     worker: Worker,
   ) {
+    this.config = config;
     this.slot = slot;
     this.spec = spec;
     this.ctrl = ctrl;
@@ -158,7 +162,7 @@ export class VirtioDeviceHost {
         type: "module",
         name: `io-${config.name}`,
       });
-      const host = new VirtioDeviceHost(slot, spec, ctrl, notify, irq, worker);
+      const host = new VirtioDeviceHost(config, slot, spec, ctrl, notify, irq, worker);
       await host.#boot({
         type: "init",
         libPath: lib.path,
