@@ -251,16 +251,20 @@ export class DiskStep {
     for (const d of this.#disks) {
       let layers: DiskLayerInfo[] = [...d.info.layers];
       if (d.overlay !== undefined && this.policy === "copy-parent") {
+        // Written under a temporary name too: a crash leaves no half copy under the final one.
         const dst = `${this.#checkpoint}.${this.#tag}.${d.info.id}.qcow2`;
-        this.#copies.push(dst);
+        const tmp = `${dst}.partial-${Deno.pid}`;
+        this.#copies.push(tmp, dst);
         const top = layers[0];
         if (top === undefined) continue;
         const at = base;
-        await copyParent(top.path, dst, {
+        await copyParent(top.path, tmp, {
           format: "qcow2",
           forceShare: true,
           onProgress: ({ done }) => onProgress?.(at + done, total),
         });
+        fsyncPath(tmp);
+        Deno.renameSync(tmp, dst);
         base += d.info.size;
         layers = [{ path: dst, format: "qcow2", size: d.info.size }];
       } else if (d.overlay !== undefined) {
@@ -273,6 +277,7 @@ export class DiskStep {
         }
       }
       for (const l of layers) fsyncPath(l.path);
+      fsyncPath(dirname(layers[0]?.path ?? "."));
       out.push({
         id: d.info.id,
         readOnly: d.info.readOnly,

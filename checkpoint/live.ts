@@ -111,6 +111,8 @@ export interface SaveSummary {
 
 /** A checkpoint in progress: the VM runs again; the file is being written. */
 export interface LiveSave {
+  /** The checkpoint's id (hex; in the header from the first byte written). */
+  id: string;
   /** How long the VM was stopped (µs, host clock). */
   pauseUs: number;
   /** Pages re-protected inside the pause. */
@@ -450,7 +452,7 @@ export class Checkpointer implements Disposable {
     })();
     // The caller may never await `done`; a failure is still reported through progress().
     done.catch(() => {});
-    return { pauseUs, pausePages, done, progress: () => ({ ...progress }) };
+    return { id: idHex(id), pauseUs, pausePages, done, progress: () => ({ ...progress }) };
   }
 
   #dirtyBytes(wp: WriteProtect): number {
