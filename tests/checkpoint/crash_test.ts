@@ -57,6 +57,15 @@ async function* lineReader(stream: ReadableStream<Uint8Array>): AsyncGenerator<s
   }
 }
 
+/** kill -9, unless it exited already. */
+function killQuietly(child: Deno.ChildProcess): void {
+  try {
+    child.kill("SIGKILL");
+  } catch (err) {
+    if (!(err instanceof TypeError)) throw err; // exited already
+  }
+}
+
 const seed = Number(Deno.env.get("VMKIT_CRASH_SEED") ?? (Date.now() % 1_000_000));
 
 for (const policy of ["keep-parent", "copy-parent"]) {
@@ -68,9 +77,8 @@ for (const policy of ["keep-parent", "copy-parent"]) {
       const child = new Deno.Command(Deno.execPath(), {
         args: ["run", "-A", CHILD, dir, policy],
         stdout: "piped",
-        stderr: "piped",
+        stderr: "inherit",
       }).spawn();
-      const stderr = child.stderr.pipeTo(new WritableStream());
       const lines = lineReader(child.stdout);
       let a: string;
       let b = "";
@@ -83,14 +91,9 @@ for (const policy of ["keep-parent", "copy-parent"]) {
         delay = Math.floor(rand() * Number(first.saveMs) * 0.5);
         await sleep(delay);
       } finally {
-        try {
-          child.kill("SIGKILL");
-        } catch (err) {
-          if (!(err instanceof TypeError)) throw err; // exited already
-        }
+        killQuietly(child);
       }
       await child.status;
-      await stderr.catch(() => {});
       const path = `${dir}/vm.ckpt`;
       const what = `round ${round}, killed ${delay} ms into the save`;
       // PATH is A, or B when B finished before the kill; never something half written.
