@@ -8,9 +8,9 @@ import { guest } from "../vmm/boot_fake_memory.ts";
 import {
   copyRam,
   firstDifference,
+  guestMachine,
   ReferenceTarget,
   SEQ_BASE,
-  seqMachine,
   sleep,
 } from "./helpers.ts";
 
@@ -27,14 +27,18 @@ async function waitFor(path: string, re: RegExp, ms = 20_000): Promise<string> {
   }
 }
 
-Deno.test("4 clones of one checkpoint run at once, share the pages they only read and get distinct generation ids (needs /dev/kvm)", async () => {
+Deno.test("4 clones of one checkpoint run at once, each on its own overlay, share the pages they only read and get distinct generation ids (needs /dev/kvm)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-clones-" });
   const path = `${dir}/base.ckpt`;
   const pages = 512;
   let reference: Uint8Array[];
   let dataPages: number;
+  const disk = `${dir}/disk.raw`;
+  await Deno.writeFile(disk, new Uint8Array(1 << 20));
   {
-    await using m = await seqMachine(64, pages);
+    await using m = await guestMachine(64, `mode=seq:${pages}`, {
+      drives: [{ id: "vda", backend: { kind: "file", path: disk, format: "raw" } }],
+    });
     await sleep(300);
     const target = new ReferenceTarget(m);
     using cp = await Checkpointer.create(target);
@@ -88,6 +92,11 @@ Deno.test("4 clones of one checkpoint run at once, share the pages they only rea
       return hex(c.vmGenId);
     });
     assert.equal(new Set(ids).size, 4, `generation ids repeat: ${ids.join(" ")}`);
+    // Each on its own overlay over the checkpoint's disk.
+    const chains = await Promise.all(clones.map((c) => c.machine.disk("vda")?.describe()));
+    const tops = chains.map((d) => d?.layers[0]?.path);
+    assert.equal(new Set(tops).size, 4, `clones share an overlay: ${tops.join(" ")}`);
+    assert.ok(chains.every((d) => d?.layers[1]?.path === disk), "an overlay is not over the disk");
   } finally {
     const storePath = clones[0]?.pageStore?.path;
     for (const c of clones) await c[Symbol.asyncDispose]();

@@ -12,6 +12,7 @@ import { Machine } from "../../vmm/machine.ts";
 import { MachineTarget } from "../../vmm/checkpoint.ts";
 import type { MachineCpuState } from "../../checkpoint/target.ts";
 import type { DeviceSpec } from "../../vmm/devices/spec.ts";
+import type { DriveConfig } from "../../vmm/io_config.ts";
 
 /** Guest-physical base of the sequence writer's pages. */
 export const SEQ_BASE = 0x100_0000;
@@ -29,6 +30,8 @@ export interface GuestMachineOptions {
   devices?: DeviceSpec[];
   /** Module of the device factory. */
   deviceModule?: string;
+  /** virtio-blk drives. */
+  drives?: DriveConfig[];
 }
 
 /** A started machine running the PVH test guest with `cmdline`; debug-exit on port 0xf4. */
@@ -49,6 +52,7 @@ export async function guestMachine(
       ...opts.devices ?? [],
     ],
     ...(opts.deviceModule === undefined ? {} : { deviceModule: opts.deviceModule }),
+    ...(opts.drives === undefined ? {} : { drives: opts.drives }),
   });
   await m.start();
   return m;
