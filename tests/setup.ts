@@ -61,10 +61,15 @@ async function run(cmd: string, args: string[]): Promise<void> {
   if (!out.success) throw new Error(`setup: '${cmd} ${args.join(" ")}' failed (${out.code})`);
 }
 
-/** Installs every missing package of {@link PACKAGES} with apt-get (root only). */
-export async function ensurePackages(): Promise<void> {
+/**
+ * Installs every missing package of `packages` (default {@link PACKAGES})
+ * with apt-get (root only). A benchmark installs its own peer this way.
+ */
+export async function ensurePackages(
+  packages: ReadonlyArray<{ probe: string; pkg: string }> = PACKAGES,
+): Promise<void> {
   const missing: string[] = [];
-  for (const { probe, pkg } of PACKAGES) {
+  for (const { probe, pkg } of packages) {
     if (!(await exists(probe))) missing.push(pkg);
   }
   if (missing.length === 0) return;
