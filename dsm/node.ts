@@ -1,8 +1,10 @@
 /**
- * A DSM node: the protocol thread of one process. It owns the TCP mesh, hosts
- * the directory of its share of every region's blocks ({@link Directory}), answers its workers'
- * misses, revokes exclusive copies other nodes ask for, merges recorded stores
- * into arriving exclusive copies, and runs the lock and barrier managers.
+ * A DSM node: the protocol thread of one process. It owns the TCP mesh, checks
+ * every message it receives, and hands it to its part: the directory of its
+ * share of every region's blocks ({@link Directory}, the home side), the
+ * cache of this node's copies (`BlockCache`: answers, revocations, merging
+ * recorded stores into arriving exclusive copies), or the lock and barrier
+ * managers (`SyncManager`). It forwards its workers' misses.
  *
  * Directory protocol: one transaction per block at its home at a time (later
  * requests queue). READ, READX and UPGRADE go to the home; the home sends DATA
@@ -15,38 +17,16 @@
 
 import { DsmConfigError, DsmError, DsmNodeDeathError, DsmProtocolError } from "./errors.ts";
 import { type Message, MsgType } from "./frames.ts";
-import {
-  allocateRegion,
-  Ctrl,
-  CTRL_STRIDE,
-  homeOf,
-  type HomePolicy,
-  LINE_SIZE,
-  lockBlock,
-  MAX_WORKERS,
-  NODE_CTRL_BYTES,
-  NODE_CTRL_MESSAGE_OFFSET,
-  NodeCtrl,
-  type RegionBuffers,
-  RING_ENTRIES,
-  RING_ENTRY_INTS,
-  RING_HEAD,
-  RING_STRIDE,
-  RING_TAIL,
-  State,
-  unlockBlock,
-} from "./layout.ts";
+import { MAX_WORKERS } from "./layout.ts";
 import type { DsmProgram, Params } from "./program.ts";
 import { Request } from "./region.ts";
+import { BlockCache, type CachedRegion, cachedRegion } from "./cache.ts";
 import { Directory } from "./directory.ts";
+import { NodeWorkers } from "./node_workers.ts";
 import { SyncManager } from "./sync_manager.ts";
 import { type Endpoint, Mesh } from "./transport.ts";
 import type { ClusterAuth } from "./handshake.ts";
-import { setImmediate } from "node:timers";
-import type { WorkerInit, WorkerMessage } from "./worker_protocol.ts";
-
-/** How long a revocation polls its workers at full speed before backing off. */
-const QUIESCE_FAST_POLL_MS = 2;
+import type { WorkerMessage } from "./worker_protocol.ts";
 
 /** Largest cluster: sharer sets are 32-bit masks. */
 export const MAX_NODES = 32;
@@ -107,33 +87,16 @@ export interface NodeReport {
   stats: NodeStats;
 }
 
-interface RegionRuntime {
-  buf: RegionBuffers;
-  blocks: number;
-  linesPerBlock: number;
-  home: HomePolicy;
-  data: Uint8Array;
-  state: Uint8Array;
-  mask: Uint8Array;
-  locks: Int32Array;
-  gens: Int32Array;
-  writers: Int32Array;
-}
-
 /** One DSM node; {@link DsmNode.run} runs a program to completion. */
 export class DsmNode {
   readonly #opts: NodeOptions;
   readonly #n: number;
-  readonly #regions: RegionRuntime[];
-  readonly #ctrl: Int32Array;
-  readonly #nodeCtrl: SharedArrayBuffer;
-  readonly #bell: Int32Array;
-  readonly #rings: Int32Array;
-  #polling = true;
+  readonly #regions: CachedRegion[];
+  readonly #cache: BlockCache;
+  readonly #workers: NodeWorkers;
   readonly #mesh: Mesh;
   readonly #directory: Directory;
   readonly #sync: SyncManager;
-  readonly #workers: Worker[] = [];
   readonly #local: Message[] = [];
   #localScheduled = false;
   #failed: Error | null = null;
@@ -162,20 +125,7 @@ export class DsmNode {
     this.#regions = specs.map((spec) => {
       if (names.has(spec.name)) throw new DsmConfigError(`region '${spec.name}' is declared twice`);
       names.add(spec.name);
-      const buf = allocateRegion(spec);
-      const blocks = buf.size / buf.blockSize;
-      return {
-        buf,
-        blocks,
-        linesPerBlock: buf.blockSize / LINE_SIZE,
-        home: spec.home ?? "cyclic",
-        data: new Uint8Array(buf.data),
-        state: new Uint8Array(buf.state),
-        mask: new Uint8Array(buf.mask),
-        locks: new Int32Array(buf.locks),
-        gens: new Int32Array(buf.gens),
-        writers: new Int32Array(buf.writers),
-      };
+      return cachedRegion(spec);
     });
     this.#directory = new Directory(
       this.#regions.map((r) => ({ size: r.buf.size, blockSize: r.buf.blockSize })),
@@ -185,10 +135,21 @@ export class DsmNode {
       this.#n,
       (to, type, id, a, b) => this.#send(to, type, 0, id, a, b, null),
     );
-    this.#ctrl = new Int32Array(new SharedArrayBuffer(opts.workers * CTRL_STRIDE * 4));
-    this.#nodeCtrl = new SharedArrayBuffer(NODE_CTRL_BYTES);
-    this.#bell = new Int32Array(this.#nodeCtrl);
-    this.#rings = new Int32Array(new SharedArrayBuffer(opts.workers * RING_STRIDE * 4));
+    this.#workers = new NodeWorkers(opts.workers, {
+      miss: (w, kind, region, block) => this.#miss(w, kind, region, block),
+      message: (w, m) => this.#fromWorker(w, m),
+      error: (err) => this.#fail(err),
+    });
+    this.#cache = new BlockCache(this.#regions, {
+      nodeId: opts.id,
+      nodes: this.#n,
+      workers: opts.workers,
+      ctrl: this.#workers.ctrl,
+      send: (to, type, region, block, a, b, data) =>
+        this.#send(to, type, region, block, a, b, data),
+      failed: () => this.#failed !== null,
+      onUpgrade: () => this.#stats.upgrades++,
+    });
     this.#mesh = new Mesh({
       id: opts.id,
       members: opts.members,
@@ -209,50 +170,22 @@ export class DsmNode {
     // A peer may have died while the mesh was forming.
     if (this.#failed !== null) this.#settle?.reject(this.#failed);
     this.#startedAt = performance.now();
-    for (let w = 0; w < this.#opts.workers; w++) this.#spawnWorker(w);
-    const polling = this.#pollRequests();
+    this.#workers.start({
+      programUrl: this.#opts.programUrl,
+      params: this.#opts.params,
+      regions: this.#regions.map((r) => r.buf),
+      nodeId: this.#opts.id,
+      nodeCount: this.#n,
+      blockingStores: this.#opts.blockingStores,
+    });
     try {
       return await finished;
     } finally {
-      this.#polling = false;
-      Atomics.add(this.#bell, NodeCtrl.DOORBELL, 1);
-      Atomics.notify(this.#bell, NodeCtrl.DOORBELL);
-      await polling;
-      for (const w of this.#workers) w.terminate();
+      await this.#workers.stop();
       // Let the FAILED notices reach the peers before the connections close.
       if (this.#failed !== null) await this.#mesh.drain(500);
       this.#mesh.close();
     }
-  }
-
-  #spawnWorker(w: number): void {
-    const worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
-    worker.onmessage = (ev: MessageEvent<WorkerMessage>) => {
-      try {
-        this.#fromWorker(w, ev.data);
-      } catch (err) {
-        this.#fail(err instanceof Error ? err : new Error(String(err)));
-      }
-    };
-    worker.onerror = (ev: ErrorEvent) => {
-      ev.preventDefault();
-      this.#fail(new DsmError(`node ${this.#opts.id} worker ${w} crashed: ${ev.message}`));
-    };
-    const init: WorkerInit = {
-      programUrl: this.#opts.programUrl,
-      params: this.#opts.params,
-      regions: this.#regions.map((r) => r.buf),
-      ctrl: this.#ctrl.buffer as SharedArrayBuffer,
-      rings: this.#rings.buffer as SharedArrayBuffer,
-      nodeCtrl: this.#nodeCtrl,
-      nodeId: this.#opts.id,
-      nodeCount: this.#n,
-      workerId: w,
-      workers: this.#opts.workers,
-      blockingStores: this.#opts.blockingStores,
-    };
-    worker.postMessage(init);
-    this.#workers.push(worker);
   }
 
   // ---- failure -------------------------------------------------------------
@@ -275,28 +208,10 @@ export class DsmNode {
         data: null,
       });
     }
-    const ctrl = new Int32Array(this.#nodeCtrl);
-    const bytes = new TextEncoder().encode(err.message).subarray(
-      0,
-      NODE_CTRL_BYTES - NODE_CTRL_MESSAGE_OFFSET,
-    );
-    new Uint8Array(this.#nodeCtrl).set(bytes, NODE_CTRL_MESSAGE_OFFSET);
-    Atomics.store(ctrl, NodeCtrl.MESSAGE_LENGTH, bytes.length);
-    Atomics.store(ctrl, NodeCtrl.FAILED, 1);
     // No cached copy is trusted any more: every access takes the slow path and throws.
-    for (const r of this.#regions) {
-      r.state.fill(State.INVALID);
-      for (let b = 0; b < r.blocks; b++) {
-        Atomics.add(r.gens, b, 1);
-        Atomics.notify(r.gens, b);
-      }
-    }
-    for (let w = 0; w < this.#opts.workers; w++) {
-      const base = w * CTRL_STRIDE;
-      Atomics.store(this.#ctrl, base + Ctrl.WAKE, 2);
-      Atomics.notify(this.#ctrl, base + Ctrl.WAKE);
-      Atomics.notify(this.#ctrl, base + Ctrl.PENDING);
-    }
+    this.#workers.fail(err.message);
+    this.#cache.invalidateAll();
+    this.#workers.interruptAll();
     this.#settle?.reject(err);
   }
 
@@ -341,7 +256,7 @@ export class DsmNode {
     }
   }
 
-  #region(msg: Message, from: number): RegionRuntime {
+  #region(msg: Message, from: number): CachedRegion {
     const r = this.#regions[msg.region];
     if (r === undefined || msg.block >= r.blocks) {
       throw new DsmProtocolError(
@@ -362,16 +277,18 @@ export class DsmNode {
         return this.#directory.request(msg);
       }
       case MsgType.INVALIDATE:
-        return this.#onInvalidate(this.#fromHome(msg, from), msg, from);
+        return this.#cache.onInvalidate(this.#fromHome(msg, from), msg, from);
       case MsgType.ACK: {
         const r = this.#region(msg, from);
-        if (msg.b === 1) return this.#onGrant(r, msg, from);
+        if (msg.b === 1) return this.#cache.onGrant(r, msg, from);
         return this.#directory.invalidationAck(msg, from);
       }
-      case MsgType.DATA:
-        return this.#onData(this.#region(msg, from), msg, from);
+      case MsgType.DATA: {
+        const r = this.#region(msg, from);
+        return this.#cache.onData(r, msg, from, this.#checkData(r, msg, from));
+      }
       case MsgType.FETCH:
-        return this.#onFetch(this.#fromHome(msg, from), msg, from);
+        return this.#cache.onFetch(this.#fromHome(msg, from), msg, from);
       case MsgType.WRITEBACK: {
         const r = this.#region(msg, from);
         return this.#directory.writeback(msg, from, this.#checkData(r, msg, from));
@@ -386,7 +303,7 @@ export class DsmNode {
         if (from !== msg.block % this.#n) {
           throw new DsmProtocolError(`node ${from} granted lock ${msg.block} it does not manage`);
         }
-        return this.#wake(msg.b);
+        return this.#workers.wake(msg.b);
       case MsgType.BARRIER_ENTER:
         this.#checkManager(0, msg, from);
         return this.#sync.enterBarrier(msg.block);
@@ -431,9 +348,9 @@ export class DsmNode {
   }
 
   /** The region of a message that only a block's home may send. */
-  #fromHome(msg: Message, from: number): RegionRuntime {
+  #fromHome(msg: Message, from: number): CachedRegion {
     const r = this.#region(msg, from);
-    if (this.#home(r, msg.block) !== from) {
+    if (this.#cache.home(r, msg.block) !== from) {
       throw new DsmProtocolError(
         `node ${from} sent message type ${msg.type} for block ${msg.block} of region '${r.buf.name}' but is not its home`,
       );
@@ -441,15 +358,15 @@ export class DsmNode {
     return r;
   }
 
-  #checkHome(r: RegionRuntime, msg: Message, from: number): void {
-    if (homeOf(r.home, msg.block, r.blocks, this.#n) !== this.#opts.id) {
+  #checkHome(r: CachedRegion, msg: Message, from: number): void {
+    if (this.#cache.home(r, msg.block) !== this.#opts.id) {
       throw new DsmProtocolError(
         `node ${from} sent a request for block ${msg.block} of region '${r.buf.name}' to node ${this.#opts.id}, which is not its home`,
       );
     }
   }
 
-  #checkData(r: RegionRuntime, msg: Message, from: number): Uint8Array {
+  #checkData(r: CachedRegion, msg: Message, from: number): Uint8Array {
     if (msg.data === null || msg.data.length !== r.buf.blockSize) {
       throw new DsmProtocolError(
         `node ${from} sent ${msg.data?.length ?? 0} data bytes for a ${r.buf.blockSize}-byte block`,
@@ -458,209 +375,7 @@ export class DsmNode {
     return msg.data;
   }
 
-  // ---- cache controller ----------------------------------------------------
-
-  #setState(r: RegionRuntime, block: number, s: number): void {
-    const first = block * r.linesPerBlock;
-    r.state.fill(s, first, first + r.linesPerBlock);
-  }
-
-  #bump(r: RegionRuntime, block: number): void {
-    Atomics.add(r.gens, block, 1);
-    Atomics.notify(r.gens, block);
-  }
-
-  #home(r: RegionRuntime, block: number): number {
-    return homeOf(r.home, block, r.blocks, this.#n);
-  }
-
-  /** Copies incoming data except the bytes where stores were recorded. */
-  #merge(r: RegionRuntime, block: number, incoming: Uint8Array): void {
-    const bs = r.buf.blockSize;
-    const base = block * bs;
-    if ((r.writers[block] ?? 0) === 0) {
-      r.data.set(incoming, base);
-      return;
-    }
-    const mask = r.mask;
-    const data = r.data;
-    for (let i = 0; i < bs; i++) {
-      if (mask[base + i] === 0) data[base + i] = incoming[i] ?? 0;
-    }
-  }
-
-  /** The block is exclusive here now: its recorded stores are performed. */
-  #completeExclusive(r: RegionRuntime, block: number): void {
-    const bs = r.buf.blockSize;
-    const writers = r.writers[block] ?? 0;
-    if (writers !== 0) {
-      r.mask.fill(0, block * bs, (block + 1) * bs);
-      r.writers[block] = 0;
-      for (let w = 0; w < this.#opts.workers; w++) {
-        if ((writers & (1 << w)) === 0) continue;
-        const idx = w * CTRL_STRIDE + Ctrl.PENDING;
-        Atomics.sub(this.#ctrl, idx, 1);
-        Atomics.notify(this.#ctrl, idx);
-      }
-    }
-    this.#setState(r, block, State.EXCLUSIVE);
-  }
-
-  #onData(r: RegionRuntime, msg: Message, from: number): void {
-    const data = this.#checkData(r, msg, from);
-    const block = msg.block;
-    if (from !== this.#home(r, block)) {
-      throw new DsmProtocolError(`node ${from} sent data for block ${block} it is not home of`);
-    }
-    const line = block * r.linesPerBlock;
-    lockBlock(r.locks, block);
-    try {
-      const s = r.state[line];
-      if (
-        s !== State.PENDING_READ && s !== State.PENDING_READ_UPGRADE && s !== State.PENDING_READX &&
-        s !== State.PENDING_UPGRADE
-      ) {
-        throw new DsmProtocolError(`node ${from} sent data for block ${block} in state ${s}`);
-      }
-      this.#merge(r, block, data);
-      if (msg.b === 1) {
-        this.#completeExclusive(r, block);
-      } else if ((r.writers[block] ?? 0) !== 0) {
-        // Stores were recorded while the read was outstanding: now ask for exclusivity.
-        this.#setState(r, block, State.PENDING_UPGRADE);
-        this.#stats.upgrades++;
-        this.#send(from, MsgType.UPGRADE, msg.region, block, this.#opts.id, 0, null);
-      } else {
-        this.#setState(r, block, State.SHARED);
-      }
-    } finally {
-      unlockBlock(r.locks, block);
-    }
-    this.#bump(r, block);
-  }
-
-  #onGrant(r: RegionRuntime, msg: Message, from: number): void {
-    const block = msg.block;
-    lockBlock(r.locks, block);
-    try {
-      if (
-        r.state[block * r.linesPerBlock] !== State.PENDING_UPGRADE || from !== this.#home(r, block)
-      ) {
-        throw new DsmProtocolError(
-          `node ${from} granted an upgrade of block ${block} not asked for`,
-        );
-      }
-      this.#completeExclusive(r, block);
-    } finally {
-      unlockBlock(r.locks, block);
-    }
-    this.#bump(r, block);
-  }
-
-  #onInvalidate(r: RegionRuntime, msg: Message, from: number): void {
-    const block = msg.block;
-    lockBlock(r.locks, block);
-    const s = r.state[block * r.linesPerBlock];
-    if (s === State.SHARED) this.#setState(r, block, State.INVALID);
-    else if (s === State.PENDING_UPGRADE) this.#setState(r, block, State.PENDING_READX);
-    unlockBlock(r.locks, block);
-    this.#bump(r, block);
-    this.#send(from, MsgType.ACK, msg.region, block, 0, 0, null);
-  }
-
-  #onFetch(r: RegionRuntime, msg: Message, from: number): void {
-    const block = msg.block;
-    lockBlock(r.locks, block);
-    const s = r.state[block * r.linesPerBlock];
-    if (s !== State.EXCLUSIVE) {
-      unlockBlock(r.locks, block);
-      throw new DsmProtocolError(
-        `node ${from} fetched block ${block}, which is not exclusive here (${s})`,
-      );
-    }
-    this.#setState(r, block, State.REVOKING);
-    unlockBlock(r.locks, block);
-    // A worker may be between its inline check and its store: wait until every
-    // worker has left any fast path it was in before taking the data away.
-    this.#whenQuiescent(() => {
-      if (this.#failed !== null) return;
-      const bs = r.buf.blockSize;
-      lockBlock(r.locks, block);
-      const data = r.data.slice(block * bs, (block + 1) * bs);
-      this.#setState(r, block, msg.b === 1 ? State.INVALID : State.SHARED);
-      unlockBlock(r.locks, block);
-      this.#bump(r, block);
-      this.#send(from, MsgType.WRITEBACK, msg.region, block, 0, 0, data);
-    });
-  }
-
-  #whenQuiescent(then: () => void): void {
-    const workers = this.#opts.workers;
-    const epochs = new Int32Array(workers);
-    for (let w = 0; w < workers; w++) {
-      epochs[w] = Atomics.load(this.#ctrl, w * CTRL_STRIDE + Ctrl.EPOCH);
-    }
-    const started = performance.now();
-    const check = (): void => {
-      for (let w = 0; w < workers; w++) {
-        const base = w * CTRL_STRIDE;
-        if (Atomics.load(this.#ctrl, base + Ctrl.IDLE) === 1) continue;
-        if (Atomics.load(this.#ctrl, base + Ctrl.EPOCH) !== epochs[w]) continue;
-        // Poll right behind pending I/O for a while (setTimeout(0) costs
-        // milliseconds in Deno), then back off so a long compute phase of a
-        // worker does not cost the node a core.
-        if (performance.now() - started < QUIESCE_FAST_POLL_MS) setImmediate(check);
-        else setTimeout(check, 1);
-        return;
-      }
-      then();
-    };
-    check();
-  }
-
   // ---- workers -------------------------------------------------------------
-
-  #wake(w: number): void {
-    if (w >= this.#opts.workers) {
-      throw new DsmProtocolError(`wake for worker ${w}, which does not exist`);
-    }
-    const idx = w * CTRL_STRIDE + Ctrl.WAKE;
-    Atomics.store(this.#ctrl, idx, 1);
-    Atomics.notify(this.#ctrl, idx);
-  }
-
-  /** Drains the workers' miss rings whenever a worker rings the doorbell. */
-  async #pollRequests(): Promise<void> {
-    while (this.#polling) {
-      const seen = Atomics.load(this.#bell, NodeCtrl.DOORBELL);
-      if (this.#failed === null) {
-        try {
-          this.#drainRings();
-        } catch (err) {
-          this.#fail(err instanceof Error ? err : new Error(String(err)));
-        }
-      }
-      const wait = Atomics.waitAsync(this.#bell, NodeCtrl.DOORBELL, seen);
-      if (wait.async) await wait.value;
-    }
-  }
-
-  #drainRings(): void {
-    const rings = this.#rings;
-    for (let w = 0; w < this.#opts.workers; w++) {
-      const base = w * RING_STRIDE;
-      let head = Atomics.load(rings, base + RING_HEAD);
-      const tail = Atomics.load(rings, base + RING_TAIL);
-      if (head === tail) continue;
-      while (head !== tail) {
-        const e = base + 2 + (head % RING_ENTRIES) * RING_ENTRY_INTS;
-        this.#miss(w, rings[e] ?? 0, rings[e + 1] ?? 0, rings[e + 2] ?? 0);
-        head++;
-      }
-      Atomics.store(rings, base + RING_HEAD, head);
-      Atomics.notify(rings, base + RING_HEAD);
-    }
-  }
 
   #miss(w: number, kind: number, region: number, block: number): void {
     const r = this.#regions[region];
@@ -677,7 +392,7 @@ export class DsmNode {
     if (type === MsgType.READ) this.#stats.readMisses++;
     else if (type === MsgType.READX) this.#stats.writeMisses++;
     else this.#stats.upgrades++;
-    this.#send(this.#home(r, block), type, region, block, this.#opts.id, 0, null);
+    this.#send(this.#cache.home(r, block), type, region, block, this.#opts.id, 0, null);
   }
 
   #fromWorker(w: number, m: WorkerMessage): void {
@@ -730,7 +445,7 @@ export class DsmNode {
     this.#barrierGen++;
     this.#stats.barriers++;
     this.#lastBarrierAt = performance.now();
-    for (let w = 0; w < this.#opts.workers; w++) this.#wake(w);
+    this.#workers.wakeAll();
   }
 
   // ---- leaving -------------------------------------------------------------
