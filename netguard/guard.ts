@@ -1,42 +1,33 @@
 /**
- * {@link NetGuard}: the per-VM denial-of-service monitor and its policy.
- * Frames come in through the frame tap (per VM and direction), or from a
- * host interface or capture where the VM is found by address; attacks raise
- * alerts; the policy suspends VMs (anything {@link PausableVm}), rate-limits
- * or drops, and resumes a VM once its attacks ended and a hold time passed.
+ * {@link NetGuard}: the per-VM denial-of-service monitor. Frames come in
+ * through the frame tap (per VM and direction), or from a host interface or
+ * capture where the VM is found by address, and go to that VM's monitors
+ * (`monitor.ts`, one per interface and direction); attacks raise alerts, and
+ * the policy (`policy.ts`) suspends VMs (anything {@link PausableVm}),
+ * rate-limits or drops, and resumes a VM once its attacks ended and a hold
+ * time passed.
  *
  * @module
  */
 
 import { parsePrefix, PrefixSet } from "./cidr.ts";
-import {
-  type Action,
-  type ActionTable,
-  type AttackKind,
-  defaultConfig,
-  type Direction,
-  type DirectionalThresholds,
-  type NetguardConfig,
-} from "./config.ts";
+import { defaultConfig, type Direction, type NetguardConfig } from "./config.ts";
 import { VmRegistryError } from "./errors.ts";
-import type { DecisionEvent, NetguardEvent, StatsEvent } from "./events.ts";
+import type { NetguardEvent, StatsEvent } from "./events.ts";
 import { ConnTracker } from "./conn_tracker.ts";
 import { DirectionMonitor, type TransitionReport } from "./monitor.ts";
-import { PacketClass, PacketInfo } from "./packet.ts";
+import { PacketInfo } from "./packet.ts";
 import { PACKET_OUTGOING, parseLinkFrame } from "./pcap.ts";
 import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
-import { TokenBucket } from "./token_bucket.ts";
+import {
+  type Cause,
+  type MonitorRecord,
+  type PausableVm,
+  Policy,
+  type VmRecord,
+} from "./policy.ts";
 
-/**
- * A VM netguard can act on: the vmm `Machine` has exactly these two methods;
- * so has anything else that can be stopped and continued.
- */
-export interface PausableVm {
-  /** Stops the VM's vCPUs (or process) until {@link PausableVm.resume}. */
-  pause(): Promise<void>;
-  /** Continues a paused VM. */
-  resume(): Promise<void>;
-}
+export type { PausableVm } from "./policy.ts";
 
 /** Options of a VM registered at run time; unset fields come from the config. */
 export interface VmOptions {
@@ -69,48 +60,6 @@ export interface GuardMetrics {
   suspended: string[];
 }
 
-interface VmRecord {
-  id: string;
-  vm: PausableVm | null;
-  priority: number;
-  protected: boolean;
-  thresholds: DirectionalThresholds;
-  actions: ActionTable;
-  monitors: Map<string, MonitorRecord[]>;
-  causes: Set<string>;
-  suspended: boolean;
-  resumeAt: number;
-  chain: Promise<void>;
-  /** The attack that last suspended the VM, for the resume event. */
-  lastCause: { kind: AttackKind; direction: Direction; iface: string };
-  /** Suspensions soon after a resume in a row: each doubles the hold time. */
-  strikes: number;
-  /** When netguard last resumed the VM (ms), or -Infinity. */
-  lastResumeAt: number;
-}
-
-interface MonitorRecord {
-  monitor: DirectionMonitor;
-  /** Per {@link PacketClass}: 0 pass, 1 drop, 2 rate limit. */
-  block: Uint8Array;
-  limiter: TokenBucket | null;
-  blocks: Map<string, number[]>;
-}
-
-const CLASSES_OF_KIND: Readonly<Record<AttackKind, readonly number[]>> = {
-  syn_flood: [PacketClass.tcpSyn],
-  udp_flood: [PacketClass.udp],
-  icmp_flood: [PacketClass.icmp],
-  rst_flood: [PacketClass.tcpRst],
-  frag_flood: [PacketClass.fragment],
-  pps: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-  bps: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-  flows: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
-};
-
-/** Most doublings of the hold time for a VM suspended again and again (2^6 = 64×). */
-const MAX_STRIKES = 6;
-
 /** A listener of netguard events. */
 export type EventListener = (e: NetguardEvent) => void;
 
@@ -136,14 +85,13 @@ export class NetGuard {
   readonly #info = new PacketInfo();
   #addressMap: { id: string; set: PrefixSet }[] = [];
   #now = 0;
-  #pendingResume = false;
-  #pending = new Set<Promise<void>>();
+  readonly #policy: Policy;
   readonly #metrics = { frames: 0, malformed: 0, dropped: 0, alerts: 0, clears: 0 };
-  readonly #decisions: Record<string, number> = {};
 
   /** Creates a guard; VMs listed in the config are known (without a VM to act on) at once. */
   constructor(config: NetguardConfig = defaultConfig()) {
     this.config = config;
+    this.#policy = new Policy(config, this.#vms, (e) => this.#emit(e));
     this.#whitelist = new PrefixSet(config.whitelist.map((w) => parsePrefix(w, "whitelist")));
     for (const v of config.vms) {
       this.#vms.set(
@@ -374,7 +322,7 @@ export class NetGuard {
     if (info.error !== 0) this.#metrics.malformed++;
     const mr = this.#monitor(vmId, direction, iface);
     mr.monitor.observe(buf, info, wireLen, tsMs);
-    if (this.#pendingResume) this.#checkResumes(this.#now);
+    if (this.#policy.pendingResume) this.#policy.checkResumes(this.#now);
     const b = mr.block[info.cls] ?? 0;
     if (b === 0) return "pass";
     if (b === 2 && mr.limiter !== null && mr.limiter.take(tsMs)) return "pass";
@@ -391,7 +339,7 @@ export class NetGuard {
       for (const pair of rec.monitors.values()) for (const m of pair) m.monitor.advance(now);
     }
     this.#now = now;
-    this.#checkResumes(now);
+    this.#policy.checkResumes(now);
   }
 
   /**
@@ -418,7 +366,13 @@ export class NetGuard {
     // dates from when its condition was met, even if time jumped past it.
     const ts = r.raised ? Math.max(r.ts, this.#now) : r.ts;
     const base = { ts, vm: m.vm, direction: m.direction, iface: m.iface };
-    const cause = `${m.iface}|${m.direction}|${r.kind}|${r.detector}|${m.vm}`;
+    const cause: Cause = {
+      iface: m.iface,
+      direction: m.direction,
+      kind: r.kind,
+      detector: r.detector,
+      vm: m.vm,
+    };
     if (!r.raised) {
       this.#metrics.clears++;
       this.#emit({
@@ -430,11 +384,10 @@ export class NetGuard {
         peak: r.peak,
         durationMs: ts - m.raisedAt(r.kind, r.detector),
       });
-      this.#liftCause(cause, rec, m, r.kind, ts);
+      this.#policy.cleared(rec, m, cause, ts);
       return;
     }
     this.#metrics.alerts++;
-    const unit = r.kind === "bps" ? "bps" : r.kind === "flows" ? "flows/s" : "pps";
     this.#emit({
       ...base,
       event: "alert",
@@ -442,224 +395,15 @@ export class NetGuard {
       detector: r.detector,
       rate: r.rate,
       threshold: r.threshold,
-      unit,
+      unit: r.kind === "bps" ? "bps" : r.kind === "flows" ? "flows/s" : "pps",
       evidence: m.evidence(r.kind, this.config.topN),
     });
-    const action: Action = rec.actions[m.direction][r.kind];
-    const why = `${r.kind} ${m.direction} at ${Math.round(r.rate)} ${unit} (${r.detector} limit ${
-      Math.round(r.threshold)
-    })`;
-    const decide = (
-      a: DecisionEvent["action"],
-      targets: string[],
-      reason: string,
-      error?: string,
-    ): void => {
-      this.#decisions[a] = (this.#decisions[a] ?? 0) + 1;
-      const e: DecisionEvent = {
-        ...base,
-        event: "decision",
-        kind: r.kind,
-        action: a,
-        targets,
-        reason,
-      };
-      if (error !== undefined) e.error = error;
-      this.#emit(e);
-    };
-    switch (action) {
-      case "alert":
-        decide("alert", [], `${why}; policy is to alert only`);
-        return;
-      case "drop":
-      case "rate_limit": {
-        const mr = this.#monitorRecordOf(rec, m);
-        if (mr === null) return;
-        const classes = [...CLASSES_OF_KIND[r.kind]];
-        mr.blocks.set(cause, classes);
-        this.#applyBlocks(mr);
-        decide(
-          action,
-          [m.vm],
-          action === "drop"
-            ? `${why}; dropping that traffic`
-            : `${why}; limiting it to ${this.config.policy.rateLimitPps} pps`,
-        );
-        return;
-      }
-      case "suspend":
-      case "suspend_lowest_priority": {
-        let targets: VmRecord[];
-        if (action === "suspend") targets = [rec];
-        else {
-          targets = [...this.#vms.values()]
-            .filter((v) => v.vm !== null && !v.protected)
-            .sort((a, b) => a.priority - b.priority || (a.id < b.id ? -1 : 1))
-            .slice(0, this.config.policy.suspendCount);
-        }
-        const actionable = targets.filter((t) => t.vm !== null && !t.protected);
-        if (actionable.length === 0) {
-          const who = targets.map((t) => t.id).join(", ") || "none";
-          decide("alert", [], `${why}; cannot ${action}: no registered, unprotected VM (${who})`);
-          return;
-        }
-        const fresh: VmRecord[] = [];
-        for (const t of actionable) {
-          t.causes.add(cause);
-          t.resumeAt = -1;
-          t.lastCause = { kind: r.kind, direction: m.direction, iface: m.iface };
-          if (!t.suspended) {
-            t.suspended = true;
-            // A VM that attacks again right after it was resumed is held longer each time.
-            const hold = this.config.policy.holdMs;
-            t.strikes = ts - t.lastResumeAt < Math.max(hold * 4, 1000)
-              ? Math.min(t.strikes + 1, MAX_STRIKES)
-              : 0;
-            fresh.push(t);
-          }
-        }
-        if (fresh.length === 0) return;
-        decide(
-          "suspend",
-          fresh.map((t) => t.id),
-          `${why}; ${
-            action === "suspend"
-              ? (m.direction === "inbound"
-                ? "suspending the VM under attack"
-                : "suspending the VM sending it")
-              : "suspending the lowest-priority VMs"
-          }`,
-        );
-        for (const t of fresh) this.#act(t, "pause", base, r.kind);
-        return;
-      }
-    }
-  }
-
-  #monitorRecordOf(rec: VmRecord, m: DirectionMonitor): MonitorRecord | null {
-    const pair = rec.monitors.get(m.iface);
-    return pair?.find((x) => x.monitor === m) ?? null;
-  }
-
-  #applyBlocks(mr: MonitorRecord): void {
-    mr.block.fill(0);
-    const action = (cause: string): Action | undefined => {
-      const [, dir, kind, , vm] = cause.split("|");
-      const rec = this.#vms.get(vm ?? "");
-      if (rec === undefined || (dir !== "inbound" && dir !== "outbound")) return undefined;
-      return rec.actions[dir][kind as AttackKind];
-    };
-    let limited = false;
-    for (const [cause, classes] of mr.blocks) {
-      const mode = action(cause) === "drop" ? 1 : 2;
-      if (mode === 2) limited = true;
-      // Drop wins over a rate limit on the same class.
-      for (const c of classes) if (mr.block[c] !== 1) mr.block[c] = mode;
-    }
-    if (limited && mr.limiter === null) {
-      mr.limiter = new TokenBucket(this.config.policy.rateLimitPps);
-    }
-    if (!limited) mr.limiter = null;
-  }
-
-  #liftCause(
-    cause: string,
-    rec: VmRecord,
-    m: DirectionMonitor,
-    kind: AttackKind,
-    ts: number,
-  ): void {
-    const mr = this.#monitorRecordOf(rec, m);
-    if (mr !== null && mr.blocks.delete(cause)) {
-      this.#applyBlocks(mr);
-      this.#decisions.unblock = (this.#decisions.unblock ?? 0) + 1;
-      this.#emit({
-        ts,
-        vm: m.vm,
-        direction: m.direction,
-        iface: m.iface,
-        event: "decision",
-        kind,
-        action: "unblock",
-        targets: [m.vm],
-        reason: `${kind} ${m.direction} cleared; passing that traffic again`,
-      });
-    }
-    for (const v of this.#vms.values()) {
-      if (!v.causes.delete(cause)) continue;
-      if (v.causes.size === 0 && v.suspended) {
-        v.resumeAt = ts + this.config.policy.holdMs * 2 ** v.strikes;
-        this.#pendingResume = true;
-      }
-    }
-    this.#checkResumes(ts);
-  }
-
-  #checkResumes(now: number): void {
-    if (!this.#pendingResume) return;
-    let still = false;
-    for (const v of this.#vms.values()) {
-      if (!v.suspended || v.resumeAt < 0) continue;
-      if (v.causes.size > 0) {
-        v.resumeAt = -1;
-        continue;
-      }
-      if (now < v.resumeAt) {
-        still = true;
-        continue;
-      }
-      v.suspended = false;
-      v.lastResumeAt = now;
-      v.resumeAt = -1;
-      this.#decisions.resume = (this.#decisions.resume ?? 0) + 1;
-      const c = v.lastCause;
-      const base = { ts: now, vm: v.id, direction: c.direction, iface: c.iface };
-      this.#emit({
-        ...base,
-        event: "decision",
-        kind: c.kind,
-        action: "resume",
-        targets: [v.id],
-        reason: `every attack that suspended ${v.id} ended ${
-          this.config.policy.holdMs * 2 ** v.strikes
-        } ms ago`,
-      });
-      this.#act(v, "resume", base, c.kind);
-    }
-    this.#pendingResume = still;
-  }
-
-  #act(
-    v: VmRecord,
-    what: "pause" | "resume",
-    base: { ts: number; vm: string; direction: Direction; iface: string },
-    kind: AttackKind,
-  ): void {
-    const vm = v.vm;
-    if (vm === null) return;
-    const p = v.chain.then(() => (what === "pause" ? vm.pause() : vm.resume())).then(
-      () => {},
-      (err: unknown) => {
-        const msg = err instanceof Error ? err.message : String(err);
-        this.#emit({
-          ...base,
-          event: "decision",
-          kind,
-          action: what === "pause" ? "suspend" : "resume",
-          targets: [v.id],
-          reason: `${what} of VM ${v.id} failed`,
-          error: msg,
-        });
-      },
-    );
-    v.chain = p;
-    this.#pending.add(p);
-    p.finally(() => this.#pending.delete(p));
+    this.#policy.raised(rec, m, r, cause, ts);
   }
 
   /** Resolves when every pause/resume started so far has finished. */
   async settled(): Promise<void> {
-    while (this.#pending.size > 0) await Promise.all([...this.#pending]);
+    await this.#policy.settled();
   }
 
   /** Ids of the VMs netguard holds suspended now. */
@@ -669,7 +413,11 @@ export class NetGuard {
 
   /** Guard-level counters. */
   metrics(): GuardMetrics {
-    return { ...this.#metrics, decisions: { ...this.#decisions }, suspended: this.suspended() };
+    return {
+      ...this.#metrics,
+      decisions: { ...this.#policy.decisions },
+      suspended: this.suspended(),
+    };
   }
 
   /** The guard's counters in the Prometheus text exposition format. */
