@@ -46,6 +46,7 @@ export * from "./pcap.ts";
 export * from "./capture_stream.ts";
 export * from "./cidr.ts";
 export * from "./config.ts";
+export * from "./config_parse.ts";
 export * from "./events.ts";
 export * from "./sliding_window.ts";
 export * from "./top_k.ts";

@@ -1,8 +1,8 @@
 /**
  * The per-VM, per-interface, per-direction traffic monitor: counts parsed
  * frames into sliding-window series, tracks new flows and top talkers in
- * bounded memory, keeps a few sample packets per attack kind, and runs the
- * detectors at every bucket boundary.
+ * bounded memory, keeps a few sample packets per attack kind (`samples.ts`),
+ * and runs the detectors at every bucket boundary.
  *
  * @module
  */
@@ -13,16 +13,9 @@ import { CusumDetector, ThresholdDetector, Transition } from "./detectors.ts";
 import type { Evidence, SamplePacket, Talker } from "./events.ts";
 import { finish32, FlowTable, mix32 } from "./flow_table.ts";
 import type { PrefixSet } from "./cidr.ts";
-import {
-  describePacket,
-  formatAddress,
-  PacketClass,
-  PacketInfo,
-  parseRawIp,
-  PROTO_TCP,
-  PROTO_UDP,
-} from "./packet.ts";
+import { formatAddress, PacketClass, type PacketInfo, PROTO_TCP, PROTO_UDP } from "./packet.ts";
 import { Metric, METRIC_COUNT, METRIC_NAMES, SlidingCounters } from "./sliding_window.ts";
+import { PacketSamples } from "./samples.ts";
 import { TopK } from "./top_k.ts";
 
 /** The per-protocol counter each {@link PacketClass} adds to (-1: none). */
@@ -37,29 +30,10 @@ const CLASS_METRIC: Int8Array = (() => {
   return t;
 })();
 
-/** Bytes of each sample packet kept (from the IP header on). */
-const SAMPLE_BYTES = 128;
-/** Every this many packets of a kind, one is kept as a sample. */
-const SAMPLE_EVERY = 64;
 /** Top-talker counts halve this often (ms), so the evidence reflects recent traffic. */
 const TOP_DECAY_MS = 1000;
 /** Top talkers are counted on one packet in this many (a power of two), with that weight. */
 const TOP_SAMPLE = 4;
-
-/** Sample groups: which attack kind a packet class is evidence for. */
-const GROUP_ALL = 0;
-const GROUP_OF_CLASS: readonly number[] = [0, 0, 1, 0, 4, 0, 2, 3, 5, 0];
-const GROUP_OF_KIND: Readonly<Record<AttackKind, number>> = {
-  syn_flood: 1,
-  udp_flood: 2,
-  icmp_flood: 3,
-  rst_flood: 4,
-  frag_flood: 5,
-  pps: 0,
-  bps: 0,
-  flows: 0,
-};
-const GROUPS = 6;
 
 /** A detector that changed state, as reported to the monitor's owner. */
 export interface TransitionReport {
@@ -123,14 +97,7 @@ export class DirectionMonitor {
   #cusumPpsSince = 0;
   #lastDecay = -1;
   #talkerTick = 0;
-  readonly #sampleCount: Int32Array;
-  readonly #sampleCounter = new Uint32Array(GROUPS);
-  readonly #sampleBuf: Uint8Array;
-  readonly #sampleLen: Uint16Array;
-  readonly #sampleTs: Float64Array;
-  readonly #sampleIsIp: Uint8Array;
-  readonly #samplesPer: number;
-  readonly #scratch = new PacketInfo();
+  readonly #samples: PacketSamples;
 
   /**
    * Creates a monitor; `samples` packets per attack kind are kept as
@@ -194,13 +161,7 @@ export class DirectionMonitor {
       a.warmupMs,
       detector.clearForMs,
     );
-    this.#samplesPer = samples;
-    const slots = GROUPS * Math.max(1, samples);
-    this.#sampleCount = new Int32Array(GROUPS);
-    this.#sampleBuf = new Uint8Array(slots * SAMPLE_BYTES);
-    this.#sampleLen = new Uint16Array(slots);
-    this.#sampleTs = new Float64Array(slots);
-    this.#sampleIsIp = new Uint8Array(slots);
+    this.#samples = new PacketSamples(samples);
   }
 
   /** Replaces the thresholds (e.g. after a config reload). */
@@ -287,7 +248,7 @@ export class DirectionMonitor {
     if (talk && info.l4Off >= 0 && (info.proto === PROTO_TCP || info.proto === PROTO_UDP)) {
       this.ports.offer(info.proto * 65536 + info.dstPort, TOP_SAMPLE, buf, 0, 0);
     }
-    if (this.#samplesPer > 0) this.#sample(buf, info, nowMs);
+    this.#samples.offer(buf, info, nowMs);
   }
 
   #isWhitelisted(buf: Uint8Array, info: PacketInfo): boolean {
@@ -297,52 +258,9 @@ export class DirectionMonitor {
     return wl.hasIpv6(buf, inbound ? info.srcOff : info.dstOff);
   }
 
-  #sample(buf: Uint8Array, info: PacketInfo, nowMs: number): void {
-    const g = GROUP_OF_CLASS[info.cls] ?? GROUP_ALL;
-    const n = this.#sampleCounter[g] ?? 0;
-    this.#sampleCounter[g] = n + 1;
-    if (n % SAMPLE_EVERY !== 0 && n >= this.#samplesPer) return;
-    this.#store(g, buf, info, nowMs);
-    if (g !== GROUP_ALL && n % (SAMPLE_EVERY * 4) === 0) this.#store(GROUP_ALL, buf, info, nowMs);
-  }
-
-  #store(g: number, buf: Uint8Array, info: PacketInfo, nowMs: number): void {
-    const count = this.#sampleCount[g] ?? 0;
-    this.#sampleCount[g] = count + 1;
-    const slot = g * this.#samplesPer + (count % this.#samplesPer);
-    const from = info.l3Off >= 0 ? info.l3Off : info.frameOff;
-    const end = info.frameOff + info.capLen;
-    const len = Math.min(SAMPLE_BYTES, end - from);
-    const dst = this.#sampleBuf;
-    const at = slot * SAMPLE_BYTES;
-    for (let i = 0; i < len; i++) dst[at + i] = buf[from + i] ?? 0;
-    this.#sampleLen[slot] = len;
-    this.#sampleTs[slot] = nowMs;
-    this.#sampleIsIp[slot] = info.l3Off >= 0 ? 1 : 0;
-  }
-
   /** The kept sample packets for `kind`, oldest first. */
   samples(kind: AttackKind): SamplePacket[] {
-    const g = GROUP_OF_KIND[kind];
-    const count = this.#sampleCount[g] ?? 0;
-    const n = Math.min(count, this.#samplesPer);
-    const out: SamplePacket[] = [];
-    for (let i = count - n; i < count; i++) {
-      const slot = g * this.#samplesPer + (i % this.#samplesPer);
-      const len = this.#sampleLen[slot] ?? 0;
-      const bytes = this.#sampleBuf.subarray(slot * SAMPLE_BYTES, slot * SAMPLE_BYTES + len);
-      let summary: string;
-      if (this.#sampleIsIp[slot] === 1) {
-        parseRawIp(bytes, 0, len, this.#scratch);
-        summary = describePacket(bytes, this.#scratch);
-      } else summary = `non-IP frame, ${len} bytes kept`;
-      out.push({
-        ts: this.#sampleTs[slot] ?? 0,
-        summary,
-        hex: Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join(""),
-      });
-    }
-    return out;
+    return this.#samples.of(kind);
   }
 
   /** Current window rates of every series, per second (bytes as bytes/s). */
@@ -374,7 +292,7 @@ export class DirectionMonitor {
         key: `${Math.floor(e.key / 65536) === PROTO_TCP ? "tcp" : "udp"}/${e.key % 65536}`,
         packets: Math.round(e.count),
       })),
-      samples: this.samples(kind),
+      samples: this.#samples.of(kind),
       rates: this.rates(),
     };
   }

@@ -18,6 +18,7 @@ export * from "../netguard/packet.ts";
 export * from "../netguard/pcap.ts";
 export * from "../netguard/cidr.ts";
 export * from "../netguard/config.ts";
+export * from "../netguard/config_parse.ts";
 export * from "../netguard/events.ts";
 export * from "../netguard/sliding_window.ts";
 export * from "../netguard/top_k.ts";
