@@ -27,7 +27,8 @@ import {
 } from "../vmm/api/mod.ts";
 import { checkDrivePath, checkHostFile } from "../vmm/api/host_files.ts";
 import { launchMachine, type LaunchOptions, machineApiVm } from "../vmm/api/launch.ts";
-import { type FcLogger, parseLogLevel, VmConfigError } from "../vmm/api/vm_config.ts";
+import { type FcLogger, VmConfigError } from "../vmm/api/vm_config.ts";
+import { parseLogLevel } from "../vmm/api/vm_config_parse.ts";
 import { VmResources } from "../vmm/api/vm_resources.ts";
 import { defaultDeviceSpecs, Serial16550 } from "../vmm/devices/mod.ts";
 import type { StorageIdentityConfig } from "../vmm/io_config.ts";

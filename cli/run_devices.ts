@@ -11,14 +11,8 @@
  */
 
 import { checkIscsiUrl } from "../vmm/api/host_files.ts";
-import {
-  checkId,
-  checkIfName,
-  checkMac,
-  type FcDrive,
-  type FcNetworkInterface,
-  VmConfigError,
-} from "../vmm/api/vm_config.ts";
+import { type FcDrive, type FcNetworkInterface, VmConfigError } from "../vmm/api/vm_config.ts";
+import { checkId, checkIfName, checkMac } from "../vmm/api/vm_config_parse.ts";
 import { isIscsiUrl } from "../vmm/api/vm_resources.ts";
 import { UsageError } from "./usage.ts";
 

@@ -37,9 +37,8 @@ import { VERSION } from "../../version.ts";
 import type { VmController } from "./controller.ts";
 import { checkDrivePath, checkHostFile } from "./host_files.ts";
 import { ApiFault, type ApiRoute, json, noContent, onlyFields } from "./router.ts";
+import { type FcLogger, type FcMetrics, VmConfigError } from "./vm_config.ts";
 import {
-  type FcLogger,
-  type FcMetrics,
   parseBootSource,
   parseDrive,
   parseLogger,
@@ -48,8 +47,7 @@ import {
   parseNetworkInterface,
   parsePartialDrive,
   parsePartialNetworkInterface,
-  VmConfigError,
-} from "./vm_config.ts";
+} from "./vm_config_parse.ts";
 import { rateLimiterConfig } from "./vm_resources.ts";
 
 const MIB = 1024 * 1024;

@@ -47,6 +47,7 @@ export {
 } from "./launch.ts";
 export { checkDrivePath, checkHostFile, checkIscsiUrl } from "./host_files.ts";
 export * from "./vm_config.ts";
+export * from "./vm_config_parse.ts";
 export {
   driveConfig,
   type FullVmConfiguration,

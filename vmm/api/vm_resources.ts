@@ -19,14 +19,16 @@ import {
   type FcNetworkInterface,
   type FcRateLimiter,
   type FcTokenBucket,
+  VmConfigError,
+} from "./vm_config.ts";
+import {
   parseBootSource,
   parseDrive,
   parseLogger,
   parseMachineConfig,
   parseMetrics,
   parseNetworkInterface,
-  VmConfigError,
-} from "./vm_config.ts";
+} from "./vm_config_parse.ts";
 
 /** Config-file sections vmkit has no device for: accepted only when absent or null. */
 const UNSUPPORTED_SECTIONS: Record<string, string> = {
