@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { isGroup } from "../../cli/command.ts";
 import { allEntries } from "../../cli/main.ts";
 import { VERSION } from "../../version.ts";
+import { vmkitCli } from "../vmkit_cli.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 interface Out {
@@ -25,7 +25,7 @@ async function run(cmd: string, args: string[], cwd?: string): Promise<Out> {
 }
 
 function vmkit(args: string[], cwd?: string): Promise<Out> {
-  return run(Deno.execPath(), ["run", "-A", MAIN, ...args], cwd);
+  return vmkitCli(args, cwd === undefined ? {} : { cwd });
 }
 
 Deno.test("vmkit --version prints the version deno.json declares", async () => {

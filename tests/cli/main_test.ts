@@ -1,16 +1,7 @@
 import assert from "node:assert/strict";
+import { type CliResult, vmkitCli } from "../vmkit_cli.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
-
-async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const vmkit = (...args: string[]): Promise<CliResult> => vmkitCli(args);
 
 Deno.test("vmkit --help lists every command and exits 0", async () => {
   const r = await vmkit("--help");

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { vmkitCli } from "../vmkit_cli.ts";
 import { apiRequest } from "../../vmm/api/mod.ts";
 
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
@@ -11,21 +12,8 @@ interface Result {
   stderr: string;
 }
 
-async function vmkitRun(args: string[], stdin?: string): Promise<Result> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "run", ...args],
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+function vmkitRun(args: string[], stdin?: string): Promise<Result> {
+  return vmkitCli(["run", ...args], stdin === undefined ? {} : { stdin });
 }
 
 Deno.test("vmkit run boots the demo guest, which powers off through the i8042 with exit 0 (needs /dev/kvm)", async () => {

@@ -1,19 +1,7 @@
 import assert from "node:assert/strict";
+import { type CliResult, vmkitCli } from "../vmkit_cli.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
-
-async function vmkitRun(
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "run", ...args],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const vmkitRun = (...args: string[]): Promise<CliResult> => vmkitCli(["run", ...args]);
 
 function assertOneLineError(stderr: string, re: RegExp): void {
   assert.equal(stderr.trimEnd().split("\n").length, 1, `one line expected, got: ${stderr}`);

@@ -1,20 +1,13 @@
 import assert from "node:assert/strict";
 import { loadProgram } from "../../dsm/node_main.ts";
 import { BAD_NAME, vmkitNonUtf8 } from "../non_utf8.ts";
+import { type CliResult, vmkitCli } from "../vmkit_cli.ts";
 
 const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
 const FIXTURE = new URL("./fixtures/typed_program.ts", import.meta.url).pathname;
 
-async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "dsm", ...args],
-    env: { VMKIT_DSM_SECRET: "dsm-cli-test-secret-0123456789" },
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const vmkit = (...args: string[]): Promise<CliResult> =>
+  vmkitCli(["dsm", ...args], { env: { VMKIT_DSM_SECRET: "dsm-cli-test-secret-0123456789" } });
 
 Deno.test("vmkit dsm run matmul --nodes 2 --check reports a result identical to the sequential run", async () => {
   const r = await vmkit("run", "matmul", "--nodes", "2", "--param", "n=24", "--check", "--json");

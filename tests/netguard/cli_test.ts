@@ -1,43 +1,20 @@
 import assert from "node:assert/strict";
 import { PcapWriter, synthesizeTrace } from "../../netguard/mod.ts";
 import { BAD_NAME, vmkitNonUtf8 } from "../non_utf8.ts";
+import { type CliResult, vmkitCli } from "../vmkit_cli.ts";
 
-const CLI = new URL("../../cli/main.ts", import.meta.url).pathname;
-
-async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+async function vmkit(...args: string[]): Promise<CliResult> {
   return await vmkitIn(null, ...args);
 }
 
 /** Runs `vmkit netguard ARGS` with `stdin` piped in (or none); killed after 60 s. */
-async function vmkitIn(
-  stdin: Uint8Array | null,
-  ...args: string[]
-): Promise<{ code: number; stdout: string; stderr: string; ms: number }> {
-  const t0 = performance.now();
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, "netguard", ...args],
-    stdin: stdin === null ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), 60_000);
-  if (stdin !== null) {
-    const w = child.stdin.getWriter();
-    await w.write(stdin);
-    await w.close();
-  }
-  const out = await child.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return {
-    code: out.code,
-    stdout: dec.decode(out.stdout),
-    stderr: dec.decode(out.stderr),
-    ms: performance.now() - t0,
-  };
+function vmkitIn(stdin: Uint8Array | null, ...args: string[]): Promise<CliResult> {
+  return vmkitCli(["netguard", ...args], {
+    timeoutMs: 60_000,
+    ...(stdin === null ? {} : { stdin }),
+  });
 }
 
-/** A pcap of 1 s of benign traffic then 0.5 s of a 20 000 pps SYN flood to 10.0.0.2. */
 async function floodPcap(dir: string): Promise<{ path: string; total: number; syn: number }> {
   const trace = synthesizeTrace({
     seed: 3,

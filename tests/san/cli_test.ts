@@ -1,19 +1,9 @@
 import assert from "node:assert/strict";
 import { backingFile, Tgtd } from "./tgt.ts";
 import { BAD_NAME, vmkitNonUtf8 } from "../non_utf8.ts";
+import { type CliResult, vmkitCli } from "../vmkit_cli.ts";
 
-const MAIN = new URL("../../cli/main.ts", import.meta.url).pathname;
-
-async function vmkit(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+const vmkit = (...args: string[]): Promise<CliResult> => vmkitCli(args, { env: { NO_COLOR: "1" } });
 
 Deno.test("vmkit sui alloc is idempotent, list shows it and release frees it", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-san-cli-" });

@@ -5,6 +5,8 @@
  * @module
  */
 
+import { VMKIT_MAIN, vmkitCli } from "../vmkit_cli.ts";
+
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 /** Path of a guest built by tests/guests/build.ts. */
@@ -26,22 +28,11 @@ export async function vmkit(
   args: string[],
   opts: { stdin?: string; timeoutMs?: number } = {},
 ): Promise<RunResult> {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}cli/main.ts`, ...args],
-    stdin: opts.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), opts.timeoutMs ?? 30_000);
-  if (opts.stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(opts.stdin));
-    await w.close();
-  }
-  const out = await child.output();
-  clearTimeout(timer);
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
+  const r = await vmkitCli(args, {
+    timeoutMs: opts.timeoutMs ?? 30_000,
+    ...(opts.stdin === undefined ? {} : { stdin: opts.stdin }),
+  });
+  return { code: r.code, stdout: r.stdout, stderr: r.stderr };
 }
 
 /** A `vmkit` child process that is killed on dispose unless it already exited. */
@@ -53,7 +44,7 @@ export class VmkitChild implements AsyncDisposable {
   static spawn(args: string[], opts: { stdin?: "piped" | "null" } = {}): VmkitChild {
     return new VmkitChild(
       new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", `${ROOT}cli/main.ts`, ...args],
+        args: ["run", "-A", VMKIT_MAIN, ...args],
         stdin: opts.stdin ?? "null",
         stdout: "null",
         stderr: "piped",
