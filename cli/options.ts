@@ -165,32 +165,31 @@ function ranged(
   return v;
 }
 
-/** An integer option (decimal or `0x` hex) within `[min, max]`. */
-export function int(
-  value: string,
-  help: string,
-  settings?: NumberSettings,
-): Opt<number | undefined>;
-/** An integer option with a default. */
-export function int(
-  value: string,
-  help: string,
-  settings: NumberSettings & { default: number },
-): Opt<number>;
-export function int(
-  value: string,
-  help: string,
-  settings: NumberSettings & { default?: number } = {},
-): Opt<number | undefined> {
-  return {
+/**
+ * The builder of a number option: `(value, help, settings)` gives an option
+ * of type `number | undefined`, or `number` when `settings.default` is set.
+ */
+export interface NumberOptionBuilder {
+  /** An option without a default. */
+  (value: string, help: string, settings?: NumberSettings): Opt<number | undefined>;
+  /** An option with a default. */
+  (value: string, help: string, settings: NumberSettings & { default: number }): Opt<number>;
+}
+
+/** A number option builder whose values `parse` reads (NaN: not `what`), range-checked. */
+function numberOption(parse: (text: string) => number, what: string): NumberOptionBuilder {
+  return ((value: string, help: string, settings: NumberSettings & { default?: number } = {}) => ({
     kind: "value",
     value,
     help,
     fallback: settings.default,
-    parse: (t, name) => ranged(name, t, parseInteger(t), settings, "an integer"),
+    parse: (t: string, name: string) => ranged(name, t, parse(t), settings, what),
     ...base(settings),
-  };
+  })) as NumberOptionBuilder;
 }
+
+/** An integer option (decimal or `0x` hex) within `[min, max]`. */
+export const int: NumberOptionBuilder = numberOption(parseInteger, "an integer");
 
 const SIZE_UNITS: Record<string, number> = {
   "": 1,
@@ -208,31 +207,10 @@ export function parseSizeText(text: string): number {
 }
 
 /** A byte-count option with K, M, G, T suffixes (powers of 1024). */
-export function size(
-  value: string,
-  help: string,
-  settings?: NumberSettings,
-): Opt<number | undefined>;
-/** A byte-count option with a default. */
-export function size(
-  value: string,
-  help: string,
-  settings: NumberSettings & { default: number },
-): Opt<number>;
-export function size(
-  value: string,
-  help: string,
-  settings: NumberSettings & { default?: number } = {},
-): Opt<number | undefined> {
-  return {
-    kind: "value",
-    value,
-    help,
-    fallback: settings.default,
-    parse: (t, name) => ranged(name, t, parseSizeText(t), settings, "a size (e.g. 4096, 64K, 1G)"),
-    ...base(settings),
-  };
-}
+export const size: NumberOptionBuilder = numberOption(
+  parseSizeText,
+  "a size (e.g. 4096, 64K, 1G)",
+);
 
 /** An option whose value is one of `choices`. */
 export function choice<const C extends string>(

@@ -35,6 +35,18 @@ const TOP_DECAY_MS = 1000;
 /** Top talkers are counted on one packet in this many (a power of two), with that weight. */
 const TOP_SAMPLE = 4;
 
+/** The threshold each attack kind is measured against. */
+const LIMIT_OF_KIND: Readonly<Record<AttackKind, Exclude<keyof Thresholds, "synRatio">>> = {
+  syn_flood: "synPps",
+  udp_flood: "udpPps",
+  icmp_flood: "icmpPps",
+  rst_flood: "rstPps",
+  frag_flood: "fragPps",
+  pps: "pps",
+  bps: "bps",
+  flows: "flows",
+};
+
 /** A detector that changed state, as reported to the monitor's owner. */
 export interface TransitionReport {
   /** The attack kind. */
@@ -411,24 +423,7 @@ export class DirectionMonitor {
   }
 
   #limitOf(kind: AttackKind, t: Thresholds): number {
-    switch (kind) {
-      case "syn_flood":
-        return t.synPps;
-      case "udp_flood":
-        return t.udpPps;
-      case "icmp_flood":
-        return t.icmpPps;
-      case "rst_flood":
-        return t.rstPps;
-      case "frag_flood":
-        return t.fragPps;
-      case "pps":
-        return t.pps;
-      case "bps":
-        return t.bps;
-      case "flows":
-        return t.flows;
-    }
+    return t[LIMIT_OF_KIND[kind]];
   }
 }
 

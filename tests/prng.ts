@@ -1,18 +1,9 @@
 /**
  * The seeded PRNG of the randomized tests (mulberry32): the same seed gives the
  * same sequence, so a failing seed printed by a test reproduces the failure.
+ * It is netguard's synthetic-traffic PRNG, one implementation for both.
  *
  * @module
  */
 
-/** Returns a generator of floats in [0, 1) seeded by `seed`. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from "../netguard/synth.ts";
