@@ -7,77 +7,73 @@
  */
 
 import { runLocalCluster } from "../dsm/cluster.ts";
-
-async function machine(): Promise<string> {
-  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ??
-    "unknown";
-  return `nproc ${navigator.hardwareConcurrency}, ${cpu}, load ${
-    Deno.loadavg().map((x) => x.toFixed(2)).join(" ")
-  }`;
-}
+import { machineLine, median, medianRange } from "./stats.ts";
 
 const r = await runLocalCluster({ program: "check_cost", nodes: 1, workers: 1 });
-const m = r.result as Record<string, number>;
-const row = (name: string, vmkit: number, peer: number): string =>
-  `| ${name} | ${vmkit.toFixed(2)} | ${peer.toFixed(2)} | ${(peer / vmkit).toFixed(2)} |`;
-console.log("machine:", await machine());
+const m = r.result as Record<string, number[]>;
+const fmt = (x: number): string => x.toFixed(2);
+const row = (name: string, vmkit: number[] = [], peer: number[] = []): string =>
+  `| ${name} | ${medianRange(vmkit, fmt)} | ${medianRange(peer, fmt)} | ${
+    (median(peer) / median(vmkit)).toFixed(2)
+  } |`;
+console.log("machine:", machineLine());
 console.log(
   "peer command: the same loop over a plain Uint32Array in the same worker (dsm/programs/check_cost.ts)",
 );
 console.log(
-  "| metric (ns per access, 16384 words x 200 reps, best of 5) | vmkit | peer | ratio (peer/vmkit, higher is better) |",
+  "| metric (ns per access, 16384 words x 200 reps, median of 5 trials [range]) | vmkit | peer | ratio (peer/vmkit, higher is better) |",
 );
 console.log("| --- | --- | --- | --- |");
 console.log(
-  row("load hit, region.loadU32(a) in the loop vs u32[i]", m.dsmLoadNs ?? 0, m.plainLoadNs ?? 0),
+  row("load hit, region.loadU32(a) in the loop vs u32[i]", m.dsmLoadNs, m.plainLoadNs),
 );
 console.log(
   row(
     "load hit, region.loadU32(a) in the loop vs u32[a >>> 2]",
-    m.dsmLoadNs ?? 0,
-    m.plainAddrLoadNs ?? 0,
+    m.dsmLoadNs,
+    m.plainAddrLoadNs,
   ),
 );
 console.log(
   row(
     "load hit, accessor hoisted (const load = region.loadU32) vs u32[i]",
-    m.dsmLoadHoistedNs ?? 0,
-    m.plainLoadNs ?? 0,
+    m.dsmLoadHoistedNs,
+    m.plainLoadNs,
   ),
 );
 console.log(
   row(
     "store hit, region.storeU32(a, v) in the loop vs u32[i] = v",
-    m.dsmStoreNs ?? 0,
-    m.plainStoreNs ?? 0,
+    m.dsmStoreNs,
+    m.plainStoreNs,
   ),
 );
 console.log(
   row(
     "store hit, region.storeU32(a, v) in the loop vs u32[a >>> 2] = v",
-    m.dsmStoreNs ?? 0,
-    m.plainAddrStoreNs ?? 0,
+    m.dsmStoreNs,
+    m.plainAddrStoreNs,
   ),
 );
 console.log(
-  row("store hit, accessor hoisted vs u32[i] = v", m.dsmStoreHoistedNs ?? 0, m.plainStoreNs ?? 0),
+  row("store hit, accessor hoisted vs u32[i] = v", m.dsmStoreHoistedNs, m.plainStoreNs),
 );
 console.log(
   row(
     "stencil point (3 f64 loads + 1 store, SOR-like) vs the same over a Float64Array",
-    m.dsmStencilNs ?? 0,
-    m.plainStencilNs ?? 0,
+    m.dsmStencilNs,
+    m.plainStencilNs,
   ),
 );
 console.log(
   row(
     "dot-product element (2 f64 loads + multiply-add, matmul-like) vs the same over a Float64Array",
-    m.dsmDotNs ?? 0,
-    m.plainDotNs ?? 0,
+    m.dsmDotNs,
+    m.plainDotNs,
   ),
 );
-const loadX = (m.dsmLoadNs ?? 0) / (m.plainLoadNs ?? 1);
-const storeX = (m.dsmStoreNs ?? 0) / (m.plainStoreNs ?? 1);
+const loadX = median(m.dsmLoadNs ?? []) / median(m.plainLoadNs ?? []);
+const storeX = median(m.dsmStoreNs ?? []) / median(m.plainStoreNs ?? []);
 console.log(
   `target hit cost <= 2x a plain access (vs u32[i]): loads ${loadX.toFixed(2)}x, stores ${
     storeX.toFixed(2)

@@ -9,10 +9,12 @@
  */
 
 import { runLocalCluster } from "../dsm/cluster.ts";
+import { machineLine, median, medianRange } from "./stats.ts";
 
 const SELF = new URL(import.meta.url).pathname;
 const COUNT = 1000;
 const WARMUP = 1000;
+const RUNS = 5;
 const RELAY_WORKER = "dsm-latency-relay";
 const RELAY_BELL = 0;
 const RELAY_DONE = 1;
@@ -124,14 +126,6 @@ function relayWorker(): void {
   };
 }
 
-async function machine(): Promise<string> {
-  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ??
-    "unknown";
-  return `nproc ${navigator.hardwareConcurrency}, ${cpu}, load ${
-    Deno.loadavg().map((x) => x.toFixed(2)).join(" ")
-  }`;
-}
-
 if ((globalThis as { name?: string }).name === RELAY_WORKER) {
   relayWorker();
 } else if (Deno.args[0] === "--echo") {
@@ -140,55 +134,57 @@ if ((globalThis as { name?: string }).name === RELAY_WORKER) {
   const medians: number[] = [];
   const p90s: number[] = [];
   const colds: number[] = [];
-  for (let run = 0; run < 3; run++) {
-    const r = await runLocalCluster({
-      program: "read_latency",
-      nodes: 2,
-      workers: 1,
-      params: { count: COUNT, warmup: WARMUP },
-    });
-    const res = r.result as { medianUs: number; p90Us: number; warmupMedianUs: number };
-    medians.push(res.medianUs);
-    p90s.push(res.p90Us);
-    colds.push(res.warmupMedianUs);
-  }
-  // Both peers are measured like vmkit: best of 3 runs, each after the same warm-up.
+  // Both peers are measured like vmkit: each run after the same warm-up, the three
+  // sides alternating run by run, the median of the runs reported.
   const at = (v: number[], q: number): number => v[Math.floor(v.length * q)] ?? 0;
-  const peerRuns = async (relay: boolean) => {
-    const runs = [];
-    for (let run = 0; run < 3; run++) runs.push(await peerRtt(relay));
-    return {
-      median: Math.min(...runs.map((r) => at(r.warm, 0.5))),
-      p90: Math.min(...runs.map((r) => at(r.warm, 0.9))),
-      cold: Math.min(...runs.map((r) => at(r.cold, 0.5))),
-    };
+  const raw = { median: [] as number[], p90: [] as number[], cold: [] as number[] };
+  const relayed = { median: [] as number[], p90: [] as number[], cold: [] as number[] };
+  const peer = async (relay: boolean, into: typeof raw): Promise<void> => {
+    const r = await peerRtt(relay);
+    into.median.push(at(r.warm, 0.5));
+    into.p90.push(at(r.warm, 0.9));
+    into.cold.push(at(r.cold, 0.5));
   };
-  const raw = await peerRuns(false);
-  const relayed = await peerRuns(true);
-  const best = Math.min(...medians);
-  const bestP90 = Math.min(...p90s);
-  const bestCold = Math.min(...colds);
-  const row = (metric: string, vmkit: number, peer: number): string =>
-    `| ${metric} | ${vmkit.toFixed(1)} | ${peer.toFixed(1)} | ${(peer / vmkit).toFixed(2)} |`;
-  console.log("machine:", await machine());
+  for (let run = 0; run < RUNS; run++) {
+    const sides = [
+      async () => {
+        const r = await runLocalCluster({
+          program: "read_latency",
+          nodes: 2,
+          workers: 1,
+          params: { count: COUNT, warmup: WARMUP },
+        });
+        const res = r.result as { medianUs: number; p90Us: number; warmupMedianUs: number };
+        medians.push(res.medianUs);
+        p90s.push(res.p90Us);
+        colds.push(res.warmupMedianUs);
+      },
+      () => peer(false, raw),
+      () => peer(true, relayed),
+    ];
+    if (run % 2 === 1) sides.reverse();
+    for (const side of sides) await side();
+  }
+  const fmt = (x: number): string => x.toFixed(1);
+  const row = (metric: string, vmkit: number[], peer: number[]): string =>
+    `| ${metric} | ${medianRange(vmkit, fmt)} | ${medianRange(peer, fmt)} | ${
+      (median(peer) / median(vmkit)).toFixed(2)
+    } |`;
+  console.log("machine:", machineLine());
   console.log(
     `peer command: deno run -A bench/dsm_latency_bench.ts --echo PORT (raw 20 B request / 84 B reply over loopback TCP, ${COUNT} timed round trips after ${WARMUP} untimed); ` +
       `"relayed" peer: the same round trips made by the main thread for a worker that rings it and sleeps (Atomics.waitAsync / Atomics.wait), the thread layout of a DSM miss`,
   );
   console.log(
-    "| metric (µs, best of 3 runs each) | vmkit | peer | ratio (peer/vmkit, higher is better) |",
+    `| metric (µs, median of ${RUNS} runs [range]) | vmkit | peer | ratio (peer/vmkit, higher is better) |`,
   );
   console.log("| --- | --- | --- | --- |");
-  console.log(row("remote read miss median vs raw round trip", best, raw.median));
-  console.log(row("remote read miss p90 vs raw round trip", bestP90, raw.p90));
-  console.log(row("remote read miss median vs relayed round trip", best, relayed.median));
-  console.log(row("remote read miss p90 vs relayed round trip", bestP90, relayed.p90));
+  console.log(row("remote read miss median vs raw round trip", medians, raw.median));
+  console.log(row("remote read miss p90 vs raw round trip", p90s, raw.p90));
+  console.log(row("remote read miss median vs relayed round trip", medians, relayed.median));
+  console.log(row("remote read miss p90 vs relayed round trip", p90s, relayed.p90));
   console.log(
-    row(`first ${WARMUP} misses (JIT warm-up) median vs raw round trip`, bestCold, raw.cold),
+    row(`first ${WARMUP} misses (JIT warm-up) median vs raw round trip`, colds, raw.cold),
   );
-  console.log(
-    `runs' medians (µs): ${medians.map((m) => m.toFixed(1)).join(", ")}; target median ≤ 50 µs: ${
-      best <= 50 ? "met" : "NOT met"
-    }`,
-  );
+  console.log(`target median ≤ 50 µs: ${median(medians) <= 50 ? "met" : "NOT met"}`);
 }

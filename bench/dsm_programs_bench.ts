@@ -9,14 +9,7 @@
 import { runLocalCluster } from "../dsm/cluster.ts";
 import { loadProgram } from "../dsm/node_main.ts";
 import type { Params } from "../dsm/program.ts";
-
-async function machine(): Promise<string> {
-  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ??
-    "unknown";
-  return `nproc ${navigator.hardwareConcurrency}, ${cpu}, load ${
-    Deno.loadavg().map((x) => x.toFixed(2)).join(" ")
-  }`;
-}
+import { machineLine, median, medianRange } from "./stats.ts";
 
 /** Shared loads and stores each program performs (counted from its code). */
 function accesses(name: string, p: Params, size: number): number {
@@ -40,32 +33,51 @@ function accesses(name: string, p: Params, size: number): number {
 }
 
 const NODES = 3;
-console.log("machine:", await machine());
+const RUNS = 5;
+console.log("machine:", machineLine());
 console.log(
   "peer command: program.sequential(params) of the same module, in this process (no DSM)",
 );
 console.log(
-  "| program (3 nodes x 1 worker) | msgs/access | bytes/access | msgs | bytes | vmkit ms | peer ms | ratio (peer/vmkit) |",
+  `| program (3 nodes x 1 worker) | msgs/access | bytes/access | msgs | bytes | vmkit ms, median of ${RUNS} [range] | peer ms | ratio (peer/vmkit) |`,
 );
 console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const name of ["sor", "matmul", "lu", "histogram"]) {
   const { program } = await loadProgram(name);
   const params = { ...program.defaults };
-  const run = await runLocalCluster({ program: name, nodes: NODES, workers: 1, params });
-  const t0 = performance.now();
-  const seq = program.sequential?.(params);
-  const seqMs = performance.now() - t0;
-  if (JSON.stringify(seq) !== JSON.stringify(run.result)) {
-    throw new Error(`${name}: result differs from sequential`);
+  const vmkitMs: number[] = [];
+  const peerMs: number[] = [];
+  let msgs = 0;
+  let bytes = 0;
+  for (let r = 0; r < RUNS; r++) {
+    const sides = [
+      async () => {
+        const run = await runLocalCluster({ program: name, nodes: NODES, workers: 1, params });
+        if (JSON.stringify(program.sequential?.(params)) !== JSON.stringify(run.result)) {
+          throw new Error(`${name}: result differs from sequential`);
+        }
+        msgs = run.stats.reduce((s, x) => s + x.messages, 0);
+        bytes = run.stats.reduce((s, x) => s + x.bytes, 0);
+        vmkitMs.push(Math.max(...run.stats.map((s) => s.elapsedMs)));
+      },
+      () => {
+        const t0 = performance.now();
+        program.sequential?.(params);
+        peerMs.push(performance.now() - t0);
+        return Promise.resolve();
+      },
+    ];
+    if (r % 2 === 1) sides.reverse();
+    for (const side of sides) await side();
   }
-  const msgs = run.stats.reduce((s, x) => s + x.messages, 0);
-  const bytes = run.stats.reduce((s, x) => s + x.bytes, 0);
-  const ms = Math.max(...run.stats.map((s) => s.elapsedMs));
   const acc = accesses(name, params, NODES);
+  const fmt = (x: number): string => x.toFixed(1);
   console.log(
     `| ${name} ${JSON.stringify(params)} | ${(msgs / acc).toFixed(4)} | ${
       (bytes / acc).toFixed(2)
     } | ${msgs} | ${bytes} | ` +
-      `${ms.toFixed(1)} | ${seqMs.toFixed(1)} | ${(seqMs / ms).toFixed(3)} |`,
+      `${medianRange(vmkitMs, fmt)} | ${medianRange(peerMs, fmt)} | ${
+        (median(peerMs) / median(vmkitMs)).toFixed(3)
+      } |`,
   );
 }

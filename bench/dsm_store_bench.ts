@@ -7,18 +7,13 @@
  */
 
 import { runLocalCluster } from "../dsm/cluster.ts";
+import { machineLine, median, medianRange } from "./stats.ts";
 
-async function machine(): Promise<string> {
-  const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1] ??
-    "unknown";
-  return `nproc ${navigator.hardwareConcurrency}, ${cpu}, load ${
-    Deno.loadavg().map((x) => x.toFixed(2)).join(" ")
-  }`;
-}
+const RUNS = 5;
 
 const params = { blocks: 128, blockSize: 256, rounds: 6 };
 const shapes = [{ nodes: 2, workers: 1 }, { nodes: 3, workers: 1 }];
-console.log("machine:", await machine());
+console.log("machine:", machineLine());
 console.log(
   `peer command: deno task vmkit dsm run store_kernel --nodes N --blocking-stores ` +
     `--param blocks=${params.blocks} --param blockSize=${params.blockSize} --param rounds=${params.rounds}`,
@@ -28,10 +23,13 @@ console.log(
 );
 console.log("| --- | --- | --- | --- |");
 for (const shape of shapes) {
-  const best = { free: Infinity, blocking: Infinity };
+  const free: number[] = [];
+  const blocking: number[] = [];
   let stores = 0;
-  for (let run = 0; run < 2; run++) {
-    for (const blockingStores of [false, true]) {
+  for (let run = 0; run < RUNS; run++) {
+    // Alternate which side goes first.
+    const order = run % 2 === 0 ? [false, true] : [true, false];
+    for (const blockingStores of order) {
       const r = await runLocalCluster({
         program: "store_kernel",
         ...shape,
@@ -40,14 +38,14 @@ for (const shape of shapes) {
       });
       const res = r.result as { writeMs: number; stores: number };
       stores = res.stores;
-      if (blockingStores) best.blocking = Math.min(best.blocking, res.writeMs);
-      else best.free = Math.min(best.free, res.writeMs);
+      (blockingStores ? blocking : free).push(res.writeMs);
     }
   }
+  const fmt = (x: number): string => x.toFixed(1);
   console.log(
-    `| write phase ms, ${shape.nodes} nodes x ${shape.workers} worker, ${stores} stores | ` +
-      `${best.free.toFixed(1)} | ${best.blocking.toFixed(1)} | ${
-        (best.blocking / best.free).toFixed(2)
+    `| write phase ms, ${shape.nodes} nodes x ${shape.workers} worker, ${stores} stores, median of ${RUNS} [range] | ` +
+      `${medianRange(free, fmt)} | ${medianRange(blocking, fmt)} | ${
+        (median(blocking) / median(free)).toFixed(2)
       } |`,
   );
 }

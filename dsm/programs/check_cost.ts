@@ -1,7 +1,8 @@
 /**
  * Inline-check cost probe: on one node, after every block is cached, times
  * loads and stores that hit (the fast path) against the same loops over a
- * plain typed array. `result` returns nanoseconds per access for each.
+ * plain typed array. `result` returns nanoseconds per access for each, one
+ * number per trial.
  *
  * @module
  */
@@ -9,7 +10,7 @@
 import { type DsmContext, type DsmProgram, intParam as int, type Params } from "../program.ts";
 import type { Region } from "../region.ts";
 
-const measured: Record<string, number> = {};
+const measured: Record<string, number[]> = {};
 
 function dsmLoads(r: Region, words: number, reps: number): number {
   let s = 0;
@@ -121,57 +122,33 @@ export const program: DsmProgram = {
     }
     for (let i = 0; i < words; i++) m.storeU32(i * 4, i); // take every block exclusive
     ctx.fence();
-    let best = {
-      dl: Infinity,
-      dlh: Infinity,
-      pl: Infinity,
-      pal: Infinity,
-      pas: Infinity,
-      ds: Infinity,
-      dsh: Infinity,
-      ps: Infinity,
-      dk: Infinity,
-      pk: Infinity,
-      dd: Infinity,
-      pd: Infinity,
-    };
     let sink = 0;
     let fsink = 0;
+    // Every trial is kept (ns per access): the bench reports the median and range.
+    const kernels: Array<[string, number, () => unknown]> = [
+      ["dsmLoadNs", words * reps, () => (sink += dsmLoads(m, words, reps))],
+      ["dsmLoadHoistedNs", words * reps, () => (sink += dsmLoadsHoisted(m, words, reps))],
+      ["plainLoadNs", words * reps, () => (sink += plainLoads(plain, words, reps))],
+      ["plainAddrLoadNs", words * reps, () => (sink += plainAddrLoads(plain, words, reps))],
+      ["plainAddrStoreNs", words * reps, () => plainAddrStores(plain, words, reps)],
+      ["dsmStoreNs", words * reps, () => dsmStores(m, words, reps)],
+      ["dsmStoreHoistedNs", words * reps, () => dsmStoresHoisted(m, words, reps)],
+      ["plainStoreNs", words * reps, () => plainStores(plain, words, reps)],
+      ["dsmStencilNs", ((words >>> 1) - 2) * reps, () => dsmStencil(f, words, reps)],
+      ["plainStencilNs", ((words >>> 1) - 2) * reps, () => plainStencil(plainF64, words, reps)],
+      ["dsmDotNs", (words >>> 2) * reps, () => (fsink += dsmDot(f, words, reps))],
+      ["plainDotNs", (words >>> 2) * reps, () => (fsink += plainDot(plainF64, words, reps))],
+    ];
+    for (const [key] of kernels) measured[key] = [];
     for (let t = 0; t < trials; t++) {
-      best = {
-        dl: Math.min(best.dl, time(() => (sink += dsmLoads(m, words, reps)))),
-        dlh: Math.min(best.dlh, time(() => (sink += dsmLoadsHoisted(m, words, reps)))),
-        pl: Math.min(best.pl, time(() => (sink += plainLoads(plain, words, reps)))),
-        pal: Math.min(best.pal, time(() => (sink += plainAddrLoads(plain, words, reps)))),
-        pas: Math.min(best.pas, time(() => plainAddrStores(plain, words, reps))),
-        ds: Math.min(best.ds, time(() => dsmStores(m, words, reps))),
-        dsh: Math.min(best.dsh, time(() => dsmStoresHoisted(m, words, reps))),
-        ps: Math.min(best.ps, time(() => plainStores(plain, words, reps))),
-        dk: Math.min(best.dk, time(() => dsmStencil(f, words, reps))),
-        pk: Math.min(best.pk, time(() => plainStencil(plainF64, words, reps))),
-        dd: Math.min(best.dd, time(() => (fsink += dsmDot(f, words, reps)))),
-        pd: Math.min(best.pd, time(() => (fsink += plainDot(plainF64, words, reps)))),
-      };
+      for (const [key, accesses, kernel] of kernels) {
+        measured[key]?.push(time(kernel) * 1e6 / accesses);
+      }
     }
-    const per = 1e6 / (words * reps);
-    measured.dsmLoadNs = best.dl * per;
-    measured.dsmLoadHoistedNs = best.dlh * per;
-    measured.dsmStoreHoistedNs = best.dsh * per;
-    measured.plainLoadNs = best.pl * per;
-    measured.plainAddrLoadNs = best.pal * per;
-    measured.plainAddrStoreNs = best.pas * per;
-    measured.dsmStoreNs = best.ds * per;
-    measured.plainStoreNs = best.ps * per;
-    const points = ((words >>> 1) - 2) * reps;
-    measured.dsmStencilNs = best.dk * 1e6 / points;
-    measured.plainStencilNs = best.pk * 1e6 / points;
-    const elements = (words >>> 2) * reps;
-    measured.dsmDotNs = best.dd * 1e6 / elements;
-    measured.plainDotNs = best.pd * 1e6 / elements;
-    measured.sink = sink & 1;
-    measured.fsink = fsink;
+    measured.sink = [sink & 1];
+    measured.fsink = [fsink];
   },
-  result(): Record<string, number> {
+  result(): Record<string, number[]> {
     return measured;
   },
 };
