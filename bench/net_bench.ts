@@ -38,6 +38,7 @@ import { netDevice, NetStat, type NetStats } from "../vmm/devices/virtio/net_for
 import { HostMemory } from "../vmm/memory.ts";
 import { HostDriver, queueLayout } from "../tests/vmm/virtio_driver.ts";
 import { benchFrame, FRAME_LEN, frameFile, type FrameKind } from "./net_frames.ts";
+import { loadAverage, machineLine, median, medianRange } from "./stats.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 const args = Deno.args;
@@ -60,10 +61,6 @@ interface Run {
   frames: number;
   bytes: number;
   ms: number;
-}
-
-function load(): string {
-  return Deno.loadavg().map((x) => x.toFixed(2)).join(" ");
 }
 
 async function sh(cmd: string, a: string[], allowFail = false): Promise<string> {
@@ -325,12 +322,6 @@ async function peerRx(p: Place, kind: FrameKind, count: number): Promise<Run> {
   return { frames: out.frames, bytes: out.bytes - 12 * out.frames, ms: out.ns / 1e6 };
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 === 1 ? (s[m] ?? 0) : ((s[m - 1] ?? 0) + (s[m] ?? 0)) / 2;
-}
-
 interface Row {
   metric: string;
   vmkit: number[];
@@ -350,8 +341,7 @@ function print(rows: Row[]): void {
   );
   for (const r of rows) {
     const v = median(r.vmkit), p = median(r.peer);
-    const span = (xs: number[]) =>
-      `${fmt(median(xs))} [${fmt(Math.min(...xs))}-${fmt(Math.max(...xs))}]`;
+    const span = (xs: number[]) => medianRange(xs, fmt);
     console.log(
       `${`${r.metric} (${r.unit})`.padEnd(34)} ${span(r.vmkit).padEnd(30)} ${
         span(r.peer).padEnd(30)
@@ -456,7 +446,7 @@ function ingestNs(kind: FrameKind): number {
 if (import.meta.main) {
   const place = await setup();
   console.log(
-    `net bench: ${navigator.hardwareConcurrency} CPUs, load before ${load()}, runs ${RUNS}`,
+    `net bench: ${machineLine()} (before), runs ${RUNS}`,
   );
   console.log(
     `TAP ${place.tap} in netns ${place.ns}; frames to 10.93.0.99 (dropped after routing)`,
@@ -515,7 +505,7 @@ if (import.meta.main) {
       );
     }
     print(rows);
-    console.log(`load after ${load()}`);
+    console.log(`load after ${loadAverage()}`);
 
     // What netguard costs the device path.
     if (want("netguard")) {
@@ -549,7 +539,7 @@ if (import.meta.main) {
         );
       }
     }
-    console.log(`load at end ${load()}`);
+    console.log(`load at end ${loadAverage()}`);
   } finally {
     await teardown(place);
   }

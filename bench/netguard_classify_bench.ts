@@ -23,21 +23,11 @@ import {
   readCapture,
   readCaptureStream,
 } from "../netguard/mod.ts";
+import { machineLine, spread } from "./stats.ts";
 
 const PACKETS = 500_000;
 const PASSES = 7;
 const SEED = 20261124;
-
-function machine(): string {
-  let cpu = "unknown";
-  try {
-    const m = Deno.readTextFileSync("/proc/cpuinfo").match(/model name\s*:\s*(.*)/);
-    if (m?.[1]) cpu = m[1];
-  } catch (err) {
-    cpu = `unreadable (${err instanceof Error ? err.message : String(err)})`;
-  }
-  return `nproc ${navigator.hardwareConcurrency}, CPU ${cpu}, deno ${Deno.version.deno}`;
-}
 
 // A mix: SYN flood from random sources, UDP, VLAN-tagged ICMP, IPv6 ACKs, established TCP.
 const rnd = prng(SEED);
@@ -59,20 +49,6 @@ for (let i = 0; i < PACKETS; i++) {
 }
 const bytes = w.bytes();
 const cap = readCapture(bytes);
-
-/** Median, min and max of `xs`. */
-function stats(xs: number[]): { med: number; min: number; max: number } {
-  const s = [...xs].sort((a, b) => a - b);
-  return { med: s[Math.floor(s.length / 2)] ?? NaN, min: s[0] ?? NaN, max: s.at(-1) ?? NaN };
-}
-
-function load(): string {
-  try {
-    return Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
-  } catch (err) {
-    return `unreadable (${err instanceof Error ? err.message : String(err)})`;
-  }
-}
 
 // vmkit: parse + classify every frame of the in-memory index (the zero-copy fast path).
 const info = new PacketInfo();
@@ -162,35 +138,35 @@ const pps = (ms: number) => cap.count / (ms / 1000);
 const mpps = (x: number) => `${(x / 1e6).toFixed(2)} Mpps`;
 /** "median (range min–max)" of a rate from times (the fastest time is the highest rate). */
 const cell = (ms: number[]) => {
-  const t = stats(ms);
+  const t = spread(ms);
   return `${mpps(pps(t.med))} (${mpps(pps(t.max))}–${mpps(pps(t.min))})`;
 };
-const peer = stats(peerMs).med;
+const peer = spread(peerMs).med;
 console.log(
   `netguard classification, ${cap.count} frames (seed ${SEED}), median of ${PASSES} passes (range)`,
 );
-console.log(`machine: ${machine()}, load average ${load()}`);
+console.log(`machine: ${machineLine()}, deno ${Deno.version.deno}`);
 console.log("");
 console.log("| metric | vmkit | peer | ratio (vmkit/peer) |");
 console.log("| --- | --- | --- | --- |");
 console.log(
   `| read file + classify, frames/s (vmkit: ReadableStream; peer: tcpdump -r with BPF) | ${
     cell(streamMs)
-  } | ${cell(peerMs)} | ${(peer / stats(streamMs).med).toFixed(2)} |`,
+  } | ${cell(peerMs)} | ${(peer / spread(streamMs).med).toFixed(2)} |`,
 );
 console.log(
   `| classify in-memory index, frames/s, one core (zero-copy) | ${cell(classifyMs)} | ${
     cell(peerMs)
-  } | ${(peer / stats(classifyMs).med).toFixed(2)} |`,
+  } | ${(peer / spread(classifyMs).med).toFixed(2)} |`,
 );
 console.log(
-  `| classify vs FastNetMon README anchor (5 Mpps/core) | ${mpps(pps(stats(classifyMs).med))} | ` +
-    `5.00 Mpps (published) | ${(pps(stats(classifyMs).med) / 5e6).toFixed(2)} |`,
+  `| classify vs FastNetMon README anchor (5 Mpps/core) | ${mpps(pps(spread(classifyMs).med))} | ` +
+    `5.00 Mpps (published) | ${(pps(spread(classifyMs).med) / 5e6).toFixed(2)} |`,
 );
 console.log(
   `| full monitor path frames/s (parse+windows+flows+top-k+detect) | ${cell(guardMs)} | ${
     cell(peerMs)
-  } | ${(peer / stats(guardMs).med).toFixed(2)} |`,
+  } | ${(peer / spread(guardMs).med).toFixed(2)} |`,
 );
 console.log("");
 console.log(
@@ -200,6 +176,6 @@ console.log(
 );
 console.log(
   `target: >= 5 Mpps classification on one core: ${
-    pps(stats(classifyMs).med) >= 5e6 ? "met" : "NOT met"
+    pps(spread(classifyMs).med) >= 5e6 ? "met" : "NOT met"
   }`,
 );
