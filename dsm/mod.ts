@@ -16,10 +16,12 @@
  * measure the difference.
  *
  * The protocol is directory-based with a home node per block (cyclic or
- * blocked placement); line states are invalid, shared, exclusive and four
- * pending states; messages are READ, READX, UPGRADE, INVALIDATE, ACK, DATA,
- * FETCH and WRITEBACK, plus lock and barrier messages, in length-prefixed
- * little-endian frames over TCP ({@link ./frames.ts}). Nodes are Deno processes
+ * blocked placement); line states are invalid, shared, exclusive, four
+ * pending states and revoking (an exclusive copy being written back); the
+ * requesting side is `cache.ts`, the home side `directory.ts`; messages are
+ * READ, READX, UPGRADE, INVALIDATE, ACK, DATA, FETCH and WRITEBACK, plus lock
+ * and barrier messages, in length-prefixed little-endian frames over TCP
+ * (`frames.ts`). Nodes are Deno processes
  * from a static membership list; each runs N workers that share the node's
  * cached blocks through `SharedArrayBuffer` and `Atomics`. A node whose
  * connection closes without a goodbye is reported to every other node as a

@@ -2,7 +2,8 @@
  * Metric families of the machine's I/O devices, from the counters each
  * device keeps in shared memory (its I/O Worker writes them, the main thread
  * reads them at scrape time): virtio-net frames, bytes, drops and throttling
- * per interface.
+ * per interface, and virtio-blk requests by type, bytes, errors and
+ * throttling per drive.
  *
  * @module
  */
