@@ -27,6 +27,14 @@ const O_RDONLY = 0;
 const O_RDWR = 2;
 const O_CREAT = 0o100;
 const O_EXCL = 0o200;
+const O_DIRECT = 0o40000;
+/** Alignment O_DIRECT writes keep to (address, length and offset). */
+const DIRECT_ALIGN = 4096;
+/**
+ * Shorter writes stay buffered: an O_DIRECT write waits for the disk, so
+ * scattered single pages (a diff) would each cost a disk round trip.
+ */
+const DIRECT_MIN = 256 * 1024;
 
 /** The folder of `path`. */
 export function dirOf(path: string): string {
@@ -76,6 +84,8 @@ export class PendingFile {
   readonly tmp: string;
   readonly path: string;
   #done = false;
+  /** A second descriptor with O_DIRECT for page-aligned data, or -1. */
+  #direct = -1;
 
   private constructor(fd: number, tmp: string, path: string) {
     this.fd = fd;
@@ -83,8 +93,15 @@ export class PendingFile {
     this.path = path;
   }
 
-  /** Creates `path`'s temporary sibling, sized `bytes` (sparse). */
-  static create(path: string, bytes: number): PendingFile {
+  /**
+   * Creates `path`'s temporary sibling, sized `bytes` (sparse). With
+   * `direct`, page-aligned data from raw addresses ({@link writeFrom}) goes
+   * through a second, O_DIRECT descriptor when the file system takes one:
+   * guest memory straight to the disk, not copied into (and flushed out of)
+   * the page cache, which is faster here and leaves other processes' cache
+   * alone.
+   */
+  static create(path: string, bytes: number, opts: { direct?: boolean } = {}): PendingFile {
     const tmp = `${path}.partial-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
     const fd = uffd().vk_file_open(cString(tmp), O_RDWR | O_CREAT | O_EXCL, 0o644);
     if (fd < 0) {
@@ -95,6 +112,11 @@ export class PendingFile {
     if (r < 0) {
       f.abandon();
       throw new CheckpointError(`cannot size ${tmp} to ${bytes} bytes: ${errText(-r)}`, { path });
+    }
+    if (opts.direct === true) {
+      // EINVAL on file systems without O_DIRECT (tmpfs): then everything goes buffered.
+      const d = uffd().vk_file_open(cString(tmp), O_RDWR | O_DIRECT, 0);
+      if (d >= 0) f.#direct = d;
     }
     return f;
   }
@@ -107,12 +129,16 @@ export class PendingFile {
 
   /** Writes `len` bytes from host address `addr` at `off`. */
   writeFrom(addr: bigint, len: number, off: number): void {
-    const r = uffd().vk_pwrite_addr(this.fd, addr, BigInt(len), BigInt(off));
+    const aligned = this.#direct >= 0 && len >= DIRECT_MIN &&
+      addr % BigInt(DIRECT_ALIGN) === 0n && len % DIRECT_ALIGN === 0 && off % DIRECT_ALIGN === 0;
+    const fd = aligned ? this.#direct : this.fd;
+    const r = uffd().vk_pwrite_addr(fd, addr, BigInt(len), BigInt(off));
     if (r < 0) throw new CheckpointError(`write failed: ${errText(-r)}`, { path: this.tmp });
   }
 
   /** fsync, rename to the final name, fsync the folder. */
   commit(): void {
+    this.#closeDirect();
     let r = uffd().vk_file_fsync(this.fd);
     if (r < 0) throw new CheckpointError(`fsync failed: ${errText(-r)}`, { path: this.tmp });
     uffd().vk_file_close(this.fd);
@@ -124,10 +150,16 @@ export class PendingFile {
     }
   }
 
+  #closeDirect(): void {
+    if (this.#direct >= 0) uffd().vk_file_close(this.#direct);
+    this.#direct = -1;
+  }
+
   /** Closes and removes the temporary file (after a failure). */
   abandon(): void {
     if (this.#done) return;
     this.#done = true;
+    this.#closeDirect();
     uffd().vk_file_close(this.fd);
     try {
       Deno.removeSync(this.tmp);

@@ -52,8 +52,8 @@ const BATCH = 512;
 /** Re-protect rounds before the pause at most, and the pending count that ends them. */
 const MAX_ROUNDS = 8;
 const ROUND_TARGET = 64;
-/** Writer batches between yields to the event loop. */
-const YIELD_EVERY = 8;
+/** Milliseconds of writing between yields to the event loop (API requests, timers). */
+const YIELD_MS = 40;
 /** Ring pages taken per drain. */
 const DRAIN = 64;
 
@@ -109,6 +109,20 @@ export interface SaveSummary {
   warning?: string;
 }
 
+/** The parts of a pause (µs, host clock); they add up to {@link LiveSave.pauseUs}. */
+export interface PausePhases {
+  /** Asking the vCPUs to stop until all parked (each saves its own state as it parks). */
+  stopUs: number;
+  /** Re-protecting the pages written since the last round (userfaultfd). */
+  freezeUs: number;
+  /** Collecting the vCPUs' saved state and the VM's (irqchip, PIT, clock). */
+  cpuUs: number;
+  /** Saving the devices' state. */
+  devicesUs: number;
+  /** Letting the vCPUs run again. */
+  resumeUs: number;
+}
+
 /** A checkpoint in progress: the VM runs again; the file is being written. */
 export interface LiveSave {
   /** The checkpoint's id (hex; in the header from the first byte written). */
@@ -117,6 +131,8 @@ export interface LiveSave {
   pauseUs: number;
   /** Pages re-protected inside the pause. */
   pausePages: number;
+  /** Where the pause went. */
+  pausePhases: PausePhases;
   /** Resolves when the file is durable under its name; rejects on failure (no file then). */
   done: Promise<SaveSummary>;
   /** Current progress. */
@@ -264,10 +280,14 @@ export class Checkpointer implements Disposable {
     const parentId = parent?.id ?? new Uint8Array(16);
     const flags = (parent !== undefined ? FLAG_DIFF : 0) | (external ? FLAG_EXTERNAL_MEMORY : 0);
     const memOffset = external ? 0 : HEADER_BYTES;
-    const file = PendingFile.create(opts.path, metadataStart(memBytes, external));
+    const file = PendingFile.create(opts.path, metadataStart(memBytes, external), {
+      direct: !external,
+    });
     let memFile: PendingFile | undefined;
     try {
-      if (opts.memFilePath !== undefined) memFile = PendingFile.create(opts.memFilePath, memBytes);
+      if (opts.memFilePath !== undefined) {
+        memFile = PendingFile.create(opts.memFilePath, memBytes, { direct: true });
+      }
       // A header without sections: a reader of a partial file is told it is incomplete.
       file.write(
         encodeHeader({
@@ -337,11 +357,16 @@ export class Checkpointer implements Disposable {
     let pausePages = 0;
     let cpuState: MachineCpuState;
     let deviceState: Record<string, Uint8Array>;
+    const marks: number[] = [];
     try {
       if (!wasPaused) await t.pause();
+      marks.push(performance.now());
       pausePages = wp.freeze();
+      marks.push(performance.now());
       cpuState = t.saveCpuState();
+      marks.push(performance.now());
       deviceState = t.saveDevices();
+      marks.push(performance.now());
     } catch (err) {
       // Leave the machine as it was: running, unprotected, no file.
       wp.abort();
@@ -355,7 +380,17 @@ export class Checkpointer implements Disposable {
       throw err;
     }
     if (!wasPaused) await t.resume();
-    const pauseUs = Math.round((performance.now() - t0) * 1000);
+    const end = performance.now();
+    const pauseUs = Math.round((end - t0) * 1000);
+    const us = (a: number, b: number): number => Math.round((b - a) * 1000);
+    const [stopped = t0, frozen = t0, saved = t0, devsaved = t0] = marks;
+    const pausePhases: PausePhases = {
+      stopUs: us(t0, stopped),
+      freezeUs: us(stopped, frozen),
+      cpuUs: us(frozen, saved),
+      devicesUs: us(saved, devsaved),
+      resumeUs: us(devsaved, end),
+    };
     await t.resumeDevices();
     // Encoded once the VM runs again: the saved state is plain data by now.
     const cpu = encodeCpuState(cpuState);
@@ -452,7 +487,14 @@ export class Checkpointer implements Disposable {
     })();
     // The caller may never await `done`; a failure is still reported through progress().
     done.catch(() => {});
-    return { id: idHex(id), pauseUs, pausePages, done, progress: () => ({ ...progress }) };
+    return {
+      id: idHex(id),
+      pauseUs,
+      pausePages,
+      pausePhases,
+      done,
+      progress: () => ({ ...progress }),
+    };
   }
 
   #dirtyBytes(wp: WriteProtect): number {
@@ -520,7 +562,7 @@ export class Checkpointer implements Disposable {
         copied += n;
       }
     };
-    let batches = 0;
+    let lastYield = performance.now();
     for (let ri = 0; ri < regions.length; ri++) {
       const r = regions[ri];
       const k = kinds[ri];
@@ -562,7 +604,10 @@ export class Checkpointer implements Disposable {
         }
         wp.release(ri, first, n, !this.#track);
         drain();
-        if (++batches % YIELD_EVERY === 0) await new Promise((res) => setTimeout(res, 0));
+        if (performance.now() - lastYield > YIELD_MS) {
+          await new Promise((res) => setTimeout(res, 0));
+          lastYield = performance.now();
+        }
       }
     }
     wp.sync(); // a copy begun before the last claim is in the ring now

@@ -35,6 +35,7 @@ export {
   type CheckpointerOptions,
   type CheckpointOptions,
   type LiveSave,
+  type PausePhases,
   type SaveProgress,
   type SaveSummary,
 } from "./live.ts";
@@ -43,6 +44,7 @@ export {
   type CheckpointConfig,
   CheckpointFile,
   openCheckpoint,
+  type OpenOptions,
 } from "./reader.ts";
 export { MemorySource } from "./restore.ts";
 export { DEFAULT_PAGE_STORE_DIR, PageStore } from "./page_store.ts";

@@ -40,6 +40,16 @@ import { decodeCpuState, decodeDevices } from "./state_codec.ts";
 /** Longest parent chain followed. */
 const MAX_CHAIN = 64;
 
+/** Options of {@link openCheckpoint}. */
+export interface OpenOptions {
+  /**
+   * Read and check the page checksums at open (default true); `false` (a
+   * restore, which maps memory lazily and never needs them) reads them only
+   * when asked, so opening does not grow with memory size.
+   */
+  pageCrcs?: boolean;
+}
+
 /** The `config` section. */
 export interface CheckpointConfig {
   /** The target's own description (`CheckpointTarget.describe()`). */
@@ -92,17 +102,17 @@ export class CheckpointFile implements Disposable {
   }
 
   /** Opens and checks one file (not its parents). */
-  static open(path: string): CheckpointFile {
+  static open(path: string, opts: OpenOptions = {}): CheckpointFile {
     const fd = openRead(path);
     try {
-      return CheckpointFile.#open(path, fd);
+      return CheckpointFile.#open(path, fd, opts);
     } catch (err) {
       uffd().vk_file_close(fd);
       throw err;
     }
   }
 
-  static #open(path: string, fd: number): CheckpointFile {
+  static #open(path: string, fd: number, opts: OpenOptions): CheckpointFile {
     const crc = (b: Uint8Array) => crc32c(b);
     const size = fileSize(fd);
     if (size < HEADER_BYTES + COMMIT_BYTES) {
@@ -176,7 +186,8 @@ export class CheckpointFile implements Disposable {
     }
     // Read (and so check) the remaining small sections now; memory is checked by verify.
     for (const kind of [Section.CPU, Section.DEVICES]) read(kind, true);
-    for (const kind of [Section.DISKS, Section.PARENT, Section.PAGECRC]) read(kind, false);
+    for (const kind of [Section.DISKS, Section.PARENT]) read(kind, false);
+    if (opts.pageCrcs !== false) read(Section.PAGECRC, false);
     if (diff && !sections.some((s) => s.kind === Section.PARENT)) {
       throw new CheckpointError("missing in a diff", { path, section: "parent" });
     }
@@ -213,7 +224,14 @@ export class CheckpointFile implements Disposable {
   section(kind: number): Uint8Array | undefined {
     const e = this.sections.find((s) => s.kind === kind);
     if (e === undefined) return undefined;
-    return readAt(this.#fd, e.offset, e.length, this.path, sectionName(kind));
+    const b = readAt(this.#fd, e.offset, e.length, this.path, sectionName(kind));
+    if (crc32c(b) !== e.crc) {
+      throw new CheckpointError("checksum mismatch: the section is corrupt", {
+        path: this.path,
+        section: sectionName(kind),
+      });
+    }
+    return b;
   }
 
   /** The saved vCPU and VM state. */
@@ -234,7 +252,7 @@ export class CheckpointFile implements Disposable {
       : parseJson(b, this.path, "disks") as Record<string, unknown>;
   }
 
-  /** The per-page CRCs of the DATA pages, in address order. */
+  /** The per-page CRCs of the DATA pages, in address order (checked when read). */
   pageCrcs(): Uint32Array {
     const b = this.section(Section.PAGECRC) ?? new Uint8Array();
     if (b.length % 4 !== 0) {
@@ -342,11 +360,14 @@ export class CheckpointChain implements Disposable {
 }
 
 /** Opens `path` and, for a diff, its parents, checking each link's id and layout. */
-export async function openCheckpoint(path: string): Promise<CheckpointChain> {
+export async function openCheckpoint(
+  path: string,
+  opts: OpenOptions = {},
+): Promise<CheckpointChain> {
   await openUffdShim();
   const chain: CheckpointFile[] = [];
   try {
-    let f = CheckpointFile.open(path);
+    let f = CheckpointFile.open(path, opts);
     chain.push(f);
     while (f.isDiff) {
       if (chain.length >= MAX_CHAIN) {
@@ -356,7 +377,7 @@ export async function openCheckpoint(path: string): Promise<CheckpointChain> {
       if (link === undefined) {
         throw new CheckpointError("missing in a diff", { path: f.path, section: "parent" });
       }
-      const p = CheckpointFile.open(link.path);
+      const p = CheckpointFile.open(link.path, opts);
       chain.push(p);
       if (p.id !== link.id || idHex(f.header.parentId) !== p.id) {
         throw new CheckpointError(

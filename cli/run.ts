@@ -38,6 +38,7 @@ import { command, type Entry, kebabKeys } from "./command.ts";
 import { Exit } from "./exit.ts";
 import { DEFAULT_CMDLINE, OPTIONS, planRun, type RunOptions, type RunPlan } from "./run_options.ts";
 import { loadSnapshot, setSnapshotHost } from "../vmm/snapshot_api.ts";
+import { prewarmVcpuWorkers, releaseVcpuWorkers } from "../vmm/vcpu_pool.ts";
 import { checkPathArg } from "./usage.ts";
 
 const FLUSH_MS = 50;
@@ -239,6 +240,9 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     Deno.addSignalListener("SIGTERM", onTerm);
     // With a kernel or config file the VM is running before the socket appears (as
     // Firecracker builds it before serving requests); else the socket waits for InstanceStart.
+    // A VMM that restores (or waits for its configuration, maybe a snapshot load) starts
+    // its vCPU Workers now, so a restore does not wait for them.
+    if (!plan.bootNow) await prewarmVcpuWorkers(plan.restore === undefined ? 1 : 2);
     // Snapshot loads (--restore, PUT /snapshot/load) give the VM this VMM's console and NICs.
     setSnapshotHost(ctl, {
       devices: launchOptions.devices,
@@ -336,6 +340,7 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     Deno.removeSignalListener("SIGINT", onInt);
     Deno.removeSignalListener("SIGTERM", onTerm);
     await api?.close();
+    releaseVcpuWorkers();
     await (machine ?? metrics.machine)?.[Symbol.asyncDispose]();
     try {
       await metricsFile?.close();

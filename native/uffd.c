@@ -183,6 +183,71 @@ static uint32_t crc32c(uint32_t crc, const uint8_t *p, uint64_t n) {
   return ~c;
 }
 
+/*
+ * CRC32C of one 4 KiB page in three interleaved lanes: the crc32 instruction
+ * has a latency of 3 cycles and a throughput of 1, so three independent
+ * streams run about three times as fast as one. The lanes' registers are
+ * joined by the linearity of CRCs: reg(A||B) = M^|B| reg(A) xor reg0(B),
+ * where M^|B| ("shift over |B| zero bytes") is applied with four byte tables
+ * built once for the lane length.
+ */
+#define LANE 1360u /* 3 * 1360 = 4080; the last 16 bytes follow the join */
+static uint32_t lane_shift[4][256];
+
+/* reg * x^(8*len) mod P (reflected), bit by bit: only to build the tables. */
+static uint32_t shift_slow(uint32_t reg, uint32_t len) {
+  for (uint32_t i = 0; i < len * 8; i++) reg = reg & 1 ? (reg >> 1) ^ 0x82f63b78u : reg >> 1;
+  return reg;
+}
+
+static void lane_init(void) {
+  /* Linear in reg: build from the images of single bits, then byte tables. */
+  uint32_t bit[32];
+  for (int b = 0; b < 32; b++) bit[b] = shift_slow(1u << b, LANE);
+  for (int k = 0; k < 4; k++)
+    for (uint32_t v = 0; v < 256; v++) {
+      uint32_t r = 0;
+      for (int b = 0; b < 8; b++)
+        if (v & (1u << b)) r ^= bit[k * 8 + b];
+      lane_shift[k][v] = r;
+    }
+}
+
+static inline uint32_t lane_apply(uint32_t r) {
+  return lane_shift[0][r & 0xff] ^ lane_shift[1][(r >> 8) & 0xff] ^
+         lane_shift[2][(r >> 16) & 0xff] ^ lane_shift[3][r >> 24];
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_page(const uint8_t *p) {
+  uint64_t a = 0xffffffffu, b = 0, c = 0;
+  const uint8_t *pa = p, *pb = p + LANE, *pc = p + 2 * LANE;
+  for (uint32_t i = 0; i < LANE; i += 8) {
+    uint64_t x, y, z;
+    memcpy(&x, pa + i, 8);
+    memcpy(&y, pb + i, 8);
+    memcpy(&z, pc + i, 8);
+    a = __builtin_ia32_crc32di(a, x);
+    b = __builtin_ia32_crc32di(b, y);
+    c = __builtin_ia32_crc32di(c, z);
+  }
+  uint32_t r = lane_apply(lane_apply((uint32_t)a) ^ (uint32_t)b) ^ (uint32_t)c;
+  r = crc_hw_run(r, p + 3 * LANE, VK_PAGE - 3 * LANE);
+  return ~r;
+}
+
+/* CRC32C of one page (the fast path of the scanners). */
+static pthread_once_t lane_once = PTHREAD_ONCE_INIT;
+static void lane_setup(void) {
+  if (crc_hw < 0) crc_init();
+  lane_init();
+}
+
+static uint32_t crc32c_page(const uint8_t *p) {
+  pthread_once(&lane_once, lane_setup);
+  if (!crc_hw) return crc32c(0, p, VK_PAGE);
+  return crc_hw_page(p);
+}
+
 /* CRC32C of buf[0..len) continuing from `crc` (0 to start). */
 uint32_t vk_crc32c(uint32_t crc, const uint8_t *buf, uint64_t len) { return crc32c(crc, buf, len); }
 /* The same over a raw address (guest memory, a mapping). */
@@ -211,7 +276,7 @@ int vk_scan_pages(uint64_t addr, uint32_t pages, uint8_t *kinds, uint32_t *crcs)
       crcs[i] = 0;
     } else {
       kinds[i] = VK_KIND_DATA;
-      crcs[i] = crc32c(0, p, VK_PAGE);
+      crcs[i] = crc32c_page(p);
       data++;
     }
   }
@@ -842,7 +907,7 @@ int vk_wp_claim(uint64_t h, uint32_t ri, uint64_t first, uint32_t n, uint8_t *ki
         crcs[i] = 0;
       } else {
         kinds[i] = VK_KIND_DATA;
-        crcs[i] = crc32c(0, src, VK_PAGE);
+        crcs[i] = crc32c_page(src);
       }
       claimed++;
     } else {

@@ -465,7 +465,7 @@ export async function restoreMachine(
   path: string,
   opts: RestoreOptions = {},
 ): Promise<RestoredMachine> {
-  const chain = await openCheckpoint(path);
+  const chain = await openCheckpoint(path, { pageCrcs: false });
   let source: MemorySource | undefined;
   let machine: Machine | undefined;
   let store: PageStore | undefined;

@@ -57,6 +57,7 @@ import { loadKernel } from "./boot/mod.ts";
 import type { BootPlan } from "./boot/types.ts";
 import { guestCpuid } from "./cpuid.ts";
 import { CpuStateSaver } from "./cpu_state_saver.ts";
+import { takeVcpuWorkers } from "./vcpu_pool.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
 import { type MmioSlot, nextFreeGsi } from "./devices/mmio_allocator.ts";
@@ -192,12 +193,9 @@ export class Machine implements AsyncDisposable {
     const lib = await loadShim();
     const loader = config.loader ?? loadKernel;
     installKickHandler();
-    // Workers load their modules on their own threads while the VM is built here.
-    const url = new URL("./vcpu_worker.ts", import.meta.url).href;
-    const workers = Array.from(
-      { length: config.vcpus },
-      (_, id) => new Worker(url, { type: "module", name: `vcpu${id}` }),
-    );
+    // Workers load their modules on their own threads while the VM is built here
+    // (pooled ones, started ahead by `prewarmVcpuWorkers`, have done so already).
+    const workers = takeVcpuWorkers(config.vcpus);
     const cleanup: (() => void)[] = [() => workers.forEach((w) => w.terminate())];
     let kvm: Kvm;
     try {

@@ -181,3 +181,4 @@ export {
   type SnapshotHost,
   snapshotRoutes,
 } from "./snapshot_api.ts";
+export { prewarmVcpuWorkers, releaseVcpuWorkers } from "./vcpu_pool.ts";

@@ -74,6 +74,12 @@ export interface VcpuInit {
   readonly stateSlots?: StateSlotsInit;
 }
 
+/** Sent to a pooled vCPU Worker before its {@link VcpuInit}: the shim to open meanwhile. */
+export interface VcpuPreload {
+  /** Path of the built shim library. */
+  readonly preload: string;
+}
+
 /** Messages a vCPU Worker posts to the machine. */
 export type VcpuMessage =
   | { readonly type: "ready"; readonly id: number }

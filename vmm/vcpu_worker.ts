@@ -35,6 +35,7 @@ import {
   REQ_STOP,
   type VcpuInit,
   type VcpuMessage,
+  type VcpuPreload,
   VcpuRunState,
 } from "./vcpu.ts";
 
@@ -258,7 +259,12 @@ function describeRip(vcpu: Vcpu): string {
   }
 }
 
-self.onmessage = (e: MessageEvent<VcpuInit>): void => {
+self.onmessage = (e: MessageEvent<VcpuInit | VcpuPreload>): void => {
+  // A pooled Worker (vcpu_pool.ts) opens the shim while it waits for its VcpuInit.
+  if ("preload" in e.data) {
+    openShim(e.data.preload);
+    return;
+  }
   self.onmessage = null;
   const init = e.data;
   main(init).catch((err: unknown) => {

@@ -12,7 +12,8 @@
  *   mode=tsc:MIB:PAGES
  *                touches every page of RAM from 16 MiB up to MIB MiB (writes
  *                a non-zero word, so checkpoints really hold the memory; RAM
- *                above 4 GiB through a PAE window in the PVH guest), prints
+ *                above 4 GiB through a window of IA-32e paging in the PVH
+ *                guest), prints
  *                "touched N", then writes sequence numbers over PAGES pages
  *                from 16 MiB, reading the TSC between writes and keeping the
  *                largest gap. Every 4096 writes it polls COM1: 'r' resets the
@@ -66,9 +67,17 @@ void outseq_main(void)
 }
 
 #if defined(__i386__)
-/* PAE with 2 MiB pages: the low 3 GiB identity-mapped, the fourth GiB a window. */
-static uint64_t pdpt[4] __attribute__((aligned(32)));
+/*
+ * IA-32e paging in compatibility mode (the code stays 32-bit): 2 MiB pages,
+ * the low 3 GiB identity-mapped, the fourth GiB a window moved over RAM
+ * above 4 GiB. (Legacy 32-bit and PAE paging cannot be turned on in this
+ * host's emulator; the switch to long mode, as the AP trampoline does it,
+ * works.)
+ */
+static uint64_t pml4[512] __attribute__((aligned(4096)));
+static uint64_t pdpt[512] __attribute__((aligned(4096)));
 static uint64_t pd[4][512] __attribute__((aligned(4096)));
+#define PTE_PW 0x3ull  /* present, writable */
 #define PDE_2M 0x83ull /* present, writable, 2 MiB page */
 #define WINDOW 0xc0000000u
 
@@ -77,12 +86,15 @@ static void paging_on(void)
 	for (unsigned i = 0; i < 4; i++) {
 		for (unsigned j = 0; j < 512; j++)
 			pd[i][j] = ((uint64_t)(i * 512 + j) << 21) | PDE_2M;
-		pdpt[i] = (uint32_t)(uintptr_t)pd[i] | 1;
+		pdpt[i] = (uint32_t)(uintptr_t)pd[i] | PTE_PW;
 	}
-	uint32_t cr4, cr0;
+	pml4[0] = (uint32_t)(uintptr_t)pdpt | PTE_PW;
+	uint32_t cr4, cr0, lo, hi;
 	__asm__ volatile("mov %%cr4, %0" : "=r"(cr4));
-	__asm__ volatile("mov %0, %%cr4" : : "r"(cr4 | 0x20u));
-	__asm__ volatile("mov %0, %%cr3" : : "r"((uint32_t)(uintptr_t)pdpt));
+	__asm__ volatile("mov %0, %%cr4" : : "r"(cr4 | 0x20u)); /* PAE */
+	__asm__ volatile("mov %0, %%cr3" : : "r"((uint32_t)(uintptr_t)pml4));
+	__asm__ volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(0xc0000080u));
+	__asm__ volatile("wrmsr" : : "a"(lo | 0x100u), "d"(hi), "c"(0xc0000080u)); /* EFER.LME */
 	__asm__ volatile("mov %%cr0, %0" : "=r"(cr0));
 	__asm__ volatile("mov %0, %%cr0" : : "r"(cr0 | 0x80000000u) : "memory");
 }
@@ -92,7 +104,7 @@ static void window_at(uint64_t base)
 {
 	for (unsigned j = 0; j < 512; j++)
 		pd[3][j] = (base + ((uint64_t)j << 21)) | PDE_2M;
-	__asm__ volatile("mov %0, %%cr3" : : "r"((uint32_t)(uintptr_t)pdpt) : "memory");
+	__asm__ volatile("mov %0, %%cr3" : : "r"((uint32_t)(uintptr_t)pml4) : "memory");
 }
 
 static void touch_range(uint64_t from, uint64_t to)
