@@ -10,13 +10,8 @@ import { readCaptureStream } from "./capture_stream.ts";
 import type { NetguardConfig } from "./config.ts";
 import type { NetguardEvent } from "./events.ts";
 import { NetGuard } from "./guard.ts";
-import {
-  formatAddress,
-  PACKET_CLASS_NAMES,
-  PacketInfo,
-  PARSE_ERROR_NAMES,
-  PROTO_TCP,
-} from "./packet.ts";
+import { PACKET_CLASS_NAMES, PacketInfo, PARSE_ERROR_NAMES, PROTO_TCP } from "./packet.ts";
+import { formatAddress } from "./packet_text.ts";
 import { type Capture, forEachRecord, parseLinkFrame } from "./pcap.ts";
 import type { RecordHandler } from "./pcap_decoder.ts";
 import { TopK } from "./top_k.ts";

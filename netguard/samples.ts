@@ -9,7 +9,8 @@
 
 import type { AttackKind } from "./config.ts";
 import type { SamplePacket } from "./events.ts";
-import { describePacket, PacketInfo, parseRawIp } from "./packet.ts";
+import { PacketInfo, parseRawIp } from "./packet.ts";
+import { describePacket } from "./packet_text.ts";
 
 /** Bytes of each sample packet kept (from the IP header on). */
 const SAMPLE_BYTES = 128;

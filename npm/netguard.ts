@@ -15,6 +15,7 @@
 
 export * from "../netguard/errors.ts";
 export * from "../netguard/packet.ts";
+export * from "../netguard/packet_text.ts";
 export * from "../netguard/pcap.ts";
 export * from "../netguard/cidr.ts";
 export * from "../netguard/config.ts";
