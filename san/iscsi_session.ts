@@ -175,11 +175,7 @@ export class IscsiSession {
   #params: NegotiatedParams | undefined;
   readonly #isid: Uint8Array = randomIsid();
   #nextItt = 1;
-  readonly #tasks: IscsiTasks = new IscsiTasks({
-    connection: () => this.#connection,
-    ready: () => this.#state === "ready",
-    params: () => this.params,
-  });
+  readonly #tasks: IscsiTasks = new IscsiTasks();
   readonly #waiters = new Map<number, (pdu: RawPdu) => void>();
   #connection: IscsiConnection | undefined;
   #state: "login" | "ready" | "reconnecting" | "closed" = "login";
@@ -208,9 +204,18 @@ export class IscsiSession {
   static async connect(options: IscsiSessionOptions): Promise<IscsiSession> {
     const s = new IscsiSession(options);
     await s.#open();
-    s.#state = "ready";
+    s.#setState("ready");
     s.#startKeepalive();
     return s;
+  }
+
+  /** Moves to `state`; commands go out only while it is "ready". */
+  #setState(state: "login" | "ready" | "reconnecting" | "closed"): void {
+    this.#state = state;
+    const c = this.#connection;
+    const p = this.#params;
+    if (state === "ready" && c !== undefined && p !== undefined) this.#tasks.online(c, p);
+    else this.#tasks.offline();
   }
 
   /** Negotiated parameters (after login). */
@@ -345,11 +350,11 @@ export class IscsiSession {
           { cause },
         ),
       );
-      this.#state = "closed";
+      this.#setState("closed");
       this.#stopKeepalive();
       return;
     }
-    this.#state = "reconnecting";
+    this.#setState("reconnecting");
     this.#reconnecting = this.#reconnectLoop(cause);
   }
 
@@ -359,7 +364,7 @@ export class IscsiSession {
     let last: unknown = cause;
     while ((this.#state as string) !== "closed") {
       if (Date.now() > deadline) {
-        this.#state = "closed";
+        this.#setState("closed");
         this.#stopKeepalive();
         this.#tasks.failAll(
           new IscsiConnectionError(
@@ -374,12 +379,12 @@ export class IscsiSession {
       await sleep(delay);
       delay = Math.min(delay * 2, 500);
       if ((this.#state as string) === "closed") return;
-      this.#state = "login";
+      this.#setState("login");
       try {
         await this.#open();
       } catch (err) {
         if ((this.#state as string) === "closed") return;
-        this.#state = "reconnecting";
+        this.#setState("reconnecting");
         last = err;
         // A restarting target listens before its targets and ACLs are configured again,
         // so even a refused login may heal: keep trying until the reconnect deadline.
@@ -387,7 +392,7 @@ export class IscsiSession {
       }
       if ((this.#state as string) === "closed") return;
       this.reconnects++;
-      this.#state = "ready";
+      this.#setState("ready");
       // Re-issue every command that has not completed, in their original order.
       this.#tasks.reissue();
       return;
@@ -772,7 +777,7 @@ export class IscsiSession {
   /** Closes the connection at once; pending commands fail with {@link IscsiSessionClosedError}. */
   async close(): Promise<void> {
     const wasClosed = this.#state === "closed";
-    this.#state = "closed";
+    this.#setState("closed");
     this.#stopKeepalive();
     const c = this.#connection;
     if (c !== undefined) {

@@ -80,16 +80,6 @@ interface Task {
   reject: (e: unknown) => void;
 }
 
-/** What the task table needs of its session. */
-export interface TaskHost {
-  /** The session's current connection, if any. */
-  connection(): IscsiConnection | undefined;
-  /** Whether the session is in full feature phase (commands may go out). */
-  ready(): boolean;
-  /** The parameters negotiated at login. */
-  params(): NegotiatedParams;
-}
-
 /** The tasks of one session and its command numbering. */
 export class IscsiTasks {
   /** CmdSN of the next non-immediate command. */
@@ -100,14 +90,24 @@ export class IscsiTasks {
   maxCmdSN = 0;
   /** StatSN of the last status seen + 1. */
   expStatSN = 0;
-  readonly #host: TaskHost;
+  /** The connection commands go out on while the session is in full feature phase. */
+  #out: IscsiConnection | null = null;
+  /** The parameters that connection's login negotiated. */
+  #params: NegotiatedParams | null = null;
   readonly #tasks = new Map<number, Task>();
   readonly #waiting: Task[] = [];
   /** Commands issued and not completed (queued, on the wire or at the target). */
   #inFlight = 0;
 
-  constructor(host: TaskHost) {
-    this.#host = host;
+  /** The session is in full feature phase on `conn`, with `params`: commands may go out. */
+  online(conn: IscsiConnection, params: NegotiatedParams): void {
+    this.#out = conn;
+    this.#params = params;
+  }
+
+  /** The session left full feature phase: commands wait. */
+  offline(): void {
+    this.#out = null;
   }
 
   /** Tasks submitted and not complete (waiting or issued). */
@@ -290,9 +290,10 @@ export class IscsiTasks {
     ttt: number,
     hold = false,
   ): void {
-    const c = this.#host.connection();
-    if (c === undefined) return;
-    const seg = this.#host.params().targetMaxRecvDataSegmentLength;
+    const c = this.#out;
+    const p = this.#params;
+    if (c === null || p === null) return;
+    const seg = p.targetMaxRecvDataSegmentLength;
     let dataSN = 0;
     for (let o = from; o < from + len; o += seg) {
       const n = Math.min(seg, from + len - o);
@@ -321,7 +322,7 @@ export class IscsiTasks {
       task.issued = false;
       this.#inFlight--;
       // Held commands go out once the target's queue runs low.
-      this.#host.connection()?.release();
+      this.#out?.release();
     }
     if (err !== undefined || result === undefined) task.reject(err);
     else task.resolve(result);
@@ -331,7 +332,7 @@ export class IscsiTasks {
 
   /** Issues waiting commands while the CmdSN window is open (in full feature phase only). */
   dispatch(): void {
-    if (!this.#host.ready()) return;
+    if (this.#out === null) return;
     while (this.#waiting.length > 0 && snLessEq(this.cmdSN, this.maxCmdSN)) {
       const task = this.#waiting.shift();
       if (task === undefined) break;
@@ -341,9 +342,9 @@ export class IscsiTasks {
   }
 
   #issue(task: Task): void {
-    const c = this.#host.connection();
-    if (c === undefined) return;
-    const p = this.#host.params();
+    const c = this.#out;
+    const p = this.#params;
+    if (c === null || p === null) return;
     const data = task.dataOut;
     let immediate = 0;
     if (data !== undefined && p.immediateData) {
@@ -401,7 +402,7 @@ export class IscsiTasks {
       };
       this.#tasks.set(task.itt, task);
       if (
-        this.#host.ready() && this.#waiting.length === 0 &&
+        this.#out !== null && this.#waiting.length === 0 &&
         snLessEq(this.cmdSN, this.maxCmdSN)
       ) {
         this.#issue(task);
