@@ -111,11 +111,11 @@ export interface SaveSummary {
 
 /** The parts of a pause (µs, host clock); they add up to {@link LiveSave.pauseUs}. */
 export interface PausePhases {
-  /** Asking the vCPUs to stop until all parked (each saves its own state as it parks). */
+  /** Asking the vCPUs to stop until none runs guest code (each then saves its own state). */
   stopUs: number;
   /** Re-protecting the pages written since the last round (userfaultfd). */
   freezeUs: number;
-  /** Collecting the vCPUs' saved state and the VM's (irqchip, PIT, clock). */
+  /** The VM's state (irqchip, PIT, clock), then the vCPUs' (waiting for their threads). */
   cpuUs: number;
   /** Saving the devices' state. */
   devicesUs: number;
@@ -363,9 +363,10 @@ export class Checkpointer implements Disposable {
       marks.push(performance.now());
       pausePages = wp.freeze();
       marks.push(performance.now());
-      cpuState = t.saveCpuState();
-      marks.push(performance.now());
       deviceState = t.saveDevices();
+      marks.push(performance.now());
+      // Last: the vCPU threads save their own state meanwhile.
+      cpuState = t.saveCpuState();
       marks.push(performance.now());
     } catch (err) {
       // Leave the machine as it was: running, unprotected, no file.
@@ -383,13 +384,13 @@ export class Checkpointer implements Disposable {
     const end = performance.now();
     const pauseUs = Math.round((end - t0) * 1000);
     const us = (a: number, b: number): number => Math.round((b - a) * 1000);
-    const [stopped = t0, frozen = t0, saved = t0, devsaved = t0] = marks;
+    const [stopped = t0, frozen = t0, devsaved = t0, saved = t0] = marks;
     const pausePhases: PausePhases = {
       stopUs: us(t0, stopped),
       freezeUs: us(stopped, frozen),
-      cpuUs: us(frozen, saved),
-      devicesUs: us(saved, devsaved),
-      resumeUs: us(devsaved, end),
+      devicesUs: us(frozen, devsaved),
+      cpuUs: us(devsaved, saved),
+      resumeUs: us(saved, end),
     };
     await t.resumeDevices();
     // Encoded once the VM runs again: the saved state is plain data by now.

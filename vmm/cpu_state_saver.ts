@@ -121,11 +121,14 @@ export class CpuStateSaver {
 
   /**
    * The machine's state (it is paused): from the slots when the vCPU threads
-   * saved it in this pause, else read here, vCPU after vCPU.
+   * saved it in this pause (`waitSlots` waits until they are done), else read
+   * here, vCPU after vCPU.
    */
-  save(vm: Vm, vcpus: readonly Vcpu[]): MachineCpuState {
-    const fromSlots = this.#valid ? this.#slots.collect(this.#epoch, this.#cpuid) : undefined;
+  save(vm: Vm, vcpus: readonly Vcpu[], waitSlots: () => void = () => {}): MachineCpuState {
+    // The VM's state first: the vCPU threads may still be writing their slots.
     const vmState = saveVmState(vm);
+    if (this.#valid) waitSlots();
+    const fromSlots = this.#valid ? this.#slots.collect(this.#epoch, this.#cpuid) : undefined;
     if (fromSlots !== undefined) return { vcpus: fromSlots, vm: vmState };
     const states: VcpuState[] = vcpus.map((v) => saveVcpuState(v, this.#msrs, this.#cpuid[v.id]));
     return { vcpus: states, vm: vmState };

@@ -409,7 +409,11 @@ export class Machine implements AsyncDisposable {
       const idx = CTL_VCPU0 + i;
       for (;;) {
         const s = Atomics.load(this.#ctl, idx);
-        if (s === VcpuRunState.PAUSED || s === VcpuRunState.EXITED) break;
+        // A vCPU saving its own state (STOPPED) runs no guest code any more.
+        if (
+          s === VcpuRunState.PAUSED || s === VcpuRunState.EXITED ||
+          (saveState && s === VcpuRunState.STOPPED)
+        ) break;
         if (this.#exit !== undefined) break;
         if (performance.now() < syncUntil) Atomics.wait(this.#ctl, idx, s, REKICK_MS);
         else {
@@ -529,7 +533,7 @@ export class Machine implements AsyncDisposable {
   saveCpuState(): MachineCpuState {
     this.#requireStill("saveCpuState()");
     const saver = this.#cpuSaver;
-    if (saver !== undefined) return saver.save(this.vm, this.vcpus);
+    if (saver !== undefined) return saver.save(this.vm, this.vcpus, () => this.#waitParked());
     const msrs = this.kvm.msrIndexList();
     return { vcpus: this.vcpus.map((v) => saveVcpuState(v, msrs)), vm: saveVmState(this.vm) };
   }
@@ -551,6 +555,20 @@ export class Machine implements AsyncDisposable {
       restoreVcpuState(v, s);
       this.#cpuSaver?.setCpuid(i, s.cpuid);
     });
+  }
+
+  /** Waits (synchronously, bounded) until no vCPU is still saving its own state. */
+  #waitParked(): void {
+    const deadline = performance.now() + STOP_TIMEOUT_MS;
+    for (let i = 0; i < this.vcpuCount; i++) {
+      const idx = CTL_VCPU0 + i;
+      while (Atomics.load(this.#ctl, idx) === VcpuRunState.STOPPED) {
+        if (performance.now() > deadline) {
+          throw new MachineError(`vcpu ${i} did not finish saving its state`);
+        }
+        Atomics.wait(this.#ctl, idx, VcpuRunState.STOPPED, REKICK_MS);
+      }
+    }
   }
 
   #requireStill(what: string): void {

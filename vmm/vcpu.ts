@@ -33,6 +33,11 @@ export const VcpuRunState = {
   PAUSED: 2,
   /** Loop ended; the Worker is about to post `exited`. */
   EXITED: 3,
+  /**
+   * Out of KVM_RUN for good (pending I/O completed), saving its own state
+   * for a checkpoint before it parks: no guest instruction runs from here.
+   */
+  STOPPED: 4,
 } as const;
 
 /** Bytes of the control buffer for `vcpus` vCPUs. */

@@ -171,7 +171,12 @@ async function main(init: VcpuInit): Promise<void> {
   let pendingIo = false;
 
   const park = (): void => {
-    slots?.saveOwn(vcpu);
+    if (slots?.wanted(init.id) === true) {
+      // The machine may go on (re-protect memory, save devices) while this thread saves.
+      Atomics.store(ctl, stateIndex, VcpuRunState.STOPPED);
+      Atomics.notify(ctl, stateIndex);
+      slots.saveOwn(vcpu);
+    }
     Atomics.store(ctl, stateIndex, VcpuRunState.PAUSED);
     Atomics.notify(ctl, stateIndex);
     for (;;) {
