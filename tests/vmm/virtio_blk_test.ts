@@ -255,3 +255,61 @@ Deno.test("a drive's ops rate limiter holds requests in order; PATCH-style updat
     await teardown(r);
   }
 });
+
+/** A qcow2 v3 header (magic, version) naming `backing` as its backing file, in one sector. */
+function qcow2Sector(backing: string): Uint8Array {
+  const s = new Uint8Array(512);
+  const v = new DataView(s.buffer);
+  v.setUint32(0, 0x514649fb, false); // "QFI\xfb"
+  v.setUint32(4, 3, false);
+  v.setBigUint64(8, 512n, false); // backing_file_offset
+  v.setUint32(16, backing.length, false);
+  s.set(new TextEncoder().encode(backing), 512 - 64);
+  return s;
+}
+
+Deno.test("a probed raw drive refuses a guest write that would make it probe as qcow2; other writes to sector 0 pass", async () => {
+  const r = await rig();
+  try {
+    start(r);
+    const evil = request(r, BUF_AT, T_OUT, 0, 512, false);
+    r.mem.write(evil.data, qcow2Sector("/etc/shadow"));
+    r.drv.addChain(evil.bufs);
+    const fine = request(r, BUF_AT + 0x10000, T_OUT, 1, 512, false);
+    r.mem.write(fine.data, new Uint8Array(512).fill(0x77));
+    r.drv.addChain(fine.bufs);
+    r.drv.kick();
+    await r.drv.collect(2);
+    assert.equal(r.mem.read(evil.status, 1)[0], 1, "IOERR for the qcow2 header");
+    assert.equal(r.mem.read(fine.status, 1)[0], 0);
+    // Zeros into sector 0 still probe as raw: allowed.
+    const zeros = request(r, BUF_AT + 0x20000, T_OUT, 0, 1024, false);
+    r.mem.write(zeros.data, new Uint8Array(1024).fill(0));
+    r.drv.addChain(zeros.bufs);
+    r.drv.kick();
+    await r.drv.collect(1);
+    assert.equal(r.mem.read(zeros.status, 1)[0], 0);
+    const file = await Deno.readFile(r.path);
+    assert.ok(file.subarray(0, 1024).every((b) => b === 0), "the zeros were written");
+    assert.ok(file.subarray(1024, 1536).every((b) => b === 2), "sector 2 untouched");
+  } finally {
+    await teardown(r);
+  }
+});
+
+Deno.test("a drive whose format is given as raw takes any write to sector 0", async () => {
+  const r = await rig({ format: "raw" });
+  try {
+    start(r);
+    const w = request(r, BUF_AT, T_OUT, 0, 512, false);
+    const sector = qcow2Sector("base.img");
+    r.mem.write(w.data, sector);
+    r.drv.addChain(w.bufs);
+    r.drv.kick();
+    await r.drv.collect(1);
+    assert.equal(r.mem.read(w.status, 1)[0], 0);
+    assert.deepEqual((await Deno.readFile(r.path)).subarray(0, 512), sector);
+  } finally {
+    await teardown(r);
+  }
+});

@@ -35,6 +35,7 @@ import {
   writeBlkConfig,
 } from "./blk_format.ts";
 import { BlkUring } from "./blk_uring.ts";
+import { PROBE_BYTES } from "../../../cow/probe.ts";
 import { SharedCounters } from "../../metrics/shared_counters.ts";
 import type { RateLimiterConfig } from "../../io_config.ts";
 import { RateLimiter } from "./rate_limiter.ts";
@@ -401,7 +402,10 @@ export class BlkBackend implements VirtioBackend {
     this.#count(req);
     const disk = this.disk;
     const fd = disk.uringFd;
-    if (fd >= 0 && this.#uring !== null) return this.#uring.start(req, fd);
+    const guard = req.type === BlkType.OUT && req.sector * SECTOR < PROBE_BYTES &&
+      disk.guardsSector0;
+    // A write reaching the first sector of a probed raw image goes through the image's check.
+    if (fd >= 0 && this.#uring !== null && !guard) return this.#uring.start(req, fd);
     const sync = disk.syncTarget();
     if (sync !== null) {
       try {

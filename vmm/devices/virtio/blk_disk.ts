@@ -111,7 +111,11 @@ async function openBackend(cfg: BlkBackendConfig, backend: DriveBackend): Promis
   }
   const format = backend.format ?? probeFormat(backend.path);
   if (format === "raw") {
-    const image = RawImage.open(backend.path, { readOnly: cfg.readOnly });
+    // A probed raw image refuses writes that would make its first sector probe as another
+    // format (QEMU's raw driver does the same), so a guest cannot plant a qcow2 header
+    // naming a host file as its backing file for the next open to follow.
+    const probed = backend.format === undefined;
+    const image = RawImage.open(backend.path, { readOnly: cfg.readOnly, probed });
     let fd = -1;
     if (cfg.uring ?? true) {
       try {
@@ -173,6 +177,15 @@ export class BlkDisk {
   get uringFd(): number {
     const r = this.#raw;
     return r !== null && this.dev.target === r.image ? r.fd : -1;
+  }
+
+  /**
+   * Whether a write reaching the first sector must take the synchronous path,
+   * where the probed raw image checks it (io_uring writes go around it).
+   */
+  get guardsSector0(): boolean {
+    const r = this.#raw;
+    return r !== null && r.image.probed && this.dev.target === r.image;
   }
 
   /** The synchronous target when the current one has one, else null (asynchronous device). */
