@@ -58,7 +58,7 @@ Deno.test("vmkit run --disk gives the guest a virtio-blk disk announced on its c
   }
 });
 
-Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (needs /dev/kvm)", async () => {
+Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file and sets its rate limiter (needs /dev/kvm)", async () => {
   const dir = await Deno.makeTempDir();
   const sock = `${dir}/fc.sock`;
   const serial = `${dir}/serial.txt`;
@@ -86,13 +86,24 @@ Deno.test("PATCH /drives/{id} swaps a running guest's disk for another file (nee
     const text = () => Deno.readTextFile(serial).catch(() => "");
     await waitFor("the guest's 'blk waiting'", async () => (await text()).includes("blk waiting"));
     assert.match(await text(), /^blk sector0 this is disk A/m);
+    // A rate limiter on the running drive, then the image swapped together with a new limit.
+    const limit = await curl(sock, "PATCH", "/drives/vda", {
+      drive_id: "vda",
+      rate_limiter: { ops: { size: 1000, refill_time: 1000 } },
+    });
+    assert.equal(limit.status, 204, limit.body);
     const swap = await curl(sock, "PATCH", "/drives/vda", {
       drive_id: "vda",
       path_on_host: `${dir}/b.img`,
+      rate_limiter: { bandwidth: { size: 1048576, refill_time: 100 } },
     });
     assert.equal(swap.status, 204, swap.body);
     const cfg = JSON.parse((await curl(sock, "GET", "/vm/config")).body);
     assert.equal(cfg.drives[0].path_on_host, `${dir}/b.img`);
+    assert.deepEqual(cfg.drives[0].rate_limiter, {
+      bandwidth: { size: 1048576, refill_time: 100 },
+      ops: { size: 1000, refill_time: 1000 },
+    });
     await stdin.write(new TextEncoder().encode("x"));
     const out = await child.exit();
     assert.equal(out.code, 0, out.stderr);

@@ -26,9 +26,7 @@
  * A `PATCH` of a rate limiter is merged as Firecracker merges it: a
  * direction or bucket left out is unchanged, a 0-sized bucket removes that
  * limit, any other replaces it with the budget carried over
- * (`RateLimiter.update`). A running NIC takes it on its device; a running
- * drive answers 400 until its disk handle offers `setRateLimiter`
- * (`RateLimitable` in `launch.ts`).
+ * (`RateLimiter.update`), on the running NIC's or drive's device.
  *
  * @module
  */

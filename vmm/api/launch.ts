@@ -10,7 +10,7 @@
 import { BootError } from "../boot/errors.ts";
 import { I8042 } from "../devices/i8042.ts";
 import type { DeviceSpec } from "../devices/spec.ts";
-import type { DriveBackend, RateLimiterConfig, StorageIdentityConfig } from "../io_config.ts";
+import type { DriveBackend, StorageIdentityConfig } from "../io_config.ts";
 import type { Machine, MachineConfig } from "../machine.ts";
 import type { ApiVm, DriveUpdate, NetUpdate } from "./controller.ts";
 import { ApiFault } from "./router.ts";
@@ -26,16 +26,6 @@ export interface LaunchOptions {
   identity?: StorageIdentityConfig;
   /** More machine settings (a device module, memory backing). */
   machine?: Partial<Pick<MachineConfig, "deviceModule" | "memoryBacking">>;
-}
-
-/**
- * A drive handle that can replace its running rate limiter (the update
- * merged as `RateLimiter.update` does). `PATCH /drives/{id}` with a
- * `rate_limiter` uses it when the drive's handle has it.
- */
-export interface RateLimitable {
-  /** Applies `update` to the running device's limiter. */
-  setRateLimiter(update: RateLimiterConfig): Promise<void>;
 }
 
 /** Raised when the files a boot source names cannot be read or booted. */
@@ -99,9 +89,9 @@ export async function machineConfigFrom(
 
 /**
  * The API's view of a running `machine`: lifecycle, Ctrl-Alt-Del through its
- * i8042 (`i8042` device), a drive's image replaced through its disk handle
- * (`PATCH /drives/{id}`), and a NIC's rate limiters replaced on its device
- * (`PATCH /network-interfaces/{id}`).
+ * i8042 (`i8042` device), a drive's image or rate limiter replaced through
+ * its disk handle (`PATCH /drives/{id}`), and a NIC's rate limiters replaced
+ * on its device (`PATCH /network-interfaces/{id}`).
  */
 export function machineApiVm(machine: Machine): ApiVm {
   return {
@@ -117,18 +107,13 @@ export function machineApiVm(machine: Machine): ApiVm {
     async updateDrive(id: string, update: DriveUpdate): Promise<void> {
       const disk = machine.disk(id);
       if (disk === undefined) throw new ApiFault(400, `the VM has no drive '${id}'`);
-      // The drive's device takes a runtime limiter update once its handle offers one.
-      const limited = disk as Partial<RateLimitable>;
-      if (update.rateLimiter !== undefined && typeof limited.setRateLimiter !== "function") {
-        throw new ApiFault(400, "vmkit cannot change a running drive's rate limiter yet");
-      }
       if (update.path !== undefined) {
         const backend: DriveBackend = isIscsiUrl(update.path)
           ? { kind: "iscsi", url: update.path }
           : { kind: "file", path: update.path };
         await disk.replace(backend);
       }
-      if (update.rateLimiter !== undefined) await limited.setRateLimiter?.(update.rateLimiter);
+      if (update.rateLimiter !== undefined) await disk.setRateLimiter(update.rateLimiter);
     },
     async updateNet(id: string, update: NetUpdate): Promise<void> {
       const net = machine.net(id);

@@ -43,7 +43,6 @@ export {
   type LaunchOptions,
   machineApiVm,
   machineConfigFrom,
-  type RateLimitable,
 } from "./launch.ts";
 export { checkDrivePath, checkHostFile, checkIscsiUrl } from "./host_files.ts";
 export * from "./vm_config.ts";
