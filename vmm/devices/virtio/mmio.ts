@@ -112,7 +112,10 @@ export function virtioMmioSpec(o: VirtioTransportOptions): DeviceSpec {
   };
 }
 
-/** Clears everything a driver set up: status, features, queues, positions, interrupts. */
+/**
+ * Clears everything a driver set up: status, features, queues, positions,
+ * interrupts; ends a pending reset (RESET_PENDING before STATUS).
+ */
 export function resetTransportState(w: Int32Array): void {
   Atomics.store(w, W.INTERRUPT_STATUS, 0);
   w[W.DEVICE_FEATURES_SEL] = 0;
@@ -125,6 +128,9 @@ export function resetTransportState(w: Int32Array): void {
     for (let i = Q.NUM; i <= Q.SIGNALLED_VALID; i++) w[queueWord(q, i)] = 0;
   }
   Atomics.store(w, W.BACKEND, Backend.IDLE);
+  // The reset is over before the driver can see it: a driver that reads status 0 (virtio 1.2
+  // §2.4.1) next writes ACKNOWLEDGE, which write() drops while RESET_PENDING is set.
+  Atomics.store(w, W.RESET_PENDING, 0);
   Atomics.store(w, W.STATUS, 0);
 }
 

@@ -320,8 +320,7 @@ class IoLoop implements VirtioBackendContext {
     this.queues = [];
     this.#featLo = 0;
     this.#featHi = 0;
-    resetTransportState(w);
-    Atomics.store(w, W.RESET_PENDING, 0);
+    resetTransportState(w); // clears RESET_PENDING, then STATUS
     Atomics.notify(w, W.RESET_PENDING);
   }
 }
