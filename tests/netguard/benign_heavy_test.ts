@@ -74,7 +74,9 @@ async function captureWorkload(
     tcpdump = null;
     const cap = await readCaptureFile(pcap);
     const bytes = cap.origLengths.reduce((s, n) => s + n, 0);
-    assert.ok(cap.count > 5000, `${name}: tcpdump captured only ${cap.count} packets`);
+    // A sanity floor only: with GRO a 100 MB transfer is ~1600 frames of 64 KiB, fewer on a busy
+    // machine. Heaviness is proved by the volume-only check below, not by the frame count.
+    assert.ok(cap.count > 1000, `${name}: tcpdump captured only ${cap.count} packets`);
     // Volume-only judgement of the same capture must alert, or the capture proves nothing.
     const volumeOnly = replay(pcap, { detector: { established: { enabled: false } } }, cap);
     assert.ok(
