@@ -100,7 +100,11 @@ Deno.test("PUT /snapshot/create answers with the pause once the VM runs, GET /sn
     assert.ok(machine !== undefined);
     const before = machine.memory.read(SEQ_BASE, 4096 * 16);
     assert.equal((await apiRequest(sock, "PATCH", "/vm", { state: "Resumed" })).status, 204);
-    await sleep(300);
+    // Wait (bounded) for the guest's next write rather than a fixed time: on a busy host the
+    // emulated guest may take seconds to reach it.
+    const deadline = Date.now() + 30_000;
+    const changed = () => machine.memory.view(SEQ_BASE, 4096 * 16).some((b, i) => b !== before[i]);
+    while (!changed() && Date.now() < deadline) await sleep(50);
     await machine.pause();
     const after = machine.memory.read(SEQ_BASE, 4096 * 16);
     assert.ok(after.some((b, i) => b !== before[i]), "the loaded guest did not run");
