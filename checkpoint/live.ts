@@ -343,11 +343,7 @@ export class Checkpointer implements Disposable {
     try {
       await t.quiesceDevices();
     } catch (err) {
-      wp.abort();
-      this.#protected = false;
-      this.#trackingSinceParent = false;
-      file.abandon();
-      memFile?.abandon();
+      this.#abandon(wp, file, memFile);
       await step.abandon(false);
       await t.resumeDevices();
       throw err;
@@ -370,11 +366,7 @@ export class Checkpointer implements Disposable {
       marks.push(performance.now());
     } catch (err) {
       // Leave the machine as it was: running, unprotected, no file.
-      wp.abort();
-      this.#protected = false;
-      this.#trackingSinceParent = false;
-      file.abandon();
-      memFile?.abandon();
+      this.#abandon(wp, file, memFile);
       if (!wasPaused) await t.resume();
       await t.resumeDevices();
       await step.abandon(true);
@@ -475,11 +467,7 @@ export class Checkpointer implements Disposable {
       } catch (err) {
         progress.state = "failed";
         progress.error = err instanceof Error ? err.message : String(err);
-        wp.abort(); // unprotects everything: the guest must never wait on a dead save
-        this.#protected = false;
-        this.#trackingSinceParent = false;
-        file.abandon();
-        memFile?.abandon();
+        this.#abandon(wp, file, memFile);
         await step.abandon(true);
         throw err;
       } finally {
@@ -496,6 +484,18 @@ export class Checkpointer implements Disposable {
       done,
       progress: () => ({ ...progress }),
     };
+  }
+
+  /**
+   * A save that cannot go on: nothing stays protected (the guest must never
+   * wait on a dead save), tracking starts over, the files are removed.
+   */
+  #abandon(wp: WriteProtect, file: PendingFile, memFile: PendingFile | undefined): void {
+    wp.abort();
+    this.#protected = false;
+    this.#trackingSinceParent = false;
+    file.abandon();
+    memFile?.abandon();
   }
 
   #dirtyBytes(wp: WriteProtect): number {

@@ -188,60 +188,57 @@ function addMetrics(m: Machine, cp: Checkpointer): void {
   m.metrics.registry.add((): MetricFamily[] => {
     const p = cp.progress();
     const c = cp.counters();
-    const gauge = (name: string, help: string, value: number): MetricFamily => ({
-      name,
-      help,
-      type: "gauge",
-      samples: [{ value }],
-    });
-    const counter = (name: string, help: string, value: number): MetricFamily => ({
-      name,
-      help,
-      type: "counter",
-      samples: [{ value }],
-    });
-    return [
-      gauge(
+    const rows: Array<[string, "gauge" | "counter", string, number]> = [
+      [
         "vmkit_checkpoint_in_progress",
+        "gauge",
         "1 while a checkpoint is being written.",
         cp.busy ? 1 : 0,
-      ),
-      gauge(
+      ],
+      [
         "vmkit_checkpoint_bytes_written",
+        "gauge",
         "Bytes of the current or last checkpoint handled so far.",
         p?.bytesWritten ?? 0,
-      ),
-      gauge(
+      ],
+      [
         "vmkit_checkpoint_bytes_total",
+        "gauge",
         "Bytes of the current or last checkpoint.",
         p?.bytesTotal ?? 0,
-      ),
-      gauge(
+      ],
+      [
         "vmkit_checkpoint_pause_seconds",
+        "gauge",
         "How long the last checkpoint stopped the VM.",
         (p?.pauseUs ?? 0) / 1e6,
-      ),
-      counter(
+      ],
+      [
         "vmkit_checkpoint_write_faults_total",
+        "counter",
         "Write-protect faults taken by guest writes (tracking and copy-before-write).",
         c?.faults ?? 0,
-      ),
-      counter(
+      ],
+      [
         "vmkit_checkpoint_copied_pages_total",
+        "counter",
         "Pages copied before the guest changed them during a save.",
         c?.copies ?? 0,
-      ),
-      counter(
+      ],
+      [
         "vmkit_restore_filled_pages_total",
+        "counter",
         "Pages of restored RAM filled from the checkpoint on first access.",
         c?.missing ?? 0,
-      ),
-      counter(
+      ],
+      [
         "vmkit_restore_shared_pages_total",
+        "counter",
         "Pages mapped from the page store another clone already filled.",
         c?.minor ?? 0,
-      ),
+      ],
     ];
+    return rows.map(([name, type, help, value]) => ({ name, type, help, samples: [{ value }] }));
   });
 }
 

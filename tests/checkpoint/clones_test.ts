@@ -12,20 +12,11 @@ import {
   ReferenceTarget,
   SEQ_BASE,
   sleep,
+  waitForText,
 } from "./helpers.ts";
 
 const hex = (b: Uint8Array): string =>
   Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
-
-async function waitFor(path: string, re: RegExp, ms = 20_000): Promise<string> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const text = await Deno.readTextFile(path);
-    if (re.test(text)) return text;
-    if (Date.now() > deadline) throw new Error(`no ${re} within ${ms} ms in:\n${text}`);
-    await sleep(20);
-  }
-}
 
 Deno.test("4 clones of one checkpoint run at once, each on its own overlay, share the pages they only read and get distinct generation ids (needs /dev/kvm)", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-clones-" });
@@ -125,7 +116,7 @@ Deno.test("a restored guest is told its new generation id by the vmgenid interru
       devices: defaultDeviceSpecs({ serialOut: { path: serial }, serialIn: false, memMiB: 32 }),
     });
     await m.start();
-    await waitFor(serial, /^vmgenid ready$/m);
+    await waitForText(serial, /^vmgenid ready$/m);
     using cp = await Checkpointer.create(new MachineTarget(m));
     await (await cp.checkpoint({ path })).done;
   }
@@ -137,7 +128,7 @@ Deno.test("a restored guest is told its new generation id by the vmgenid interru
     });
     assert.ok(c.vmGenId !== undefined);
     await c.machine.start();
-    await waitFor(out, new RegExp(`^vmgenid notified 1 id ${hex(c.vmGenId)}$`, "m"));
+    await waitForText(out, new RegExp(`^vmgenid notified 1 id ${hex(c.vmGenId)}$`, "m"));
   }
   await Deno.remove(dir, { recursive: true });
 });

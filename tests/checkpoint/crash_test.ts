@@ -8,21 +8,10 @@ import assert from "node:assert/strict";
 import { openCheckpoint } from "../../checkpoint/reader.ts";
 import { CheckpointError } from "../../checkpoint/errors.ts";
 import { restoreMachine } from "../../vmm/checkpoint.ts";
+import { prng } from "../../netguard/synth.ts";
 import { sleep } from "./helpers.ts";
 
 const CHILD = new URL("./crash_child.ts", import.meta.url).pathname;
-
-/** mulberry32: a small seeded PRNG. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 async function qemuImgCheck(path: string): Promise<{ code: number; out: string }> {
   const o = await new Deno.Command("qemu-img", { args: ["check", path] }).output();

@@ -15,7 +15,7 @@ import { MachineTarget, restoreMachine } from "../../vmm/checkpoint.ts";
 import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
 import { Machine } from "../../vmm/machine.ts";
 import { buildGuests } from "../guests/build.ts";
-import { sleep } from "./helpers.ts";
+import { sleep, waitForText } from "./helpers.ts";
 
 const DISK_BYTES = 1 << 20;
 const SEQ_FIRST = 16;
@@ -52,16 +52,6 @@ function assertConsistent(disk: Uint8Array, done: number, what: string): void {
 async function qemuImgCheck(path: string): Promise<void> {
   const out = await new Deno.Command("qemu-img", { args: ["check", "-U", path] }).output();
   assert.equal(out.code, 0, `qemu-img check ${path}:\n${new TextDecoder().decode(out.stdout)}`);
-}
-
-async function waitFor(path: string, re: RegExp, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!re.test(await Deno.readTextFile(path))) {
-    if (Date.now() > deadline) {
-      throw new Error(`no ${re} within ${ms} ms:\n${await Deno.readTextFile(path)}`);
-    }
-    await sleep(20);
-  }
 }
 
 /** Reads the disk and the guest's count inside the pause (after the quiesce switched the drive). */
@@ -103,7 +93,7 @@ for (
         drives: [{ id: "vda", backend: { kind: "file", path: disk, format } }],
       });
       await m.start();
-      await waitFor(serial, /^blk seq$/m);
+      await waitForText(serial, /^blk seq$/m);
       await sleep(200);
       const target = new DiskReference(m, disk);
       using cp = await Checkpointer.create(target);

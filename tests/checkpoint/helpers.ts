@@ -100,3 +100,14 @@ export function firstDifference(a: Uint8Array[], b: Uint8Array[]): number {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/** Waits until the text file at `path` matches `re`; returns the text (throws after `ms`). */
+export async function waitForText(path: string, re: RegExp, ms = 30_000): Promise<string> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const text = await Deno.readTextFile(path);
+    if (re.test(text)) return text;
+    if (Date.now() > deadline) throw new Error(`no ${re} within ${ms} ms in:\n${text}`);
+    await sleep(20);
+  }
+}
