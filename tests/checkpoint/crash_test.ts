@@ -104,12 +104,16 @@ for (const policy of ["keep-parent", "copy-parent"]) {
           if (!(err instanceof CheckpointError)) throw err;
         }
       }
-      // Every qcow2 image the VM was using, and every complete copy, checks clean (a copy
-      // being written is under a temporary name, garbage of the failed checkpoint).
+      // Every qcow2 image the VM was using, and every complete copy, has no corruption (a copy
+      // being written is under a temporary name, garbage of the failed checkpoint). Leaked
+      // clusters are allowed: a qcow2 writer killed between allocating a cluster and linking
+      // it leaks it (QEMU's too, without lazy refcounts); qemu-img check exits 3 for that,
+      // "waste of disk space, but no harm to data".
       for (const e of Deno.readDirSync(dir)) {
         if (!e.name.endsWith(".qcow2")) continue;
         const r = await qemuImgCheck(`${dir}/${e.name}`);
-        assert.equal(r.code, 0, `${what}: qemu-img check ${e.name}:\n${r.out}`);
+        assert.ok(r.code === 0 || r.code === 3, `${what}: qemu-img check ${e.name}:\n${r.out}`);
+        if (r.code === 3) console.log(`${what}: ${e.name} has leaked clusters (no harm to data)`);
       }
       // The complete checkpoint restores and runs.
       {

@@ -83,6 +83,7 @@ for (
     const serial = `${dir}/serial.log`;
     await Deno.writeTextFile(serial, "");
     const ckpt = `${dir}/vm.ckpt`;
+    let reference: Uint8Array = new Uint8Array();
     {
       await using m = await Machine.create({
         memMiB: 32,
@@ -102,6 +103,7 @@ for (
       assert.equal(summary.warning, undefined);
       assert.ok(target.done > 0, "the guest wrote nothing before the pause");
       assertConsistent(target.disk, target.done, "the disk at the pause");
+      reference = target.disk;
 
       using chain = await openCheckpoint(ckpt);
       const rec = chain.top.disks() as { policy: string; disks: { layers: { path: string }[] }[] };
@@ -146,6 +148,7 @@ for (
       const d = await r.machine.disk("vda")?.describe();
       const overlay = d?.layers[0]?.path ?? "";
       assert.ok(overlay.startsWith(`${dir}/vm.ckpt.vda.`), `restored onto ${overlay}`);
+      assert.deepEqual(readChain(overlay), reference, "the restored disk is not the pause's");
       await r.machine.start();
       await sleep(300);
       await r.machine.quiesceDevices();
