@@ -31,6 +31,8 @@ export const MAX_MEMORY = 64 * 1024 * 1024 * 1024;
 export const MADV_DONTNEED = 4;
 /** `MADV_REMOVE`: free the backing of shared (memfd) pages; they read back as zero. */
 export const MADV_REMOVE = 9;
+/** `MADV_HUGEPAGE`: back the range with transparent huge pages where the host allows them. */
+export const MADV_HUGEPAGE = 14;
 
 /** Raised for bad memory sizes or failed mappings. */
 export class MemoryError extends Error {
@@ -56,6 +58,13 @@ export interface HostMemoryOptions {
   backing?: MemoryBacking;
   /** First KVM slot number (default 0). */
   firstSlot?: number;
+  /**
+   * Ask for transparent huge pages on anonymous RAM (`MADV_HUGEPAGE`, as
+   * QEMU does by default): fewer guest page faults and TLB misses, and a
+   * checkpoint write-protects all of RAM in microseconds instead of
+   * milliseconds. Default true; a host with THP off ignores it.
+   */
+  hugePages?: boolean;
 }
 
 /** Guest RAM as host mappings; implements {@link GuestMemory}. */
@@ -107,6 +116,8 @@ export class HostMemory implements GuestMemory, Disposable {
         addr = toBigInt(s.vk_mmap_fd(fd, BigInt(size)));
       } else {
         addr = toBigInt(s.vk_mmap_anon(BigInt(size)));
+        // Advice only: a host without THP (or with it off) answers EINVAL, which changes nothing.
+        if (addr >= 0n && (opts.hugePages ?? true)) s.vk_madvise(addr, BigInt(size), MADV_HUGEPAGE);
       }
       if (addr < 0n) {
         if (fd >= 0) s.vk_close(fd);
