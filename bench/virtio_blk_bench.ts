@@ -51,6 +51,8 @@ const SLOTS_AT = 0x100000;
 const SLOT_BYTES = 0x22000; // header, 128 KiB data, status
 const F_VERSION_1 = 1n << 32n;
 const F_EVENT_IDX = 1n << 29n;
+/** Accepted as Linux's driver does (without it every write must be write-through). */
+const F_FLUSH = 1n << 9n;
 
 await loadShim();
 
@@ -83,7 +85,7 @@ class BenchDriver {
     w(0x70, 1);
     w(0x70, 3);
     w(0x24, 0);
-    w(0x20, Number(F_EVENT_IDX & 0xffff_ffffn));
+    w(0x20, Number((F_EVENT_IDX | F_FLUSH) & 0xffff_ffffn));
     w(0x24, 1);
     w(0x20, Number(F_VERSION_1 >> 32n));
     w(0x70, 11);

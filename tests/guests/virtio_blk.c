@@ -3,7 +3,7 @@
  * specification (§2 basic facilities, §2.7 split virtqueues, §4.2
  * virtio-mmio, §5.2 block device). It finds its device from the kernel
  * command line's `virtio_mmio.device=<size>@<base>:<irq>` (Linux syntax),
- * negotiates VERSION_1, EVENT_IDX and INDIRECT_DESC, takes completions by
+ * negotiates VERSION_1, EVENT_IDX, INDIRECT_DESC and FLUSH, takes completions by
  * interrupt in the 64-bit guest (IOAPIC pin <irq> -> vector 0x40 -> this
  * CPU's LAPIC; the 32-bit guest polls InterruptStatus, see wait_used) and
  * prints what it did, one line per step, for the host test to check:
@@ -61,6 +61,7 @@
 #define F_INDIRECT_DESC 28
 #define F_EVENT_IDX 29
 #define F_VERSION_1 32 /* bit 0 of the high word */
+#define F_BLK_FLUSH 9 /* it sends T_FLUSH, so it accepts FLUSH (else every write is write-through) */
 
 #define D_NEXT 1
 #define D_WRITE 2
@@ -432,7 +433,7 @@ void virtio_blk_test(const char *cmdline)
 		say("blk error: ", "device does not offer VIRTIO_F_VERSION_1");
 		return;
 	}
-	uint32_t want_lo = lo & ((1u << F_INDIRECT_DESC) | (1u << F_EVENT_IDX));
+	uint32_t want_lo = lo & ((1u << F_INDIRECT_DESC) | (1u << F_EVENT_IDX) | (1u << F_BLK_FLUSH));
 	event_idx = (want_lo >> F_EVENT_IDX) & 1;
 	wr(R_DRIVER_FEATURES_SEL, 0);
 	wr(R_DRIVER_FEATURES, want_lo);

@@ -27,6 +27,7 @@ import {
   BLK_SEG_MAX,
   BLK_SEGMENT_BYTES,
   BLK_STAT_NAMES,
+  BlkFeature,
   BlkStat,
   BlkStatus,
   BlkType,
@@ -102,6 +103,11 @@ export class BlkBackend implements VirtioBackend {
   readonly #held: BlkRequest[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #touched = 0; // bit per queue with used entries not yet interrupted for
+  /**
+   * FLUSH is offered but the driver did not accept it: every write must be
+   * stable before it completes (virtio 1.2 §5.2.6.2, the first case).
+   */
+  #writeThrough = false;
 
   private constructor(
     ctx: VirtioBackendContext,
@@ -142,9 +148,13 @@ export class BlkBackend implements VirtioBackend {
     return new BlkBackend(ctx, cfg, disk, size);
   }
 
-  activate(): void {}
+  activate(): void {
+    this.#writeThrough = !this.#ctx.negotiated(BlkFeature.FLUSH);
+  }
 
-  reset(): void {}
+  reset(): void {
+    this.#writeThrough = false;
+  }
 
   process(q: number): void {
     const ctx = this.#ctx;
@@ -404,18 +414,25 @@ export class BlkBackend implements VirtioBackend {
     const fd = disk.uringFd;
     const guard = req.type === BlkType.OUT && req.sector * SECTOR < PROBE_BYTES &&
       disk.guardsSector0;
+    // Without a negotiated FLUSH a write is stable when it completes: io_uring writes carry
+    // RWF_DSYNC; discards and write-zeroes take the synchronous path and an fdatasync.
+    const stable = this.#writeThrough && req.type !== BlkType.IN && req.type !== BlkType.FLUSH &&
+      req.type !== BlkType.GET_ID;
     // A write reaching the first sector of a probed raw image goes through the image's check.
-    if (fd >= 0 && this.#uring !== null && !guard) return this.#uring.start(req, fd);
+    if (fd >= 0 && this.#uring !== null && !guard && (!stable || req.type === BlkType.OUT)) {
+      return this.#uring.start(req, fd, stable);
+    }
     const sync = disk.syncTarget();
     if (sync !== null) {
       try {
         this.#runSync(req, sync);
+        if (stable) sync.flushSync();
         return this.#done(req, BlkStatus.OK);
       } catch (_err) {
         return this.#done(req, BlkStatus.IOERR);
       }
     }
-    this.#runAsync(req);
+    this.#runAsync(req, stable);
   }
 
   #copyOut(req: BlkRequest, data: Uint8Array): void {
@@ -455,7 +472,7 @@ export class BlkBackend implements VirtioBackend {
     }
   }
 
-  #runAsync(req: BlkRequest): void {
+  #runAsync(req: BlkRequest, stable: boolean): void {
     const dev = this.disk.dev;
     const ctx = this.#ctx;
     ctx.asyncStarted();
@@ -467,6 +484,7 @@ export class BlkBackend implements VirtioBackend {
         for (let i = 0; i < req.segs; i++) {
           await dev.discard(req.segAddr[i] ?? 0, req.segLen[i] ?? 0);
         }
+        if (stable) await dev.flush();
         return;
       }
       let off = req.sector * SECTOR;
@@ -477,6 +495,7 @@ export class BlkBackend implements VirtioBackend {
         off += v.length;
       }
       await Promise.all(jobs);
+      if (stable) await dev.flush();
     };
     work().then(
       () => this.#finishAsync(req, BlkStatus.OK),

@@ -28,6 +28,8 @@ import type { BlkRequest } from "./blk.ts";
 import { BlkStatus, BlkType, SECTOR } from "./blk_format.ts";
 
 const IOVEC_BYTES = 16;
+/** `RWF_DSYNC`: the write is durable (data and the metadata to read it) when it completes. */
+const RWF_DSYNC = 2;
 
 /** The io_uring engine of one drive. */
 export class BlkUring {
@@ -109,8 +111,11 @@ export class BlkUring {
     this.#queued++;
   }
 
-  /** Queues the operations of `req` (checked by the caller) on `fd`. */
-  start(req: BlkRequest, fd: number): void {
+  /**
+   * Queues the operations of `req` (checked by the caller) on `fd`; `dsync`
+   * makes a write stable before it completes (`RWF_DSYNC`).
+   */
+  start(req: BlkRequest, fd: number, dsync = false): void {
     this.#slots[req.slot] = req;
     const type = req.type;
     if (type === BlkType.IN || type === BlkType.OUT) {
@@ -131,7 +136,8 @@ export class BlkUring {
       }
       req.pendingOps = 1;
       const op = type === BlkType.IN ? UringOp.READV : UringOp.WRITEV;
-      this.#queue(op, fd, this.#iovAddr + base, req.segs, 0, req.slot, req.sector * SECTOR);
+      const rwFlags = dsync && type === BlkType.OUT ? RWF_DSYNC : 0;
+      this.#queue(op, fd, this.#iovAddr + base, req.segs, rwFlags, req.slot, req.sector * SECTOR);
       return;
     }
     if (type === BlkType.FLUSH) {

@@ -143,6 +143,9 @@ export class SplitQueue {
     this.#wNextUsed = queueWord(q, Q.NEXT_USED);
     this.#wSignalled = queueWord(q, Q.SIGNALLED_USED);
     this.#wSignalledValid = queueWord(q, Q.SIGNALLED_VALID);
+    // used.flags is the device's: 0, as the spec requires with EVENT_IDX and as vmkit
+    // (which never asks the driver to skip notifications) wants without (§2.7.10.1).
+    this.#used.setUint16(this.#usedOff, 0, true);
   }
 
   /** The driver's avail.idx. */
