@@ -16,13 +16,20 @@
  * (`state`: `saving`, `done` or `failed`). One checkpoint at a time: a second
  * `create` while one is written gets 409. `load` is Firecracker's: only on a
  * fresh VMM; `resume_vm` starts the restored VM, else it stays paused until
- * `PATCH /vm {"state": "Resumed"}`.
+ * `PATCH /vm {"state": "Resumed"}`. Firecracker's other load fields are taken:
+ * `track_dirty_pages`/`enable_diff_snapshots` (nothing to switch on: diffs are
+ * always possible), `mem_backend` `File` or `mem_file_path` (one of them, and
+ * it must be the memory file the checkpoint records), `huge_pages`
+ * `Snapshot`/`None`, `clock_realtime: false`; anything vmkit cannot honour
+ * (a UFFD backend, `clock_realtime: true`, a vsock override) is a 400.
  *
  * @module
  */
 
 import type { DiskPolicy, LiveSave } from "../checkpoint/mod.ts";
 import { CheckpointError } from "../checkpoint/errors.ts";
+import { CheckpointFile } from "../checkpoint/reader.ts";
+import { openUffdShim } from "../native/uffd_ffi.ts";
 import type { ApiVm, VmController } from "./api/controller.ts";
 import { machineApiVm } from "./api/launch.ts";
 import { ApiFault, type ApiRoute, json, noContent, onlyFields } from "./api/router.ts";
@@ -103,6 +110,35 @@ export function restoredApiVm(machine: Machine): ApiVm {
   };
 }
 
+/**
+ * Records a restored machine in the controller's resources, so `GET
+ * /vm/config` shows its vCPUs, memory, drives and interfaces and `PATCH
+ * /drives`, `PATCH /network-interfaces` find them, as after Firecracker's
+ * load (its boot source stays empty).
+ */
+function recordRestored(ctl: VmController, m: Machine): void {
+  const r = ctl.resources;
+  r.machine = { ...r.machine, vcpu_count: m.config.vcpus, mem_size_mib: m.config.memMiB };
+  for (const d of m.config.drives ?? []) {
+    r.putDrive({
+      drive_id: d.id,
+      path_on_host: d.backend.kind === "file" ? d.backend.path : d.backend.url,
+      is_root_device: d.root ?? false,
+      is_read_only: d.readOnly ?? false,
+      cache_type: "Unsafe",
+      io_engine: "Sync",
+    });
+  }
+  for (const n of m.config.nets ?? []) {
+    r.putNet({
+      iface_id: n.id,
+      host_dev_name: n.tap,
+      ...(n.mac === undefined ? {} : { guest_mac: n.mac }),
+      ...(n.netns === undefined ? {} : { netns: n.netns }),
+    });
+  }
+}
+
 /** Options of {@link loadSnapshot}. */
 export interface LoadRequest {
   /** The checkpoint file. */
@@ -134,6 +170,7 @@ export function loadSnapshot(ctl: VmController, req: LoadRequest): Promise<ApiVm
       throw err;
     }
     const m = restored.machine;
+    recordRestored(ctl, m);
     if (req.resume) {
       try {
         await m.start();
@@ -144,6 +181,38 @@ export function loadSnapshot(ctl: VmController, req: LoadRequest): Promise<ApiVm
     }
     return restoredApiVm(m);
   });
+}
+
+/**
+ * Refuses a memory file other than the one the checkpoint at `path` records
+ * (vmkit reads memory from there; a different file would be ignored).
+ */
+async function checkMemFile(path: string, memPath: string): Promise<void> {
+  await openUffdShim();
+  let recorded: string;
+  try {
+    using f = CheckpointFile.open(path, { pageCrcs: false });
+    recorded = f.memPath ?? path;
+  } catch (err) {
+    if (err instanceof CheckpointError) throw new ApiFault(400, err.message);
+    if (err instanceof Error) throw new ApiFault(400, `cannot open '${path}': ${err.message}`);
+    throw err;
+  }
+  let same = false;
+  try {
+    const a = Deno.statSync(recorded);
+    const b = Deno.statSync(memPath);
+    same = a.dev === b.dev && a.ino === b.ino;
+  } catch (_err) {
+    same = false; // a missing file is not the recorded one
+  }
+  if (!same) {
+    throw new ApiFault(
+      400,
+      `the memory file '${memPath}' is not the one the checkpoint records ('${recorded}'): ` +
+        "vmkit reads memory from the file named in the checkpoint",
+    );
+  }
 }
 
 /** The routes (see the module doc). */
@@ -231,28 +300,61 @@ export function snapshotRoutes(ctl: VmController): ApiRoute[] {
           "mem_file_path",
           "mem_backend",
           "enable_diff_snapshots",
+          "track_dirty_pages",
           "network_overrides",
+          "clock_realtime",
+          "huge_pages",
+          "vsock_override",
         ]);
         const path = str(body, "snapshot_path", true) ?? "";
         const resume = body.resume_vm ?? false;
         if (typeof resume !== "boolean") throw new ApiFault(400, "'resume_vm' must be a boolean");
-        if (
-          body.enable_diff_snapshots !== undefined &&
-          typeof body.enable_diff_snapshots !== "boolean"
-        ) {
-          throw new ApiFault(400, "'enable_diff_snapshots' must be a boolean");
+        // Dirty tracking needs no switch in vmkit: a diff checkpoint is always possible.
+        for (const key of ["enable_diff_snapshots", "track_dirty_pages", "clock_realtime"]) {
+          const v = body[key];
+          if (v !== undefined && v !== null && typeof v !== "boolean") {
+            throw new ApiFault(400, `'${key}' must be a boolean`);
+          }
+        }
+        if (body.clock_realtime === true) {
+          throw new ApiFault(
+            400,
+            "'clock_realtime': vmkit restores the guest's clocks as they were saved (use false)",
+          );
+        }
+        const huge = body.huge_pages;
+        if (huge !== undefined && huge !== null && huge !== "Snapshot" && huge !== "None") {
+          throw new ApiFault(
+            400,
+            `'huge_pages' must be "Snapshot" or "None" (vmkit maps a checkpoint's memory with ` +
+              `4 KiB pages), got ${JSON.stringify(huge)}`,
+          );
+        }
+        if (body.vsock_override !== undefined && body.vsock_override !== null) {
+          throw new ApiFault(400, "'vsock_override': vmkit has no vsock device");
         }
         const mem = body.mem_backend;
-        if (mem !== undefined) {
+        let memPath: string | undefined;
+        if (mem !== undefined && mem !== null) {
           const m = mem as Record<string, unknown>;
-          if (typeof mem !== "object" || mem === null || m.backend_type !== "File") {
+          if (
+            typeof mem !== "object" || m.backend_type !== "File" ||
+            typeof m.backend_path !== "string"
+          ) {
             throw new ApiFault(
               400,
               '\'mem_backend\' must be {"backend_type": "File", "backend_path": ...}: vmkit fills memory ' +
                 "itself from the checkpoint's memory (lazily), no external page-fault handler",
             );
           }
+          memPath = m.backend_path;
+          if (body.mem_file_path !== undefined && body.mem_file_path !== null) {
+            throw new ApiFault(400, "give either 'mem_backend' or 'mem_file_path', not both");
+          }
+        } else {
+          memPath = str(body, "mem_file_path", false);
         }
+        if (memPath !== undefined) await checkMemFile(path, memPath);
         const taps: Record<string, string> = {};
         const overrides = body.network_overrides ?? [];
         if (!Array.isArray(overrides)) {

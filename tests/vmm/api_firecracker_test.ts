@@ -186,6 +186,13 @@ Deno.test("firecracker API: configure over curl before boot, InstanceStart, then
       }],
       "logger": null,
       "metrics": null,
+      "balloon": null,
+      "vsock": null,
+      "mmds-config": null,
+      "entropy": null,
+      "cpu-config": null,
+      "memory-hotplug": null,
+      "pmem": [],
     });
     // Post-boot requests before boot get Firecracker's message.
     for (

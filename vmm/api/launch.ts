@@ -111,7 +111,13 @@ export function machineApiVm(machine: Machine): ApiVm {
         const backend: DriveBackend = isIscsiUrl(update.path)
           ? { kind: "iscsi", url: update.path }
           : { kind: "file", path: update.path };
-        await disk.replace(backend);
+        try {
+          await disk.replace(backend);
+        } catch (err) {
+          // The drive keeps its image; as Firecracker, a failed update is the request's fault.
+          if (err instanceof ApiFault) throw err;
+          throw new ApiFault(400, `drive '${id}' was not updated: ${(err as Error).message}`);
+        }
       }
       if (update.rateLimiter !== undefined) await disk.setRateLimiter(update.rateLimiter);
     },

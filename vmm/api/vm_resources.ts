@@ -56,6 +56,20 @@ export interface FullVmConfiguration {
   readonly "logger": FcLogger | null;
   /** Metrics, or null. */
   readonly "metrics": FcMetrics | null;
+  /** Devices vmkit does not have, written as Firecracker writes absent ones (null). */
+  readonly "balloon": null;
+  /** No vsock device. */
+  readonly "vsock": null;
+  /** No MMDS. */
+  readonly "mmds-config": null;
+  /** No entropy device. */
+  readonly "entropy": null;
+  /** No CPU template. */
+  readonly "cpu-config": null;
+  /** No memory hotplug. */
+  readonly "memory-hotplug": null;
+  /** No pmem devices. */
+  readonly "pmem": [];
 }
 
 function bucket(b: FcTokenBucket | undefined) {
@@ -283,6 +297,14 @@ export class VmResources {
       "network-interfaces": this.nets,
       "logger": this.logger ?? null,
       "metrics": this.metrics ?? null,
+      // Firecracker's own reply names every section, null (or []) when absent; clients index it.
+      "balloon": null,
+      "vsock": null,
+      "mmds-config": null,
+      "entropy": null,
+      "cpu-config": null,
+      "memory-hotplug": null,
+      "pmem": [],
     };
   }
 
@@ -310,7 +332,9 @@ export class VmResources {
         throw new VmConfigError(`unknown section '${key}' (known: ${known.join(", ")})`);
       }
       const what = UNSUPPORTED_SECTIONS[key];
-      if (what !== undefined && file[key] !== null && file[key] !== undefined) {
+      const v = file[key];
+      const empty = v === null || v === undefined || (Array.isArray(v) && v.length === 0);
+      if (what !== undefined && !empty) {
         throw new VmConfigError(`section '${key}': vmkit has no ${what}; remove it or set null`);
       }
     }

@@ -283,13 +283,28 @@ export class BlkDisk {
    * device); the old one is flushed and closed. Returns the new size.
    */
   async replace(cfg: BlkBackendConfig): Promise<number> {
-    const next = await openBackend(cfg, cfg.backend);
+    // The drive's own file again (Firecracker clients PATCH the same path_on_host so that the
+    // guest sees a new size): the new open takes over the top image's lock, else it would
+    // conflict with this very drive.
+    const top = topImage(this.dev.target);
+    const same = cfg.backend.kind === "file" && top !== null &&
+      sameFile(top.identity, cfg.backend.path);
+    const mode = cfg.readOnly ? "read" : "write";
+    if (same) top.relock("none");
+    let next: Opened;
+    try {
+      next = await openBackend(cfg, cfg.backend);
+    } catch (err) {
+      if (same) top.relock(mode);
+      throw err;
+    }
     const oldRaw = this.#raw;
     try {
       await this.dev.switchTo(next.target, { closeOld: true });
     } catch (err) {
       await next.target.close();
       if (next.raw !== null) closeFd(next.raw.fd);
+      if (same) top.relock(mode);
       throw err;
     }
     if (oldRaw !== null) closeFd(oldRaw.fd);
@@ -309,6 +324,17 @@ export class BlkDisk {
       this.#raw = null;
     }
   }
+}
+
+/** Whether `path` names the file `id` (false when it cannot be looked at). */
+function sameFile(id: { dev: number; ino: number }, path: string): boolean {
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(path);
+  } catch (_err) {
+    return false; // the open that follows reports why
+  }
+  return st.dev === id.dev && st.ino === id.ino;
 }
 
 /** The top `cow/` image of a target (a commit's mirror counts as its overlay), or null. */
