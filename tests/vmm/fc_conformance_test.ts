@@ -34,7 +34,7 @@ const FULL_VM_CONFIGURATION_KEYS = [
   "vsock",
 ];
 
-Deno.test("GET /vm/config names every FullVmConfiguration section, and Firecracker's own output reads back as a config file", async () => {
+Deno.test("GET /vm/config names every FullVmConfiguration section, and Firecracker's own output reads back as a config file", () => {
   const r = new VmResources();
   r.bootSource = { kernel_image_path: "/k", boot_args: "console=ttyS0" };
   const cfg = JSON.parse(JSON.stringify(r.toJSON())) as Record<string, unknown>;
