@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { Checkpointer } from "../../checkpoint/live.ts";
-import { restoreMachine } from "../../vmm/checkpoint.ts";
+import { MachineTarget, restoreMachine } from "../../vmm/checkpoint.ts";
 import {
   copyRam,
   firstDifference,
@@ -60,5 +60,39 @@ Deno.test("a live checkpoint restores to the RAM and registers of its pause whil
     before !== undefined && after.some((b, i) => b !== before[i]),
     "the restored guest did not run",
   );
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("a restored VM (RAM on the shared page store) is checkpointed again, as a diff against its origin and fully, and both restore exactly (needs /dev/kvm)", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-reckpt-" });
+  {
+    await using m = await seqMachine(48, 1024);
+    await sleep(300);
+    using cp = await Checkpointer.create(new MachineTarget(m));
+    await (await cp.checkpoint({ path: `${dir}/a.ckpt` })).done;
+  }
+  await using r = await restoreMachine(`${dir}/a.ckpt`, { vmGenId: false });
+  assert.ok(r.pageStore !== undefined);
+  await r.machine.start();
+  await sleep(300);
+  // Taken while paused (a paused VM stays paused), so RAM now is what each must hold.
+  const cp = r.checkpointer;
+  await r.machine.pause();
+  const refB = copyRam(r.machine);
+  const b = await (await cp.checkpoint({ path: `${dir}/b.ckpt`, diff: true })).done;
+  assert.equal(b.diff, true, "the restored VM's writes are tracked from its first instruction");
+  assert.ok(b.inheritedPages > 0, "the diff against its origin inherited nothing");
+  await r.machine.resume();
+  await sleep(300);
+  await r.machine.pause();
+  const refC = copyRam(r.machine);
+  const c = await (await cp.checkpoint({ path: `${dir}/c.ckpt` })).done;
+  assert.equal(c.inheritedPages, 0);
+  assert.notEqual(firstDifference(refB, refC), -1, "the guest did not run between them");
+  for (const [path, ref] of [[`${dir}/b.ckpt`, refB], [`${dir}/c.ckpt`, refC]] as const) {
+    await using x = await restoreMachine(path, { vmGenId: false });
+    const diff = firstDifference(copyRam(x.machine), ref);
+    assert.equal(diff, -1, `${path} restores RAM that differs at 0x${diff.toString(16)}`);
+  }
   await Deno.remove(dir, { recursive: true });
 });
