@@ -15,8 +15,10 @@
  * another clone already stored, so each first access is seen and tracked.
  *
  * Lifetime: each user holds a shared `flock`; the last one out (an
- * exclusive lock succeeds) removes the file. A store for another checkpoint
- * or owned by another user is refused.
+ * exclusive lock succeeds) removes the file. A store left by VMs that all
+ * died (kill -9) is removed by the next open in its folder: nobody holds a
+ * lock on it, and its bytes can always be filled again from the checkpoint.
+ * A store for another checkpoint or owned by another user is refused.
  *
  * @example
  * ```ts
@@ -97,6 +99,7 @@ export class PageStore implements Disposable {
   static open(dir: string, id: string, bytes: number): PageStore | undefined {
     if (!/^[0-9a-f]{32}$/.test(id)) throw new CheckpointError(`bad checkpoint id '${id}'`);
     const path = `${dir.replace(/\/+$/, "")}/vmkit-pages-${id}`;
+    PageStore.sweep(dir);
     const s = uffd();
     for (let attempt = 0; attempt < 8; attempt++) {
       const fd = s.vk_file_open(cString(path), O_RDWR | O_CREAT | O_NOFOLLOW, 0o600);
@@ -130,6 +133,41 @@ export class PageStore implements Disposable {
     throw new CheckpointError(
       `the page store ${path} keeps disappearing; is another tool removing it?`,
     );
+  }
+
+  /**
+   * Removes the stores in `dir` that no VM holds (their VMs died without
+   * closing them); returns their paths. Stores of other users are left alone.
+   */
+  static sweep(dir: string): string[] {
+    const s = uffd();
+    const removed: string[] = [];
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(dir)];
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return removed;
+      throw err;
+    }
+    for (const e of entries) {
+      if (!e.isFile || !/^vmkit-pages-[0-9a-f]{32}$/.test(e.name)) continue;
+      const path = `${dir.replace(/\/+$/, "")}/${e.name}`;
+      const fd = s.vk_file_open(cString(path), O_RDWR | O_NOFOLLOW, 0);
+      if (fd < 0) continue; // gone meanwhile, or not ours to open
+      try {
+        const st = stat(fd);
+        if (st.uid !== Number(s.vk_geteuid()) || st.nlink === 0) continue;
+        if (s.vk_file_lock(fd, LOCK_EX | LOCK_NB) !== 0) continue; // in use
+        // A VM that opened it but has not locked it yet sees the link gone and makes a new one.
+        if (Deno.statSync(path).ino === Number(st.ino)) {
+          Deno.removeSync(path);
+          removed.push(path);
+        }
+      } finally {
+        s.vk_file_close(fd);
+      }
+    }
+    return removed;
   }
 
   /** Lets go of the store; the last user removes the file. Unmap the VM's RAM first. */

@@ -108,9 +108,9 @@ Deno.test("PUT /snapshot/create answers with the pause once the VM runs, GET /sn
     await machine.pause();
     const after = machine.memory.read(SEQ_BASE, 4096 * 16);
     assert.ok(after.some((b, i) => b !== before[i]), "the loaded guest did not run");
-    await machine[Symbol.asyncDispose]();
   } finally {
     await server.close();
+    await ctl.vm?.machine?.[Symbol.asyncDispose]();
   }
   await Deno.remove(dir, { recursive: true });
 });
