@@ -192,20 +192,37 @@ const check = command({
       imageEndOffset: r.imageEndOffset,
       totalClusters: r.totalClusters,
       allocatedClusters: r.allocatedClusters,
+      fragmentedClusters: r.fragmentedClusters,
+      compressedClusters: r.compressedClusters,
       errors: r.errors,
     }, () => {
-      const lines = r.errors.map((e) => `ERROR ${e}`);
-      lines.push(
-        r.errors.length > 0
-          ? `\n${r.errors.length} errors were found on the image.`
-          : "No errors were found on the image.",
-      );
-      if (r.leaks > 0) lines.push(`${r.leaks} leaked clusters were found on the image.`);
+      // qemu-img check's report: the findings one per line on stderr, the summary on stdout.
+      for (const e of r.errors) console.error(`ERROR ${e}`);
+      const lines: string[] = [];
+      if (r.errors.length === 0 && r.leaks === 0) lines.push("No errors were found on the image.");
+      if (r.errors.length > 0) {
+        lines.push(
+          `\n${r.errors.length} errors were found on the image.`,
+          "Data may be corrupted, or further writes to the image may corrupt it.",
+        );
+      }
+      if (r.leaks > 0) {
+        lines.push(
+          `\n${r.leaks} leaked clusters were found on the image.`,
+          "This means waste of disk space, but no harm to data.",
+        );
+      }
+      // qemu-img check's line: fragmented and compressed are shares of the allocated clusters.
       const pct = r.totalClusters === 0 ? 0 : (100 * r.allocatedClusters) / r.totalClusters;
-      lines.push(
-        `${r.allocatedClusters}/${r.totalClusters} = ${pct.toFixed(2)}% allocated`,
-        `Image end offset: ${r.imageEndOffset}`,
-      );
+      const of = (n: number) => r.allocatedClusters === 0 ? 0 : (100 * n) / r.allocatedClusters;
+      if (r.totalClusters !== 0 && r.allocatedClusters !== 0) {
+        lines.push(
+          `${r.allocatedClusters}/${r.totalClusters} = ${pct.toFixed(2)}% allocated, ` +
+            `${of(r.fragmentedClusters).toFixed(2)}% fragmented, ` +
+            `${of(r.compressedClusters).toFixed(2)}% compressed clusters`,
+        );
+      }
+      if (r.imageEndOffset !== 0) lines.push(`Image end offset: ${r.imageEndOffset}`);
       return lines.join("\n");
     });
     return r.errors.length > 0 ? Exit.CORRUPT : r.leaks > 0 ? Exit.LEAKS : Exit.OK;

@@ -18,8 +18,18 @@ export interface CheckResult {
   errors: string[];
   /** Clusters with a refcount but no reference (harmless, wasted space). */
   leaks: number;
-  /** Data clusters referenced by L2 tables. */
+  /**
+   * Clusters with host space referenced by L2 tables (data, zero-flagged
+   * with an offset, compressed), counted as `qemu-img check` counts them.
+   */
   allocatedClusters: number;
+  /**
+   * Allocated clusters whose host offset does not follow the previous one's
+   * in guest order (every compressed cluster counts), as QEMU counts them.
+   */
+  fragmentedClusters: number;
+  /** Compressed clusters. */
+  compressedClusters: number;
   /** Clusters the virtual disk spans. */
   totalClusters: number;
   /** Host offset just past the last used cluster. */
@@ -193,6 +203,8 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
   const l2Entries = cs / 8;
   const l1 = readTable(h.l1TableOffset, l1Bytes);
   let allocated = 0;
+  let fragmented = 0;
+  let compressed = 0;
   const copiedChecks: Array<{ ci: number; what: string }> = [];
   for (let i = 0; i < h.l1Size; i++) {
     const e = entry(l1, i);
@@ -200,6 +212,8 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
     if (!ref(e.off, `L2 table ${i}`)) continue;
     if (e.hi & 0x80000000) copiedChecks.push({ ci: e.off / cs, what: `L2 table ${i}` });
     const l2 = readTable(e.off, cs);
+    // Host offset that would continue the previous cluster; per L2 table, as QEMU counts.
+    let nextContiguous = 0;
     for (let j = 0; j < l2Entries; j++) {
       const d = entry(l2, j);
       const guest = (i * l2Entries + j) * cs;
@@ -210,11 +224,16 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
           ref(c * cs, `compressed cluster at guest ${guest}`);
         }
         allocated++;
+        compressed++;
+        fragmented++; // QEMU: compressed clusters are fragmented by nature
         continue;
       }
       if (d.off === 0) continue;
       if (!ref(d.off, `data cluster at guest ${guest}`)) continue;
-      if (!(d.lo & 1)) allocated++;
+      // A zero-flagged cluster that keeps its host cluster still counts, as in QEMU.
+      allocated++;
+      if (nextContiguous !== 0 && d.off !== nextContiguous) fragmented++;
+      nextContiguous = d.off + cs;
       if (d.hi & 0x80000000) {
         copiedChecks.push({ ci: d.off / cs, what: `data cluster at guest ${guest}` });
       }
@@ -245,7 +264,7 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
   let end = 0;
   for (const [ci, want] of refs.entries()) {
     const have = stored(ci);
-    end = (ci + 1) * cs;
+    end = Math.max(end, (ci + 1) * cs);
     if (have < want) {
       errors.push(`cluster ${ci} (offset ${ci * cs}): refcount ${have}, referenced ${want} times`);
     } else if (have > want) {
@@ -259,7 +278,10 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
     const v = first < last ? block(bi) : undefined;
     if (v === undefined) continue;
     for (let ci = first; ci < last; ci++) {
-      if (refs.get(ci) === 0 && storedIn(v, ci - first) > 0) leaks++;
+      if (refs.get(ci) === 0 && storedIn(v, ci - first) > 0) {
+        leaks++;
+        end = Math.max(end, (ci + 1) * cs); // QEMU's end offset counts leaked clusters too
+      }
     }
   }
   for (const { ci, what } of copiedChecks) {
@@ -270,6 +292,8 @@ export function checkReader(file: PositionedReader, path: string): CheckResult {
     errors,
     leaks,
     allocatedClusters: allocated,
+    fragmentedClusters: fragmented,
+    compressedClusters: compressed,
     totalClusters: Math.ceil(h.size / cs),
     imageEndOffset: end,
   };
