@@ -325,6 +325,38 @@ int vkio_uring_reap(uint64_t handle, uint8_t *out, uint32_t len, uint32_t max, u
 
 /* ---- files -------------------------------------------------------------- */
 
+#define VKIO_IOV_MAX 1024 /* UIO_MAXIOV */
+
+/*
+ * preadv(2)/pwritev(2) on the calling thread: the `n` iovecs start `at`
+ * bytes into `iovs` (a buffer of `len` bytes), the file offset is
+ * off_hi:off_lo (two u32 halves, so a caller passes no 64-bit integer).
+ * Returns the bytes moved (short at EOF) or -errno.
+ */
+static int rw_iov(int write, int fd, const uint8_t *iovs, uint32_t len, uint32_t at, uint32_t n,
+                  uint32_t off_lo, uint32_t off_hi) {
+  if (n == 0 || n > VKIO_IOV_MAX || at % 8 != 0 ||
+      (uint64_t)at + (uint64_t)n * sizeof(struct iovec) > len)
+    return -EINVAL;
+  const struct iovec *iov = (const struct iovec *)(iovs + at);
+  off_t off = (off_t)(((uint64_t)off_hi << 32) | off_lo);
+  ssize_t r;
+  do {
+    r = write ? pwritev(fd, iov, (int)n, off) : preadv(fd, iov, (int)n, off);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : (r > INT_MAX ? INT_MAX : (int)r);
+}
+
+int vkio_preadv(int fd, const uint8_t *iovs, uint32_t len, uint32_t at, uint32_t n,
+                uint32_t off_lo, uint32_t off_hi) {
+  return rw_iov(0, fd, iovs, len, at, n, off_lo, off_hi);
+}
+
+int vkio_pwritev(int fd, const uint8_t *iovs, uint32_t len, uint32_t at, uint32_t n,
+                 uint32_t off_lo, uint32_t off_hi) {
+  return rw_iov(1, fd, iovs, len, at, n, off_lo, off_hi);
+}
+
 /* open(2) with O_CLOEXEC added; `flags` as the kernel takes them. */
 int vkio_open(const char *path, int flags, uint32_t mode) {
   return io_ret(open(path, flags | O_CLOEXEC, mode));

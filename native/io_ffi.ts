@@ -47,6 +47,14 @@ export const IO_SYMBOLS = {
   vkio_uring_submit: { parameters: ["u64", "buffer", "u32", "u32"], result: "i32" },
   vkio_uring_reap: { parameters: ["u64", "buffer", "u32", "u32", "u32"], result: "i32" },
   vkio_open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
+  vkio_preadv: {
+    parameters: ["i32", "buffer", "u32", "u32", "u32", "u32", "u32"],
+    result: "i32",
+  },
+  vkio_pwritev: {
+    parameters: ["i32", "buffer", "u32", "u32", "u32", "u32", "u32"],
+    result: "i32",
+  },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The opened I/O shim's callable symbols. */

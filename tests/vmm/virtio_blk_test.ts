@@ -33,6 +33,7 @@ async function rig(
     format?: "raw" | "qcow2";
     path?: string;
     rateLimiter?: DriveConfig["rateLimiter"];
+    syncWriteStallMs?: number;
   } = {},
 ): Promise<Rig> {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-blk-" });
@@ -51,7 +52,7 @@ async function rig(
     serial: "vmkit-serial-1",
     ...(opts.rateLimiter === undefined ? {} : { rateLimiter: opts.rateLimiter }),
   };
-  const host = await startBlk(mem, drive);
+  const host = await startBlk(mem, drive, undefined, opts.syncWriteStallMs);
   const drv = new HostDriver(mem, host);
   return { mem, host, drv, dir, path, disk: new DiskHandle(host, drive) };
 }
@@ -90,8 +91,18 @@ function request(
   return { bufs, data: at + 0x1000, status };
 }
 
-Deno.test("virtio-blk on a raw file: write, flush, read back, GET_ID, through ioeventfd-style kicks", async () => {
-  const r = await rig();
+for (
+  const [how, syncWriteStallMs] of [["writes on the I/O Worker", undefined], [
+    "writes through io_uring",
+    0,
+  ]] as const
+) {
+  Deno.test(`virtio-blk on a raw file (${how}): write, flush, read back, GET_ID, through ioeventfd-style kicks`, () =>
+    rawRoundTrip(syncWriteStallMs));
+}
+
+async function rawRoundTrip(syncWriteStallMs: number | undefined): Promise<void> {
+  const r = await rig(syncWriteStallMs === undefined ? {} : { syncWriteStallMs });
   try {
     assert.equal(r.drv.read(0x00), 0x74726976);
     assert.equal(r.drv.read(0x04), 2);
@@ -139,7 +150,42 @@ Deno.test("virtio-blk on a raw file: write, flush, read back, GET_ID, through io
   } finally {
     await teardown(r);
   }
-});
+}
+
+for (
+  const [how, syncWriteStallMs] of [["through io_uring", 0], [
+    "switching to io_uring after a stalled one",
+    1e-9,
+  ]] as const
+) {
+  Deno.test(`virtio-blk with writes ${how} keeps many in flight and they all land`, () =>
+    writesInFlight(syncWriteStallMs));
+}
+
+async function writesInFlight(syncWriteStallMs: number): Promise<void> {
+  const r = await rig({ bytes: 4 << 20, syncWriteStallMs });
+  try {
+    start(r, F_VERSION_1 | F_EVENT_IDX, 256);
+    const n = 80;
+    const reqs: ReturnType<typeof request>[] = [];
+    for (let i = 0; i < n; i++) {
+      const q = request(r, BUF_AT + i * 0x3000, T_OUT, i * 8, 4096, false);
+      r.mem.write(q.data, new Uint8Array(4096).fill(0x80 + (i & 0x3f)));
+      reqs.push(q);
+      r.drv.addChain(q.bufs);
+    }
+    r.drv.kick();
+    assert.equal((await r.drv.collect(n)).length, n);
+    reqs.forEach((q, i) => assert.equal(r.mem.read(q.status, 1)[0], 0, `write ${i} status`));
+    const file = await Deno.readFile(r.path);
+    for (let i = 0; i < n; i++) {
+      const at = i * 8 * 512;
+      assert.ok(file.subarray(at, at + 4096).every((b) => b === 0x80 + (i & 0x3f)), `write ${i}`);
+    }
+  } finally {
+    await teardown(r);
+  }
+}
 
 Deno.test("virtio-blk keeps many requests in flight and completes every one", async () => {
   const r = await rig({ bytes: 4 << 20 });

@@ -12,7 +12,7 @@
 import { FdWaiter } from "../../native/io_ffi.ts";
 import type { HostMemory } from "../../vmm/memory.ts";
 import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
-import { blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
+import { type BlkBackendConfig, blkDeviceConfig } from "../../vmm/devices/virtio/blk_format.ts";
 import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import type { DriveConfig } from "../../vmm/io_config.ts";
 import { VirtioMmioTransport } from "../../vmm/devices/virtio/mmio.ts";
@@ -52,8 +52,14 @@ export function startBlk(
   mem: HostMemory,
   drive: DriveConfig,
   alloc = new MmioAllocator(),
+  syncWriteStallMs?: number,
 ): Promise<VirtioDeviceHost> {
-  return VirtioDeviceHost.start(blkDeviceConfig(drive), mem.regions, alloc.allocate(drive.id));
+  const cfg = blkDeviceConfig(drive);
+  const config = syncWriteStallMs === undefined ? cfg : {
+    ...cfg,
+    backendConfig: { ...(cfg.backendConfig as BlkBackendConfig), syncWriteStallMs },
+  };
+  return VirtioDeviceHost.start(config, mem.regions, alloc.allocate(drive.id));
 }
 
 /** One buffer of a chain. */

@@ -65,6 +65,11 @@ export interface VirtioBackend {
    * (QEMU's IOThread adaptive polling).
    */
   poll?(): boolean;
+  /**
+   * The poll window ended: re-enable the driver notifications polling left
+   * off and take what arrived meanwhile (the loop sleeps next).
+   */
+  idle?(): void;
   /** Called once everything in flight has completed during a quiesce; may switch disks. */
   quiesced?(): Promise<void> | void;
   /** Everything in flight has completed during a reset: forget per-activation state. */

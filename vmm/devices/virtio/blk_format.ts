@@ -164,6 +164,12 @@ export interface BlkBackendConfig {
   readonly initiatorName?: string;
   /** Use io_uring for raw files (default true; false uses the synchronous path). */
   readonly uring?: boolean;
+  /**
+   * Raw files through io_uring: writes run synchronously (pwritev on the I/O
+   * Worker) until one takes longer than this many milliseconds, then through
+   * io_uring for a while (default 10; 0: always through io_uring).
+   */
+  readonly syncWriteStallMs?: number;
   /** Firecracker's rate limiter: bandwidth (data bytes) and ops (requests). */
   readonly rateLimiter?: RateLimiterConfig;
   /** The drive's counters ({@link BLK_STAT_NAMES}), written by the I/O Worker. */

@@ -16,6 +16,7 @@ import {
   EventFd,
   FALLOC_KEEP_SIZE,
   FALLOC_PUNCH_HOLE,
+  ioShim,
   IoUring,
   URING_CQE_BYTES,
   URING_FSYNC_DATASYNC,
@@ -123,21 +124,18 @@ export class BlkUring {
         this.#onDone(req);
         return;
       }
-      const ram = this.#ctx.ram;
-      const iv = this.#iovView;
-      const base = req.slot * this.#iovStride;
-      for (let i = 0; i < req.segs; i++) {
-        const host = ram.host(req.segRegion[i] ?? 0, req.segAddr[i] ?? 0);
-        const at = base + i * IOVEC_BYTES;
-        iv.setUint32(at, host % 0x1_0000_0000, true);
-        iv.setUint32(at + 4, Math.floor(host / 0x1_0000_0000), true);
-        iv.setUint32(at + 8, req.segLen[i] ?? 0, true);
-        iv.setUint32(at + 12, 0, true);
-      }
       req.pendingOps = 1;
-      const op = type === BlkType.IN ? UringOp.READV : UringOp.WRITEV;
+      const off = req.sector * SECTOR;
       const rwFlags = dsync && type === BlkType.OUT ? RWF_DSYNC : 0;
-      this.#queue(op, fd, this.#iovAddr + base, req.segs, rwFlags, req.slot, req.sector * SECTOR);
+      if (req.segs === 1) {
+        // One buffer (most requests): READ/WRITE, no iovec for the kernel to import.
+        const host = this.#ctx.ram.host(req.segRegion[0] ?? 0, req.segAddr[0] ?? 0);
+        const op = type === BlkType.IN ? UringOp.READ : UringOp.WRITE;
+        this.#queue(op, fd, host, req.dataBytes, rwFlags, req.slot, off);
+        return;
+      }
+      const op = type === BlkType.IN ? UringOp.READV : UringOp.WRITEV;
+      this.#queue(op, fd, this.#iovAddr + this.#iovecs(req), req.segs, rwFlags, req.slot, off);
       return;
     }
     if (type === BlkType.FLUSH) {
@@ -164,6 +162,41 @@ export class BlkUring {
     }
     req.pendingOps = n;
     if (n === 0) this.#onDone(req);
+  }
+
+  /** Lays out the iovecs of `req`'s data buffers in its slot; returns their offset in #iov. */
+  #iovecs(req: BlkRequest): number {
+    const ram = this.#ctx.ram;
+    const iv = this.#iovView;
+    const base = req.slot * this.#iovStride;
+    for (let i = 0; i < req.segs; i++) {
+      const host = ram.host(req.segRegion[i] ?? 0, req.segAddr[i] ?? 0);
+      const at = base + i * IOVEC_BYTES;
+      iv.setUint32(at, host % 0x1_0000_0000, true);
+      iv.setUint32(at + 4, Math.floor(host / 0x1_0000_0000), true);
+      iv.setUint32(at + 8, req.segLen[i] ?? 0, true);
+      iv.setUint32(at + 12, 0, true);
+    }
+    return base;
+  }
+
+  /**
+   * Runs a read or write (IN/OUT, checked by the caller) on this thread with
+   * preadv/pwritev and finishes it.
+   */
+  runNow(req: BlkRequest, fd: number): void {
+    if (req.dataBytes > 0) {
+      const s = ioShim();
+      const at = this.#iovecs(req);
+      const off = req.sector * SECTOR;
+      const lo = off % 0x1_0000_0000, hi = Math.floor(off / 0x1_0000_0000);
+      const iov = this.#iov;
+      const r = req.type === BlkType.IN
+        ? s.vkio_preadv(fd, iov, iov.length, at, req.segs, lo, hi)
+        : s.vkio_pwritev(fd, iov, iov.length, at, req.segs, lo, hi);
+      if (r !== req.dataBytes) req.status = BlkStatus.IOERR;
+    }
+    this.#onDone(req);
   }
 
   /** Whether completions are waiting (no syscall). */

@@ -99,6 +99,14 @@ export class SplitQueue {
   readonly size: number;
   /** Why the last {@link pop} returned {@link POP_ERROR}. */
   error = "";
+  /**
+   * Whether {@link pop} re-arms the driver's notifications (EVENT_IDX's
+   * avail_event moves past each chain taken, as QEMU does). A device that
+   * calls {@link armNotify} and re-checks {@link pending} before every sleep
+   * clears it: the driver then does not notify while the device is busy
+   * taking chains (virtio 1.2 §2.7.10), only once after the device re-armed.
+   */
+  notifyOnPop = true;
   readonly #ram: GuestRam;
   readonly #w: Int32Array;
   readonly #eventIdx: boolean;
@@ -175,8 +183,8 @@ export class SplitQueue {
     if (head >= size) return this.#fail(`head ${head} is outside the queue of ${size}`);
     if (!this.#walk(chain, head)) return POP_ERROR;
     w[this.#wLastAvail] = (last + 1) & 0xffff;
-    if (this.#eventIdx) {
-      // avail_event: interrupt-free until the driver adds past what we have taken.
+    if (this.#eventIdx && this.notifyOnPop) {
+      // avail_event: notification-free until the driver adds past what we have taken.
       this.#used.setUint16(this.#usedOff + 4 + 8 * size, (last + 1) & 0xffff, true);
     }
     return POP_OK;

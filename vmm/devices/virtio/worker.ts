@@ -214,10 +214,11 @@ class IoLoop implements VirtioBackendContext {
     const b = this.backend;
     let last = performance.now();
     for (;;) {
-      if (Atomics.load(this.state, W.CTRL) !== 0) return;
+      if (Atomics.load(this.state, W.CTRL) !== 0) break;
       if (poll.call(b)) last = performance.now();
-      else if (performance.now() - last > windowMs) return;
+      else if (performance.now() - last > windowMs) break;
     }
+    b?.idle?.();
   }
 
   #runCalls(): void {
