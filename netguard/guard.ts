@@ -17,7 +17,7 @@ import type { NetguardEvent, StatsEvent } from "./events.ts";
 import { ConnTracker } from "./conn_tracker.ts";
 import { DirectionMonitor, type TransitionReport } from "./monitor.ts";
 import { PacketInfo } from "./packet.ts";
-import { PACKET_OUTGOING, parseLinkFrame } from "./pcap.ts";
+import { PACKET_OUTGOING, parseLinkFrame, wireLength } from "./pcap.ts";
 import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
 import {
   type Cause,
@@ -237,7 +237,8 @@ export class NetGuard {
   ): Verdict {
     const info = this.#info;
     parseLinkFrame(link, buf, off, len, info);
-    return this.#count(vmId, direction, iface, buf, info, wireLen, tsMs);
+    const wire = wireLength(link, buf, off, len, wireLen);
+    return this.#count(vmId, direction, iface, buf, info, wire, tsMs);
   }
 
   /**
@@ -258,6 +259,7 @@ export class NetGuard {
   ): void {
     const info = this.#info;
     const linkPktType = parseLinkFrame(link, buf, off, len, info);
+    wireLen = wireLength(link, buf, off, len, wireLen);
     const pt = pktType >= 0 ? pktType : linkPktType;
     let matched = false;
     if (info.ipVersion !== 0 && this.#addressMap.length > 0) {

@@ -18,6 +18,10 @@
  *   {@link openCaptureStream} for files, FIFOs and stdin) or indexed in memory
  *   ({@link readCapture}, {@link replayCapture}); one incremental parser,
  *   {@link CaptureDecoder}, serves both. {@link PcapWriter} writes samples for tcpdump.
+ *   Link types: Ethernet, raw IP, Linux cooked v1/v2 (`tcpdump -i any`) and BSD
+ *   loopback (macOS `lo0`); byte rates count a frame as it was on the wire
+ *   ({@link wireLength}: a cooked or loopback header counts as the 14-byte
+ *   Ethernet header it replaced), so one traffic gives one rate however it was captured.
  *
  * @example
  * ```ts

@@ -14,6 +14,8 @@ import {
   LINKTYPE_ETHERNET,
   LINKTYPE_LINUX_SLL,
   LINKTYPE_LINUX_SLL2,
+  LINKTYPE_LOOP,
+  LINKTYPE_NULL,
   PCAP_FILE_HEADER,
   PCAP_MAGIC_US,
   PCAP_OFF_LINKTYPE,
@@ -35,6 +37,8 @@ const SLL_OFF_PROTOCOL = 14;
 const SLL2_HEADER = 20;
 const SLL2_OFF_PROTOCOL = 0;
 const SLL2_OFF_PKTTYPE = 10;
+/** BSD loopback header: the address family (2 IPv4; 24, 28 or 30 IPv6 by OS), 4 bytes. */
+const LOOPBACK_HEADER = 4;
 /** Linux packet type of a frame the host sent (`PACKET_OUTGOING`). */
 export const PACKET_OUTGOING = 4;
 
@@ -213,16 +217,69 @@ export function parseLinkFrame(
       : (buf[off + SLL2_OFF_PKTTYPE] ?? 0);
     const po = off + (link === LINKTYPE_LINUX_SLL ? SLL_OFF_PROTOCOL : SLL2_OFF_PROTOCOL);
     const proto = (buf[po] ?? 0) * 256 + (buf[po + 1] ?? 0);
-    parseRawIp(buf, off + hdr, len - hdr, info);
-    if (proto !== 0x0800 && proto !== 0x86dd && info.error === 0) {
-      info.cls = PacketClass.nonIp;
-      info.ipVersion = 0;
-      info.etherType = proto;
-    }
+    if (proto === 0x0800 || proto === 0x86dd) parseRawIp(buf, off + hdr, len - hdr, info);
+    else nonIp(info, off + hdr, len - hdr, proto); // ARP and the like are not malformed IP
     return pktType;
+  }
+  if (link === LINKTYPE_NULL || link === LINKTYPE_LOOP) {
+    if (len < LOOPBACK_HEADER) {
+      parseRawIp(buf, off, 0, info);
+      return -1;
+    }
+    // NULL's family is in the capturing host's byte order: small values read either way.
+    const b = buf.subarray(off, off + LOOPBACK_HEADER);
+    const family = link === LINKTYPE_LOOP || (b[0] === 0 && b[1] === 0)
+      ? (b[2] ?? 0) * 256 + (b[3] ?? 0)
+      : (b[1] ?? 0) * 256 + (b[0] ?? 0);
+    if (family === 2 || family === 24 || family === 28 || family === 30) {
+      parseRawIp(buf, off + LOOPBACK_HEADER, len - LOOPBACK_HEADER, info);
+    } else nonIp(info, off + LOOPBACK_HEADER, len - LOOPBACK_HEADER, 0);
+    return -1;
   }
   parseRawIp(buf, off, len, info);
   return -1;
+}
+
+const SLL_OFF_HATYPE = 2;
+const SLL2_OFF_HATYPE = 8;
+const ARPHRD_ETHER = 1;
+const ARPHRD_LOOPBACK = 772;
+const ETHERNET_HEADER = 14;
+
+/**
+ * A frame's length as it was on the wire. Cooked (`tcpdump -i any`) and BSD
+ * loopback captures replace the link header with their own, so their lengths
+ * are brought back to the 14-byte header an Ethernet or Linux loopback link
+ * has (none for links without one, e.g. a tun): the same traffic then counts
+ * the same bytes whichever way it was captured. Other links are as captured.
+ */
+export function wireLength(
+  link: number,
+  buf: Uint8Array,
+  off: number,
+  len: number,
+  wireLen: number,
+): number {
+  if (link === LINKTYPE_LINUX_SLL || link === LINKTYPE_LINUX_SLL2) {
+    const v1 = link === LINKTYPE_LINUX_SLL;
+    const hdr = v1 ? SLL_HEADER : SLL2_HEADER;
+    if (len < hdr || wireLen < hdr) return wireLen;
+    const at = off + (v1 ? SLL_OFF_HATYPE : SLL2_OFF_HATYPE);
+    const ha = (buf[at] ?? 0) * 256 + (buf[at + 1] ?? 0);
+    return wireLen - hdr + (ha === ARPHRD_ETHER || ha === ARPHRD_LOOPBACK ? ETHERNET_HEADER : 0);
+  }
+  if ((link === LINKTYPE_NULL || link === LINKTYPE_LOOP) && wireLen >= LOOPBACK_HEADER) {
+    return wireLen - LOOPBACK_HEADER + ETHERNET_HEADER;
+  }
+  return wireLen;
+}
+
+/** Marks `info` as a well-formed frame that carries no IP (`etherType` when the link says). */
+function nonIp(info: PacketInfo, off: number, len: number, etherType: number): void {
+  info.reset(off, len);
+  info.cls = PacketClass.nonIp;
+  info.ipVersion = 0;
+  info.etherType = etherType;
 }
 
 /** Writes classic microsecond pcap files, one record at a time, into memory. */

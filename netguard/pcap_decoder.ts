@@ -18,12 +18,16 @@
 
 import { CaptureFormatError } from "./errors.ts";
 
+/** Link type of BSD loopback (`lo0` on macOS and the BSDs): a 4-byte address family, host order. */
+export const LINKTYPE_NULL = 0;
 /** Link type of Ethernet frames. */
 export const LINKTYPE_ETHERNET = 1;
 /** Link type of raw IP packets (version from the first nibble). */
 export const LINKTYPE_RAW = 101;
 /** Link type of Linux "cooked" captures (`tcpdump -i any`, v1). */
 export const LINKTYPE_LINUX_SLL = 113;
+/** Link type of OpenBSD loopback: a 4-byte address family, network order. */
+export const LINKTYPE_LOOP = 108;
 /** Link type of raw IPv4 packets. */
 export const LINKTYPE_IPV4 = 228;
 /** Link type of raw IPv6 packets. */
@@ -32,6 +36,8 @@ export const LINKTYPE_IPV6 = 229;
 export const LINKTYPE_LINUX_SLL2 = 276;
 
 const SUPPORTED_LINKTYPES: ReadonlySet<number> = new Set([
+  LINKTYPE_NULL,
+  LINKTYPE_LOOP,
   LINKTYPE_ETHERNET,
   LINKTYPE_RAW,
   LINKTYPE_LINUX_SLL,
@@ -122,8 +128,8 @@ function checkLinkType(source: string, link: number): void {
   if (!SUPPORTED_LINKTYPES.has(link)) {
     throw new CaptureFormatError(
       source,
-      `unknown link type ${link}; netguard reads Ethernet (1), raw IP (101, 228, 229) and ` +
-        `Linux cooked (113, 276) captures`,
+      `unknown link type ${link}; netguard reads Ethernet (1), raw IP (101, 228, 229), ` +
+        `Linux cooked (113, 276) and BSD loopback (0, 108) captures`,
     );
   }
 }

@@ -12,7 +12,7 @@ import type { NetguardEvent } from "./events.ts";
 import { NetGuard } from "./guard.ts";
 import { PACKET_CLASS_NAMES, PacketInfo, PARSE_ERROR_NAMES, PROTO_TCP } from "./packet.ts";
 import { formatAddress } from "./packet_text.ts";
-import { type Capture, forEachRecord, parseLinkFrame } from "./pcap.ts";
+import { type Capture, forEachRecord, parseLinkFrame, wireLength } from "./pcap.ts";
 import type { RecordHandler } from "./pcap_decoder.ts";
 import { TopK } from "./top_k.ts";
 
@@ -101,7 +101,7 @@ export class CaptureSummarizer {
       this.#inSec = 0;
     }
     if (++this.#inSec > this.#peak) this.#peak = this.#inSec;
-    this.#bytes += wireLen;
+    this.#bytes += wireLength(link, buf, off, len, wireLen);
     this.#classes[info.cls] = (this.#classes[info.cls] ?? 0) + 1;
     if (info.error !== 0) this.#malformed[info.error] = (this.#malformed[info.error] ?? 0) + 1;
     if (info.vlan >= 0) this.#vlan++;

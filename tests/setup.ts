@@ -40,6 +40,8 @@ export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
   { probe: "/usr/bin/ping", pkg: "iputils-ping" },
   // QEMU's virtio-net (microvm, TCG) checks the suite's guest net driver against a real device.
   { probe: "/usr/bin/qemu-system-x86_64", pkg: "qemu-system-x86" },
+  // editcap, mergecap, text2pcap: captures written by Wireshark's tools (netguard's interop test).
+  { probe: "/usr/bin/mergecap", pkg: "wireshark-common" },
   // iasl, acpixtract, acpidump, acpiexec: the ACPI tables' reference checker.
   { probe: "/usr/bin/iasl", pkg: "acpica-tools" },
 ];
