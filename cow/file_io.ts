@@ -145,6 +145,14 @@ export class ImageFile {
     }
   }
 
+  /**
+   * The open descriptor, for a caller that reads it with its own I/O
+   * (io_uring); valid until {@link ImageFile.close}.
+   */
+  get fd(): number {
+    return this.#check();
+  }
+
   #check(): number {
     if (this.#fd < 0) throw new DiskIoError("use", this.path, 9, "file is closed");
     return this.#fd;

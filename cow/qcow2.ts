@@ -28,7 +28,15 @@
  */
 
 import type { BlockStatus, DiskImage } from "./disk_image.ts";
-import { checkRange, SyncDiskImage } from "./disk_image.ts";
+import {
+  checkRange,
+  EXTENT_BACKING,
+  EXTENT_DATA,
+  EXTENT_OTHER,
+  EXTENT_ZERO,
+  type ReadExtent,
+  SyncDiskImage,
+} from "./disk_image.ts";
 import {
   BackingChainError,
   BlockRangeError,
@@ -493,6 +501,53 @@ export class Qcow2Image extends SyncDiskImage {
       }
       pos += n;
     }
+  }
+
+  /**
+   * Where the first run of `[offset, offset + length)` is in this layer
+   * (what {@link readSync} would read): allocated clusters contiguous in the
+   * file as one DATA run, a zero cluster, unallocated (BACKING), or OTHER for
+   * a compressed cluster.
+   */
+  readExtent(offset: number, length: number, out: ReadExtent): void {
+    if (this.#closed) throw new QcowError(`cannot read '${this.path}': image is closed`);
+    checkRange("read", this.path, offset, length, this.#size, BlockRangeError);
+    const cs = this.#cs;
+    const l2e = this.#l2Entries;
+    const ci = Math.floor(offset / cs);
+    const inOff = offset - ci * cs;
+    const l1i = Math.floor(ci / l2e);
+    let l2i = ci - l1i * l2e;
+    const t = this.#l2.get(l1i, false);
+    if (t === null) {
+      out.kind = EXTENT_BACKING;
+      out.length = Math.min(length, (l1i + 1) * l2e * cs - offset);
+      return;
+    }
+    const v = t.view;
+    const hi = v.getUint32(l2i * 8, false);
+    const lo = v.getUint32(l2i * 8 + 4, false);
+    let n = Math.min(cs - inOff, length);
+    const host = entryOffset(hi, lo);
+    if (hi & COMPRESSED_HI) out.kind = EXTENT_OTHER;
+    else if (lo & ZERO_LO) out.kind = EXTENT_ZERO;
+    else if (host === 0) out.kind = EXTENT_BACKING;
+    else {
+      // Clusters contiguous on the host make one run, as readSync coalesces them.
+      let next = host + cs;
+      while (n < length && l2i + 1 < l2e) {
+        const h2 = v.getUint32((l2i + 1) * 8, false);
+        const l2 = v.getUint32((l2i + 1) * 8 + 4, false);
+        if ((h2 & COMPRESSED_HI) || (l2 & ZERO_LO) || entryOffset(h2, l2) !== next) break;
+        n += Math.min(cs, length - n);
+        next += cs;
+        l2i++;
+      }
+      out.kind = EXTENT_DATA;
+      out.fd = this.#file.fd;
+      out.hostOffset = host + inOff;
+    }
+    out.length = n;
   }
 
   /** Writes `data` at `offset`, allocating clusters (with copy-on-write) as needed. */

@@ -11,7 +11,7 @@
  */
 
 import type { AllocationKind, BlockStatus, DiskImage } from "./disk_image.ts";
-import { checkRange, SyncDiskImage } from "./disk_image.ts";
+import { checkRange, EXTENT_DATA, type ReadExtent, SyncDiskImage } from "./disk_image.ts";
 import { BlockRangeError, CowError } from "./errors.ts";
 import { type FaultInjector, type FileIdentity, ImageFile } from "./file_io.ts";
 import type { LockMode } from "./image_lock.ts";
@@ -109,6 +109,15 @@ export class RawImage extends SyncDiskImage {
   readSync(offset: number, buf: Uint8Array): void {
     checkRange("read", this.path, offset, buf.length, this.#size, BlockRangeError);
     this.#file.readZeroFilled(buf, offset);
+  }
+
+  /** Where `[offset, offset + length)` is: all of it in the file at the same offset. */
+  readExtent(offset: number, length: number, out: ReadExtent): void {
+    checkRange("read", this.path, offset, length, this.#size, BlockRangeError);
+    out.kind = EXTENT_DATA;
+    out.length = length;
+    out.fd = this.#file.fd;
+    out.hostOffset = offset;
   }
 
   /** Writes `data` at `offset`. */

@@ -40,6 +40,7 @@ export class BlkUring {
   readonly #reqs: Uint8Array<ArrayBuffer>;
   readonly #reqView: DataView;
   #queued = 0;
+  #inflight = 0; // operations queued or submitted and not yet reaped
   readonly #cqes: Uint8Array<ArrayBuffer>;
   readonly #cqeView: DataView;
   readonly #iov: Uint8Array<ArrayBuffer>;
@@ -110,6 +111,7 @@ export class BlkUring {
     v.setUint32(at + UringReq.OFF, off % 0x1_0000_0000, true);
     v.setUint32(at + UringReq.OFF + 4, Math.floor(off / 0x1_0000_0000), true);
     this.#queued++;
+    this.#inflight++;
   }
 
   /**
@@ -199,6 +201,30 @@ export class BlkUring {
     this.#onDone(req);
   }
 
+  /**
+   * Queues a read of `req`'s one data buffer from `fd` at `hostOffset` (a
+   * `cow/` image's data run); bytes past the end of the file read as zeros,
+   * as the image's own reads do.
+   */
+  startRead(req: BlkRequest, fd: number, hostOffset: number): void {
+    this.#slots[req.slot] = req;
+    req.pendingOps = 1;
+    req.zeroFillShort = true;
+    const host = this.#ctx.ram.host(req.segRegion[0] ?? 0, req.segAddr[0] ?? 0);
+    this.#queue(UringOp.READ, fd, host, req.dataBytes, 0, req.slot, hostOffset);
+  }
+
+  /**
+   * Submits what is queued and waits until nothing is in flight (before a
+   * request that may free or reuse clusters an image read still reads).
+   */
+  drain(): void {
+    while (this.#inflight > 0) {
+      this.submit();
+      this.#reapAll(true);
+    }
+  }
+
   /** Whether completions are waiting (no syscall). */
   ready(): boolean {
     return this.#ring.ready() > 0;
@@ -216,22 +242,40 @@ export class BlkUring {
 
   /** Handles every completion available now. */
   reapNow(): void {
+    this.#reapAll(false);
+  }
+
+  /** Handles every completion available (with `wait`, blocks for at least one first). */
+  #reapAll(wait: boolean): void {
     const cv = this.#cqeView;
     const max = this.#cqes.length / URING_CQE_BYTES;
     for (;;) {
-      const n = this.#ring.reap(this.#cqes, max);
+      const n = this.#ring.reap(this.#cqes, max, wait);
+      wait = false;
+      this.#inflight -= n;
       for (let i = 0; i < n; i++) {
         const slot = cv.getUint32(i * URING_CQE_BYTES, true);
         const res = cv.getInt32(i * URING_CQE_BYTES + 8, true);
         const req = this.#slots[slot];
         if (req === undefined) continue;
         const want = req.type === BlkType.IN || req.type === BlkType.OUT ? req.dataBytes : 0;
-        if (res < 0 || res !== want) req.status = BlkStatus.IOERR;
+        if (res !== want) {
+          if (req.zeroFillShort && res >= 0 && res < want) this.#zeroTail(req, res);
+          else req.status = BlkStatus.IOERR;
+        }
         if (--req.pendingOps === 0) this.#onDone(req);
       }
       if (this.#queued > 0) this.submit();
       if (n < max) return;
     }
+  }
+
+  /** Zeros `req`'s one data buffer from byte `from` (an image read that met the end of file). */
+  #zeroTail(req: BlkRequest, from: number): void {
+    const ram = this.#ctx.ram;
+    const region = req.segRegion[0] ?? 0;
+    const off = ram.offset(region, req.segAddr[0] ?? 0);
+    ram.bytes[region]?.fill(0, off + from, off + req.dataBytes);
   }
 
   /** Closes the ring and its eventfd (nothing may be in flight). */
