@@ -50,7 +50,14 @@
 
 export type { BlockDevice } from "./block_device.ts";
 export type { AllocationKind, BlockStatus, DiskImage } from "./disk_image.ts";
-export { SyncDiskImage } from "./disk_image.ts";
+export {
+  EXTENT_BACKING,
+  EXTENT_DATA,
+  EXTENT_OTHER,
+  EXTENT_ZERO,
+  ReadExtent,
+  SyncDiskImage,
+} from "./disk_image.ts";
 export {
   BackingChainError,
   BlockRangeError,
