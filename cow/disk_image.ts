@@ -24,13 +24,13 @@ export interface BlockStatus {
 }
 
 /** {@link ReadExtent.kind}: the bytes are in a file, at `fd` / `hostOffset`. */
-export const EXTENT_DATA = 0;
+export const EXTENT_DATA: number = 0;
 /** {@link ReadExtent.kind}: the bytes read as zeros. */
-export const EXTENT_ZERO = 1;
+export const EXTENT_ZERO: number = 1;
 /** {@link ReadExtent.kind}: this layer does not have them; its backing image answers. */
-export const EXTENT_BACKING = 2;
+export const EXTENT_BACKING: number = 2;
 /** {@link ReadExtent.kind}: only `readSync` can produce them (e.g. a compressed cluster). */
-export const EXTENT_OTHER = 3;
+export const EXTENT_OTHER: number = 3;
 
 /**
  * Where a run of guest bytes is, as one image layer answers it: what a
@@ -39,11 +39,11 @@ export const EXTENT_OTHER = 3;
  */
 export class ReadExtent {
   /** EXTENT_DATA, EXTENT_ZERO, EXTENT_BACKING or EXTENT_OTHER. */
-  kind = EXTENT_OTHER;
+  kind: number = EXTENT_OTHER;
   /** Bytes of the run from the asked offset (1 up to the asked length). */
   length = 0;
   /** EXTENT_DATA: the file descriptor the bytes are read from (valid while the image is open). */
-  fd = -1;
+  fd: number = -1;
   /** EXTENT_DATA: the offset in that file. */
   hostOffset = 0;
 }
