@@ -177,6 +177,15 @@ export interface BlkBackendConfig {
 }
 
 /**
+ * virtio-blk's busy-poll window after each wake-up, in microseconds (QEMU's
+ * IOThread default). Measured with the C bench driver (4K random reads QD32,
+ * warm, 9 runs each, load 2.4-3.0): median 341k vs 284k req/s without, the
+ * driver's kicks from 1 per 32 requests to under 1 per 1000, p50 latency of
+ * one 4K read 11.5 vs 13.3 us.
+ */
+export const BLK_POLL_US = 32;
+
+/**
  * The virtio device to build for `drive`: a virtio-blk transport whose back
  * end (`blk.ts`) opens the drive on its I/O Worker. `initiatorName` is the
  * VM's SUI for an iSCSI drive.
@@ -206,5 +215,6 @@ export function blkDeviceConfig(
     configBytes: BlkConfig.BYTES,
     backendModule: new URL("./blk.ts", import.meta.url).href,
     backendConfig,
+    pollUs: BLK_POLL_US,
   };
 }
