@@ -15,7 +15,7 @@
 import { runLocalCluster } from "../dsm/cluster.ts";
 import { DsmConfigError } from "../dsm/errors.ts";
 import { loadClusterSecret, loadProgram, runNode } from "../dsm/node_main.ts";
-import { parseParams } from "../dsm/program.ts";
+import { parseParams, programRegions } from "../dsm/program.ts";
 import { SECRET_ENV } from "../dsm/handshake.ts";
 import { BUILTIN_PROGRAMS } from "../dsm/programs/mod.ts";
 import { formatEndpoint, parseEndpoint } from "../dsm/transport.ts";
@@ -129,6 +129,9 @@ const run = command({
     if (o.nodes === undefined) throw new UsageError("--nodes N is required");
     const { program } = await loadProgram(name);
     const params = fromArgs(() => parseParams(program, o.param));
+    const shape = { nodes: o.nodes, workers: o.workers };
+    // A bad region declaration is the program's error, reported before any node starts.
+    programRegions(program, params, shape);
     console.error(`vmkit dsm run: ${program.name} on ${o.nodes} node(s) x ${o.workers} worker(s)`);
     const nodeCommand = dsmNodeCommand();
     const result = await runLocalCluster({
@@ -144,7 +147,7 @@ const run = command({
       if (program.sequential === undefined) {
         throw new Error(`program '${program.name}' has no sequential version to check against`);
       }
-      check = JSON.stringify(program.sequential(params)) === JSON.stringify(result.result);
+      check = JSON.stringify(program.sequential(params, shape)) === JSON.stringify(result.result);
     }
     const messages = result.stats.reduce((s, x) => s + x.messages, 0);
     const bytes = result.stats.reduce((s, x) => s + x.bytes, 0);

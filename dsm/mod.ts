@@ -89,6 +89,7 @@ export {
   type ParamLimit,
   type Params,
   parseParams,
+  programRegions,
 } from "./program.ts";
 export {
   acceptHandshake,

@@ -18,7 +18,7 @@
 import { DsmConfigError, DsmError, DsmNodeDeathError, DsmProtocolError } from "./errors.ts";
 import { type Message, MsgType } from "./frames.ts";
 import { MAX_WORKERS } from "./layout.ts";
-import type { DsmProgram, Params } from "./program.ts";
+import { type DsmProgram, type Params, programRegions } from "./program.ts";
 import { Request } from "./region.ts";
 import { BlockCache, type CachedRegion, cachedRegion } from "./cache.ts";
 import { Directory } from "./directory.ts";
@@ -120,13 +120,11 @@ export class DsmNode {
     }
     this.#opts = opts;
     this.#n = opts.members.length;
-    const specs = opts.program.regions(opts.params, { nodes: this.#n, workers: opts.workers });
-    const names = new Set<string>();
-    this.#regions = specs.map((spec) => {
-      if (names.has(spec.name)) throw new DsmConfigError(`region '${spec.name}' is declared twice`);
-      names.add(spec.name);
-      return cachedRegion(spec);
+    const specs = programRegions(opts.program, opts.params, {
+      nodes: this.#n,
+      workers: opts.workers,
     });
+    this.#regions = specs.map((spec) => cachedRegion(spec));
     this.#directory = new Directory(
       this.#regions.map((r) => ({ size: r.buf.size, blockSize: r.buf.blockSize })),
       (to, type, region, block, a, b, data) => this.#send(to, type, region, block, a, b, data),

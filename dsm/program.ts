@@ -8,7 +8,7 @@
  */
 
 import { DsmConfigError } from "./errors.ts";
-import type { RegionSpec } from "./layout.ts";
+import { type RegionSpec, validateRegionSpec } from "./layout.ts";
 import type { Region } from "./region.ts";
 
 /** Numeric parameters of a program run (problem size, iterations, seed…). */
@@ -67,7 +67,40 @@ export interface DsmContext {
   pendingStores(): number;
 }
 
-/** A program the DSM runtime can run on a cluster. */
+/**
+ * A program the DSM runtime can run on a cluster. Put it in a module as the
+ * named export `program` and run it with `vmkit dsm run ./sum.ts --nodes 3
+ * --workers 2 --check` (or `runLocalCluster({ program: "./sum.ts", ... })`).
+ * Every worker runs {@link DsmProgram.run}; regions are zero-filled at start;
+ * stores need no lock to be lock-up free, but other workers see them only
+ * after a synchronization (`unlock`, `barrier`, `fence`).
+ *
+ * @example
+ * ```ts
+ * import type { DsmProgram } from "./mod.ts";
+ *
+ * // Each worker adds rank + 1 to a shared total under lock 0.
+ * export const program: DsmProgram = {
+ *   name: "sum",
+ *   defaults: { rounds: 10 },
+ *   limits: { rounds: { min: 1, max: 1000, integer: true } },
+ *   regions: () => [{ name: "total", size: 8, blockSize: 64 }],
+ *   run(ctx) {
+ *     const total = ctx.region("total");
+ *     for (let i = 0; i < (ctx.params.rounds ?? 0); i++) {
+ *       ctx.lock(0);
+ *       total.storeF64(0, total.loadF64(0) + ctx.rank + 1);
+ *       ctx.unlock(0);
+ *     }
+ *   },
+ *   result: (ctx) => ctx.region("total").loadF64(0),
+ *   sequential: (params, shape) => {
+ *     const n = (shape?.nodes ?? 1) * (shape?.workers ?? 1);
+ *     return (params.rounds ?? 0) * n * (n + 1) / 2;
+ *   },
+ * };
+ * ```
+ */
 export interface DsmProgram {
   /** Short name, for reports. */
   readonly name: string;
@@ -85,8 +118,37 @@ export interface DsmProgram {
   run(ctx: DsmContext): void | Promise<void>;
   /** Computed by rank 0 after every worker finished; must be JSON-serializable. */
   result?(ctx: DsmContext): unknown;
-  /** The same result from a plain sequential run without DSM, to check a cluster run against. */
-  sequential?(params: Readonly<Params>): unknown;
+  /**
+   * The same result from a plain sequential run without DSM, to check a
+   * cluster run against (`vmkit dsm run --check`); `shape` is the cluster's
+   * (`--check` always gives it), for results that depend on how many workers ran.
+   */
+  sequential?(params: Readonly<Params>, shape?: ClusterShape): unknown;
+}
+
+/**
+ * The regions `program` declares for a run, each checked (block size, size,
+ * name) and no name twice: what every node allocates, checkable before any
+ * node starts.
+ *
+ * @throws {DsmConfigError} naming the region and what is wrong.
+ */
+export function programRegions(
+  program: Pick<DsmProgram, "regions">,
+  params: Readonly<Params>,
+  shape: ClusterShape,
+): RegionSpec[] {
+  const specs = program.regions(params, shape);
+  if (!Array.isArray(specs)) {
+    throw new DsmConfigError("the program's regions() must return an array of region specs");
+  }
+  const names = new Set<string>();
+  for (const spec of specs) {
+    validateRegionSpec(spec);
+    if (names.has(spec.name)) throw new DsmConfigError(`region '${spec.name}' is declared twice`);
+    names.add(spec.name);
+  }
+  return specs;
 }
 
 /**
