@@ -8,7 +8,9 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
-import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import { configOffset, W } from "../../vmm/devices/virtio/layout.ts";
+import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
 import { type Buf, HostDriver, queueLayout, R, S, startBlk } from "./virtio_driver.ts";
 
 await loadShim();
@@ -162,6 +164,79 @@ Deno.test("the device sets used.flags to 0 at activation, whatever the driver le
     await r.drv.collect(1);
     assert.deepEqual([...r.mem.read(l.used, 2)], [0, 0]);
     assert.equal(r.drv.read(R.STATUS) & S.NEEDS_RESET, 0);
+  } finally {
+    await teardown(r);
+  }
+});
+
+Deno.test("a device whose back end dies under a running driver sets DEVICE_NEEDS_RESET and sends a configuration-change interrupt (§2.1.2)", async () => {
+  using mem = HostMemory.create(MEM);
+  const host = await VirtioDeviceHost.start(
+    {
+      name: "crash",
+      deviceId: 42,
+      features: [],
+      queueSizes: [16],
+      configBytes: 0,
+      backendModule: new URL("./fixtures/crashing_backend.ts", import.meta.url).href,
+      backendConfig: {},
+      pollUs: 0,
+    },
+    mem.regions,
+    new MmioAllocator().allocate("crash"),
+  );
+  try {
+    const drv = new HostDriver(mem, host);
+    assert.ok((drv.negotiate(F_VERSION_1) & S.FEATURES_OK) !== 0);
+    drv.setupQueue(0, queueLayout(QUEUE_AT, 16));
+    drv.driverOk();
+    drv.addChain([{ addr: BUF_AT, len: 16, write: false }]);
+    drv.kick();
+    let isr = 0;
+    for (let i = 0; i < 50 && (isr & 2) === 0; i++) isr |= await drv.waitIrq(100);
+    assert.ok((isr & 2) !== 0, "configuration-change interrupt");
+    assert.ok((drv.read(R.STATUS) & S.NEEDS_RESET) !== 0, "DEVICE_NEEDS_RESET");
+    assert.match(host.guestErrors.join("\n"), /crashed on a notify/);
+  } finally {
+    await host.close();
+  }
+});
+
+Deno.test("a ConfigGeneration read made while the device rewrites its configuration returns the generation after the rewrite (§4.2.2.1)", async () => {
+  const r = await rig("raw");
+  try {
+    const w = new Int32Array(r.host.spec.state);
+    const gen = r.drv.read(R.CONFIG_GENERATION);
+    const capLo = r.drv.config(0, 4);
+    // A writer on another thread, as the I/O Worker is: marks the update, takes 10 ms (well within CONFIG_WAIT_MS) over
+    // the capacity, bumps the generation, clears the mark (what updateConfig does).
+    const src = `self.onmessage = (e) => {
+      const w = new Int32Array(e.data.state);
+      const cfg = new Uint8Array(e.data.state, e.data.cfgOff, 8);
+      Atomics.store(w, ${W.CONFIG_BUSY}, 1);
+      cfg[0] = cfg[0] ^ 0xff;
+      Atomics.wait(w, 31, 0, 10);
+      cfg[3] = cfg[3] ^ 0xff;
+      Atomics.add(w, ${W.CONFIG_GENERATION}, 1);
+      Atomics.store(w, ${W.CONFIG_BUSY}, 0);
+      Atomics.notify(w, ${W.CONFIG_BUSY});
+      self.postMessage("done");
+    };`;
+    const worker = new Worker(URL.createObjectURL(new Blob([src])), { type: "module" });
+    const done = new Promise((res) => worker.onmessage = res);
+    worker.postMessage({ state: r.host.spec.state, cfgOff: configOffset() });
+    while (Atomics.load(w, W.CONFIG_BUSY) === 0) await new Promise((res) => setTimeout(res, 1));
+    // The driver's bracket: generation, the field, generation. The first read falls inside
+    // the update; it must not return the old generation, or the bracket below would pass
+    // with a torn capacity.
+    const before = r.drv.read(R.CONFIG_GENERATION);
+    const cap = r.drv.config(0, 4);
+    const after = r.drv.read(R.CONFIG_GENERATION);
+    await done;
+    worker.terminate();
+    assert.equal(before, gen + 1, "the read waited for the update");
+    assert.equal(after, before);
+    assert.equal(cap, (capLo ^ 0xff0000ff) >>> 0, "the bracketed read saw the whole update");
   } finally {
     await teardown(r);
   }

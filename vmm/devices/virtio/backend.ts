@@ -39,6 +39,12 @@ export interface VirtioBackendContext {
   interruptIfNeeded(q: number): void;
   /** Bumps ConfigGeneration and sends a configuration-change interrupt. */
   configChanged(): void;
+  /**
+   * Rewrites the configuration space with `write`, atomically for a driver
+   * that reads it between two ConfigGeneration reads (virtio 1.2 §4.2.2.1),
+   * then bumps ConfigGeneration and sends a configuration-change interrupt.
+   */
+  updateConfig(write: (config: Uint8Array) => void): void;
   /** The driver broke the device: DEVICE_NEEDS_RESET, a config interrupt, no more processing. */
   fail(reason: string): void;
   /** Watches `fd` for readability; `onReady` runs on the loop (fd counters are not drained). */

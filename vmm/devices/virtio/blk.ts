@@ -719,8 +719,7 @@ export class BlkBackend implements VirtioBackend {
         const backend = a.backend as BlkBackendConfig["backend"] | undefined;
         if (backend === undefined) throw new TypeError("replace needs { backend }");
         const size = await this.disk.replace({ ...this.#cfg, backend });
-        writeBlkConfig(this.#ctx.config, size, this.disk.blockSize);
-        this.#ctx.configChanged();
+        this.#ctx.updateConfig((cfg) => writeBlkConfig(cfg, size, this.disk.blockSize));
         return this.disk.describe();
       }
       default:

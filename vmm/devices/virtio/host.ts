@@ -26,7 +26,7 @@ import {
 import type { MemoryRegion } from "../../guest_memory.ts";
 import type { MmioSlot } from "../mmio_allocator.ts";
 import type { DeviceSpec } from "../spec.ts";
-import { Ctrl, Reg, W } from "./layout.ts";
+import { Ctrl, Interrupt, Reg, Status, W } from "./layout.ts";
 import { virtioMmioSpec, VirtioMmioTransport } from "./mmio.ts";
 import type { IoWorkerInit, IoWorkerMessage } from "./worker_protocol.ts";
 
@@ -192,6 +192,21 @@ export class VirtioDeviceHost {
     }
   }
 
+  /**
+   * The back end died under a running driver: as for any error state that
+   * needs a reset (virtio 1.2 §2.1.2), DEVICE_NEEDS_RESET and, after
+   * DRIVER_OK, a configuration-change interrupt, so the driver stops waiting
+   * for completions that will never come.
+   */
+  #needsReset(reason: string): void {
+    const w = this.#w;
+    if ((Atomics.load(w, W.STATUS) & Status.DRIVER_OK) === 0) return;
+    if (this.guestErrors.length < 32) this.guestErrors.push(`I/O worker failed: ${reason}`);
+    Atomics.or(w, W.INTERRUPT_STATUS, Interrupt.CONFIG_CHANGE);
+    Atomics.or(w, W.STATUS, Status.DEVICE_NEEDS_RESET);
+    this.irq.signal();
+  }
+
   #boot(init: IoWorkerInit): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const w = this.#worker;
@@ -203,6 +218,7 @@ export class VirtioDeviceHost {
           case "failed":
             this.#failed = m.error;
             Atomics.store(this.#w, W.WORKER_GONE, 1);
+            this.#needsReset(m.error);
             reject(new VirtioDeviceError(this.name, m.error));
             this.#worker.terminate();
             this.#rejectCalls(m.error);
@@ -226,6 +242,7 @@ export class VirtioDeviceHost {
         e.preventDefault();
         this.#failed = e.message;
         Atomics.store(this.#w, W.WORKER_GONE, 1);
+        this.#needsReset(e.message);
         reject(new VirtioDeviceError(this.name, `I/O worker failed: ${e.message}`));
         this.#rejectCalls(e.message);
         this.#onClosed?.();

@@ -141,6 +141,12 @@ export const W = {
   MESSAGES: 22,
   /** Scratch word for full memory barriers (a seq_cst store is an xchg on x86). */
   FENCE: 23,
+  /**
+   * 1 while the back end rewrites the configuration space: a ConfigGeneration
+   * read waits for it, so a driver's generation-bracketed read never sees a
+   * half-written space with an unchanged generation.
+   */
+  CONFIG_BUSY: 24,
   /** First queue block. */
   QUEUE0: 32,
 } as const;

@@ -49,6 +49,8 @@ export const VIRTIO_MMIO_KIND = "virtio-mmio";
 export const VIRTIO_STATE_VERSION = 1;
 /** Longest a vCPU waits for the back end to finish a reset. */
 export const RESET_WAIT_MS = 50;
+/** Longest a ConfigGeneration read waits for a configuration update to finish. */
+export const CONFIG_WAIT_MS = 50;
 
 /** What a transport is made from (the rest lives in the shared state). */
 export interface VirtioTransportOptions {
@@ -220,8 +222,15 @@ export class VirtioMmioTransport implements Device {
         return Atomics.load(w, W.INTERRUPT_STATUS);
       case Reg.STATUS:
         return Atomics.load(w, W.STATUS);
-      case Reg.CONFIG_GENERATION:
+      case Reg.CONFIG_GENERATION: {
+        // Wait (bounded) out a configuration update in progress, so the generation read
+        // after it differs from one read before it (§4.2.2.1, "any risk ... inconsistent").
+        const until = performance.now() + CONFIG_WAIT_MS;
+        while (Atomics.load(w, W.CONFIG_BUSY) !== 0 && performance.now() < until) {
+          Atomics.wait(w, W.CONFIG_BUSY, 1, 1);
+        }
         return Atomics.load(w, W.CONFIG_GENERATION);
+      }
       case Reg.SHM_LEN_LOW:
       case Reg.SHM_LEN_HIGH:
       case Reg.SHM_BASE_LOW:
@@ -444,6 +453,7 @@ export class VirtioMmioTransport implements Device {
     Atomics.store(w, W.CTRL, 0);
     Atomics.store(w, W.RESET_PENDING, 0);
     Atomics.store(w, W.WORKER_GONE, 0);
+    Atomics.store(w, W.CONFIG_BUSY, 0);
     if ((Atomics.load(w, W.STATUS) & Status.DRIVER_OK) !== 0) this.#request(Ctrl.ACTIVATE);
   }
 }

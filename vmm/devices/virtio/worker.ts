@@ -112,6 +112,19 @@ class IoLoop implements VirtioBackendContext {
     signalEventFd(this.#init.irqFd);
   }
 
+  updateConfig(write: (config: Uint8Array) => void): void {
+    const w = this.state;
+    Atomics.store(w, W.CONFIG_BUSY, 1);
+    try {
+      write(this.config);
+      Atomics.add(w, W.CONFIG_GENERATION, 1);
+    } finally {
+      Atomics.store(w, W.CONFIG_BUSY, 0);
+      Atomics.notify(w, W.CONFIG_BUSY);
+    }
+    this.#interrupt(Interrupt.CONFIG_CHANGE);
+  }
+
   configChanged(): void {
     Atomics.add(this.state, W.CONFIG_GENERATION, 1);
     this.#interrupt(Interrupt.CONFIG_CHANGE);
