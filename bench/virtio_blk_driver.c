@@ -16,6 +16,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -217,9 +218,12 @@ int64_t vbd_run(uint8_t *ram, uint64_t *p) {
 /*
  * One request at a time, p[P_OPS] times: `lat_ns[i]` gets the time from the
  * notify (or the publish the device did not need a notify for) to the used
- * entry being seen. Returns 0 or -errno.
+ * entry being seen: with `spin` the driver watches used.idx (the device's
+ * notification-to-completion time alone), without it the driver sleeps on the
+ * interrupt eventfd (adds the interrupt's delivery and the driver's wake-up).
+ * Returns 0 or -errno.
  */
-int64_t vbd_latency(uint8_t *ram, uint64_t *p, uint32_t *lat_ns, uint32_t max) {
+int64_t vbd_latency(uint8_t *ram, uint64_t *p, uint32_t *lat_ns, uint32_t max, uint32_t spin) {
   struct drv d;
   init(&d, ram, p);
   uint64_t ops = p[P_OPS] < max ? p[P_OPS] : max;
@@ -230,6 +234,10 @@ int64_t vbd_latency(uint8_t *ram, uint64_t *p, uint32_t *lat_ns, uint32_t max) {
     publish(&d);
     for (;;) {
       if (__atomic_load_n(d.used_idx, __ATOMIC_ACQUIRE) != d.last_used) break;
+      if (spin) {
+        sched_yield(); /* lets a device thread on this CPU run: no timeslice-long stalls */
+        continue;
+      }
       __atomic_store_n(d.used_event, d.last_used, __ATOMIC_RELEASE);
       __atomic_thread_fence(__ATOMIC_SEQ_CST);
       if (__atomic_load_n(d.used_idx, __ATOMIC_ACQUIRE) != d.last_used) break;

@@ -66,7 +66,7 @@ const P = {
 
 const DRIVER_SYMBOLS = {
   vbd_run: { parameters: ["pointer", "buffer"], result: "i64" },
-  vbd_latency: { parameters: ["pointer", "buffer", "buffer", "u32"], result: "i64" },
+  vbd_latency: { parameters: ["pointer", "buffer", "buffer", "u32", "u32"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const RUSAGE_SELF = 0;
@@ -218,8 +218,12 @@ export class BlkRig {
     };
   }
 
-  /** Notification-to-completion latency of `ops` single 4 KiB reads over `span`: µs, sorted. */
-  latency(ops: number, span: number): number[] {
+  /**
+   * Notification-to-completion latency of `ops` single 4 KiB reads over
+   * `span`, µs, sorted: `spin` watches the used ring (the device alone),
+   * otherwise the driver sleeps until the interrupt wakes it.
+   */
+  latency(ops: number, span: number, spin: boolean): number[] {
     const p = this.#p;
     p[P.TYPE] = 0n;
     p[P.BS] = 4096n;
@@ -229,7 +233,7 @@ export class BlkRig {
     p[P.SPAN] = BigInt(span);
     p[P.SEED] = 12345n;
     const lat = new Uint32Array(ops);
-    const r = this.#drv.vbd_latency(this.#ram, p, lat, ops);
+    const r = this.#drv.vbd_latency(this.#ram, p, lat, ops, spin ? 1 : 0);
     if (r < 0) throw new Error(`bench driver: error ${-Number(r)}`);
     if (p[P.ERRORS] !== 0n) throw new Error(`${p[P.ERRORS]} requests failed`);
     return Array.from(lat, (ns) => ns / 1000).sort((a, b) => a - b);

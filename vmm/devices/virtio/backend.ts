@@ -31,10 +31,14 @@ export interface VirtioBackendContext {
   negotiated(bit: number): boolean;
   /** Whether the device may take new chains now (active and not quiesced or resetting). */
   canTake(): boolean;
-  /** Counts one request taken from a queue (in flight until {@link VirtioBackendContext.completed}). */
-  started(): void;
-  /** Counts one request put on the used ring; the loop finishes a drain when none is left. */
-  completed(): void;
+  /** Counts `n` (default 1) requests taken from a queue (in flight until {@link VirtioBackendContext.completed}). */
+  started(n?: number): void;
+  /**
+   * Counts `n` (default 1) requests put on the used ring; the loop finishes a
+   * drain when none is left. A back end may count a batch at once, before it
+   * returns to the loop.
+   */
+  completed(n?: number): void;
   /** Sends a used-buffer interrupt if queue `q` wants one (EVENT_IDX / flags). */
   interruptIfNeeded(q: number): void;
   /** Bumps ConfigGeneration and sends a configuration-change interrupt. */

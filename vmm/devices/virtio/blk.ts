@@ -126,6 +126,7 @@ export class BlkBackend implements VirtioBackend {
   readonly #held: BlkRequest[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #touched = 0; // bit per queue with used entries not yet interrupted for
+  #uncounted = 0; // requests used since the last #interrupt, not yet counted as completed
   /**
    * FLUSH is offered but the driver did not accept it: every write must be
    * stable before it completes (virtio 1.2 §5.2.6.2, the first case).
@@ -225,6 +226,8 @@ export class BlkBackend implements VirtioBackend {
     if (t === 0) return;
     this.#touched = 0;
     const ctx = this.#ctx;
+    ctx.completed(this.#uncounted);
+    this.#uncounted = 0;
     for (let q = 0; t >>> q !== 0; q++) {
       if (((t >>> q) & 1) === 0) continue;
       ctx.queues[q]?.publishUsed();
@@ -637,13 +640,16 @@ export class BlkBackend implements VirtioBackend {
     this.#complete(req, status === BlkStatus.OK ? req.written : 1);
   }
 
-  /** Adds the used entry; {@link #interrupt} publishes it (once per batch) in the same turn. */
+  /**
+   * Adds the used entry; {@link #interrupt} publishes it and counts it as
+   * completed (once per batch) in the same turn.
+   */
   #complete(req: BlkRequest, len: number): void {
     const queue = this.#ctx.queues[req.queue];
     queue?.addUsed(req.head, len);
     this.#free.push(req.slot);
     this.#touched |= 1 << req.queue;
-    this.#ctx.completed();
+    this.#uncounted++;
   }
 
   poll(): boolean {

@@ -38,11 +38,11 @@ export class BlkUring {
   readonly #ring: IoUring;
   readonly #event: EventFd;
   readonly #reqs: Uint8Array<ArrayBuffer>;
-  readonly #reqView: DataView;
+  readonly #reqWords: Uint32Array<ArrayBuffer>;
   #queued = 0;
   #inflight = 0; // operations queued or submitted and not yet reaped
   readonly #cqes: Uint8Array<ArrayBuffer>;
-  readonly #cqeView: DataView;
+  readonly #cqeWords: Int32Array<ArrayBuffer>;
   readonly #iov: Uint8Array<ArrayBuffer>;
   readonly #iovView: DataView;
   readonly #iovAddr: number;
@@ -73,9 +73,9 @@ export class BlkUring {
     // workers, which left cold-cache reads unsignalled.)
     this.#ring = IoUring.create(Math.min(4096, slots * 2), this.#event.fd);
     this.#reqs = new Uint8Array(slots * Math.max(1, maxRanges) * URING_REQ_BYTES);
-    this.#reqView = new DataView(this.#reqs.buffer);
+    this.#reqWords = new Uint32Array(this.#reqs.buffer);
     this.#cqes = new Uint8Array(this.#ring.entries * 2 * URING_CQE_BYTES);
-    this.#cqeView = new DataView(this.#cqes.buffer);
+    this.#cqeWords = new Int32Array(this.#cqes.buffer);
     this.#iovStride = maxSegs * IOVEC_BYTES;
     this.#iov = new Uint8Array(slots * this.#iovStride);
     this.#iovView = new DataView(this.#iov.buffer);
@@ -96,20 +96,20 @@ export class BlkUring {
     slot: number,
     off: number,
   ): void {
-    const v = this.#reqView;
-    const at = this.#queued * URING_REQ_BYTES;
-    v.setUint8(at + UringReq.OPCODE, op);
-    v.setUint8(at + 1, 0);
-    v.setUint16(at + UringReq.SQE_FLAGS, 0, true);
-    v.setInt32(at + UringReq.FD, fd, true);
-    v.setUint32(at + UringReq.ADDR, addr % 0x1_0000_0000, true);
-    v.setUint32(at + UringReq.ADDR + 4, Math.floor(addr / 0x1_0000_0000), true);
-    v.setUint32(at + UringReq.LEN, len, true);
-    v.setUint32(at + UringReq.OP_FLAGS, opFlags, true);
-    v.setUint32(at + UringReq.USER_DATA, slot, true);
-    v.setUint32(at + UringReq.USER_DATA + 4, 0, true);
-    v.setUint32(at + UringReq.OFF, off % 0x1_0000_0000, true);
-    v.setUint32(at + UringReq.OFF + 4, Math.floor(off / 0x1_0000_0000), true);
+    // The record in 32-bit words (native order, as io.c copies it): opcode with
+    // flags 0 in word 0, then fd, addr, len, op flags, user_data, off.
+    const w = this.#reqWords;
+    const at = this.#queued * (URING_REQ_BYTES / 4);
+    w[at] = op;
+    w[at + UringReq.FD / 4] = fd;
+    w[at + UringReq.ADDR / 4] = addr % 0x1_0000_0000;
+    w[at + UringReq.ADDR / 4 + 1] = addr / 0x1_0000_0000;
+    w[at + UringReq.LEN / 4] = len;
+    w[at + UringReq.OP_FLAGS / 4] = opFlags;
+    w[at + UringReq.USER_DATA / 4] = slot;
+    w[at + UringReq.USER_DATA / 4 + 1] = 0;
+    w[at + UringReq.OFF / 4] = off % 0x1_0000_0000;
+    w[at + UringReq.OFF / 4 + 1] = off / 0x1_0000_0000;
     this.#queued++;
     this.#inflight++;
   }
@@ -247,15 +247,16 @@ export class BlkUring {
 
   /** Handles every completion available (with `wait`, blocks for at least one first). */
   #reapAll(wait: boolean): void {
-    const cv = this.#cqeView;
+    const cw = this.#cqeWords;
     const max = this.#cqes.length / URING_CQE_BYTES;
     for (;;) {
       const n = this.#ring.reap(this.#cqes, max, wait);
       wait = false;
       this.#inflight -= n;
       for (let i = 0; i < n; i++) {
-        const slot = cv.getUint32(i * URING_CQE_BYTES, true);
-        const res = cv.getInt32(i * URING_CQE_BYTES + 8, true);
+        // user_data (the slot) in word 0, res in word 2 (native order).
+        const slot = cw[i * 4] ?? -1;
+        const res = cw[i * 4 + 2] ?? 0;
         const req = this.#slots[slot];
         if (req === undefined) continue;
         const want = req.type === BlkType.IN || req.type === BlkType.OUT ? req.dataBytes : 0;

@@ -90,14 +90,14 @@ class IoLoop implements VirtioBackendContext {
       Atomics.load(w, W.RESET_PENDING) === 0;
   }
 
-  started(): void {
-    Atomics.add(this.state, W.INFLIGHT, 1);
+  started(n = 1): void {
+    Atomics.add(this.state, W.INFLIGHT, n);
   }
 
-  completed(): void {
+  completed(n = 1): void {
     const w = this.state;
-    Atomics.add(w, W.COMPLETED, 1);
-    if (Atomics.sub(w, W.INFLIGHT, 1) === 1 && this.#draining) this.#wake();
+    Atomics.add(w, W.COMPLETED, n);
+    if (Atomics.sub(w, W.INFLIGHT, n) === n && this.#draining) this.#wake();
   }
 
   interruptIfNeeded(q: number): void {
