@@ -34,7 +34,7 @@ import {
   EXTENT_DATA,
   EXTENT_OTHER,
   EXTENT_ZERO,
-  type ReadExtent,
+  ReadExtent,
   SyncDiskImage,
 } from "./disk_image.ts";
 import {
@@ -132,6 +132,9 @@ export class Qcow2Image extends SyncDiskImage {
   #zeros: Uint8Array;
   #compressed: CompressedClusters;
   #closed = false;
+  readonly #ext = new ReadExtent();
+  #extHi = 0; // the L2 entry of the compressed cluster #extent last found
+  #extLo = 0;
   /** Why the image was marked corrupt in this session, or null. */
   #corrupt: string | null = null;
   /** Autoclear bits this image keeps set through its writes. */
@@ -452,52 +455,20 @@ export class Qcow2Image extends SyncDiskImage {
     if (this.#closed) throw new QcowError(`cannot read '${this.path}': image is closed`);
     const len = buf.length;
     checkRange("read", this.path, offset, len, this.#size, BlockRangeError);
-    const cs = this.#cs;
-    const l2e = this.#l2Entries;
+    const ext = this.#ext;
     let pos = 0;
     while (pos < len) {
       const go = offset + pos;
-      const ci = Math.floor(go / cs);
-      const inOff = go - ci * cs;
-      const l1i = Math.floor(ci / l2e);
-      let l2i = ci - l1i * l2e;
-      const t = this.#l2.get(l1i, false);
-      if (t === null) {
-        const n = Math.min(len - pos, (l1i + 1) * l2e * cs - go);
-        this.#readBacking(go, pos === 0 && n === len ? buf : buf.subarray(pos, pos + n));
-        pos += n;
-        continue;
-      }
-      const v = t.view;
-      const hi = v.getUint32(l2i * 8, false);
-      const lo = v.getUint32(l2i * 8 + 4, false);
-      let n = Math.min(cs - inOff, len - pos);
-      if (hi & COMPRESSED_HI) {
-        const data = this.#compressed.read(hi, lo);
-        buf.set(data.subarray(inOff, inOff + n), pos);
-      } else if (lo & ZERO_LO) {
-        buf.fill(0, pos, pos + n);
-      } else {
-        const host = entryOffset(hi, lo);
-        if (host === 0) {
-          this.#readBacking(go, pos === 0 && n === len ? buf : buf.subarray(pos, pos + n));
-        } else {
-          // Coalesce clusters that are contiguous on the host into one pread.
-          let next = host + cs;
-          while (pos + n < len && l2i + 1 < l2e) {
-            const h2 = v.getUint32((l2i + 1) * 8, false);
-            const l2 = v.getUint32((l2i + 1) * 8 + 4, false);
-            if ((h2 & COMPRESSED_HI) || (l2 & ZERO_LO)) break;
-            if (entryOffset(h2, l2) !== next) break;
-            n += Math.min(cs, len - pos - n);
-            next += cs;
-            l2i++;
-          }
-          this.#file.readZeroFilled(
-            pos === 0 && n === len ? buf : buf.subarray(pos, pos + n),
-            host + inOff,
-          );
-        }
+      this.#extent(go, len - pos, ext);
+      const n = ext.length;
+      const part = pos === 0 && n === len ? buf : buf.subarray(pos, pos + n);
+      if (ext.kind === EXTENT_DATA) this.#file.readZeroFilled(part, ext.hostOffset);
+      else if (ext.kind === EXTENT_ZERO) part.fill(0);
+      else if (ext.kind === EXTENT_BACKING) this.#readBacking(go, part);
+      else {
+        const data = this.#compressed.read(this.#extHi, this.#extLo);
+        const inOff = go % this.#cs;
+        part.set(data.subarray(inOff, inOff + n));
       }
       pos += n;
     }
@@ -505,13 +476,18 @@ export class Qcow2Image extends SyncDiskImage {
 
   /**
    * Where the first run of `[offset, offset + length)` is in this layer
-   * (what {@link readSync} would read): allocated clusters contiguous in the
+   * (what {@link readSync} reads there): allocated clusters contiguous in the
    * file as one DATA run, a zero cluster, unallocated (BACKING), or OTHER for
    * a compressed cluster.
    */
   readExtent(offset: number, length: number, out: ReadExtent): void {
     if (this.#closed) throw new QcowError(`cannot read '${this.path}': image is closed`);
     checkRange("read", this.path, offset, length, this.#size, BlockRangeError);
+    this.#extent(offset, length, out);
+  }
+
+  /** {@link readExtent} without the checks; a compressed cluster's entry goes to #extHi/#extLo. */
+  #extent(offset: number, length: number, out: ReadExtent): void {
     const cs = this.#cs;
     const l2e = this.#l2Entries;
     const ci = Math.floor(offset / cs);
@@ -529,11 +505,14 @@ export class Qcow2Image extends SyncDiskImage {
     const lo = v.getUint32(l2i * 8 + 4, false);
     let n = Math.min(cs - inOff, length);
     const host = entryOffset(hi, lo);
-    if (hi & COMPRESSED_HI) out.kind = EXTENT_OTHER;
-    else if (lo & ZERO_LO) out.kind = EXTENT_ZERO;
+    if (hi & COMPRESSED_HI) {
+      out.kind = EXTENT_OTHER;
+      this.#extHi = hi;
+      this.#extLo = lo;
+    } else if (lo & ZERO_LO) out.kind = EXTENT_ZERO;
     else if (host === 0) out.kind = EXTENT_BACKING;
     else {
-      // Clusters contiguous on the host make one run, as readSync coalesces them.
+      // Clusters contiguous on the host make one run (one pread).
       let next = host + cs;
       while (n < length && l2i + 1 < l2e) {
         const h2 = v.getUint32((l2i + 1) * 8, false);
