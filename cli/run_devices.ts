@@ -105,18 +105,27 @@ export function parseDiskSpec(spec: string, index: number): FcDrive {
   };
 }
 
-/** Parses one `--net` spec: `tap=NAME[,mac=MAC][,id=ID][,netns=NS]`; the id defaults to `eth<index>`. */
+/**
+ * Parses one `--net` spec: `tap=NAME[,mac=MAC][,id=ID][,netns=NS][,mtu=N]`; the id defaults to
+ * `eth<index>`.
+ */
 export function parseNetSpec(spec: string, index: number): FcNetworkInterface {
-  const kv = keyValues("--net", spec, ["tap", "mac", "id", "netns"]);
+  const kv = keyValues("--net", spec, ["tap", "mac", "id", "netns", "mtu"]);
   const tap = kv.get("tap");
   if (tap === undefined) throw new UsageError(`--net '${spec}' needs tap=NAME`);
   const mac = kv.get("mac");
   const netns = kv.get("netns");
   if (netns === "") throw new UsageError(`--net '${spec}': netns= is empty`);
+  const mtuText = kv.get("mtu");
+  const mtu = mtuText === undefined ? undefined : Number(mtuText);
+  if (mtu !== undefined && (!/^[0-9]+$/.test(mtuText ?? "") || mtu < 68 || mtu > 65535)) {
+    throw new UsageError(`--net '${spec}': mtu= must be an integer from 68 to 65535`);
+  }
   return {
     iface_id: checked(() => checkId(kv.get("id") ?? `eth${index}`, "--net id")),
     host_dev_name: checked(() => checkIfName(tap, "--net tap")),
     ...(mac === undefined ? {} : { guest_mac: checked(() => checkMac(mac, "--net mac")) }),
     ...(netns === undefined ? {} : { netns }),
+    ...(mtu === undefined ? {} : { mtu }),
   };
 }

@@ -32,7 +32,7 @@ export const OPTIONS = {
     "virtio-blk drive: PATH, path=PATH[,readonly=on][,id=ID][,root=on], iscsi://H[:P]/T/LUN",
     { complete: "file" },
   ),
-  net: list("SPEC", "virtio-net NIC on a TAP: tap=NAME[,mac=MAC][,id=ID][,netns=NS]"),
+  net: list("SPEC", "virtio-net NIC on a TAP: tap=NAME[,mac=MAC][,id=ID][,netns=NS][,mtu=N]"),
   "vm-id": str("NAME", "the VM's name: instance id, SUI owner, netguard VM"),
   "sui-registry": str("PATH|URL", "SUI registry (journal file or etcd://HOST:PORT[/prefix])", {
     complete: "file",

@@ -180,12 +180,34 @@ int vmkit_net_tap_set_offload(int fd, unsigned int flags) {
  * out[2*i] is frame i's length (capped at the groups' space plus
  * `scratch_len`), out[2*i+1] the number of groups it filled, or 0 when it
  * did not fit (the caller drops it; its groups stay free for the next frame).
+ * With `max_plain` > 0 a frame whose 12-byte virtio-net header says no
+ * segmentation (gso_type NONE, with or without ECN) and whose Ethernet
+ * payload exceeds `max_plain` bytes (the guest's VIRTIO_NET_F_MTU) is
+ * dropped the same way.
  * Returns the number of frames (0 when the TAP is empty or space ran out),
  * or -errno for a failed read before any frame.
  */
+static int vec_byte(const struct iovec *vec, int nvec, int64_t at) {
+  for (int i = 0; i < nvec; i++) {
+    if (at < (int64_t)vec[i].iov_len) return ((const uint8_t *)vec[i].iov_base)[at];
+    at -= (int64_t)vec[i].iov_len;
+  }
+  return -1;
+}
+
+static int over_mtu(const struct iovec *vec, int nvec, int64_t n, int max_plain) {
+  const int64_t vnet = 12;
+  int gso = vec_byte(vec, nvec, 1);
+  if (gso < 0 || (gso & 0x7f) != 0) return 0; /* segmented frames follow gso_size instead */
+  int t0 = vec_byte(vec, nvec, vnet + 12), t1 = vec_byte(vec, nvec, vnet + 13);
+  int type = t0 < 0 || t1 < 0 ? 0 : (t0 << 8) | t1;
+  int64_t eth = (type == 0x8100 || type == 0x88a8) ? 18 : 14;
+  return n - vnet - eth > (int64_t)max_plain;
+}
+
 int vmkit_net_tap_read_chains(int fd, const struct iovec *iov, const int32_t *first, int nchains,
                               int merge, int need, uint8_t *scratch, int scratch_len, int32_t *out,
-                              int max_frames) {
+                              int max_frames, int max_plain) {
   if (fd < 0 || iov == NULL || first == NULL || out == NULL || scratch == NULL ||
       scratch_len <= 0 || nchains < 0 || max_frames < 0)
     return -EINVAL;
@@ -224,6 +246,7 @@ int vmkit_net_tap_read_chains(int fd, const struct iovec *iov, const int32_t *fi
         }
       }
     }
+    if (used > 0 && max_plain > 0 && over_mtu(vec, nvec, n, max_plain)) used = 0;
     out[2 * frames] = n > 0x7fffffff ? 0x7fffffff : (int32_t)n;
     out[2 * frames + 1] = used;
     frames++;

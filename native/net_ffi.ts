@@ -26,7 +26,19 @@ export const NET_SYMBOLS = {
   vmkit_net_tap_open_vnet: { parameters: ["buffer", "buffer", "i32"], result: "i32" },
   vmkit_net_tap_set_offload: { parameters: ["i32", "u32"], result: "i32" },
   vmkit_net_tap_read_chains: {
-    parameters: ["i32", "buffer", "buffer", "i32", "i32", "i32", "buffer", "i32", "buffer", "i32"],
+    parameters: [
+      "i32",
+      "buffer",
+      "buffer",
+      "i32",
+      "i32",
+      "i32",
+      "buffer",
+      "i32",
+      "buffer",
+      "i32",
+      "i32",
+    ],
     result: "i32",
   },
   vmkit_net_tap_write_frames: {

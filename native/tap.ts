@@ -181,7 +181,9 @@ export class Tap extends OwnedFd {
    * see `vmkit_net_tap_read_chains` in net.c. `out` gets (length, groups) per
    * frame, groups 0 for a frame that did not fit (dropped). With `merge` a
    * frame may fill several groups and is read only while `need` bytes of
-   * groups are left. Returns the number of frames (0 when the TAP is empty).
+   * groups are left. With `maxPlain` > 0, a frame without segmentation whose
+   * Ethernet payload exceeds it (the guest's MTU) is dropped too. Returns the
+   * number of frames (0 when the TAP is empty).
    */
   readChains(
     iov: Iovecs,
@@ -191,6 +193,7 @@ export class Tap extends OwnedFd {
     need: number,
     out: Int32Array<ArrayBuffer>,
     maxFrames: number,
+    maxPlain = 0,
   ): number {
     const n = this.#shim.vmkit_net_tap_read_chains(
       this.fd,
@@ -203,6 +206,7 @@ export class Tap extends OwnedFd {
       this.#scratch.length,
       out,
       Math.min(maxFrames, out.length >> 1),
+      maxPlain,
     );
     if (n < 0) throw new TapError("readv", this.name, -n, netStrerror(this.#shim, -n));
     return n;

@@ -78,6 +78,11 @@ export interface NetConfig {
   readonly netns?: string;
   /** Guest MAC `aa:bb:cc:dd:ee:ff` (Firecracker's `guest_mac`); default derived from the VM id. */
   readonly mac?: string;
+  /**
+   * MTU offered to the guest (`VIRTIO_NET_F_MTU`, Firecracker's `mtu`), 68..65535;
+   * absent: not offered, the guest keeps its default.
+   */
+  readonly mtu?: number;
   /** Optional rate limiters, guest receive and transmit. */
   readonly rxRateLimiter?: RateLimiterConfig;
   /** Optional transmit rate limiter. */

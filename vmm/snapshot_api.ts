@@ -134,6 +134,7 @@ function recordRestored(ctl: VmController, m: Machine): void {
       iface_id: n.id,
       host_dev_name: n.tap,
       ...(n.mac === undefined ? {} : { guest_mac: n.mac }),
+      ...(n.mtu === undefined ? {} : { mtu: n.mtu }),
       ...(n.netns === undefined ? {} : { netns: n.netns }),
     });
   }

@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { apiRequest, startApiServer, VmController, VmResources } from "../../vmm/api/mod.ts";
+import { parseNetworkInterface } from "../../vmm/api/vm_config_parse.ts";
 import { machineApiVm } from "../../vmm/api/launch.ts";
 import { DiskHandle } from "../../vmm/disk_handle.ts";
 import { HostMemory } from "../../vmm/memory.ts";
@@ -204,5 +205,18 @@ Deno.test("PATCH /drives with the drive's own file picks up a host-side resize a
   } finally {
     await host.close();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a network interface takes Firecracker 1.16's mtu (68..65535) through to the device's NetConfig and GET /vm/config", () => {
+  const r = new VmResources();
+  r.putNet(parseNetworkInterface({ iface_id: "eth0", host_dev_name: "tap0", mtu: 9000 }, "eth0"));
+  assert.equal(r.toJSON()["network-interfaces"][0]?.mtu, 9000);
+  assert.equal(r.ioConfig().nets[0]?.mtu, 9000);
+  for (const mtu of [67, 65536, 1500.5, "1500"]) {
+    assert.throws(
+      () => parseNetworkInterface({ iface_id: "eth0", host_dev_name: "tap0", mtu }, "eth0"),
+      /mtu/,
+    );
   }
 });

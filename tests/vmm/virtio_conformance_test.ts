@@ -9,6 +9,8 @@ import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
 import { configOffset, W } from "../../vmm/devices/virtio/layout.ts";
+import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
+import { BUFS as NET_BUFS, F as NET_F, netRig, startDriver } from "./virtio_net_rig.ts";
 import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
 import { type Buf, HostDriver, queueLayout, R, S, startBlk } from "./virtio_driver.ts";
@@ -239,5 +241,46 @@ Deno.test("a ConfigGeneration read made while the device rewrites its configurat
     assert.equal(cap, (capLo ^ 0xff0000ff) >>> 0, "the bracketed read saw the whole update");
   } finally {
     await teardown(r);
+  }
+});
+
+Deno.test("virtio-net with an MTU offers VIRTIO_NET_F_MTU, shows it at config offset 10, and keeps larger unsegmented frames from the guest (§5.1.4.1) (root, netns)", async () => {
+  const net = await netRig({ mtu: 1000 });
+  try {
+    const F_MTU = 1n << 3n;
+    assert.ok((net.drv.deviceFeatures() & F_MTU) !== 0n, "VIRTIO_NET_F_MTU offered");
+    assert.equal(net.drv.config(10, 2), 1000, "mtu (le16 at 10)");
+    startDriver(net, NET_F.VERSION_1 | NET_F.MAC | NET_F.STATUS | F_MTU);
+    net.drv.use(0);
+    for (let i = 0; i < 8; i++) {
+      net.drv.addChain([{ addr: NET_BUFS + i * 2048, len: 2048, write: true }]);
+    }
+    net.drv.kick(0);
+    // 1200 bytes of ICMP payload: a 1228-byte IP packet over the TAP's 1500, above the 1000.
+    await net.ns.exec(["ping", "-c", "1", "-W", "1", "-s", "1200", "10.95.0.2"], true);
+    await new Promise((res) => setTimeout(res, 100));
+    assert.equal(net.drv.takeUsed().length, 0, "no frame above the MTU reached the guest");
+    assert.equal(net.stats.get(NetStat.RX_TOO_BIG), 1);
+    // 972 bytes of payload: a 1000-byte IP packet, exactly the MTU: it passes.
+    await net.ns.exec(["ping", "-c", "1", "-W", "1", "-s", "972", "10.95.0.2"], true);
+    const used = await net.drv.collect(1);
+    assert.equal(used[0]?.len, 12 + 14 + 1000);
+  } finally {
+    await net.close();
+  }
+});
+
+Deno.test("without VIRTIO_NET_F_MTU negotiated the same frame passes (the control of the test above) (root, netns)", async () => {
+  const net = await netRig({ mtu: 1000 });
+  try {
+    startDriver(net, NET_F.VERSION_1 | NET_F.MAC | NET_F.STATUS);
+    net.drv.use(0);
+    net.drv.addChain([{ addr: NET_BUFS, len: 2048, write: true }]);
+    net.drv.kick(0);
+    await net.ns.exec(["ping", "-c", "1", "-W", "1", "-s", "1200", "10.95.0.2"], true);
+    const used = await net.drv.collect(1);
+    assert.equal(used[0]?.len, 12 + 14 + 1228);
+  } finally {
+    await net.close();
   }
 });

@@ -102,6 +102,8 @@ export interface FcNetworkInterface {
   readonly host_dev_name: string;
   /** Guest MAC `aa:bb:cc:dd:ee:ff`. */
   readonly guest_mac?: string;
+  /** MTU advertised to the guest (`VIRTIO_NET_F_MTU`), 68..65535 (Firecracker 1.16). */
+  readonly mtu?: number;
   /** Receive rate limiter. */
   readonly rx_rate_limiter?: FcRateLimiter;
   /** Transmit rate limiter. */

@@ -341,6 +341,7 @@ export function parseNetworkInterface(v: unknown, id?: string): FcNetworkInterfa
     "iface_id",
     "host_dev_name",
     "guest_mac",
+    "mtu",
     "rx_rate_limiter",
     "tx_rate_limiter",
     "netns",
@@ -348,12 +349,14 @@ export function parseNetworkInterface(v: unknown, id?: string): FcNetworkInterfa
   const ifaceId = pathId(b, "iface_id", what, id);
   const mac = string(b, "guest_mac", what, true);
   const netns = path(b, "netns", what, true);
+  const mtu = integer(b, "mtu", what, 68, 65535, true);
   const rx = parseRateLimiter(b.rx_rate_limiter, "rx_rate_limiter");
   const tx = parseRateLimiter(b.tx_rate_limiter, "tx_rate_limiter");
   return {
     iface_id: ifaceId,
     host_dev_name: checkIfName(string(b, "host_dev_name", what), "host_dev_name"),
     ...(mac === undefined ? {} : { guest_mac: checkMac(mac, "guest_mac") }),
+    ...(mtu === undefined ? {} : { mtu }),
     ...(rx === undefined ? {} : { rx_rate_limiter: rx }),
     ...(tx === undefined ? {} : { tx_rate_limiter: tx }),
     ...(netns === undefined ? {} : { netns }),

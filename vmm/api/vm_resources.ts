@@ -146,6 +146,7 @@ export function netConfig(n: FcNetworkInterface): NetConfig {
     id: n.iface_id,
     tap: n.host_dev_name,
     ...(n.guest_mac === undefined ? {} : { mac: n.guest_mac }),
+    ...(n.mtu === undefined ? {} : { mtu: n.mtu }),
     ...(rx === undefined ? {} : { rxRateLimiter: rx }),
     ...(tx === undefined ? {} : { txRateLimiter: tx }),
     ...(n.netns === undefined ? {} : { netns: n.netns }),

@@ -47,6 +47,9 @@ import { NetReceiver } from "./net_rx.ts";
 import { NetTransmitter } from "./net_tx.ts";
 import { RateLimiter } from "./rate_limiter.ts";
 
+/** An Ethernet header with one VLAN tag: what a frame adds to its MTU-sized payload. */
+const VLAN_ETH_HEADER = 18;
+
 /** The virtio-net back end. */
 export class NetBackend implements VirtioBackend {
   readonly #ctx: VirtioBackendContext;
@@ -58,6 +61,7 @@ export class NetBackend implements VirtioBackend {
   readonly #txLimit: RateLimiter;
   readonly #rx: NetReceiver;
   readonly #tx: NetTransmitter;
+  readonly #mtu: number;
   #timerWatched = false;
   #timerAt = Infinity;
 
@@ -69,6 +73,7 @@ export class NetBackend implements VirtioBackend {
   ) {
     this.#ctx = ctx;
     this.#id = cfg.id;
+    this.#mtu = cfg.mtu ?? 0;
     this.#tap = tap;
     this.#timer = timer;
     this.#stats = new NetStats(cfg.stats);
@@ -90,7 +95,7 @@ export class NetBackend implements VirtioBackend {
       throw new VirtioBackendError(cfg.id, err instanceof Error ? err.message : String(err));
     }
     const timer = await Timer.create();
-    writeNetConfig(ctx.config, cfg.mac);
+    writeNetConfig(ctx.config, cfg.mac, cfg.mtu);
     return new NetBackend(ctx, cfg, tap, timer);
   }
 
@@ -105,12 +110,16 @@ export class NetBackend implements VirtioBackend {
       (csum ? TUN_F_CSUM : 0) | (tso4 ? TUN_F_TSO4 : 0) | (tso6 ? TUN_F_TSO6 : 0) |
         (ecn ? TUN_F_TSO_ECN : 0),
     );
-    // With merging, read only when the buffers hold the largest frame possible.
+    // With merging, read only when the buffers hold the largest frame possible. With
+    // VIRTIO_NET_F_MTU no unsegmented frame larger than the MTU reaches the guest (§5.1.4.1).
     const merge = ctx.negotiated(NetFeature.MRG_RXBUF);
+    const mtu = ctx.negotiated(NetFeature.MTU) ? this.#mtu : 0;
+    const plain = mtu > 0 ? mtu + VLAN_ETH_HEADER : MAX_PLAIN_FRAME;
     this.#rx.activate(
       merge,
       csum,
-      merge ? NET_HDR_BYTES + (tso4 || tso6 ? MAX_GSO_FRAME : MAX_PLAIN_FRAME) : 0,
+      merge ? NET_HDR_BYTES + (tso4 || tso6 ? Math.max(MAX_GSO_FRAME, plain) : plain) : 0,
+      mtu,
     );
     if (!this.#timerWatched) {
       ctx.watch(this.#timer.fd, () => this.#onTimer());

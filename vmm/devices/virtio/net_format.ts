@@ -30,6 +30,7 @@ export const MAX_GSO_FRAME = 65550;
 export const NetFeature = {
   CSUM: 0,
   GUEST_CSUM: 1,
+  MTU: 3,
   MAC: 5,
   GUEST_TSO4: 7,
   GUEST_TSO6: 8,
@@ -57,8 +58,12 @@ export const HDR_F_NEEDS_CSUM = 1;
 /** `gso_type` values. */
 export const Gso = { NONE: 0, TCPV4: 1, UDP: 3, TCPV6: 4, UDP_L4: 5, ECN: 0x80 } as const;
 
-/** Configuration space layout: mac[6], status, max_virtqueue_pairs. */
-export const NetConfigSpace = { MAC: 0, STATUS: 6, MAX_VQ_PAIRS: 8, BYTES: 10 } as const;
+/** Configuration space layout: mac[6], status, max_virtqueue_pairs, mtu (virtio 1.2 §5.1.4). */
+export const NetConfigSpace = { MAC: 0, STATUS: 6, MAX_VQ_PAIRS: 8, MTU: 10, BYTES: 12 } as const;
+/** The MTUs `VIRTIO_NET_F_MTU` allows (virtio 1.2 §5.1.4.1). */
+export const MIN_MTU = 68;
+/** Largest MTU. */
+export const MAX_MTU = 65535;
 /** `status`: the link is up. */
 export const NET_S_LINK_UP = 1;
 
@@ -174,6 +179,8 @@ export interface NetBackendConfig {
   readonly mac: readonly number[];
   /** Offer checksum and segmentation offloads. */
   readonly offloads: boolean;
+  /** MTU offered with `VIRTIO_NET_F_MTU` (absent: the feature is not offered). */
+  readonly mtu?: number;
   /** Guest receive rate limiter. */
   readonly rxRateLimiter?: RateLimiterConfig;
   /** Guest transmit rate limiter. */
@@ -231,8 +238,8 @@ export interface NetDevice {
   readonly mac: string;
 }
 
-/** The features a network device offers. */
-export function netFeatures(offloads: boolean): number[] {
+/** The features a network device offers (`MTU` when `mtu` is given). */
+export function netFeatures(offloads: boolean, mtu?: number): number[] {
   const f: number[] = [
     Feature.EVENT_IDX,
     Feature.INDIRECT_DESC,
@@ -240,6 +247,7 @@ export function netFeatures(offloads: boolean): number[] {
     NetFeature.STATUS,
     NetFeature.MRG_RXBUF,
   ];
+  if (mtu !== undefined) f.push(NetFeature.MTU);
   if (offloads) {
     f.push(
       NetFeature.CSUM,
@@ -274,6 +282,11 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
     ? defaultMac(options.vmId ?? "vm", net.id)
     : parseMac(net.id, net.mac);
   const offloads = options.offloads ?? true;
+  if (
+    net.mtu !== undefined && (!Number.isInteger(net.mtu) || net.mtu < MIN_MTU || net.mtu > MAX_MTU)
+  ) {
+    throw new NetConfigError(net.id, `MTU ${net.mtu} is not an integer in ${MIN_MTU}..${MAX_MTU}`);
+  }
   const stats = NetStats.create();
   const backendConfig: NetBackendConfig = {
     id: net.id,
@@ -281,6 +294,7 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
     netns: net.netns ?? "",
     mac,
     offloads,
+    ...(net.mtu === undefined ? {} : { mtu: net.mtu }),
     ...(net.rxRateLimiter === undefined ? {} : { rxRateLimiter: net.rxRateLimiter }),
     ...(net.txRateLimiter === undefined ? {} : { txRateLimiter: net.txRateLimiter }),
     stats: stats.buffer,
@@ -289,7 +303,7 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
     device: {
       name: net.id,
       deviceId: NET_DEVICE_ID,
-      features: netFeatures(offloads),
+      features: netFeatures(offloads, net.mtu),
       queueSizes: [NET_QUEUE_SIZE, NET_QUEUE_SIZE],
       configBytes: NetConfigSpace.BYTES,
       backendModule: new URL("./net.ts", import.meta.url).href,
@@ -300,10 +314,11 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
   };
 }
 
-/** Writes the configuration space: the MAC, link up, one queue pair. */
-export function writeNetConfig(cfg: Uint8Array, mac: readonly number[]): void {
+/** Writes the configuration space: the MAC, link up, one queue pair, the MTU if offered. */
+export function writeNetConfig(cfg: Uint8Array, mac: readonly number[], mtu?: number): void {
   cfg.set(mac, NetConfigSpace.MAC);
   const v = new DataView(cfg.buffer, cfg.byteOffset, cfg.byteLength);
   v.setUint16(NetConfigSpace.STATUS, NET_S_LINK_UP, true);
   v.setUint16(NetConfigSpace.MAX_VQ_PAIRS, 1, true);
+  if (mtu !== undefined) v.setUint16(NetConfigSpace.MTU, mtu, true);
 }

@@ -54,6 +54,7 @@ export class NetReceiver {
   #merge = false;
   #guestCsum = false;
   #need = 0;
+  #mtu = 0;
   #tapWatched = false;
   #held = false;
 
@@ -78,12 +79,14 @@ export class NetReceiver {
   /**
    * Starts receiving after DRIVER_OK: `merge` (MRG_RXBUF negotiated),
    * `guestCsum` (GUEST_CSUM negotiated) and `need`, the buffer space a frame
-   * may need (0: any chain holds a frame).
+   * may need (0: any chain holds a frame), and `mtu` the negotiated
+   * `VIRTIO_NET_F_MTU` (0: none): larger unsegmented frames are dropped.
    */
-  activate(merge: boolean, guestCsum: boolean, need: number): void {
+  activate(merge: boolean, guestCsum: boolean, need: number, mtu = 0): void {
     this.#merge = merge;
     this.#guestCsum = guestCsum;
     this.#need = need;
+    this.#mtu = mtu;
     this.#watchTap(true);
   }
 
@@ -252,6 +255,7 @@ export class NetReceiver {
         this.#need,
         out,
         max,
+        this.#mtu,
       );
       if (frames === 0) {
         limit.ops?.replenish(1);
