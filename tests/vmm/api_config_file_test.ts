@@ -104,8 +104,15 @@ Deno.test("bad config files are refused naming the section or field", () => {
     ],
     [{ ...FILE, "machine-config": { vcpu_count: 2 } }, /'mem_size_mib'/],
     [
-      { ...FILE, "network-interfaces": [{ iface_id: "eth0", host_dev_name: "tap0", mtu: 9000 }] },
-      /unknown field 'mtu'/,
+      {
+        ...FILE,
+        "network-interfaces": [{ iface_id: "eth0", host_dev_name: "tap0", queue_size: 512 }],
+      },
+      /unknown field 'queue_size'/,
+    ],
+    [
+      { ...FILE, "network-interfaces": [{ iface_id: "eth0", host_dev_name: "tap0", mtu: 67 }] },
+      /'mtu'/,
     ],
     [{ ...FILE, "logger": { level: "verbose" } }, /'level' of logger must be one of/],
   ];
