@@ -30,7 +30,8 @@ export type AttackKind = typeof ATTACK_KINDS[number];
  *   inbound, sending it when outbound);
  * - `suspend_lowest_priority`: pause the lowest-priority VMs of the host;
  * - `rate_limit`: let through at most `policy.rateLimitPps` of that traffic;
- * - `drop`: drop that traffic (frame-tap input only);
+ * - `drop`: drop that traffic (where it is enforced: the frame tap's
+ *   verdict, or a VMM NIC's own device, `enforceAt`);
  * - `alert`: report only.
  */
 export type Action = "suspend" | "suspend_lowest_priority" | "rate_limit" | "drop" | "alert";
@@ -125,6 +126,13 @@ export interface ActionTable {
   inbound: Record<AttackKind, Action>;
   /** Actions for attacks from the VM. */
   outbound: Record<AttackKind, Action>;
+}
+
+/** Whether `table` drops or rate-limits any traffic (actions that need an enforcer). */
+export function blocksTraffic(table: ActionTable): boolean {
+  return [table.inbound, table.outbound].some((d) =>
+    Object.values(d).some((a) => a === "drop" || a === "rate_limit")
+  );
 }
 
 /** What netguard does about alerts. */

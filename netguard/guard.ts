@@ -16,7 +16,7 @@ import { VmRegistryError } from "./errors.ts";
 import type { NetguardEvent, StatsEvent } from "./events.ts";
 import { ConnTracker } from "./conn_tracker.ts";
 import { DirectionMonitor, type TransitionReport } from "./monitor.ts";
-import { PacketInfo } from "./packet.ts";
+import { PACKET_CLASS_NAMES, PacketInfo } from "./packet.ts";
 import { PACKET_OUTGOING, parseLinkFrame, wireLength } from "./pcap.ts";
 import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
 import {
@@ -60,8 +60,25 @@ export interface GuardMetrics {
   suspended: string[];
 }
 
+/** The key of a {@link BlockSink}: VM and interface. */
+function sinkKey(vmId: string, iface: string): string {
+  return JSON.stringify([vmId, iface]);
+}
+
 /** A listener of netguard events. */
 export type EventListener = (e: NetguardEvent) => void;
+
+/**
+ * Enforces the frame tap's blocks of one VM interface elsewhere (e.g. in
+ * the VM's network device): per `PacketClass` of `direction`, 0 pass,
+ * 1 drop, 2 rate limit to `ratePps` for all limited classes together.
+ * `classes` is the guard's own table: read it during the call only.
+ */
+export type BlockSink = (
+  direction: Direction,
+  classes: Readonly<Uint8Array>,
+  ratePps: number,
+) => void;
 
 /**
  * The monitor and policy for the VMs of one host.
@@ -87,11 +104,17 @@ export class NetGuard {
   #now = 0;
   readonly #policy: Policy;
   readonly #metrics = { frames: 0, malformed: 0, dropped: 0, alerts: 0, clears: 0 };
+  readonly #sinks = new Map<string, BlockSink>();
 
   /** Creates a guard; VMs listed in the config are known (without a VM to act on) at once. */
   constructor(config: NetguardConfig = defaultConfig()) {
     this.config = config;
-    this.#policy = new Policy(config, this.#vms, (e) => this.#emit(e));
+    this.#policy = new Policy(
+      config,
+      this.#vms,
+      (e) => this.#emit(e),
+      (mr) => this.#blocksChanged(mr),
+    );
     this.#whitelist = new PrefixSet(config.whitelist.map((w) => parsePrefix(w, "whitelist")));
     for (const v of config.vms) {
       this.#vms.set(
@@ -183,6 +206,42 @@ export class NetGuard {
     this.#vms.delete(id);
     this.#addresses.delete(id);
     this.#rebuildAddressMap();
+    // Its blocks went with its record: whoever enforced them lets traffic pass.
+    const none = new Uint8Array(PACKET_CLASS_NAMES.length);
+    for (const iface of rec.monitors.keys()) {
+      const sink = this.#sinks.get(sinkKey(id, iface));
+      sink?.("inbound", none, 0);
+      sink?.("outbound", none, 0);
+    }
+  }
+
+  /**
+   * Has `sink` enforce the blocks of VM `vmId`'s interface `iface`: it is
+   * called with each direction's table whenever a `drop` or `rate_limit`
+   * decision or its `unblock` changes it (before the decision event), and
+   * at once for blocks already in force. Returns a function that detaches it.
+   *
+   * @throws {VmRegistryError} when that interface already has a sink.
+   */
+  enforceAt(vmId: string, iface: string, sink: BlockSink): () => void {
+    const key = sinkKey(vmId, iface);
+    if (this.#sinks.has(key)) {
+      throw new VmRegistryError(
+        `netguard: interface '${iface}' of VM '${vmId}' already has its blocks enforced`,
+      );
+    }
+    this.#sinks.set(key, sink);
+    for (const mr of this.#vms.get(vmId)?.monitors.get(iface) ?? []) {
+      if (mr.blocks.size > 0) this.#blocksChanged(mr);
+    }
+    return () => {
+      if (this.#sinks.get(key) === sink) this.#sinks.delete(key);
+    };
+  }
+
+  #blocksChanged(mr: MonitorRecord): void {
+    const m = mr.monitor;
+    this.#sinks.get(sinkKey(m.vm, m.iface))?.(m.direction, mr.block, mr.limiter?.ratePps ?? 0);
   }
 
   /** Adds an event listener; returns a function that removes it. */

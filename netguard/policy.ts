@@ -121,21 +121,28 @@ export class Policy {
   readonly #config: NetguardConfig;
   readonly #vms: ReadonlyMap<string, VmRecord>;
   readonly #emit: (e: NetguardEvent) => void;
+  readonly #blocksChanged: (mr: MonitorRecord) => void;
   readonly #pending = new Set<Promise<void>>();
   /** Decisions taken, by action. */
   readonly decisions: Record<string, number> = {};
   /** Whether a suspended VM waits for its hold time (checked on every frame). */
   pendingResume = false;
 
-  /** The policy of `config` over the guard's `vms`, emitting its decisions through `emit`. */
+  /**
+   * The policy of `config` over the guard's `vms`, emitting its decisions
+   * through `emit`; `blocksChanged` is told each time a monitor's frame-tap
+   * table changes (before the decision is emitted).
+   */
   constructor(
     config: NetguardConfig,
     vms: ReadonlyMap<string, VmRecord>,
     emit: (e: NetguardEvent) => void,
+    blocksChanged: (mr: MonitorRecord) => void = () => {},
   ) {
     this.#config = config;
     this.#vms = vms;
     this.#emit = emit;
+    this.#blocksChanged = blocksChanged;
   }
 
   /** Acts on an alert that monitor `m` (of VM `rec`) raised at `ts` for `cause`. */
@@ -261,6 +268,7 @@ export class Policy {
       mr.limiter = new TokenBucket(this.#config.policy.rateLimitPps);
     }
     if (!limited) mr.limiter = null;
+    this.#blocksChanged(mr);
   }
 
   /** Resumes every suspended VM whose hold time has passed by `now`. */

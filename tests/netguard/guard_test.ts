@@ -199,6 +199,60 @@ Deno.test("drop and rate_limit decide per frame: the attack's packets are droppe
   );
 });
 
+Deno.test("a drop or rate_limit decision hands the interface's table to its sink before the event, the unblock clears it, and unregistering lifts it", async () => {
+  const g = new NetGuard(parseConfig({
+    ...TEST_CONFIG,
+    policy: {
+      rateLimitPps: 300,
+      actions: { inbound: { syn_flood: "drop" }, outbound: { udp_flood: "rate_limit" } },
+    },
+  }));
+  const seen: string[] = [];
+  g.onEvent((e) => {
+    if (e.event === "decision") seen.push(`event ${e.action}`);
+  });
+  g.registerVm("vm", null);
+  const detach = g.enforceAt("vm", "tap0", (dir, classes, rate) => {
+    seen.push(`${dir} ${[...classes].join("")} ${rate}`);
+  });
+  assert.throws(() => g.enforceAt("vm", "tap0", () => {}), /already has its blocks enforced/);
+  for (let t = T0; t < T0 + 500; t += 1000 / 2000) {
+    g.ingest("vm", "inbound", "tap0", SYN, 0, SYN.length, SYN.length, t, 1);
+  }
+  const udp = buildFrame({ src: "10.0.0.2", dst: "203.0.113.7", proto: "udp" });
+  for (let t = T0 + 500; t < T0 + 1000; t += 1000 / 8000) {
+    g.ingest("vm", "outbound", "tap0", udp, 0, udp.length, udp.length, t, 1);
+  }
+  // tcpSyn is class 2, udp class 6.
+  assert.deepEqual(seen.slice(0, 4), [
+    "inbound 0010000000 0",
+    "event drop",
+    "outbound 0000002000 300",
+    "event rate_limit",
+  ]);
+  g.advance(T0 + 3000);
+  assert.deepEqual(seen.slice(4).sort(), [
+    "event unblock",
+    "event unblock",
+    "inbound 0000000000 0",
+    "outbound 0000000000 0",
+  ]);
+  // A sink attached while blocks are in force gets them at once; unregistering lifts them.
+  detach();
+  for (let t = T0 + 4000; t < T0 + 4500; t += 1000 / 2000) {
+    g.ingest("vm", "inbound", "tap0", SYN, 0, SYN.length, SYN.length, t, 1);
+  }
+  const late: string[] = [];
+  g.enforceAt(
+    "vm",
+    "tap0",
+    (dir, classes, rate) => late.push(`${dir} ${[...classes].join("")} ${rate}`),
+  );
+  assert.deepEqual(late, ["inbound 0010000000 0"]);
+  await g.unregisterVm("vm");
+  assert.deepEqual(late.slice(1), ["inbound 0000000000 0", "outbound 0000000000 0"]);
+});
+
 Deno.test("traffic from whitelisted prefixes is never counted toward an attack", async () => {
   const g = new NetGuard(
     parseConfig({ ...TEST_CONFIG, whitelist: ["198.51.100.0/24", "2001:db8::/32"] }),
