@@ -19,6 +19,7 @@ import { blkDeviceConfig } from "./devices/virtio/blk_format.ts";
 import { type VirtioDeviceConfig, VirtioDeviceHost } from "./devices/virtio/host.ts";
 import type { MemoryRegion } from "./guest_memory.ts";
 import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
+import type { NetBlockPort } from "./devices/virtio/net_filter.ts";
 import {
   type NetDevice,
   netDevice,
@@ -51,6 +52,8 @@ export interface NetInterface {
   readonly mac: string;
   /** The device's frame and byte counters. */
   readonly stats: NetStats;
+  /** Where netguard's drop and rate-limit decisions reach the device (`VmNetWatch` publishes them). */
+  readonly blocks: NetBlockPort;
   /** Replaces the running interface's rate limiters (`PATCH /network-interfaces`). */
   setRateLimiters(update: NetRateLimiterUpdate): Promise<void>;
 }
@@ -148,6 +151,7 @@ export class MachineIo {
         tap: n.tap,
         mac: d.mac,
         stats: d.stats,
+        blocks: d.blocks,
         setRateLimiters: (u) => setNetRateLimiters(hosts.find((h) => h.name === n.id), n.id, u),
       });
     });

@@ -9,6 +9,7 @@
 import { loadShim } from "../../native/ffi.ts";
 import { MmioAllocator } from "../../vmm/devices/mmio_allocator.ts";
 import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
+import type { NetBlockPort } from "../../vmm/devices/virtio/net_filter.ts";
 import { netDevice, type NetStats } from "../../vmm/devices/virtio/net_format.ts";
 import type { NetConfig } from "../../vmm/io_config.ts";
 import { HostMemory } from "../../vmm/memory.ts";
@@ -44,6 +45,8 @@ export interface NetRig {
   ns: Netns;
   tap: string;
   stats: NetStats;
+  /** Where netguard's blocks reach the device. */
+  blocks: NetBlockPort;
   mac: number[];
   close(): Promise<void>;
 }
@@ -87,6 +90,7 @@ export async function netRig(
       ns,
       tap,
       stats: dev.stats,
+      blocks: dev.blocks,
       mac: dev.mac.split(":").map((x) => parseInt(x, 16)),
       async close() {
         await h.close();

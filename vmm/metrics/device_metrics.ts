@@ -42,6 +42,18 @@ const NET_FAMILIES: ReadonlyArray<[number, string, string]> = [
     "vmkit_net_rx_no_buffers_total",
     "Times frames waited for guest buffers.",
   ],
+  [NetStat.RX_BLOCKED, "vmkit_net_rx_blocked_total", "Received frames a netguard drop dropped."],
+  [
+    NetStat.RX_LIMITED,
+    "vmkit_net_rx_limited_total",
+    "Received frames dropped over a netguard rate_limit.",
+  ],
+  [NetStat.TX_BLOCKED, "vmkit_net_tx_blocked_total", "Transmitted frames a netguard drop dropped."],
+  [
+    NetStat.TX_LIMITED,
+    "vmkit_net_tx_limited_total",
+    "Transmitted frames dropped over a netguard rate_limit.",
+  ],
 ];
 
 /** The virtio-net families of `nets`, one sample per interface (labels `iface`, `tap`). */

@@ -102,4 +102,15 @@ export {
   SET_RATE_LIMITERS,
   setNetRateLimiters,
 } from "./net_format.ts";
+export {
+  type DroppedFrameHandler,
+  FILTER_SNAP,
+  FilterVerdict,
+  NET_FILTER_BYTES,
+  NET_INBOUND,
+  NET_OUTBOUND,
+  NetBlockPort,
+  NetFilterError,
+  NetFrameFilter,
+} from "./net_filter.ts";
 export { RateLimiter } from "./rate_limiter.ts";

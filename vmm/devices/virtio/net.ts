@@ -11,7 +11,9 @@
  * negotiates offloads, routes notifications, and runs both directions'
  * Firecracker-style rate limiters (ops = frames, bandwidth = bytes): a
  * limited direction retries on a timerfd, and a running interface's limiters
- * can be replaced (`setRateLimiters`). Before a quiesce the cached receive
+ * can be replaced (`setRateLimiters`). netguard's drop and rate-limit
+ * decisions reach both sides through `net_filter.ts`, looked at once per
+ * batch and applied only while a block is active. Before a quiesce the cached receive
  * chains go back to the available ring, so a saved device holds no buffer
  * the guest gave it.
  *
@@ -43,6 +45,7 @@ import {
   TX_QUEUE,
   writeNetConfig,
 } from "./net_format.ts";
+import { NetFrameFilter } from "./net_filter.ts";
 import { NetReceiver } from "./net_rx.ts";
 import { NetTransmitter } from "./net_tx.ts";
 import { RateLimiter } from "./rate_limiter.ts";
@@ -80,8 +83,9 @@ export class NetBackend implements VirtioBackend {
     this.#rxLimit = new RateLimiter(cfg.rxRateLimiter);
     this.#txLimit = new RateLimiter(cfg.txRateLimiter);
     const retry = (ms: number, nowMs: number): void => this.#retryIn(ms, nowMs);
-    this.#rx = new NetReceiver(ctx, tap, this.#stats, this.#rxLimit, retry);
-    this.#tx = new NetTransmitter(ctx, tap, this.#stats, this.#txLimit, retry);
+    const filter = new NetFrameFilter(cfg.filter);
+    this.#rx = new NetReceiver(ctx, tap, this.#stats, this.#rxLimit, filter, retry);
+    this.#tx = new NetTransmitter(ctx, tap, this.#stats, this.#txLimit, filter, retry);
   }
 
   /** Opens the TAP and builds the back end (the module's `createBackend`). */

@@ -2,7 +2,8 @@
  * virtio-net's formats and the machine side of a network interface: feature
  * bits, the configuration space (virtio 1.2 §5.1.4), the virtio-net header
  * (§5.1.6), MAC addresses, the device's counters (shared with the main
- * thread) and the {@link VirtioDeviceConfig} a {@link NetConfig} becomes.
+ * thread), where netguard's blocks reach it (`net_filter.ts`) and the
+ * {@link VirtioDeviceConfig} a {@link NetConfig} becomes.
  *
  * @module
  */
@@ -10,6 +11,7 @@
 import type { NetConfig, RateLimiterConfig } from "../../io_config.ts";
 import type { VirtioDeviceConfig, VirtioDeviceHost } from "./host.ts";
 import { Feature } from "./layout.ts";
+import { NetBlockPort } from "./net_filter.ts";
 
 /** virtio device id of a network card. */
 export const NET_DEVICE_ID = 1;
@@ -89,9 +91,17 @@ export const NetStat = {
   TX_THROTTLED: 8,
   /** Times frames waited in the TAP because the guest had no receive buffers. */
   RX_NO_BUFFERS: 9,
+  /** Received frames dropped by a netguard `drop` decision (`net_filter.ts`). */
+  RX_BLOCKED: 10,
+  /** Received frames dropped over the rate of a netguard `rate_limit` decision. */
+  RX_LIMITED: 11,
+  /** Transmitted frames dropped by a netguard `drop` decision. */
+  TX_BLOCKED: 12,
+  /** Transmitted frames dropped over the rate of a netguard `rate_limit` decision. */
+  TX_LIMITED: 13,
 } as const;
 /** Number of counters. */
-export const NET_STAT_COUNT = 10;
+export const NET_STAT_COUNT = 14;
 
 /** Raised for a bad network-interface configuration. */
 export class NetConfigError extends Error {
@@ -187,6 +197,8 @@ export interface NetBackendConfig {
   readonly txRateLimiter?: RateLimiterConfig;
   /** The counters ({@link NetStats}). */
   readonly stats: SharedArrayBuffer;
+  /** netguard's blocks and the dropped-frame ring (`net_filter.ts`). */
+  readonly filter: SharedArrayBuffer;
 }
 
 /** The back-end call (`VirtioDeviceHost.call`) that replaces a running interface's rate limiters. */
@@ -234,6 +246,8 @@ export interface NetDevice {
   readonly device: VirtioDeviceConfig;
   /** Its counters. */
   readonly stats: NetStats;
+  /** Where netguard's blocks of this interface are published. */
+  readonly blocks: NetBlockPort;
   /** The guest's MAC. */
   readonly mac: string;
 }
@@ -288,6 +302,7 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
     throw new NetConfigError(net.id, `MTU ${net.mtu} is not an integer in ${MIN_MTU}..${MAX_MTU}`);
   }
   const stats = NetStats.create();
+  const blocks = NetBlockPort.create();
   const backendConfig: NetBackendConfig = {
     id: net.id,
     tap: net.tap,
@@ -298,6 +313,7 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
     ...(net.rxRateLimiter === undefined ? {} : { rxRateLimiter: net.rxRateLimiter }),
     ...(net.txRateLimiter === undefined ? {} : { txRateLimiter: net.txRateLimiter }),
     stats: stats.buffer,
+    filter: blocks.buffer,
   };
   return {
     device: {
@@ -310,6 +326,7 @@ export function netDevice(net: NetConfig, options: NetDeviceOptions = {}): NetDe
       backendConfig,
     },
     stats,
+    blocks,
     mac: formatMac(mac),
   };
 }

@@ -9,6 +9,11 @@
  * TAP (its queue drops when full, as a NIC does) until the guest adds
  * buffers, and the TAP is not polled meanwhile.
  *
+ * While netguard blocks a class of inbound traffic (`net_filter.ts`), frames
+ * are read one per call and classified in the guest's buffers; a blocked
+ * frame is counted and its buffers are reused for the next frame, so the
+ * guest never sees it.
+ *
  * @module
  */
 
@@ -22,6 +27,7 @@ import {
   type NetStats,
   RX_QUEUE,
 } from "./net_format.ts";
+import { FILTER_SNAP, FilterVerdict, NET_INBOUND, type NetFrameFilter } from "./net_filter.ts";
 import { DescChain, POP_ERROR, POP_OK, type SplitQueue } from "./queue.ts";
 import type { RateLimiter } from "./rate_limiter.ts";
 
@@ -38,6 +44,7 @@ export class NetReceiver {
   readonly #tap: Tap;
   readonly #stats: NetStats;
   readonly #limit: RateLimiter;
+  readonly #filter: NetFrameFilter;
   readonly #retry: (ms: number, nowMs: number) => void;
   readonly #chain = new DescChain(NET_QUEUE_SIZE);
   // The cache: chains taken, resolved to iovecs, not yet used.
@@ -60,19 +67,22 @@ export class NetReceiver {
 
   /**
    * The receive side over `tap`; `limit` paces it, and `retry(ms, now)` asks
-   * for {@link resume} once the limit allows again.
+   * for {@link resume} once the limit allows again; `filter` applies
+   * netguard's inbound blocks.
    */
   constructor(
     ctx: VirtioBackendContext,
     tap: Tap,
     stats: NetStats,
     limit: RateLimiter,
+    filter: NetFrameFilter,
     retry: (ms: number, nowMs: number) => void,
   ) {
     this.#ctx = ctx;
     this.#tap = tap;
     this.#stats = stats;
     this.#limit = limit;
+    this.#filter = filter;
     this.#retry = retry;
   }
 
@@ -216,6 +226,42 @@ export class NetReceiver {
     this.#count = left;
   }
 
+  /**
+   * netguard's verdict on the `len`-byte frame (header included) read into
+   * the `used` cached chains from chain `c`: classified in place when its
+   * first bytes are in one buffer, else gathered into the filter's scratch.
+   */
+  #verdict(c: number, used: number, len: number, nowMs: number): number {
+    const filter = this.#filter;
+    const ram = this.#ctx.ram;
+    const iov = this.#iov;
+    const want = Math.min(len - NET_HDR_BYTES, FILTER_SNAP);
+    const i0 = this.#first[c] ?? 0;
+    const b0 = ram.bytes[this.#region[i0] ?? 0];
+    if (b0 !== undefined && iov.lengthOf(i0) - NET_HDR_BYTES >= want) {
+      return filter.verdict(NET_INBOUND, b0, (this.#off[i0] ?? 0) + NET_HDR_BYTES, want, nowMs);
+    }
+    const dst = filter.scratch;
+    let skip = NET_HDR_BYTES;
+    let got = 0;
+    const end = this.#first[c + used] ?? i0;
+    for (let i = i0; i < end && got < want; i++) {
+      const n = iov.lengthOf(i);
+      if (skip >= n) {
+        skip -= n;
+        continue;
+      }
+      const b = ram.bytes[this.#region[i] ?? 0];
+      if (b === undefined) break;
+      const at = (this.#off[i] ?? 0) + skip;
+      const take = Math.min(n - skip, want - got);
+      for (let k = 0; k < take; k++) dst[got + k] = b[at + k] ?? 0;
+      got += take;
+      skip = 0;
+    }
+    return filter.verdict(NET_INBOUND, dst, 0, got, nowMs);
+  }
+
   /** Moves frames from the TAP into receive buffers, up to a budget. */
   run(): void {
     const ctx = this.#ctx;
@@ -235,6 +281,10 @@ export class NetReceiver {
         return;
       }
       let max = Math.min(budget, BUDGET);
+      // One load per batch; while netguard blocks, one frame per read, so a
+      // blocked one leaves its buffers in place for the next.
+      const filtering = this.#filter.blocking(NET_INBOUND);
+      if (filtering) max = 1;
       const now = limit.active ? performance.now() : 0;
       if (limit.active) {
         if (!limit.consume(1, 1, now)) {
@@ -258,8 +308,7 @@ export class NetReceiver {
         this.#mtu,
       );
       if (frames === 0) {
-        limit.ops?.replenish(1);
-        limit.bandwidth?.replenish(1);
+        limit.refund(1, 1);
         return; // the TAP is empty
       }
       let c = 0;
@@ -272,6 +321,14 @@ export class NetReceiver {
         if (used === 0) {
           stats.add(NetStat.RX_TOO_BIG);
           continue;
+        }
+        if (filtering) {
+          const v = this.#verdict(c, used, len, performance.timeOrigin + performance.now());
+          if (v !== FilterVerdict.PASS) {
+            stats.add(v === FilterVerdict.BLOCKED ? NetStat.RX_BLOCKED : NetStat.RX_LIMITED);
+            limit.refund(1, 1);
+            continue;
+          }
         }
         const nb = this.#merge ? used : 1;
         const i0 = this.#first[c] ?? 0;
@@ -300,11 +357,13 @@ export class NetReceiver {
         bytes += len - NET_HDR_BYTES;
         if (limit.active) limit.charge(len - 1, now);
       }
-      stats.add(NetStat.RX_FRAMES, delivered);
-      stats.add(NetStat.RX_BYTES, bytes);
-      q.publishUsed();
-      ctx.interruptIfNeeded(RX_QUEUE);
-      this.#shiftCache(c);
+      if (c > 0) {
+        stats.add(NetStat.RX_FRAMES, delivered);
+        stats.add(NetStat.RX_BYTES, bytes);
+        q.publishUsed();
+        ctx.interruptIfNeeded(RX_QUEUE);
+        this.#shiftCache(c);
+      }
       budget -= frames;
       if (frames < max) return; // the TAP is drained (or the rest needs more buffers)
     }

@@ -113,6 +113,12 @@ export class RateLimiter {
     return true;
   }
 
+  /** Gives back what a {@link consume} that passed took (the request was not made after all). */
+  refund(ops: number, bytes: number): void {
+    this.#ops?.replenish(ops);
+    this.#bandwidth?.replenish(bytes);
+  }
+
   /**
    * Charges `bytes` to the bandwidth bucket after the fact, even into debt
    * (a received frame's size is known only once it is read); later requests
