@@ -7,6 +7,7 @@
  */
 
 import {
+  blocksTraffic,
   defaultConfig,
   eventToJson,
   eventToText,
@@ -118,6 +119,12 @@ const watch = command({
         await guard.settled();
         if (r.truncatedTail) console.error(`netguard: ${o.pcap}: the last record was cut short`);
       } else {
+        if ([config.policy.actions, ...config.vms.map((v) => v.actions)].some(blocksTraffic)) {
+          console.error(
+            "netguard: a watch only reads: its drop and rate_limit decisions are reported, " +
+              "not enforced (vmkit run --netguard enforces them in the VM's NICs)",
+          );
+        }
         await watchLive(guard, o.iface, o.tap, o.netns, o.vm, o.duration ?? 0, o["stats-interval"]);
       }
     } catch (err) {

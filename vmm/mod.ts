@@ -72,7 +72,13 @@ export {
 export * from "./devices/virtio/mod.ts";
 export { DiskHandle } from "./disk_handle.ts";
 export { type MachineIoConfig, MachineIoError, type NetInterface } from "./machine_io.ts";
-export { VmNetWatch, type VmNetWatchOptions } from "./net_guard.ts";
+export {
+  type GuardedNic,
+  type GuardedVm,
+  VmNetWatch,
+  VmNetWatchError,
+  type VmNetWatchOptions,
+} from "./net_guard.ts";
 export type {
   DriveBackend,
   DriveConfig,

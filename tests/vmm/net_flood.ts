@@ -30,12 +30,17 @@ export async function spinningMachine(serial: string, memMiB = 32): Promise<Mach
   return m;
 }
 
-/** A guard that suspends on more than 500 UDP frames/s (nothing else enabled), holding 500 ms. */
-export function udpFloodGuard(): { guard: NetGuard; events: NetguardEvent[] } {
+/**
+ * A guard that suspends on more than 500 UDP frames/s (nothing else
+ * enabled), holding 500 ms; `policy` overrides (e.g. a `drop` action).
+ */
+export function udpFloodGuard(
+  policy: Record<string, unknown> = {},
+): { guard: NetGuard; events: NetguardEvent[] } {
   const guard = new NetGuard(parseConfig({
     thresholds: { pps: 0, bps: 0, flows: 0, udpPps: 500 },
     detector: { adaptive: { enabled: false } },
-    policy: { holdMs: 500 },
+    policy: { holdMs: 500, ...policy },
   }));
   const events: NetguardEvent[] = [];
   guard.onEvent((e) => events.push(e));
@@ -49,10 +54,10 @@ export function decisions(events: NetguardEvent[]): string[] {
     .map((e) => `${e.action}:${e.kind}:${e.targets.join(",")}`);
 }
 
-/** A bounded UDP flood from `ns` at `ip`: 3000 frames, ~5000/s, at most 20 s. */
-export async function udpFlood(ns: Netns, ip: string): Promise<void> {
+/** A bounded UDP flood from `ns` at `ip`: `count` frames, ~5000/s, at most 20 s. */
+export async function udpFlood(ns: Netns, ip: string, count = 3000): Promise<void> {
   const r = await ns.exec(
-    ["timeout", "20", "hping3", "-2", "-p", "53", "-c", "3000", "-i", "u200", "-q", ip],
+    ["timeout", "20", "hping3", "-2", "-p", "53", "-c", String(count), "-i", "u200", "-q", ip],
     true,
   );
   if (r.code !== 0 && r.code !== 1) throw new Error(`hping3 failed (${r.code}): ${r.stderr}`);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { Tap } from "../../native/tap.ts";
 import type { Machine } from "../../vmm/machine.ts";
-import { VmNetWatch } from "../../vmm/net_guard.ts";
+import { VmNetWatch, VmNetWatchError } from "../../vmm/net_guard.ts";
 import { Netns, sleep, waitFor } from "../netguard/helpers.ts";
 import { decisions, spinningMachine, udpFlood, udpFloodGuard } from "./net_flood.ts";
 
@@ -67,4 +67,21 @@ Deno.test("netguard watching each VM's TAP pauses VM A under an hping3 flood int
     await ns.delete();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a VM whose actions drop or rate-limit is refused when a NIC has no device to enforce it, before anything is opened", async () => {
+  const { guard } = udpFloodGuard({ actions: { inbound: { udp_flood: "drop" } } });
+  const vm = { pause: () => Promise.resolve(), resume: () => Promise.resolve() };
+  await assert.rejects(
+    VmNetWatch.start(guard, "P", vm, [{ id: "eth0", tap: "h12-no-such" }]),
+    (e: Error) =>
+      e instanceof VmNetWatchError && /eth0 have no vmkit virtio-net device/.test(e.message),
+  );
+  assert.deepEqual(guard.suspended(), []);
+  // Suspend-only actions need no enforcer: the same VM is accepted (and its TAP then opened).
+  const { guard: g2 } = udpFloodGuard();
+  await assert.rejects(
+    VmNetWatch.start(g2, "P", vm, [{ id: "eth0", tap: "h12-no-such" }]),
+    (e: Error) => !(e instanceof VmNetWatchError),
+  );
 });

@@ -1,92 +1,9 @@
 import assert from "node:assert/strict";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
 import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
-import type { Serial16550 } from "../../vmm/devices/serial.ts";
-import { Machine } from "../../vmm/machine.ts";
 import { VmNetWatch } from "../../vmm/net_guard.ts";
-import { Netns, sleep, waitFor } from "../netguard/helpers.ts";
+import { sleep, waitFor } from "../netguard/helpers.ts";
 import { decisions, udpFlood, udpFloodGuard } from "./net_flood.ts";
-import { guest } from "./run_helpers.ts";
-
-let tapCounter = 0;
-
-/** A booted guest running mode=net with one NIC whose TAP is in `ns` at `subnet`.1/24. */
-interface NetVm {
-  machine: Machine;
-  tap: string;
-  serial: string;
-  ip: string;
-  log(): Promise<string>;
-  command(line: string): void;
-}
-
-async function netVm(ns: Netns, dir: string, subnet: string, extra = ""): Promise<NetVm> {
-  const tap = `h8v${Deno.pid % 10000}x${tapCounter++}`;
-  const serial = `${dir}/${tap}.serial`;
-  const ip = `${subnet}.2`;
-  const machine = await Machine.create({
-    memMiB: 32,
-    vcpus: 1,
-    // The 64-bit guest: this host's KVM cannot emulate a 32-bit IRET, so the PVH guest takes no interrupts.
-    kernel: await Deno.readFile(guest("guest-vmlinux.elf")),
-    cmdline: `mode=net net.ip=${ip} ${extra}`,
-    devices: defaultDeviceSpecs({ serialOut: { path: serial }, memMiB: 32 }),
-    nets: [{ id: "eth0", tap, netns: ns.name }],
-  });
-  await ns.ip(`link set ${tap} up`);
-  await ns.ip(`addr add ${subnet}.1/24 dev ${tap}`);
-  await machine.start();
-  const log = () => Deno.readTextFile(serial).catch(() => "");
-  const vm: NetVm = {
-    machine,
-    tap,
-    serial,
-    ip,
-    log,
-    command(line: string) {
-      const com1 = machine.device("com1") as Serial16550 | undefined;
-      com1?.pushInput(new TextEncoder().encode(`${line}\n`));
-    },
-  };
-  const up = await waitText(vm, /net up .*\n/, 30_000);
-  assert.ok(up !== null, `guest did not come up: ${await log()}`);
-  return vm;
-}
-
-async function waitText(
-  vm: NetVm,
-  re: RegExp,
-  timeoutMs: number,
-): Promise<RegExpExecArray | null> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    const m = re.exec(await vm.log());
-    if (m !== null) return m;
-    await sleep(50);
-  }
-  return re.exec(await vm.log());
-}
-
-async function tapStat(ns: Netns, tap: string, what: "rx_packets" | "tx_packets"): Promise<number> {
-  const r = await ns.exec(["cat", `/sys/class/net/${tap}/statistics/${what}`]);
-  return Number(r.stdout.trim());
-}
-
-async function pings(ns: Netns, ip: string, count: number, size = 56): Promise<number> {
-  const r = await ns.exec(
-    ["ping", "-c", String(count), "-i", "0.1", "-W", "2", "-s", String(size), ip],
-    true,
-  );
-  const m = /(\d+) received/.exec(r.stdout);
-  return m === null ? 0 : Number(m[1]);
-}
-
-async function namespace(): Promise<Netns> {
-  const ns = await Netns.create("v");
-  await ns.exec(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"]);
-  await ns.exec(["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"]);
-  return ns;
-}
+import { namespace, type NetVm, netVm, pings, tapStat, waitText } from "./net_vm.ts";
 
 Deno.test("a guest with its own virtio-net driver answers ARP and ping through its TAP; both directions are counted alike by guest, device and TAP (root, netns, /dev/kvm)", async () => {
   const ns = await namespace();
