@@ -22,7 +22,8 @@
  * Sides alternate, each run is timed the same way, the median of N runs is
  * reported with the range, and the machine load is printed.
  *
- * Usage: `deno run -A bench/net_bench.ts [--runs N] [--quick] [--only tx|rx|netguard]`
+ * Usage: `deno run -A bench/net_bench.ts [--runs N] [--quick] [--only tx|rx|netguard]
+ * [--kind small|bulk|tso]`
  * (root: it creates a network namespace and a TAP, removed at the end).
  *
  * @module
@@ -45,8 +46,11 @@ const args = Deno.args;
 const RUNS = Number(args[args.indexOf("--runs") + 1] ?? 0) || (args.includes("--quick") ? 3 : 5);
 const QUICK = args.includes("--quick");
 const ONLY = args.includes("--only") ? args[args.indexOf("--only") + 1] : undefined;
+const KIND = args.includes("--kind") ? args[args.indexOf("--kind") + 1] : undefined;
 /** Whether section `s` (tx, rx, netguard) runs (`--only S` picks one). */
 const want = (s: string) => ONLY === undefined || ONLY === s;
+/** Whether frames of `kind` are measured (`--kind K` picks one). */
+const wantKind = (kind: FrameKind) => KIND === undefined || KIND === kind;
 const COUNT: Record<FrameKind, number> = QUICK
   ? { small: 50_000, bulk: 50_000, tso: 5_000 }
   : { small: 200_000, bulk: 200_000, tso: 20_000 };
@@ -457,7 +461,7 @@ if (import.meta.main) {
   const rows: Row[] = [];
   try {
     if (want("tx") || want("netguard")) console.log(await calibratePeer(place));
-    for (const kind of (want("tx") ? ["small", "bulk", "tso"] as const : [])) {
+    for (const kind of (want("tx") ? (["small", "bulk", "tso"] as const).filter(wantKind) : [])) {
       const r = await alternate(
         () => vmkitTx(place, kind, COUNT[kind]),
         () => peerTx(place, kind, COUNT[kind]),
@@ -477,7 +481,7 @@ if (import.meta.main) {
         });
       }
     }
-    for (const kind of (want("rx") ? ["small", "bulk"] as const : [])) {
+    for (const kind of (want("rx") ? (["small", "bulk"] as const).filter(wantKind) : [])) {
       const r = await alternate(
         () => vmkitRx(place, kind, COUNT[kind]),
         () => peerRx(place, kind, COUNT[kind]),
