@@ -100,6 +100,7 @@ interface Snapshot {
   state: "saving" | "done" | "failed";
   bytes_written: number;
   bytes_total: number;
+  pause_us: number;
   error?: string;
   warning?: string;
 }
@@ -109,7 +110,8 @@ const create = command({
   summary: "take a live checkpoint of a running VM through its control socket",
   description: "The VM is stopped only for the pause (well under a millisecond) and goes on\n" +
     "running while the file is written in the background; --wait returns once it is\n" +
-    "complete (with a progress bar on a terminal). A paused VM stays paused.\n" +
+    "complete (with a progress bar on a terminal). A paused VM stays paused, and\n" +
+    "then create returns once the file is complete, with or without --wait.\n" +
     "Disks: each writable disk gets an overlay; by default its parent is kept\n" +
     "(read-only) for the checkpoint, with --copy-parent it is copied and the VM ends\n" +
     "on its own file again.",
@@ -148,10 +150,20 @@ const create = command({
         throw err;
       }
     };
+    const following = async (): Promise<Snapshot> => {
+      const r = await call("GET", "/snapshot");
+      if (r.status !== 200) throw new Error(`cannot follow the save: ${fault(r.body)}`);
+      return r.body as Snapshot;
+    };
     const made = await call("PUT", "/snapshot/create", req);
-    if (made.status !== 200) throw new Error(`the VM refused: ${fault(made.body)}`);
-    const pauseUs = Number((made.body as { pause_us?: unknown }).pause_us);
-    if (!ctx.values.wait) {
+    if (made.status !== 200 && made.status !== 204) {
+      throw new Error(`the VM refused: ${fault(made.body)}`);
+    }
+    // 204: the VM was paused and the file is complete already (Firecracker's reply).
+    const pauseUs = made.status === 204
+      ? Number((await following()).pause_us)
+      : Number((made.body as { pause_us?: unknown }).pause_us);
+    if (!ctx.values.wait && made.status === 200) {
       ctx.print(
         { path, pauseUs, state: "saving" },
         () => `${path}: paused ${pauseUs} µs; the file is being written (GET /snapshot)`,
@@ -161,9 +173,7 @@ const create = command({
     const bar = ctx.progress("checkpoint");
     let s: Snapshot;
     for (;;) {
-      const r = await call("GET", "/snapshot");
-      if (r.status !== 200) throw new Error(`cannot follow the save: ${fault(r.body)}`);
-      s = r.body as Snapshot;
+      s = await following();
       bar.update({ done: s.bytes_written, total: Math.max(1, s.bytes_total) });
       if (s.state !== "saving") break;
       await new Promise((res) => setTimeout(res, POLL_MS));

@@ -4,19 +4,22 @@
  *
  * | method | path               | body                                                          | reply                               |
  * | ------ | ------------------ | ------------------------------------------------------------- | ----------------------------------- |
- * | PUT    | `/snapshot/create` | `{snapshot_path, mem_file_path?, snapshot_type?, disk_policy?}` | 200 `{pause_us}` once the VM runs  |
+ * | PUT    | `/snapshot/create` | `{snapshot_path, mem_file_path?, snapshot_type?, disk_policy?}` | 200 `{pause_us}` / 204 (see below) |
  * | GET    | `/snapshot`        |                                                               | 200 `{state, bytes_written, ...}`   |
  * | PUT    | `/snapshot/load`   | `{snapshot_path, resume_vm?, network_overrides?}` (pre-boot)   | 204 once the VM is rebuilt          |
  *
  * `snapshot_type` is `Full` (default) or `Diff` (only the pages written since
  * this VM's previous checkpoint), `disk_policy` `keep-parent` (default) or
  * `copy-parent`. Unlike Firecracker, the VM need not be paused first: the
- * checkpoint pauses it briefly and resumes it (a paused VM stays paused);
- * the file is written in the background, which `GET /snapshot` reports
- * (`state`: `saving`, `done` or `failed`). One checkpoint at a time: a second
- * `create` while one is written gets 409. `load` is Firecracker's: only on a
- * fresh VMM; `resume_vm` starts the restored VM, else it stays paused until
- * `PATCH /vm {"state": "Resumed"}`. Firecracker's other load fields are taken:
+ * checkpoint pauses it briefly and resumes it, answers 200 `{pause_us}` as
+ * soon as the VM runs again, and writes the file in the background, which
+ * `GET /snapshot` reports (`state`: `saving`, `done` or `failed`). A VM paused
+ * at `create` (Firecracker's precondition) stays paused and gets Firecracker's
+ * reply: 204 once the file is complete, or a 400 if it failed, so a
+ * Firecracker client may copy the files or end the VMM as soon as it answers.
+ * One checkpoint at a time: a second `create` while one is written gets 409.
+ * `load` is Firecracker's: only on a fresh VMM; `resume_vm` starts the
+ * restored VM, else it stays paused until `PATCH /vm {"state": "Resumed"}`. Firecracker's other load fields are taken:
  * `track_dirty_pages`/`enable_diff_snapshots` (nothing to switch on: diffs are
  * always possible), `mem_backend` `File` or `mem_file_path` (one of them, and
  * it must be the memory file the checkpoint records), `huge_pages`
@@ -240,11 +243,12 @@ export function snapshotRoutes(ctl: VmController): ApiRoute[] {
           ["keep-parent", "copy-parent"],
           "keep-parent",
         );
-        const pauseUs = await ctl.serial(async () => {
+        const made = await ctl.serial(async () => {
           const machine = machineOf(ctl.requireStarted());
           if (machine.state !== "Running" && machine.state !== "Paused") {
             throw new ApiFault(400, `cannot checkpoint a VM that is ${machine.state}`);
           }
+          const paused = machine.state === "Paused";
           const cp = await checkpointerFor(machine);
           if (cp.busy) {
             throw new ApiFault(
@@ -265,9 +269,20 @@ export function snapshotRoutes(ctl: VmController): ApiRoute[] {
             throw err;
           }
           saves.set(machine, { path, type, save });
-          return save.pauseUs;
+          return { save, paused };
         });
-        return json(200, { pause_us: pauseUs });
+        if (!made.paused) return json(200, { pause_us: made.save.pauseUs });
+        // Firecracker's create (of a paused VM, as it requires) answers 204 once the snapshot is
+        // complete: its clients copy the files or kill the VMM then. The VM stays paused anyway.
+        try {
+          await made.save.done;
+        } catch (err) {
+          throw new ApiFault(
+            400,
+            `the snapshot failed: ${err instanceof Error ? err.message : err}`,
+          );
+        }
+        return noContent();
       },
     },
     {

@@ -59,15 +59,17 @@ Deno.test("PUT /snapshot/create answers with the pause once the VM runs, GET /sn
       assert.match(metrics, new RegExp(`vmkit_checkpoint_bytes_written ${done.bytes_written}\\b`));
       assert.match(metrics, /vmkit_checkpoint_in_progress 0/);
 
-      // A paused VM stays paused; a diff follows the full one.
+      // A paused VM stays paused and, as in Firecracker, gets 204 once the file is complete;
+      // a diff follows the full one.
       await apiRequest(sock, "PATCH", "/vm", { state: "Paused" });
       const d = await apiRequest(sock, "PUT", "/snapshot/create", {
         snapshot_path: `${dir}/d.ckpt`,
         snapshot_type: "Diff",
       });
-      assert.equal(d.status, 200, JSON.stringify(d.body));
+      assert.equal(d.status, 204, JSON.stringify(d.body));
       assert.equal(m.state, "Paused");
-      const dd = await untilDone(sock);
+      const dd = (await apiRequest(sock, "GET", "/snapshot")).body as Snap;
+      assert.equal(dd.state, "done", "complete when create answered");
       assert.equal(dd.snapshot_type, "Diff");
       assert.ok(dd.bytes_total < 128 << 20, "a diff is smaller than the RAM");
       await apiRequest(sock, "PATCH", "/vm", { state: "Resumed" });
@@ -140,6 +142,23 @@ Deno.test("vmkit checkpoint create --wait takes a checkpoint through the socket 
       const j = JSON.parse(r.stdout);
       assert.equal(j.state, "done");
       assert.ok(j["pause-us"] > 0);
+      // A paused VM: create returns with the file complete, --wait or not (the 204 reply).
+      await m.pause();
+      const p = await vmkit([
+        "checkpoint",
+        "create",
+        "--api-sock",
+        sock,
+        `${dir}/p.ckpt`,
+        "--output",
+        "json",
+      ]);
+      assert.equal(p.code, 0, p.stderr);
+      const pj = JSON.parse(p.stdout);
+      assert.equal(pj.state, "done");
+      assert.ok(pj["pause-us"] > 0);
+      assert.equal(m.state, "Paused");
+      await m.resume();
     } finally {
       await server.close();
     }

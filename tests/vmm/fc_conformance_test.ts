@@ -135,12 +135,8 @@ Deno.test("a loaded snapshot's vCPUs, memory and drives show in GET /vm/config a
         snapshot_path: snap,
         mem_file_path: mem,
       });
-      assert.equal(r.status, 200, JSON.stringify(r.body));
-      for (let i = 0; i < 600; i++) {
-        const s = await apiRequest(sock, "GET", "/snapshot");
-        if ((s.body as { state: string }).state !== "saving") break;
-        await new Promise((res) => setTimeout(res, 50));
-      }
+      // Firecracker's reply to a paused VM's create: 204 once the snapshot is complete.
+      assert.equal(r.status, 204, JSON.stringify(r.body));
     } finally {
       await server.close();
     }
