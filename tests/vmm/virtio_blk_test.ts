@@ -237,6 +237,39 @@ Deno.test("a read-only virtio-blk drive fails writes and discards with IOERR and
   }
 });
 
+Deno.test("virtio-blk answers UNSUPP to a DISCARD with the unmap flag, a segment with an unknown flag and an unknown request type, and changes nothing (§5.2.6.1)", async () => {
+  const r = await rig();
+  try {
+    start(r);
+    const before = await Deno.readFile(r.path);
+    for (
+      const [type, flags] of [[T_DISCARD, 1], [T_WRITE_ZEROES, 2], [
+        T_DISCARD,
+        0x8000_0000,
+      ]] as const
+    ) {
+      const q = request(r, BUF_AT, type, 0, 16, false);
+      const seg = new DataView(new ArrayBuffer(16));
+      seg.setBigUint64(0, 16n, true);
+      seg.setUint32(8, 8, true);
+      seg.setUint32(12, flags, true);
+      r.mem.write(q.data, new Uint8Array(seg.buffer));
+      r.drv.addChain(q.bufs);
+      r.drv.kick();
+      await r.drv.collect(1);
+      assert.equal(r.mem.read(q.status, 1)[0], 2, `type ${type} flags ${flags}: UNSUPP`);
+    }
+    const odd = request(r, BUF_AT, 99, 0, 512, false);
+    r.drv.addChain(odd.bufs);
+    r.drv.kick();
+    await r.drv.collect(1);
+    assert.equal(r.mem.read(odd.status, 1)[0], 2, "unknown type: UNSUPP");
+    assert.deepEqual(await Deno.readFile(r.path), before);
+  } finally {
+    await teardown(r);
+  }
+});
+
 Deno.test("virtio-blk DISCARD and WRITE_ZEROES ranges read back as zeros", async () => {
   const r = await rig();
   try {
