@@ -1,12 +1,14 @@
 /**
  * Opening and creating images with their backing chains: format probing,
  * relative and absolute backing names, the backing-format extension, loop
- * and missing-parent detection.
+ * and missing-parent detection, and backing names that are not files
+ * (protocol URLs such as `iscsi://…`, opened through a caller's hook).
  *
  * @module
  */
 
 import { dirname, isAbsolute, resolve } from "node:path";
+import type { BlockDevice } from "./block_device.ts";
 import type { DiskImage } from "./disk_image.ts";
 import { BackingChainError, CowError } from "./errors.ts";
 import { type FaultInjector, ImageFile } from "./file_io.ts";
@@ -14,6 +16,7 @@ import type { LockMode } from "./image_lock.ts";
 import { PROBE_BYTES, probeBytes } from "./probe.ts";
 import { Qcow2Image } from "./qcow2.ts";
 import { RawImage } from "./raw.ts";
+import { isRemoteName, RemoteLayer } from "./remote_layer.ts";
 
 /** A disk image format vmkit reads. */
 export type ImageFormat = "raw" | "qcow2";
@@ -49,7 +52,39 @@ export interface OpenImageOptions {
   locking?: boolean;
   /** The top qcow2 image's overlap checks (QEMU's `overlap-check`; default "all"). */
   overlapCheck?: "all" | "none";
+  /**
+   * Opens a backing file whose name is a protocol URL, not a path (QEMU's
+   * rule: a `:` before any `/`, e.g. `iscsi://HOST/IQN/LUN`), as a read-only
+   * device; `format` is the stored backing format (only "raw" or none is
+   * accepted: vmkit never probes a network device). Without it such a chain
+   * is refused. For devices that open asynchronously use {@link openImageAsync}.
+   */
+  openBacking?: (name: string, format: "raw" | null) => BlockDevice;
+  /**
+   * Leave a backing file that is a protocol URL unopened (its ranges read as
+   * zeros): for describing the files of a chain (`imageInfo`), never for data.
+   */
+  skipRemoteBacking?: boolean;
 }
+
+/** Options for {@link openImageAsync}: {@link OpenImageOptions} with an asynchronous hook. */
+export interface AsyncOpenImageOptions extends Omit<OpenImageOptions, "openBacking"> {
+  /** As {@link OpenImageOptions.openBacking}, and it may resolve later (a login). */
+  openBacking?: (name: string, format: "raw" | null) => BlockDevice | Promise<BlockDevice>;
+}
+
+/** A protocol backing name met while opening a chain, and the layer that names it. */
+interface RemoteRequest {
+  readonly layer: Qcow2Image;
+  readonly name: string;
+  readonly format: "raw" | null;
+}
+
+/**
+ * What a chain open does on meeting a protocol backing name: attach the
+ * device returned now, or (null) leave it for the caller.
+ */
+type OnRemote = (req: RemoteRequest) => BlockDevice | null;
 
 /** Reads the first bytes of `path` and returns its format ("raw" unless qcow2 magic). */
 export function probeFormat(path: string): ImageFormat {
@@ -138,13 +173,84 @@ function openFile(
  * ```
  */
 export function openImage(path: string, options: OpenImageOptions = {}): DiskImage {
+  const hook = options.openBacking;
+  return openChain(path, options, (req) => {
+    if (hook !== undefined) return hook(req.name, req.format);
+    if (options.skipRemoteBacking) return null;
+    throw remoteRefused(req);
+  });
+}
+
+/**
+ * {@link openImage} for chains that end in a device opened asynchronously:
+ * `openBacking` may log in to a LUN before it resolves. The image returned
+ * reads unallocated clusters from the device through its promise methods
+ * (`synchronous` is false for it); close it with `close()`.
+ *
+ * @example
+ * ```ts ignore
+ * // ignore: needs an iSCSI target.
+ * import { openImageAsync } from "./chain.ts";
+ * import { IscsiBlockDevice } from "../san/iscsi_block_device.ts";
+ * import { parseIscsiUrl } from "../san/iscsi_url.ts";
+ * const disk = await openImageAsync("/var/lib/vm/overlay.qcow2", {
+ *   openBacking: (name) => {
+ *     const u = parseIscsiUrl(name);
+ *     return IscsiBlockDevice.open({
+ *       host: u.host, port: u.port, targetName: u.target ?? "", lun: u.lun ?? 0,
+ *       initiatorName: "iqn.2024-01.dev.vmkit:vm-1", readOnly: true,
+ *     });
+ *   },
+ * });
+ * await disk.close();
+ * ```
+ */
+export async function openImageAsync(
+  path: string,
+  options: AsyncOpenImageOptions = {},
+): Promise<DiskImage> {
+  const { openBacking, ...rest } = options;
+  let want: RemoteRequest | null = null;
+  const top = openChain(path, rest, (req) => {
+    if (openBacking === undefined && !options.skipRemoteBacking) throw remoteRefused(req);
+    want = req;
+    return null;
+  });
+  const req = want as RemoteRequest | null;
+  if (req === null || openBacking === undefined) return top;
+  let dev: BlockDevice;
+  try {
+    dev = await openBacking(req.name, req.format);
+  } catch (err) {
+    top.closeSync(); // nothing asynchronous is attached yet
+    throw err;
+  }
+  if (req.layer.backing !== null) {
+    await dev.close();
+    top.closeSync();
+    throw new BackingChainError(`'${req.layer.path}' changed its backing while it was opened`);
+  }
+  req.layer.setBacking(new RemoteLayer(req.name, dev), undefined, true);
+  return top;
+}
+
+function remoteRefused(req: RemoteRequest): BackingChainError {
+  return new BackingChainError(
+    `'${req.layer.path}' names backing file '${req.name}', which is not a local file; ` +
+      "vmkit opens such a backing only through a hook that opens the device " +
+      "(openImageAsync(path, { openBacking }); a VM's drive logs in to an iscsi:// LUN with " +
+      "the VM's own SUI)",
+  );
+}
+
+function openChain(path: string, options: OpenImageOptions, onRemote: OnRemote): DiskImage {
   if (options.forceShare && !(options.readOnly ?? false)) {
     throw new CowError(
       `cannot open '${path}': force-share can only be used with read-only images`,
     );
   }
   const seen = new Set<string>();
-  return openLayer(path, options.format, options, seen, null, 1, path);
+  return openLayer(path, options.format, options, seen, null, 1, path, onRemote);
 }
 
 function lockMode(options: OpenImageOptions, readOnly: boolean): LockMode {
@@ -161,6 +267,7 @@ function openLayer(
   child: string | null,
   depth: number,
   topPath: string,
+  onRemote: OnRemote,
 ): DiskImage {
   if (depth > MAX_CHAIN_DEPTH) {
     throw new BackingChainError(
@@ -201,7 +308,16 @@ function openLayer(
   try {
     const name = img.backingFile;
     const bfmt = img.backingFormat;
-    if (name !== null && !options.noBacking) {
+    if (name !== null && !options.noBacking && isRemoteName(name)) {
+      if (bfmt !== null && bfmt !== "raw") {
+        throw new BackingChainError(
+          `'${path}' names backing file '${name}' with format '${bfmt}'; vmkit reads a ` +
+            "network backing as raw only",
+        );
+      }
+      const dev = onRemote({ layer: img, name, format: bfmt });
+      if (dev !== null) img.setBacking(new RemoteLayer(name, dev), undefined, true);
+    } else if (name !== null && !options.noBacking) {
       if (bfmt !== null && bfmt !== "raw" && bfmt !== "qcow2") {
         throw new BackingChainError(
           `'${path}' names backing format '${bfmt}'; vmkit reads only raw and qcow2`,
@@ -215,6 +331,7 @@ function openLayer(
         path,
         depth + 1,
         topPath,
+        onRemote,
       );
       img.setBacking(backing, undefined, true);
     }
@@ -237,6 +354,8 @@ export interface CreateImageOptions {
   clusterSize?: number;
   /** Image format (default qcow2). */
   format?: ImageFormat;
+  /** Opens a backing file that is a protocol URL (see {@link OpenImageOptions.openBacking}). */
+  openBacking?: (name: string, format: "raw" | null) => BlockDevice;
 }
 
 /**
@@ -257,7 +376,20 @@ export function createImage(path: string, options: CreateImageOptions): DiskImag
   const format = options.format ?? "qcow2";
   let size = options.size;
   let backingFormat = options.backingFormat;
-  if (options.backingFile !== undefined) {
+  if (options.backingFile !== undefined && isRemoteName(options.backingFile)) {
+    // A network device (qemu-img create -b iscsi://… -F raw): nothing here can open it.
+    if (format === "raw") throw new CowError(`raw image '${path}' cannot have a backing file`);
+    if (backingFormat !== undefined && backingFormat !== "raw") {
+      throw new CowError(`backing '${options.backingFile}' must have format raw`);
+    }
+    if (size === undefined || options.openBacking === undefined) {
+      throw new CowError(
+        `creating '${path}' over '${options.backingFile}' needs a size and an openBacking ` +
+          "hook (cow/ does not open network devices itself; Qcow2Image.create writes the file alone)",
+      );
+    }
+    backingFormat = "raw";
+  } else if (options.backingFile !== undefined) {
     if (format === "raw") throw new CowError(`raw image '${path}' cannot have a backing file`);
     const bpath = resolveBackingPath(path, options.backingFile);
     if (realPath(bpath) === realPath(path)) {
@@ -265,6 +397,8 @@ export function createImage(path: string, options: CreateImageOptions): DiskImag
     }
     const parent = openImage(bpath, {
       readOnly: true,
+      // Only its size, format and files are looked at: a network device below is not opened.
+      skipRemoteBacking: true,
       ...(backingFormat ? { format: backingFormat } : {}),
     });
     try {
@@ -291,7 +425,10 @@ export function createImage(path: string, options: CreateImageOptions): DiskImag
     ...(options.backingFile !== undefined ? { backingFile: options.backingFile } : {}),
     ...(backingFormat !== undefined ? { backingFormat } : {}),
   });
-  return openImage(path, { format: "qcow2" });
+  return openImage(path, {
+    format: "qcow2",
+    ...(options.openBacking === undefined ? {} : { openBacking: options.openBacking }),
+  });
 }
 
 /**
@@ -314,6 +451,23 @@ export function chainLayerAt(image: DiskImage, path: string): DiskImage | null {
     if (d.identity.dev === st.dev && d.identity.ino === st.ino) return d;
   }
   return null;
+}
+
+/**
+ * The protocol backing name (e.g. `iscsi://…`) at the bottom of the file
+ * chain of `path`, or null when the chain is all files. Only the files'
+ * headers are read (read-only, sharing every lock).
+ */
+export function remoteBacking(path: string): string | null {
+  const top = openImage(path, { readOnly: true, forceShare: true, skipRemoteBacking: true });
+  try {
+    let d: DiskImage = top;
+    while (d.backing !== null) d = d.backing;
+    const name = d instanceof Qcow2Image ? d.backingFile : null;
+    return name !== null && isRemoteName(name) ? name : null;
+  } finally {
+    top.closeSync();
+  }
 }
 
 /** Paths of `image` and its backing images, top first. */

@@ -60,6 +60,12 @@ export interface DiskImage extends BlockDevice {
   readonly backing: DiskImage | null;
   /** Device and inode of the image file (what it is, whatever name it was opened by). */
   readonly identity: FileIdentity;
+  /**
+   * Whether the synchronous methods serve every range: false when the chain
+   * ends in an asynchronous device (a `RemoteLayer`, e.g. an iSCSI LUN); then
+   * only the promise methods read unallocated ranges and copy on write.
+   */
+  readonly synchronous: boolean;
   /** Synchronous {@link BlockDevice.read}. */
   readSync(offset: number, buf: Uint8Array): void;
   /** Synchronous {@link BlockDevice.write}. */
@@ -107,6 +113,11 @@ export abstract class SyncDiskImage implements DiskImage {
   abstract blockStatus(offset: number, length: number): BlockStatus;
   abstract closeSync(): void;
   abstract relock(mode: LockMode): void;
+
+  /** True: a file image; a qcow2 image answers for its chain. */
+  get synchronous(): boolean {
+    return true;
+  }
 
   /** Async {@link DiskImage.readSync}. */
   read(offset: number, buf: Uint8Array): Promise<void> {

@@ -79,6 +79,8 @@ export interface InfoOptions {
 export function imageInfo(path: string, options: InfoOptions = {}): ImageInfo {
   const top = openImage(path, {
     readOnly: true,
+    // A network backing (iscsi://…) is shown as the last layer's backing name, not opened.
+    skipRemoteBacking: true,
     ...(options.forceShare ? { forceShare: true } : {}),
   });
   try {

@@ -40,6 +40,12 @@
  *   autoclear marker (no writer since).
  * - Every image file is locked as QEMU locks it (`image_lock.ts`): vmkit and
  *   QEMU keep each other off an image being written, in both directions.
+ * - A backing file may be a network device (QEMU's `iscsi://…` backing
+ *   names): cow/ opens it only through the caller's `openBacking` hook
+ *   (`openImageAsync`), as a read-only `RemoteLayer`; the qcow2 images
+ *   above it then read unallocated clusters and copy on write through
+ *   promises, in order per cluster (`qcow2_async.ts`), while file chains
+ *   keep the synchronous path.
  * - Every qcow2 write is checked against the image's metadata (QEMU's
  *   overlap check, `qcow2_metadata.ts`); a probed raw image refuses writes
  *   that would make it probe as another format (`raw.ts`).
@@ -94,6 +100,7 @@ export {
 } from "./qcow2.ts";
 export { probeBytes } from "./probe.ts";
 export {
+  type AsyncOpenImageOptions,
   chainLayerAt,
   chainPaths,
   createImage,
@@ -101,11 +108,14 @@ export {
   type ImageFormat,
   MAX_CHAIN_DEPTH,
   openImage,
+  openImageAsync,
   type OpenImageOptions,
   probeFormat,
+  remoteBacking,
   resolveBackingPath,
   statImage,
 } from "./chain.ts";
+export { isRemoteName, RemoteLayer } from "./remote_layer.ts";
 export { SwitchableDevice, type SwitchOptions } from "./switchable_device.ts";
 export { createOverlay, type OverlayOptions, switchToOverlay } from "./overlay.ts";
 export { type CopyOptions, copyParent, type CopyResult } from "./copy_parent.ts";

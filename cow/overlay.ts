@@ -10,12 +10,16 @@ import { LiveOperationError } from "./errors.ts";
 import { Qcow2Image } from "./qcow2.ts";
 import { openImage } from "./chain.ts";
 import type { SwitchableDevice } from "./switchable_device.ts";
+import { RemoteLayer } from "./remote_layer.ts";
 
 /** Options for {@link createOverlay}. */
 export interface OverlayOptions {
   /** Cluster size of the overlay (default 64 KiB). */
   clusterSize?: number;
-  /** Backing name to store; default: the parent's path relative to the overlay's folder. */
+  /**
+   * Backing name to store; default: the parent's path relative to the
+   * overlay's folder, or a network parent's URL as it is (`RemoteLayer`).
+   */
   backingName?: string;
   /** Whether closing the overlay closes the parent too (default false). */
   adoptParent?: boolean;
@@ -50,7 +54,10 @@ export function createOverlay(
   // Make the parent's metadata durable first: the overlay file names it, so a
   // crash right after this call must leave a parent QEMU can open.
   if (!parent.readOnly) parent.flushSync();
-  const backingName = options.backingName ?? relative(dirname(resolve(path)), resolve(parent.path));
+  const backingName = options.backingName ??
+    (parent instanceof RemoteLayer
+      ? parent.path
+      : relative(dirname(resolve(path)), resolve(parent.path)));
   Qcow2Image.create(path, {
     size: parent.size,
     backingFile: backingName,

@@ -35,14 +35,17 @@ import {
   EXTENT_OTHER,
   EXTENT_ZERO,
   ReadExtent,
+  settle,
   SyncDiskImage,
 } from "./disk_image.ts";
 import {
   BackingChainError,
   BlockRangeError,
+  LiveOperationError,
   QcowError,
   UnsupportedFeatureError,
 } from "./errors.ts";
+import { AsyncCow } from "./qcow2_async.ts";
 import { type FaultInjector, type FileIdentity, ImageFile } from "./file_io.ts";
 import type { LockMode } from "./image_lock.ts";
 import { isZero } from "./progress.ts";
@@ -142,6 +145,8 @@ export class Qcow2Image extends SyncDiskImage {
   /** Autoclear bits to clear before the next modification. */
   #clearPending = false;
   #overlapCheck: boolean;
+  /** The data path over an asynchronous backing (made on first use). */
+  #async: AsyncCow | null = null;
 
   private constructor(file: ImageFile, h: Qcow2Header, options: Qcow2OpenOptions) {
     super();
@@ -252,6 +257,15 @@ export class Qcow2Image extends SyncDiskImage {
   get clusterSize(): number {
     return this.#cs;
   }
+  /**
+   * Whether the synchronous methods serve every range: false when the chain
+   * ends in an asynchronous device (`RemoteLayer`); then unallocated reads and
+   * copy-on-write go through the promise methods (`qcow2_async.ts`).
+   */
+  override get synchronous(): boolean {
+    return this.#backing === null || this.#backing.synchronous;
+  }
+
   /** The image this one reads unallocated clusters from, or null. */
   get backing(): DiskImage | null {
     return this.#backing;
@@ -452,6 +466,15 @@ export class Qcow2Image extends SyncDiskImage {
 
   /** Reads `buf.length` bytes at `offset`. */
   readSync(offset: number, buf: Uint8Array): void {
+    this.#readLayer(offset, buf, null);
+  }
+
+  /**
+   * Reads what this layer holds into `buf`; the ranges it leaves to the
+   * backing image are read from it synchronously, or, given `holes`, pushed
+   * there (offset, then the part of `buf`) for the asynchronous path.
+   */
+  #readLayer(offset: number, buf: Uint8Array, holes: Array<number | Uint8Array> | null): void {
     if (this.#closed) throw new QcowError(`cannot read '${this.path}': image is closed`);
     const len = buf.length;
     checkRange("read", this.path, offset, len, this.#size, BlockRangeError);
@@ -464,8 +487,10 @@ export class Qcow2Image extends SyncDiskImage {
       const part = pos === 0 && n === len ? buf : buf.subarray(pos, pos + n);
       if (ext.kind === EXTENT_DATA) this.#file.readZeroFilled(part, ext.hostOffset);
       else if (ext.kind === EXTENT_ZERO) part.fill(0);
-      else if (ext.kind === EXTENT_BACKING) this.#readBacking(go, part);
-      else {
+      else if (ext.kind === EXTENT_BACKING) {
+        if (holes === null) this.#readBacking(go, part);
+        else holes.push(go, part);
+      } else {
         const data = this.#compressed.read(this.#extHi, this.#extLo);
         const inOff = go % this.#cs;
         part.set(data.subarray(inOff, inOff + n));
@@ -532,6 +557,7 @@ export class Qcow2Image extends SyncDiskImage {
   /** Writes `data` at `offset`, allocating clusters (with copy-on-write) as needed. */
   writeSync(offset: number, data: Uint8Array): void {
     this.#writable("write");
+    if (this.#async !== null && this.#async.busy) this.#asyncBusy("write");
     const len = data.length;
     checkRange("write", this.path, offset, len, this.#size, BlockRangeError);
     const cs = this.#cs;
@@ -541,12 +567,41 @@ export class Qcow2Image extends SyncDiskImage {
       const ci = Math.floor(go / cs);
       const inOff = go - ci * cs;
       const n = Math.min(cs - inOff, len - pos);
-      this.#writeCluster(ci, inOff, pos === 0 && n === len ? data : data.subarray(pos, pos + n));
+      this.#writeCluster(
+        ci,
+        inOff,
+        pos === 0 && n === len ? data : data.subarray(pos, pos + n),
+        null,
+      );
       pos += n;
     }
   }
 
-  #writeCluster(ci: number, inOff: number, chunk: Uint8Array): void {
+  /**
+   * Whether writing `length` bytes into cluster `ci` needs the
+   * backing image's bytes of that cluster (a partial write to a cluster this
+   * layer does not hold): what the asynchronous path reads ahead.
+   */
+  #needsBacking(ci: number, length: number): boolean {
+    const cs = this.#cs;
+    const b = this.#backing;
+    if (length === cs || b === null || ci * cs >= b.size) return false;
+    const l1i = Math.floor(ci / this.#l2Entries);
+    const t = this.#l2.get(l1i, false);
+    if (t === null) return true;
+    const at = (ci - l1i * this.#l2Entries) * 8;
+    const hi = t.view.getUint32(at, false);
+    const lo = t.view.getUint32(at + 4, false);
+    return (hi & COMPRESSED_HI) === 0 && (lo & ZERO_LO) === 0 && entryOffset(hi, lo) === 0;
+  }
+
+  /**
+   * Writes `chunk` at `inOff` into cluster `ci`. `cow`, when given, holds the
+   * backing image's bytes of the whole cluster (read ahead by the
+   * asynchronous path) and is used, and overwritten, instead of reading the
+   * backing image here.
+   */
+  #writeCluster(ci: number, inOff: number, chunk: Uint8Array, cow: Uint8Array | null): void {
     const cs = this.#cs;
     const l1i = Math.floor(ci / this.#l2Entries);
     const at = (ci - l1i * this.#l2Entries) * 8;
@@ -581,6 +636,9 @@ export class Qcow2Image extends SyncDiskImage {
       } else if (zero) {
         buf.fill(0);
         restZero = true;
+      } else if (cow !== null) {
+        buf = cow;
+        restZero = isZero(buf.subarray(0, inOff)) && isZero(buf.subarray(tailAt));
       } else {
         this.#readBacking(ci * cs, buf.subarray(0, inOff));
         this.#readBacking(ci * cs + tailAt, buf.subarray(tailAt));
@@ -611,6 +669,7 @@ export class Qcow2Image extends SyncDiskImage {
   /** Deallocates whole clusters in the range; partial clusters are zero-written. */
   discardSync(offset: number, length: number): void {
     this.#writable("discard");
+    if (this.#async !== null && this.#async.busy) this.#asyncBusy("discard");
     checkRange("discard", this.path, offset, length, this.#size, BlockRangeError);
     if (length === 0) return;
     const cs = this.#cs;
@@ -787,6 +846,19 @@ export class Qcow2Image extends SyncDiskImage {
    */
   closeSync(): void {
     if (this.#closed) return;
+    if (this.#async !== null && this.#async.busy) this.#asyncBusy("close");
+    if (this.#ownsBacking && this.#backing !== null && !this.#backing.synchronous) {
+      throw new LiveOperationError(
+        `cannot close '${this.path}' synchronously: its backing chain ends in a network ` +
+          "device, which closes asynchronously; use close()",
+      );
+    }
+    this.#closeFile();
+    if (this.#ownsBacking && this.#backing !== null) this.#backing.closeSync();
+  }
+
+  /** Flushes and closes this layer's file (not its backing). */
+  #closeFile(): void {
     let failure: unknown = null;
     if (!this.readOnly && this.#corrupt === null) {
       try {
@@ -798,7 +870,6 @@ export class Qcow2Image extends SyncDiskImage {
     }
     this.#closed = true;
     this.#file.close();
-    if (this.#ownsBacking && this.#backing !== null) this.#backing.closeSync();
     if (failure !== null) throw failure;
   }
 
@@ -810,7 +881,57 @@ export class Qcow2Image extends SyncDiskImage {
     if (this.#closed) return;
     this.#closed = true;
     this.#file.close();
-    if (this.#ownsBacking && this.#backing !== null) this.#backing.closeSync();
+    const b = this.#backing;
+    // An asynchronous backing cannot close here: it is left to whoever opened it.
+    if (this.#ownsBacking && b !== null && b.synchronous) b.closeSync();
+  }
+
+  // ---- the promise methods: synchronous chains settle at once ---------------
+
+  #asyncBusy(what: string): never {
+    throw new LiveOperationError(
+      `cannot ${what} '${this.path}' synchronously while copy-on-write from its network ` +
+        "backing is in flight; use the promise methods",
+    );
+  }
+
+  #asyncPath(): AsyncCow {
+    this.#async ??= new AsyncCow({
+      path: this.path,
+      clusterSize: this.#cs,
+      size: () => this.#size,
+      backing: () => this.#backing,
+      writable: (what) => this.#writable(what),
+      readLayer: (offset, buf, holes) => this.#readLayer(offset, buf, holes),
+      needsBacking: (ci, length) => this.#needsBacking(ci, length),
+      writeCluster: (ci, inOff, chunk, cow) => this.#writeCluster(ci, inOff, chunk, cow),
+      discardCluster: (ci) => this.#discardCluster(ci),
+    });
+    return this.#async;
+  }
+
+  /** Reads `buf.length` bytes at `offset`; over a network backing, awaits it for unallocated clusters. */
+  override read(offset: number, buf: Uint8Array): Promise<void> {
+    if (this.synchronous) return settle(() => this.readSync(offset, buf));
+    return this.#asyncPath().read(offset, buf);
+  }
+  /** Writes `data` at `offset`; over a network backing, partial writes copy on write through it. */
+  override write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.synchronous) return settle(() => this.writeSync(offset, data));
+    return this.#asyncPath().write(offset, data);
+  }
+  /** Deallocates `[offset, +length)` (see {@link discardSync}). */
+  override discard(offset: number, length: number): Promise<void> {
+    if (this.synchronous) return settle(() => this.discardSync(offset, length));
+    return this.#asyncPath().discard(offset, length);
+  }
+  /** Waits for requests in flight, flushes, closes, then closes an owned backing. */
+  override async close(): Promise<void> {
+    if (this.#closed) return;
+    if (this.#async !== null) await this.#async.drain();
+    if (this.synchronous) return this.closeSync();
+    this.#closeFile();
+    if (this.#ownsBacking && this.#backing !== null) await this.#backing.close();
   }
 }
 
