@@ -76,6 +76,7 @@ import {
   parseInquiry,
   parseReportLuns,
   ScsiStatusError,
+  SENSE_ILLEGAL_REQUEST,
   SENSE_UNIT_ATTENTION,
   STATUS_BUSY,
   STATUS_CHECK_CONDITION,
@@ -607,6 +608,24 @@ export class IscsiSession {
     cdbInquiry(cdb, buf.length);
     const r = await this.#command(lun, cdb, { dataIn: buf });
     return parseInquiry(buf.subarray(0, buf.length - (r.underflow ? r.residual : 0)));
+  }
+
+  /**
+   * INQUIRY of vital product data page `page` (e.g. {@link VPD_DEVICE_ID});
+   * null when the unit does not support the page (CHECK CONDITION).
+   */
+  async inquiryVpd(lun: number, page: number): Promise<Uint8Array | null> {
+    const cdb = new Uint8Array(16);
+    const buf = new Uint8Array(1024);
+    cdbInquiry(cdb, buf.length, true, page);
+    let r: ScsiResult;
+    try {
+      r = await this.#command(lun, cdb, { dataIn: buf });
+    } catch (err) {
+      if (err instanceof ScsiStatusError && err.sense?.key === SENSE_ILLEGAL_REQUEST) return null;
+      throw err;
+    }
+    return buf.subarray(0, buf.length - (r.underflow ? r.residual : 0));
   }
 
   /** READ CAPACITY(16). */

@@ -58,4 +58,5 @@ export { BHS_LEN, snLess, snLessEq } from "./iscsi_pdu.ts";
 export * from "./iscsi_session.ts";
 export * from "./iscsi_discovery.ts";
 export * from "./iscsi_url.ts";
+export * from "./lun_identity.ts";
 export * from "./iscsi_block_device.ts";

@@ -191,6 +191,60 @@ export function parseInquiry(buf: Uint8Array): InquiryData {
   };
 }
 
+/** VPD page: Unit Serial Number (SPC-4 7.8.16). */
+export const VPD_UNIT_SERIAL = 0x80;
+/** VPD page: Device Identification (SPC-4 7.8.6). */
+export const VPD_DEVICE_ID = 0x83;
+
+/** One designation descriptor of the Device Identification VPD page. */
+export interface Designator {
+  /** Designator type (SPC-4 table 459: 1 T10 vendor id, 2 EUI-64, 3 NAA, 8 SCSI name, …). */
+  readonly type: number;
+  /** Association: 0 the logical unit, 1 the target port, 2 the target device. */
+  readonly association: number;
+  /** Code set: 1 binary, 2 ASCII, 3 UTF-8. */
+  readonly codeSet: number;
+  /** The designator's bytes as lowercase hex. */
+  readonly value: string;
+}
+
+function vpdPayload(buf: Uint8Array, page: number, what: string): Uint8Array {
+  if (buf.length < 4 || buf[1] !== page) {
+    throw new SanError(`${what} VPD page (0x${page.toString(16)}) is malformed`);
+  }
+  const len = ((buf[2] ?? 0) << 8) | (buf[3] ?? 0);
+  return buf.subarray(4, Math.min(buf.length, 4 + len));
+}
+
+const hex = (b: Uint8Array): string =>
+  Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+
+/** Parses the Device Identification VPD page (0x83) into its designators. */
+export function parseDeviceIdentification(buf: Uint8Array): Designator[] {
+  const body = vpdPayload(buf, VPD_DEVICE_ID, "Device Identification");
+  const out: Designator[] = [];
+  for (let off = 0; off + 4 <= body.length;) {
+    const len = body[off + 3] ?? 0;
+    if (off + 4 + len > body.length) {
+      throw new SanError("Device Identification VPD page: a designator runs past the page");
+    }
+    out.push({
+      codeSet: (body[off] ?? 0) & 0x0f,
+      association: ((body[off + 1] ?? 0) >> 4) & 0x3,
+      type: (body[off + 1] ?? 0) & 0x0f,
+      value: hex(body.subarray(off + 4, off + 4 + len)),
+    });
+    off += 4 + len;
+  }
+  return out;
+}
+
+/** Parses the Unit Serial Number VPD page (0x80): the serial, trimmed. */
+export function parseUnitSerial(buf: Uint8Array): string {
+  return ascii.decode(vpdPayload(buf, VPD_UNIT_SERIAL, "Unit Serial Number")).replace(/\0+$/, "")
+    .trim();
+}
+
 /** READ CAPACITY(16) data. */
 export interface Capacity {
   /** Number of logical blocks. */
