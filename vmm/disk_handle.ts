@@ -19,6 +19,7 @@ import { BLK_STAT_NAMES, type BlkBackendConfig } from "./devices/virtio/blk_form
 import type { VirtioDeviceHost } from "./devices/virtio/host.ts";
 import type { DriveBackend, DriveConfig, RateLimiterConfig } from "./io_config.ts";
 import { SharedCounters } from "./metrics/shared_counters.ts";
+import type { LunIdentity } from "../san/lun_identity.ts";
 
 export type { DiskDescription, DiskLayer } from "./devices/virtio/blk_disk.ts";
 
@@ -55,8 +56,17 @@ export class DiskHandle {
   }
 
   /**
+   * The identity of the drive's iSCSI LUN (the drive, or the bottom of its
+   * chain): size, VPD device id and serial, a digest of its first 64 KiB.
+   */
+  async lunIdentity(): Promise<LunIdentity> {
+    return await this.#host.call("lunIdentity") as LunIdentity;
+  }
+
+  /**
    * Creates a qcow2 overlay at `path` over the current top while the VM
-   * runs; the next quiesce switches the drive to it.
+   * runs (over an iSCSI drive: an overlay whose backing is the LUN's URL);
+   * the next quiesce switches the drive to it.
    */
   async armOverlay(path: string): Promise<DiskDescription> {
     return await this.#host.call("armOverlay", { path }) as DiskDescription;

@@ -12,6 +12,8 @@
  */
 
 import { openRegistry } from "../san/registry_open.ts";
+import { remoteBacking } from "../cow/chain.ts";
+import { CowError } from "../cow/errors.ts";
 import { DiskHandle } from "./disk_handle.ts";
 import { MmioAllocator, type MmioSlot, virtioMmioCmdline } from "./devices/mmio_allocator.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
@@ -131,7 +133,17 @@ export class MachineIo {
       throw new MachineIoError("more than one drive is the root device");
     }
     let initiator: string | undefined;
-    if (drives.some((d) => d.backend.kind === "iscsi")) {
+    // A LUN below a file drive's qcow2 chain (a checkpoint's overlay over it) logs in too.
+    const overLun = (d: DriveConfig): boolean => {
+      if (d.backend.kind !== "file" || d.backend.format === "raw" || !config.identity) return false;
+      try {
+        return remoteBacking(d.backend.path) !== null;
+      } catch (err) {
+        if (err instanceof CowError) return false; // the drive's own open reports it
+        throw err;
+      }
+    };
+    if (drives.some((d) => d.backend.kind === "iscsi" || overLun(d))) {
       if (config.identity === undefined) {
         throw new MachineIoError(
           "an iSCSI drive needs the VM's storage identity: give a VM id and a SUI registry",
@@ -156,9 +168,7 @@ export class MachineIo {
       });
     });
     const devices: VirtioDeviceConfig[] = [
-      ...drives.map((d) =>
-        blkDeviceConfig(d, d.backend.kind === "iscsi" ? initiator : undefined, config.uring ?? true)
-      ),
+      ...drives.map((d) => blkDeviceConfig(d, initiator, config.uring ?? true)),
       ...netDevices.map((n) => n.device),
       ...(config.virtioDevices ?? []),
     ];

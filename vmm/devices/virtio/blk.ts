@@ -701,6 +701,8 @@ export class BlkBackend implements VirtioBackend {
     switch (method) {
       case "describe":
         return this.disk.describe();
+      case "lunIdentity":
+        return await this.disk.lunIdentity();
       case "armOverlay":
         if (typeof a.path !== "string") throw new TypeError("armOverlay needs { path }");
         return this.disk.armOverlay(a.path);

@@ -15,12 +15,19 @@
  * switchable's current target: a raw file (the original one) through
  * io_uring on its own fd, straight between the file and guest memory; a
  * `cow/` image (or a commit's mirror) through its synchronous methods; any
- * other `BlockDevice` (iSCSI) through its promises.
+ * other `BlockDevice` (iSCSI), and a qcow2 chain that ends in an iSCSI LUN,
+ * through its promises.
+ *
+ * An iSCSI LUN is either the drive itself or the bottom of its qcow2 chain
+ * (an overlay whose backing file is `iscsi://HOST[:PORT]/TARGET/LUN`, format
+ * raw, as a checkpoint leaves it); either way the session logs in with the
+ * VM's own SUI, and a LUN below an overlay is opened read-only.
  *
  * @module
  */
 
-import { openImage, probeFormat } from "../../../cow/chain.ts";
+import { RemoteLayer } from "../../../cow/remote_layer.ts";
+import { openImageAsync, probeFormat } from "../../../cow/chain.ts";
 import { commit } from "../../../cow/commit.ts";
 import type { BlockDevice } from "../../../cow/block_device.ts";
 import type { DiskImage } from "../../../cow/disk_image.ts";
@@ -30,6 +37,7 @@ import { RawImage } from "../../../cow/raw.ts";
 import { SwitchableDevice } from "../../../cow/switchable_device.ts";
 import { IscsiBlockDevice } from "../../../san/iscsi_block_device.ts";
 import { parseIscsiUrl } from "../../../san/iscsi_url.ts";
+import { type LunIdentity, lunIdentity } from "../../../san/lun_identity.ts";
 import { closeFd, O_RDONLY, O_RDWR, openFd } from "../../../native/io_ffi.ts";
 import type { DriveBackend } from "../../io_config.ts";
 import { VirtioBackendError } from "./backend.ts";
@@ -46,9 +54,11 @@ export interface SyncTarget {
 }
 
 function isSyncTarget(d: BlockDevice): d is BlockDevice & SyncTarget {
-  const t = d as Partial<SyncTarget>;
+  const t = d as Partial<SyncTarget> & { synchronous?: boolean };
+  // A qcow2 chain over a LUN has the methods but serves unallocated ranges through promises only.
   return typeof t.readSync === "function" && typeof t.writeSync === "function" &&
-    typeof t.flushSync === "function" && typeof t.discardSync === "function";
+    typeof t.flushSync === "function" && typeof t.discardSync === "function" &&
+    t.synchronous !== false;
 }
 
 /** One layer of a drive's chain, top first. */
@@ -61,6 +71,8 @@ export interface DiskLayer {
   readonly size: number;
   /** Whether this layer is opened read-only. */
   readonly readOnly: boolean;
+  /** Set when the layer is an iSCSI LUN (`path` is then its URL). */
+  readonly lun?: { readonly url: string; readonly initiatorName?: string };
 }
 
 /** A drive as a checkpoint sees it. */
@@ -73,41 +85,64 @@ export interface DiskDescription {
   readonly readOnly: boolean;
   /** Size in bytes. */
   readonly size: number;
-  /** File chain, top first (empty for iSCSI). */
+  /**
+   * The chain, top first: image files, and an iSCSI LUN as the last layer
+   * when the drive is a LUN (`kind` "iscsi": the only layer) or a chain over one.
+   */
   readonly layers: readonly DiskLayer[];
-  /** iSCSI URL (iSCSI only). */
+  /** The iSCSI URL of the drive's LUN (the drive itself, or the bottom of its chain). */
   readonly url?: string;
-  /** The initiator name the LUN is logged in under (iSCSI only). */
+  /** The initiator name the LUN is logged in under. */
   readonly initiatorName?: string;
   /** An overlay created and armed to take over at the next quiesce. */
   readonly armedOverlay?: string;
+}
+
+/** The drive's LUN: the drive itself, or the bottom of its chain. */
+interface Lun {
+  readonly dev: IscsiBlockDevice;
+  readonly url: string;
 }
 
 interface Opened {
   readonly target: BlockDevice;
   readonly raw: { readonly image: RawImage; readonly fd: number } | null;
   readonly blockSize: number;
-  readonly url?: string;
+  readonly lun: Lun | null;
+}
+
+/** Logs in to the LUN at `url` under the VM's SUI. */
+async function openLun(cfg: BlkBackendConfig, url: string, readOnly: boolean): Promise<Lun> {
+  const u = parseIscsiUrl(url);
+  if (u.target === undefined || u.lun === undefined) {
+    throw new VirtioBackendError(cfg.id, `iSCSI URL '${url}' needs a target and a LUN`);
+  }
+  if (cfg.initiatorName === undefined) {
+    throw new VirtioBackendError(
+      cfg.id,
+      `the iSCSI LUN ${url} needs the VM's storage identity (SUI): give a VM id and a SUI registry`,
+    );
+  }
+  const dev = await IscsiBlockDevice.open({
+    host: u.host,
+    port: u.port,
+    targetName: u.target,
+    lun: u.lun,
+    initiatorName: cfg.initiatorName,
+    readOnly,
+  });
+  return { dev, url };
 }
 
 async function openBackend(cfg: BlkBackendConfig, backend: DriveBackend): Promise<Opened> {
   if (backend.kind === "iscsi") {
-    const u = parseIscsiUrl(backend.url);
-    if (u.target === undefined || u.lun === undefined) {
-      throw new VirtioBackendError(cfg.id, `iSCSI URL '${backend.url}' needs a target and a LUN`);
-    }
-    if (cfg.initiatorName === undefined) {
-      throw new VirtioBackendError(cfg.id, "an iSCSI drive needs the VM's storage identity (SUI)");
-    }
-    const dev = await IscsiBlockDevice.open({
-      host: u.host,
-      port: u.port,
-      targetName: u.target,
-      lun: u.lun,
-      initiatorName: cfg.initiatorName,
-      readOnly: cfg.readOnly,
-    });
-    return { target: dev, raw: null, blockSize: Math.max(SECTOR, dev.blockSize), url: backend.url };
+    const lun = await openLun(cfg, backend.url, cfg.readOnly);
+    return {
+      target: lun.dev,
+      raw: null,
+      blockSize: Math.max(SECTOR, lun.dev.blockSize),
+      lun,
+    };
   }
   const format = backend.format ?? probeFormat(backend.path);
   if (format === "raw") {
@@ -125,13 +160,25 @@ async function openBackend(cfg: BlkBackendConfig, backend: DriveBackend): Promis
         throw err;
       }
     }
-    return { target: image, raw: fd >= 0 ? { image, fd } : null, blockSize: SECTOR };
+    return { target: image, raw: fd >= 0 ? { image, fd } : null, blockSize: SECTOR, lun: null };
   }
-  return {
-    target: openImage(backend.path, { readOnly: cfg.readOnly, format }),
-    raw: null,
-    blockSize: SECTOR,
-  };
+  let lun: Lun | null = null;
+  const image = await openImageAsync(backend.path, {
+    readOnly: cfg.readOnly,
+    format,
+    // A chain over a LUN (a checkpoint's overlay): the LUN is read-only below it.
+    openBacking: async (name) => {
+      if (!name.startsWith("iscsi://")) {
+        throw new VirtioBackendError(
+          cfg.id,
+          `'${backend.path}' names backing '${name}'; vmkit opens iscsi:// network backings only`,
+        );
+      }
+      lun = await openLun(cfg, name, true);
+      return lun.dev;
+    },
+  });
+  return { target: image, raw: null, blockSize: SECTOR, lun };
 }
 
 /** A drive's open back end. */
@@ -144,7 +191,7 @@ export class BlkDisk {
   readonly dev: SwitchableDevice;
   #raw: Opened["raw"];
   #blockSize: number;
-  #url: string | undefined;
+  #lun: Lun | null;
   #initiator: string | undefined;
   #armed: Qcow2Image | null = null;
 
@@ -154,7 +201,7 @@ export class BlkDisk {
     this.dev = new SwitchableDevice(o.target);
     this.#raw = o.raw;
     this.#blockSize = o.blockSize;
-    this.#url = o.url;
+    this.#lun = o.lun;
     this.#initiator = cfg.initiatorName;
   }
 
@@ -197,23 +244,49 @@ export class BlkDisk {
   /** The chain, identity and armed overlay. */
   describe(): DiskDescription {
     const layers: DiskLayer[] = [];
-    let t: DiskImage | null = topImage(this.dev.target);
+    const lun = this.#lun;
+    const lunInfo = lun === null ? undefined : {
+      url: lun.url,
+      ...(this.#initiator === undefined ? {} : { initiatorName: this.#initiator }),
+    };
+    const target = this.dev.target;
+    let t: DiskImage | null = topImage(target);
     while (t !== null) {
-      layers.push({ path: t.path, format: t.format, size: t.size, readOnly: t.readOnly });
+      const remote = t instanceof RemoteLayer && lunInfo !== undefined;
+      layers.push({
+        path: t.path,
+        format: t.format,
+        size: t.size,
+        readOnly: t.readOnly,
+        ...(remote ? { lun: lunInfo } : {}),
+      });
       t = t.backing;
+    }
+    const isLun = lun !== null && target === lun.dev;
+    if (isLun && lunInfo !== undefined) {
+      layers.push({
+        path: lun.url,
+        format: "raw",
+        size: lun.dev.size,
+        readOnly: this.readOnly,
+        lun: lunInfo,
+      });
     }
     return {
       id: this.id,
-      kind: this.#url === undefined ? "file" : "iscsi",
+      kind: isLun ? "iscsi" : "file",
       readOnly: this.readOnly,
       size: this.size,
       layers,
-      ...(this.#url === undefined ? {} : { url: this.#url }),
-      ...(this.#initiator === undefined || this.#url === undefined
-        ? {}
-        : { initiatorName: this.#initiator }),
+      ...(lunInfo === undefined ? {} : lunInfo),
       ...(this.#armed === null ? {} : { armedOverlay: this.#armed.path }),
     };
+  }
+
+  /** The identity of the drive's LUN (size, VPD device id and serial, digest of its head). */
+  async lunIdentity(): Promise<LunIdentity> {
+    if (this.#lun === null) throw new VirtioBackendError(this.id, "the drive uses no iSCSI LUN");
+    return await lunIdentity(this.#lun.dev);
   }
 
   /**
@@ -227,10 +300,17 @@ export class BlkDisk {
     }
     if (this.readOnly) throw new VirtioBackendError(this.id, "a read-only drive takes no overlay");
     const top = this.dev.target;
+    const lun = this.#lun;
+    if (lun !== null && top === lun.dev) {
+      // The LUN itself: the overlay names it by its URL (format raw, as qemu-img create -b
+      // iscsi://… -F raw) and reads it through this very session; it owns it from the switch on.
+      this.#armed = createOverlay(new RemoteLayer(lun.url, lun.dev), path, { adoptParent: true });
+      return this.describe();
+    }
     if (!(top instanceof RawImage) && !(top instanceof Qcow2Image)) {
       throw new VirtioBackendError(
         this.id,
-        "only a file drive that is not being committed takes an overlay",
+        "only a file or iSCSI drive that is not being committed takes an overlay",
       );
     }
     // The overlay owns its parent from the switch on: closing the drive closes both.
@@ -272,6 +352,13 @@ export class BlkDisk {
         "the drive's top is not an overlay with a parent to commit into",
       );
     }
+    if (!top.backing.synchronous) {
+      throw new VirtioBackendError(
+        this.id,
+        `the overlay's chain ends in the iSCSI LUN ${this.#lun?.url ?? "?"}: vmkit commits ` +
+          "into local image files only",
+      );
+    }
     // Writing the parent again: its write lock back (refused while others read it).
     if (!top.backing.readOnly) top.backing.relock("write");
     await commit(top, { switchable: this.dev });
@@ -310,7 +397,7 @@ export class BlkDisk {
     if (oldRaw !== null) closeFd(oldRaw.fd);
     this.#raw = next.raw;
     this.#blockSize = next.blockSize;
-    this.#url = next.url;
+    this.#lun = next.lun;
     return this.size;
   }
 
