@@ -13,9 +13,17 @@
  *
  * A recorded layer carries an identity (size, inode, modification time and
  * a CRC of its first 64 KiB) so a restore refuses a parent changed since.
- * An iSCSI LUN is refused: a checkpoint cannot freeze a LUN without an
- * overlay over it, and vmkit's qcow2 reads backing files synchronously,
- * which a network LUN cannot serve.
+ *
+ * An iSCSI LUN (a disk that is a LUN, or a chain over one) is frozen the same
+ * way, by a qcow2 overlay over it whose backing file is the LUN's URL
+ * (`qemu-img create -f qcow2 -b iscsi://… -F raw`); a LUN has no folder to
+ * put it beside, so its path must be given (`overlays`), or the checkpoint
+ * is refused. Only `keep-parent`: the LUN itself is the checkpoint's frozen
+ * parent, recorded by its URL, the SUI it was logged in under, and an
+ * identity (size, block size, VPD device id and serial, SHA-256 of its
+ * first 64 KiB) a restore compares before it uses the LUN. `copy-parent`
+ * would copy the LUN and commit back into it, and vmkit copies and commits
+ * local image files only: refused.
  *
  * @module
  */
@@ -23,8 +31,9 @@
 import { copyParent } from "../cow/copy_parent.ts";
 import { cString } from "../native/ffi.ts";
 import { crc32c, uffd } from "../native/uffd_ffi.ts";
+import { lunIdentityChange } from "../san/lun_identity.ts";
 import { CheckpointError } from "./errors.ts";
-import type { CheckpointDisk, DiskInfo, DiskLayerInfo } from "./target.ts";
+import type { CheckpointDisk, DiskInfo, DiskLayerInfo, LunIdentity } from "./target.ts";
 
 /** What happens to a disk's parent (see the module doc). */
 export type DiskPolicy = "keep-parent" | "copy-parent";
@@ -44,10 +53,22 @@ export interface DiskIdentity {
   readonly headCrc: number;
 }
 
-/** One image of a recorded chain. */
-export interface RecordedLayer extends DiskLayerInfo {
+/** A LUN of a recorded chain. */
+export interface RecordedLun {
+  /** `iscsi://HOST[:PORT]/TARGET/LUN`. */
+  readonly url: string;
+  /** The SUI (initiator name) it was logged in under at the checkpoint. */
+  readonly initiatorName?: string;
   /** Its identity at the checkpoint. */
-  readonly identity: DiskIdentity;
+  readonly identity: LunIdentity;
+}
+
+/** One image (or LUN) of a recorded chain. */
+export interface RecordedLayer extends DiskLayerInfo {
+  /** A file's identity at the checkpoint (file layers). */
+  readonly identity?: DiskIdentity;
+  /** The LUN (LUN layers; `path` is then its URL). */
+  readonly lun?: RecordedLun;
 }
 
 /** One disk as the `disks` section records it. */
@@ -90,8 +111,35 @@ export function diskIdentity(path: string): DiskIdentity {
   }
 }
 
+/**
+ * Throws naming the disk and LUN when the LUN a restore logged in to
+ * (`now`) is not the recorded one (another LUN, resized, or written since).
+ */
+export function checkLunLayer(
+  diskId: string,
+  layer: RecordedLayer,
+  now: LunIdentity,
+  checkpoint: string,
+): void {
+  if (layer.lun === undefined) throw new CheckpointError(`disk '${diskId}': not a LUN layer`);
+  const what = lunIdentityChange(layer.lun.identity, now);
+  if (what !== null) {
+    throw new CheckpointError(
+      `disk '${diskId}': the iSCSI LUN ${layer.lun.url} changed since the checkpoint (${what}); ` +
+        "restore needs the LUN as it was",
+      { path: checkpoint, section: "disks" },
+    );
+  }
+}
+
 /** Throws naming the disk and file when `layer` is not as recorded (a changed parent). */
 export function checkLayer(diskId: string, layer: RecordedLayer, checkpoint: string): void {
+  if (layer.identity === undefined) {
+    throw new CheckpointError(`disk '${diskId}': layer ${layer.path} is not a file`, {
+      path: checkpoint,
+      section: "disks",
+    });
+  }
   let now: DiskIdentity;
   try {
     now = diskIdentity(layer.path);
@@ -177,34 +225,41 @@ export class DiskStep {
 
   /**
    * While the VM runs: refuses what cannot be checkpointed and arms an
-   * overlay over each writable disk (`<top>.<tag>.qcow2`, beside its top).
+   * overlay over each writable disk: at `overlays[id]` when given (needed
+   * for a disk that is an iSCSI LUN; the file must not exist), else
+   * `<top>.<tag>.qcow2`, beside its top.
    */
   static async prepare(
     disks: readonly CheckpointDisk[],
     policy: DiskPolicy,
     checkpoint: string,
     tag: string,
+    overlays: Readonly<Record<string, string>> = {},
   ): Promise<DiskStep> {
     const prepared: Prepared[] = [];
     const step = new DiskStep(policy, prepared, checkpoint, tag);
+    const refuse = (what: string): never => {
+      throw new CheckpointError(what, { path: checkpoint });
+    };
+    for (const id of Object.keys(overlays)) {
+      if (!disks.some((d) => d.id === id)) {
+        refuse(`an overlay is given for '${id}', which is no disk of this VM`);
+      }
+    }
+    const given = Object.values(overlays);
+    if (new Set(given).size !== given.length) refuse("two disks are given the same overlay file");
     try {
-      for (const disk of disks) {
-        const info = await disk.describe();
-        if (info.kind === "iscsi") {
-          throw new CheckpointError(
-            `disk '${info.id}' is an iSCSI LUN (${info.url ?? "?"}): a checkpoint freezes a disk ` +
-              "by putting a qcow2 overlay over it, and vmkit cannot read a LUN as a qcow2 backing " +
-              "file; detach it (or keep that data on a file drive) to checkpoint this VM",
-            { path: checkpoint },
-          );
-        }
-        const top = info.layers[0];
-        if (top === undefined) {
-          throw new CheckpointError(`disk '${info.id}' has no image`, { path: checkpoint });
-        }
+      const infos: DiskInfo[] = [];
+      for (const disk of disks) infos.push(await disk.describe());
+      // Everything refused before anything is armed.
+      for (const info of infos) checkDisk(info, policy, overlays[info.id], refuse);
+      for (const [i, disk] of disks.entries()) {
+        const info = infos[i];
+        const top = info?.layers[0];
+        if (info === undefined || top === undefined) continue;
         let overlay: string | undefined;
         if (!info.readOnly) {
-          overlay = `${dirname(top.path)}/${basename(top.path)}.${tag}.qcow2`;
+          overlay = overlays[info.id] ?? `${dirname(top.path)}/${basename(top.path)}.${tag}.qcow2`;
           await disk.armOverlay(overlay);
         }
         prepared.push({ disk, info, overlay });
@@ -269,20 +324,40 @@ export class DiskStep {
         layers = [{ path: dst, format: "qcow2", size: d.info.size }];
       } else if (d.overlay !== undefined) {
         // keep-parent: the frozen top belongs to the checkpoint now.
+        // A LUN is frozen by the overlay alone: nothing on the host can make it read-only.
         const top = layers[0];
-        if (top !== undefined) {
+        if (top !== undefined && top.lun === undefined) {
           const mode = (Deno.statSync(top.path).mode ?? 0o644) & 0o7777;
           this.#frozen.push({ path: top.path, mode });
           Deno.chmodSync(top.path, mode & 0o7555);
         }
       }
-      for (const l of layers) fsyncPath(l.path);
-      fsyncPath(dirname(layers[0]?.path ?? "."));
+      const files = layers.filter((l) => l.lun === undefined);
+      for (const l of files) fsyncPath(l.path);
+      if (files[0] !== undefined) fsyncPath(dirname(files[0].path));
+      const recorded: RecordedLayer[] = [];
+      for (const l of layers) {
+        if (l.lun === undefined) {
+          recorded.push({
+            path: l.path,
+            format: l.format,
+            size: l.size,
+            identity: diskIdentity(l.path),
+          });
+          continue;
+        }
+        // Read after the switch: the LUN's bytes are the pause instant's from here on.
+        const identity = await d.disk.lunIdentity?.();
+        if (identity === undefined) {
+          throw new CheckpointError(`disk '${d.info.id}' cannot tell its LUN's identity`);
+        }
+        recorded.push({ ...l, lun: { ...l.lun, identity } });
+      }
       out.push({
         id: d.info.id,
         readOnly: d.info.readOnly,
         size: d.info.size,
-        layers: layers.map((l) => ({ ...l, identity: diskIdentity(l.path) })),
+        layers: recorded,
       });
     }
     return { policy: this.policy, disks: out };
@@ -307,6 +382,51 @@ export class DiskStep {
   }
 }
 
+/** Refuses (through `refuse`) a disk this checkpoint cannot take, with the reason. */
+function checkDisk(
+  info: DiskInfo,
+  policy: DiskPolicy,
+  overlay: string | undefined,
+  refuse: (what: string) => never,
+): void {
+  const lun = info.layers.find((l) => l.lun !== undefined)?.lun;
+  const url = lun?.url ?? info.url ?? "?";
+  if (info.layers[0] === undefined) refuse(`disk '${info.id}' has no image`);
+  if (info.readOnly) {
+    if (overlay !== undefined) refuse(`disk '${info.id}' is read-only: it takes no overlay`);
+    return;
+  }
+  if (info.kind === "iscsi" && overlay === undefined) {
+    refuse(
+      `disk '${info.id}' is the iSCSI LUN ${url}: a checkpoint freezes a disk by putting a ` +
+        "qcow2 overlay file over it, and a LUN has no folder to put one beside; give the " +
+        `overlay's path (API: "disk_overlays": [{"drive_id": "${info.id}", ` +
+        `"path_on_host": PATH}] in PUT /snapshot/create; CLI: --overlay ${info.id}=PATH)`,
+    );
+  }
+  if (lun !== undefined && policy === "copy-parent") {
+    refuse(
+      `disk '${info.id}' ${info.kind === "iscsi" ? "is" : "is a qcow2 chain over"} the iSCSI ` +
+        `LUN ${url}: copy-parent copies the parent for the checkpoint and then commits the ` +
+        "overlay back into it, and vmkit copies and commits local image files only; use " +
+        "keep-parent (the LUN is then the checkpoint's frozen parent)",
+    );
+  }
+  if (overlay !== undefined && exists(overlay)) {
+    refuse(`the overlay ${overlay} for disk '${info.id}' exists; give a new file`);
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
 /** Parses and checks a `disks` section's JSON; throws naming the section. */
 export function parseDisksRecord(v: unknown, path: string): DisksRecord {
   const bad = (what: string): never => {
@@ -326,12 +446,31 @@ export function parseDisksRecord(v: unknown, path: string): DisksRecord {
     for (const l of e.layers as unknown[]) {
       const x = l as Record<string, unknown>;
       const id = x.identity as Record<string, unknown> | undefined;
-      if (
-        typeof x.path !== "string" || (x.format !== "raw" && x.format !== "qcow2") ||
-        !num(x.size) || id === undefined || !num(id.bytes) || !num(id.ino) ||
-        !num(id.mtimeMs) || !num(id.headCrc)
-      ) bad(`a layer of disk '${e.id}' is malformed`);
+      const lun = x.lun as Record<string, unknown> | undefined;
+      const common = typeof x.path === "string" && (x.format === "raw" || x.format === "qcow2") &&
+        num(x.size);
+      const file = id !== undefined && lun === undefined && num(id.bytes) && num(id.ino) &&
+        num(id.mtimeMs) && num(id.headCrc);
+      if (!common || (!file && !lunOk(lun, x.format))) {
+        bad(`a layer of disk '${e.id}' is malformed`);
+      }
     }
   }
   return v as DisksRecord;
+}
+
+/** Whether a recorded layer's `lun` entry is well formed. */
+function lunOk(lun: Record<string, unknown> | undefined, format: unknown): boolean {
+  if (lun === undefined || format !== "raw" || typeof lun.url !== "string") return false;
+  if (lun.initiatorName !== undefined && typeof lun.initiatorName !== "string") return false;
+  const i = lun.identity as Record<string, unknown> | undefined;
+  const int = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
+  return i !== undefined && typeof i === "object" && i !== null && int(i.bytes) &&
+    int(i.blockSize) && typeof i.serial === "string" && typeof i.headSha256 === "string" &&
+    Array.isArray(i.designators) &&
+    (i.designators as unknown[]).every((d) => {
+      const r = d as Record<string, unknown>;
+      return typeof d === "object" && d !== null && int(r.type) && int(r.association) &&
+        int(r.codeSet) && typeof r.value === "string";
+    });
 }

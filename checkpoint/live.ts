@@ -67,6 +67,12 @@ export interface CheckpointOptions {
   diff?: boolean;
   /** What happens to the disks' parents (default `keep-parent`; see `disks.ts`). */
   diskPolicy?: DiskPolicy;
+  /**
+   * Drive id to the path of the qcow2 overlay its disk step creates (a new
+   * file): required for a drive that is an iSCSI LUN; for a file drive it
+   * replaces the default `<top>.<id8>.qcow2`.
+   */
+  overlays?: Readonly<Record<string, string>>;
 }
 
 /** Progress of a background save. */
@@ -317,6 +323,7 @@ export class Checkpointer implements Disposable {
         opts.diskPolicy ?? "keep-parent",
         opts.path,
         idHex(id).slice(0, 8),
+        opts.overlays,
       );
     } catch (err) {
       file.abandon();

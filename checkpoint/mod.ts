@@ -50,6 +50,7 @@ export { MemorySource } from "./restore.ts";
 export { DEFAULT_PAGE_STORE_DIR, PageStore } from "./page_store.ts";
 export {
   checkLayer,
+  checkLunLayer,
   type DiskIdentity,
   diskIdentity,
   type DiskPolicy,
@@ -57,6 +58,7 @@ export {
   parseDisksRecord,
   type RecordedDisk,
   type RecordedLayer,
+  type RecordedLun,
 } from "./disks.ts";
 export {
   type CheckpointInfo,

@@ -8,8 +8,9 @@
  */
 
 import type { MachineCpuState } from "../native/kvm_state.ts";
+import type { LunIdentity } from "../san/lun_identity.ts";
 
-export type { MachineCpuState };
+export type { LunIdentity, MachineCpuState };
 
 /** One region of guest RAM as the host maps it. */
 export interface TargetRegion {
@@ -29,19 +30,26 @@ export interface DiskLayerInfo {
   readonly format: "raw" | "qcow2";
   /** Virtual size in bytes. */
   readonly size: number;
+  /** Set when the layer is an iSCSI LUN (`path` is its URL, `format` raw). */
+  readonly lun?: {
+    /** `iscsi://HOST[:PORT]/TARGET/LUN`. */
+    readonly url: string;
+    /** The initiator name (the VM's SUI) it is logged in under. */
+    readonly initiatorName?: string;
+  };
 }
 
 /** A disk as a checkpoint sees it. */
 export interface DiskInfo {
   /** Drive id. */
   readonly id: string;
-  /** `file` (a chain of images) or `iscsi` (a LUN). */
+  /** `file` (a chain of images, maybe over a LUN) or `iscsi` (the disk is a LUN itself). */
   readonly kind: "file" | "iscsi";
   /** Whether the guest sees it read-only (then it needs no overlay). */
   readonly readOnly: boolean;
   /** Size in bytes. */
   readonly size: number;
-  /** The chain, top first (empty for a LUN). */
+  /** The chain, top first; a LUN is the last layer (the only one for `iscsi`). */
   readonly layers: readonly DiskLayerInfo[];
   /** iSCSI URL. */
   readonly url?: string;
@@ -59,8 +67,14 @@ export interface CheckpointDisk {
   readonly id: string;
   /** The chain as it is now. */
   describe(): Promise<DiskInfo>;
-  /** Creates a qcow2 overlay at `path` over the current top; the next quiesce switches to it. */
+  /**
+   * Creates a qcow2 overlay at `path` over the current top (over a LUN: one
+   * whose backing file is the LUN's URL, format raw); the next quiesce
+   * switches to it.
+   */
   armOverlay(path: string): Promise<void>;
+  /** The identity of the disk's LUN (a disk whose chain has a LUN layer). */
+  lunIdentity?(): Promise<LunIdentity>;
   /** Drops an armed overlay (its file is removed). */
   disarm(): Promise<void>;
   /** Commits the top overlay into its parent while the VM runs; the disk ends on the parent. */

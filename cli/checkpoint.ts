@@ -13,7 +13,7 @@ import { describeCheckpoint, mergeCheckpoint, verifyCheckpoint } from "../checkp
 import { ApiClientError, apiRequest } from "../vmm/api/client.ts";
 import { command, type Entry } from "./command.ts";
 import { Exit } from "./exit.ts";
-import { flag, str } from "./options.ts";
+import { flag, list, str } from "./options.ts";
 import { checkPathArg, UsageError } from "./usage.ts";
 
 /** How often `create --wait` asks how far the save is. */
@@ -114,7 +114,8 @@ const create = command({
     "then create returns once the file is complete, with or without --wait.\n" +
     "Disks: each writable disk gets an overlay; by default its parent is kept\n" +
     "(read-only) for the checkpoint, with --copy-parent it is copied and the VM ends\n" +
-    "on its own file again.",
+    "on its own file again. A drive that is an iSCSI LUN needs --overlay ID=PATH: the\n" +
+    "overlay's backing is then the LUN, which is kept as the checkpoint's parent.",
   args: ["PATH"],
   options: {
     "api-sock": str("PATH", "the VM's control socket (vmkit run --api-sock)", {
@@ -126,6 +127,7 @@ const create = command({
       complete: "file",
     }),
     wait: flag("wait until the file is complete"),
+    overlay: list("ID=PATH", "the new qcow2 overlay file for drive ID (needed for an iSCSI drive)"),
   },
   output: true,
   progress: true,
@@ -141,6 +143,15 @@ const create = command({
       snapshot_type: ctx.values.diff ? "Diff" : "Full",
       disk_policy: ctx.values["copy-parent"] ? "copy-parent" : "keep-parent",
       ...(memFile === undefined ? {} : { mem_file_path: checkPathArg("--mem-file", memFile) }),
+      ...(ctx.values.overlay.length === 0 ? {} : {
+        disk_overlays: ctx.values.overlay.map((o) => {
+          const m = /^([^=]+)=(.+)$/.exec(o);
+          if (m === null || m[1] === undefined || m[2] === undefined) {
+            throw new UsageError(`--overlay takes ID=PATH, got '${o}'`);
+          }
+          return { drive_id: m[1], path_on_host: checkPathArg("--overlay", m[2]) };
+        }),
+      }),
     };
     const call = async (method: string, resource: string, body?: unknown) => {
       try {

@@ -41,7 +41,12 @@ import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.
 import { defaultMac, formatMac, NetConfigSpace, parseMac } from "./devices/virtio/net_format.ts";
 import { configOffset, W } from "./devices/virtio/layout.ts";
 import { STATE_HEADER_BYTES } from "./devices/state.ts";
-import { checkLayer, parseDisksRecord } from "../checkpoint/disks.ts";
+import { checkLayer, checkLunLayer, parseDisksRecord } from "../checkpoint/disks.ts";
+import type { RecordedLayer } from "../checkpoint/disks.ts";
+import { IscsiBlockDevice } from "../san/iscsi_block_device.ts";
+import { parseIscsiUrl } from "../san/iscsi_url.ts";
+import { lunIdentity } from "../san/lun_identity.ts";
+import { resolveInitiatorName } from "./machine_io.ts";
 import { dirOf } from "../checkpoint/file_io.ts";
 import { Qcow2Image } from "../cow/qcow2.ts";
 import { changeVmGenId, newVmGenId } from "./acpi/install.ts";
@@ -143,10 +148,16 @@ export class MachineTarget implements CheckpointTarget {
           kind: d.kind,
           readOnly: d.readOnly,
           size: d.size,
-          layers: d.layers.map((l) => ({ path: l.path, format: l.format, size: l.size })),
+          layers: d.layers.map((l) => ({
+            path: l.path,
+            format: l.format,
+            size: l.size,
+            ...(l.lun === undefined ? {} : { lun: l.lun }),
+          })),
           ...(d.url === undefined ? {} : { url: d.url }),
         };
       },
+      lunIdentity: () => h.lunIdentity(),
       armOverlay: async (path: string): Promise<void> => {
         await h.armOverlay(path);
       },
@@ -369,17 +380,63 @@ function mapAnon(addr: bigint, size: number): void {
 }
 
 /**
- * The restored VM's drives: each recorded chain checked against its
- * identities, a writable disk given a fresh qcow2 overlay over the recorded
- * top (the checkpoint's images are only read), a read-only one opened as is.
+ * Logs in to a recorded LUN under the restored VM's SUI, read-only, and
+ * refuses it unless it is the LUN the checkpoint recorded (same identity).
  */
-function restoredDrives(
+async function checkRecordedLun(
+  driveId: string,
+  layer: RecordedLayer,
+  identity: StorageIdentityConfig | undefined,
+  checkpoint: string,
+): Promise<void> {
+  const url = layer.lun?.url ?? layer.path;
+  if (identity === undefined) {
+    throw new CheckpointError(
+      `drive '${driveId}' is over the iSCSI LUN ${url}, and the checkpoint records no storage ` +
+        "identity to log in with",
+      { path: checkpoint, section: "disks" },
+    );
+  }
+  const u = parseIscsiUrl(url);
+  let dev: IscsiBlockDevice;
+  try {
+    dev = await IscsiBlockDevice.open({
+      host: u.host,
+      port: u.port,
+      targetName: u.target ?? "",
+      lun: u.lun ?? 0,
+      initiatorName: await resolveInitiatorName(identity),
+      readOnly: true,
+    });
+  } catch (err) {
+    throw new CheckpointError(
+      `drive '${driveId}': cannot open the iSCSI LUN ${url} as VM '${identity.vmId}' ` +
+        `(${(err as Error).message})`,
+      { path: checkpoint, section: "disks" },
+    );
+  }
+  try {
+    checkLunLayer(driveId, layer, await lunIdentity(dev), checkpoint);
+  } finally {
+    await dev.close();
+  }
+}
+
+/**
+ * The restored VM's drives: each recorded chain checked against its
+ * identities (a LUN logged in to under the restored VM's SUI), a writable
+ * disk given a fresh qcow2 overlay over the recorded top (the checkpoint's
+ * images are only read; over a LUN its backing file is the LUN's URL), a
+ * read-only one opened as is.
+ */
+async function restoredDrives(
   path: string,
   desc: MachineDescription,
   disksSection: Record<string, unknown> | undefined,
   opts: RestoreOptions,
+  identity: StorageIdentityConfig | undefined,
   made: string[],
-): DriveConfig[] {
+): Promise<DriveConfig[]> {
   const configured = desc.drives ?? [];
   if (configured.length === 0) return [];
   if (disksSection === undefined) {
@@ -398,7 +455,10 @@ function restoredDrives(
         section: "disks",
       });
     }
-    for (const layer of r.layers) checkLayer(d.id, layer, path);
+    for (const layer of r.layers) {
+      if (layer.lun === undefined) checkLayer(d.id, layer, path);
+      else await checkRecordedLun(d.id, layer, identity, path);
+    }
   }
   const dir = opts.diskDir ?? dirOf(path);
   const base = path.slice(path.lastIndexOf("/") + 1);
@@ -406,11 +466,14 @@ function restoredDrives(
     const r = byId.get(d.id);
     const top = r?.layers[0];
     if (r === undefined || top === undefined) throw new CheckpointError(`no image for '${d.id}'`);
-    if (r.readOnly) return { ...d, backend: { kind: "file", path: top.path, format: top.format } };
+    if (r.readOnly) {
+      if (top.lun !== undefined) return { ...d, backend: { kind: "iscsi", url: top.lun.url } };
+      return { ...d, backend: { kind: "file", path: top.path, format: top.format } };
+    }
     const overlay = `${dir}/${base}.${d.id}.${crypto.randomUUID().slice(0, 8)}.qcow2`;
     Qcow2Image.create(overlay, {
       size: r.size,
-      backingFile: relativePath(dir, top.path),
+      backingFile: top.lun !== undefined ? top.lun.url : relativePath(dir, top.path),
       backingFormat: top.format,
     });
     made.push(overlay);
@@ -503,16 +566,16 @@ export async function restoreMachine(
         (h !== undefined && h.kind === d.kind ? { ...h.config } : d.config);
       return { kind: d.kind, name: d.name, config, state: new SharedArrayBuffer(d.stateBytes) };
     });
+    const identity = desc.identity === undefined
+      ? undefined
+      : { ...desc.identity, ...(opts.vmId === undefined ? {} : { vmId: opts.vmId }) };
     let drives: DriveConfig[];
     try {
-      drives = restoredDrives(path, desc, top.disks(), opts, overlays);
+      drives = await restoredDrives(path, desc, top.disks(), opts, identity, overlays);
     } catch (err) {
       memory.close();
       throw err;
     }
-    const identity = desc.identity === undefined
-      ? undefined
-      : { ...desc.identity, ...(opts.vmId === undefined ? {} : { vmId: opts.vmId }) };
     const nets = (desc.nets ?? []).map((n): NetConfig => {
       const o = opts.nets?.[n.id] ?? {};
       const mac = o.mac ??

@@ -4,22 +4,27 @@
  *
  * | method | path               | body                                                          | reply                               |
  * | ------ | ------------------ | ------------------------------------------------------------- | ----------------------------------- |
- * | PUT    | `/snapshot/create` | `{snapshot_path, mem_file_path?, snapshot_type?, disk_policy?}` | 200 `{pause_us}` / 204 (see below) |
+ * | PUT    | `/snapshot/create` | `{snapshot_path, mem_file_path?, snapshot_type?, disk_policy?, disk_overlays?}` | 200 `{pause_us}` / 204 (see below) |
  * | GET    | `/snapshot`        |                                                               | 200 `{state, bytes_written, ...}`   |
  * | PUT    | `/snapshot/load`   | `{snapshot_path, resume_vm?, network_overrides?}` (pre-boot)   | 204 once the VM is rebuilt          |
  *
  * `snapshot_type` is `Full` (default) or `Diff` (only the pages written since
  * this VM's previous checkpoint), `disk_policy` `keep-parent` (default) or
- * `copy-parent`. Unlike Firecracker, the VM need not be paused first: the
- * checkpoint pauses it briefly and resumes it, answers 200 `{pause_us}` as
- * soon as the VM runs again, and writes the file in the background, which
- * `GET /snapshot` reports (`state`: `saving`, `done` or `failed`). A VM paused
- * at `create` (Firecracker's precondition) stays paused and gets Firecracker's
- * reply: 204 once the file is complete, or a 400 if it failed, so a
- * Firecracker client may copy the files or end the VMM as soon as it answers.
- * One checkpoint at a time: a second `create` while one is written gets 409.
- * `load` is Firecracker's: only on a fresh VMM; `resume_vm` starts the
- * restored VM, else it stays paused until `PATCH /vm {"state": "Resumed"}`. Firecracker's other load fields are taken:
+ * `copy-parent`; `disk_overlays` (vmkit's) names the qcow2 overlay a drive's
+ * disk step creates, `[{"drive_id": "d1", "path_on_host": "/srv/d1.ckpt.qcow2"}]`
+ * (a new file), which a drive that is an iSCSI LUN needs: the overlay's
+ * backing file is then the LUN's `iscsi://` URL and the LUN is the
+ * checkpoint's frozen parent (`checkpoint/disks.ts`). Unlike Firecracker, the
+ * VM need not be paused first: the checkpoint pauses it briefly and resumes
+ * it, answers 200 `{pause_us}` as soon as the VM runs again, and writes the
+ * file in the background, which `GET /snapshot` reports (`state`: `saving`,
+ * `done` or `failed`). A VM paused at `create` (Firecracker's precondition)
+ * stays paused and gets Firecracker's reply: 204 once the file is complete,
+ * or a 400 if it failed, so a Firecracker client may copy the files or end
+ * the VMM as soon as it answers. One checkpoint at a time: a second `create`
+ * while one is written gets 409. `load` is Firecracker's: only on a fresh
+ * VMM; `resume_vm` starts the restored VM, else it stays paused until
+ * `PATCH /vm {"state": "Resumed"}`. Firecracker's other load fields are taken:
  * `track_dirty_pages`/`enable_diff_snapshots` (nothing to switch on: diffs are
  * always possible), `mem_backend` `File` or `mem_file_path` (one of them, and
  * it must be the memory file the checkpoint records), `huge_pages`
@@ -75,6 +80,28 @@ function str(body: Record<string, unknown>, key: string, required: boolean): str
   }
   if (v.includes("\0")) throw new ApiFault(400, `'${key}' must not contain NUL`);
   return v;
+}
+
+/** `disk_overlays`: `[{drive_id, path_on_host}]` as a map from drive id to path. */
+function diskOverlays(v: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (v === undefined) return out;
+  if (!Array.isArray(v)) throw new ApiFault(400, "'disk_overlays' must be an array");
+  for (const o of v as unknown[]) {
+    const e = o as Record<string, unknown>;
+    if (
+      typeof o !== "object" || o === null || typeof e.drive_id !== "string" ||
+      typeof e.path_on_host !== "string" || e.path_on_host === "" ||
+      e.path_on_host.includes("\0") || Object.keys(e).some((k) =>
+        k !== "drive_id" && k !== "path_on_host"
+      )
+    ) {
+      throw new ApiFault(400, 'each disk overlay is {"drive_id": ..., "path_on_host": ...}');
+    }
+    if (e.drive_id in out) throw new ApiFault(400, `two overlays for drive '${e.drive_id}'`);
+    out[e.drive_id] = e.path_on_host;
+  }
+  return out;
 }
 
 function oneOf<T extends string>(
@@ -232,8 +259,10 @@ export function snapshotRoutes(ctl: VmController): ApiRoute[] {
           "mem_file_path",
           "snapshot_type",
           "disk_policy",
+          "disk_overlays",
           "version",
         ]);
+        const overlays = diskOverlays(body.disk_overlays);
         const path = str(body, "snapshot_path", true) ?? "";
         const memFilePath = str(body, "mem_file_path", false);
         const type = oneOf(body, "snapshot_type", ["Full", "Diff"] as const, "Full");
@@ -263,6 +292,7 @@ export function snapshotRoutes(ctl: VmController): ApiRoute[] {
               ...(memFilePath === undefined ? {} : { memFilePath }),
               diff: type === "Diff",
               diskPolicy,
+              overlays,
             });
           } catch (err) {
             if (err instanceof CheckpointError) throw new ApiFault(400, err.message);
