@@ -12,10 +12,14 @@
  *   net.buf=N          receive buffer bytes, 128..4096 (default 1536)
  *   net.qsize=N        queue entries, a power of two up to 256 (default 64)
  *   net.nomrg          do not negotiate VIRTIO_NET_F_MRG_RXBUF (then net.buf >= 1526)
+ *   net.flood          keep the last quarter of the buffers for transmitting a flood
  *
  * Serial: prints "net up mac ... ip ... features 0x..." once ready; the
  * line "stats" prints "net stats rx=.. tx=.. arp=.. icmp=.. other=..
- * merged=.. bad=.."; "quit" prints the stats and powers off.
+ * merged=.. bad=.."; "quit" prints the stats and powers off; with net.flood,
+ * "flood N" sends N UDP frames (60 bytes, to port 9 of A.B.C.1 and the
+ * broadcast MAC) as fast as the device takes them, then prints
+ * "net flood done sent=N".
  */
 #include "virtio_mmio.h"
 
@@ -38,6 +42,10 @@ static uint8_t *rx_mem = (uint8_t *)(uintptr_t)NET_MEM_BASE;
 static uint8_t *tx_mem = (uint8_t *)(uintptr_t)(NET_MEM_BASE + RING_BYTES);
 static uint8_t *bufs = (uint8_t *)(uintptr_t)(NET_MEM_BASE + 2 * RING_BYTES);
 static unsigned buf_size = 1536;
+/* Buffers [0, rx_bufs) take frames; [rx_bufs, qsize) carry the flood (net.flood). */
+static unsigned rx_bufs;
+static uint16_t flood_free[MAX_Q];
+static unsigned flood_nfree, flood_left, flood_sent, flood_busy;
 static int mergeable;
 static uint8_t mac[6] = {0x02, 0, 0, 0, 0, 0x01};
 static uint8_t ip[4] = {10, 0, 0, 2};
@@ -237,11 +245,62 @@ static void service_tx(void)
 		for (unsigned hops = 0; id < txq.num && hops < txq.num; hops++) {
 			uint16_t flags = txq.desc[id].flags;
 			uint16_t next = txq.desc[id].next;
-			post_rx((uint16_t)id);
+			if (id >= rx_bufs) {
+				flood_free[flood_nfree++] = (uint16_t)id;
+				flood_busy--;
+			} else {
+				post_rx((uint16_t)id);
+			}
 			if (!(flags & VIRTQ_DESC_F_NEXT))
 				break;
 			id = next;
 		}
+	}
+}
+
+/* Queues flood frames while buffers are free; prints once the last has been taken. */
+static void service_flood(void)
+{
+	while (flood_left > 0 && flood_nfree > 0) {
+		uint16_t id = flood_free[--flood_nfree];
+		uint8_t *b = buf_of(id);
+		memset(b, 0, NET_HDR_LEN + 60);
+		uint8_t *f = b + NET_HDR_LEN;
+		memset(f, 0xff, 6);
+		copy_n(f + 6, mac, 6);
+		put_be16(f + 12, ETH_IPV4);
+		uint8_t *h = f + 14;
+		h[0] = 0x45;
+		put_be16(h + 2, 20 + 8 + 18);
+		put_be16(h + 4, (uint16_t)flood_sent);
+		h[8] = 64;
+		h[9] = 17;
+		copy_n(h + 12, ip, 4);
+		copy_n(h + 16, ip, 3);
+		h[19] = 1;
+		put_be16(h + 10, csum_fold(csum_add(h, 20, 0)));
+		put_be16(h + 20, 40000);
+		put_be16(h + 22, 9);
+		put_be16(h + 24, 8 + 18); /* UDP checksum 0: none (IPv4) */
+		volatile struct virtq_desc *d = &txq.desc[id];
+		d->addr = (uintptr_t)b;
+		d->len = NET_HDR_LEN + 60;
+		d->flags = 0;
+		d->next = 0;
+		vq_push(&txq, id);
+		stats.tx++;
+		flood_left--;
+		flood_sent++;
+		flood_busy++;
+		if (flood_left == 0)
+			flood_busy |= 1u << 31; /* say done once the device has taken them all */
+	}
+	if (flood_busy == 1u << 31) {
+		flood_busy = 0;
+		struct line l = {.len = 0};
+		add_str(&l, "net flood done sent=");
+		add_dec(&l, flood_sent);
+		emit(&l);
 	}
 }
 
@@ -371,8 +430,11 @@ void net_main(const struct boot_info *bi)
 	/* Transmit descriptors are indexed by receive buffer: both queues need one size. */
 	if (txq.num != rxq.num)
 		fail("receive and transmit queues differ in size");
-	for (unsigned i = 0; i < rxq.num; i++)
+	rx_bufs = arg(cmdline, "net.flood") ? rxq.num - rxq.num / 4 : rxq.num;
+	for (unsigned i = 0; i < rx_bufs; i++)
 		post_rx((uint16_t)i);
+	for (unsigned i = rx_bufs; i < rxq.num; i++)
+		flood_free[flood_nfree++] = (uint16_t)i;
 	vmmio_driver_ok(&dev);
 	vq_kick(&dev, &rxq);
 	irq_init(dev.irq, 10);
@@ -409,6 +471,7 @@ void net_main(const struct boot_info *bi)
 		}
 		service_tx();
 		service_rx();
+		service_flood();
 		vq_kick(&dev, &txq);
 		vq_kick(&dev, &rxq);
 		for (int c; (c = poll_serial()) >= 0;) {
@@ -422,6 +485,10 @@ void net_main(const struct boot_info *bi)
 			in.buf[in.len] = 0;
 			if (starts_with(in.buf, "stats"))
 				print_stats();
+			if (starts_with(in.buf, "flood ") && rx_bufs < rxq.num && flood_left == 0) {
+				flood_left = parse_dec(in.buf + 6);
+				flood_sent = 0;
+			}
 			if (starts_with(in.buf, "quit")) {
 				print_stats();
 				puts_serial("bye\n");
@@ -429,7 +496,8 @@ void net_main(const struct boot_info *bi)
 			}
 			in.len = 0;
 		}
-		if (vq_used_pending(&rxq) == 0 && vq_used_pending(&txq) == 0)
+		if (vq_used_pending(&rxq) == 0 && vq_used_pending(&txq) == 0 &&
+		    (flood_left == 0 || flood_nfree == 0))
 			irq_wait();
 	}
 }

@@ -1,17 +1,20 @@
 import assert from "node:assert/strict";
 import type { DecisionEvent } from "../../netguard/mod.ts";
-import { NET_INBOUND } from "../../vmm/devices/virtio/net_filter.ts";
+import { NET_INBOUND, NET_OUTBOUND } from "../../vmm/devices/virtio/net_filter.ts";
 import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
 import { VmNetWatch } from "../../vmm/net_guard.ts";
 import type { Netns } from "../netguard/helpers.ts";
 import { sleep, waitFor } from "../netguard/helpers.ts";
 import { decisions, udpFlood, udpFloodGuard } from "./net_flood.ts";
-import { guestStats, namespace, type NetVm, netVm, pings } from "./net_vm.ts";
+import { guestStats, namespace, type NetVm, netVm, pings, tapStat, waitText } from "./net_vm.ts";
 
 /** Frames of the flood into A: 10000 at ~5000/s (hping3's `-i u200`), so ≥ 2 s. */
 const FLOOD = 10_000;
 
-/** VMs A and B on TAPs in a fresh namespace, watched by a guard with `policy`; torn down after `body`. */
+/**
+ * VMs A and B on TAPs in a fresh namespace, watched by a guard with
+ * `policy`; A's guest gets `extraA` on its command line; torn down after `body`.
+ */
 async function withTwoVms(
   policy: Record<string, unknown>,
   body: (
@@ -20,13 +23,14 @@ async function withTwoVms(
     b: NetVm,
     g: ReturnType<typeof udpFloodGuard>,
   ) => Promise<void>,
+  extraA = "",
 ): Promise<void> {
   const ns = await namespace();
   const dir = await Deno.makeTempDir({ prefix: "h12-enforce-" });
   const vms: NetVm[] = [];
   const watches: VmNetWatch[] = [];
   try {
-    const a = await netVm(ns, dir, "10.98.0", "", "h12e");
+    const a = await netVm(ns, dir, "10.98.0", extraA, "h12e");
     vms.push(a);
     const b = await netVm(ns, dir, "10.98.1", "", "h12e");
     vms.push(b);
@@ -165,5 +169,113 @@ Deno.test("a rate_limit decision on a UDP flood into VM A lets about the configu
       assert.equal(stat(b, NetStat.RX_BLOCKED) + stat(b, NetStat.RX_LIMITED), 0);
       assert.deepEqual(decisions(g.events), ["rate_limit:udp_flood:A", "unblock:udp_flood:A"]);
     },
+  );
+});
+
+/** Frames of the guest's own flood out of A (the guest sends ~2000/s here, so a few seconds). */
+const GUEST_FLOOD = 6000;
+
+Deno.test("a drop decision on a UDP flood A's guest sends keeps it off A's TAP while netguard still sees it, and lifts only after the flood; B is never touched (root, netns, /dev/kvm)", async () => {
+  await withTwoVms({ actions: { outbound: { udp_flood: "drop" } } }, async (ns, a, b, g) => {
+    let txAtDrop = -1;
+    let blockedAtUnblock = -1;
+    onDecision(g, "drop", () => {
+      txAtDrop = stat(a, NetStat.TX_FRAMES);
+    });
+    g.guard.onEvent((e) => {
+      if (e.event === "decision" && e.action === "unblock" && e.vm === "A") {
+        blockedAtUnblock = stat(a, NetStat.TX_BLOCKED);
+      }
+    });
+    const tap0 = await tapStat(ns, a.tap, "rx_packets");
+    const tx0 = stat(a, NetStat.TX_FRAMES);
+    const before = await guestStats(a);
+    const t0 = performance.now();
+    a.command(`flood ${GUEST_FLOOD}`);
+    assert.ok(await waitFor(() => txAtDrop >= 0, 15_000), `no drop: ${decisions(g.events)}`);
+    assert.ok(a.machine.net("eth0")?.blocks.blocking(NET_OUTBOUND), "A's device blocks");
+    const pb = await pings(ns, b.ip, 10);
+    const done = await waitText(a, /net flood done sent=(\d+)/, 60_000);
+    assert.ok(done !== null, `the flood never ended: ${await a.log()}`);
+    const ms = performance.now() - t0;
+    console.log(`guest flood: ${GUEST_FLOOD} frames in ${ms.toFixed(0)} ms`);
+    assert.equal(Number(done[1]), GUEST_FLOOD);
+    assert.equal(pb, 10, "B answered every ping during A's flood");
+
+    assert.ok(
+      await waitFor(() => decisions(g.events).includes("unblock:udp_flood:A"), 10_000),
+      `never unblocked: ${decisions(g.events)}`,
+    );
+    const blocked = stat(a, NetStat.TX_BLOCKED);
+    const onTap = (await tapStat(ns, a.tap, "rx_packets")) - tap0;
+    const sent = (await guestStats(a)).tx - before.tx;
+    // Every frame the guest sent reached the TAP or was dropped by the device, none twice.
+    assert.equal(stat(a, NetStat.TX_FRAMES) - tx0, onTap, "device tx = frames on the TAP");
+    assert.equal(onTap + blocked, sent, `TAP ${onTap} + dropped ${blocked} = guest sent ${sent}`);
+    // After the decision at most a few frames (ARP replies) reached the TAP: most of the flood
+    // never did.
+    const after = stat(a, NetStat.TX_FRAMES) - txAtDrop;
+    assert.ok(after <= 10, `${after} frames reached the TAP after the drop`);
+    assert.ok(blocked >= GUEST_FLOOD / 2, `A's device dropped ${blocked} of ${GUEST_FLOOD}`);
+    // netguard kept seeing the flood it kept off the TAP: the block lifted only once it was over.
+    assert.equal(blockedAtUnblock, blocked, "nothing was dropped after the unblock");
+    assert.equal(a.machine.state, "Running");
+    assert.equal(await pings(ns, a.ip, 3), 3, "A answers once the flood is over");
+
+    assert.equal(stat(b, NetStat.TX_BLOCKED) + stat(b, NetStat.TX_LIMITED), 0);
+    assert.equal(b.machine.net("eth0")?.blocks.blocking(NET_OUTBOUND), false);
+    assert.deepEqual(decisions(g.events), ["drop:udp_flood:A", "unblock:udp_flood:A"]);
+  }, "net.flood");
+});
+
+Deno.test("a rate_limit decision on a UDP flood A's guest sends lets about the configured rate onto A's TAP until the flood ends; B is never touched (root, netns, /dev/kvm)", async () => {
+  const RATE = 200;
+  await withTwoVms(
+    { rateLimitPps: RATE, actions: { outbound: { udp_flood: "rate_limit" } } },
+    async (ns, a, b, g) => {
+      let tLimit = 0;
+      onDecision(g, "rate_limit", () => {
+        tLimit = performance.now();
+      });
+      const tap0 = await tapStat(ns, a.tap, "rx_packets");
+      const tx0 = stat(a, NetStat.TX_FRAMES);
+      a.command(`flood ${GUEST_FLOOD}`);
+      assert.ok(await waitFor(() => tLimit > 0, 15_000), `no limit: ${decisions(g.events)}`);
+      // As inbound: past the second's burst, the rate over one second of the flood.
+      await sleep(500 - (performance.now() - tLimit));
+      const w0 = {
+        t: performance.now(),
+        tx: stat(a, NetStat.TX_FRAMES),
+        lim: stat(a, NetStat.TX_LIMITED),
+      };
+      const pb = await pings(ns, b.ip, 5);
+      await sleep(1500 - (performance.now() - tLimit));
+      const w1 = {
+        t: performance.now(),
+        tx: stat(a, NetStat.TX_FRAMES),
+        lim: stat(a, NetStat.TX_LIMITED),
+      };
+      const done = await waitText(a, /net flood done sent=(\d+)/, 60_000);
+      assert.ok(done !== null, `the flood never ended: ${await a.log()}`);
+      assert.ok(
+        await waitFor(() => decisions(g.events).includes("unblock:udp_flood:A"), 10_000),
+        `never unblocked: ${decisions(g.events)}`,
+      );
+      assert.ok(w1.lim - w0.lim > RATE, "the flood went on through the window");
+      const rate = ((w1.tx - w0.tx) * 1000) / (w1.t - w0.t);
+      assert.ok(
+        rate >= RATE * 0.75 && rate <= RATE * 1.25,
+        `${rate.toFixed(0)} frames/s reached A's TAP under a ${RATE}/s limit`,
+      );
+      const onTap = (await tapStat(ns, a.tap, "rx_packets")) - tap0;
+      const limited = stat(a, NetStat.TX_LIMITED);
+      assert.equal(stat(a, NetStat.TX_FRAMES) - tx0, onTap, "device tx = frames on the TAP");
+      assert.ok(limited >= GUEST_FLOOD / 2, `limited ${limited} of ${GUEST_FLOOD}`);
+      assert.equal(stat(a, NetStat.TX_BLOCKED), 0);
+      assert.equal(pb, 5, "B answered during A's flood");
+      assert.equal(stat(b, NetStat.TX_BLOCKED) + stat(b, NetStat.TX_LIMITED), 0);
+      assert.deepEqual(decisions(g.events), ["rate_limit:udp_flood:A", "unblock:udp_flood:A"]);
+    },
+    "net.flood",
   );
 });
