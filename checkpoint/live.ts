@@ -56,6 +56,8 @@ const ROUND_TARGET = 64;
 const YIELD_MS = 40;
 /** Ring pages taken per drain. */
 const DRAIN = 64;
+/** A page of zeros: what a diff's external memory file gets for a page zeroed since its parent. */
+const ZERO_PAGE = new Uint8Array(PAGE);
 
 /** Options of {@link Checkpointer.checkpoint}. */
 export interface CheckpointOptions {
@@ -412,7 +414,10 @@ export class Checkpointer implements Disposable {
     const started = performance.now();
     const done = (async (): Promise<SaveSummary> => {
       try {
-        const pages = await this.#writePages(wp, file, memFile, memOffset, progress);
+        // In a diff's own memory file a hole means "as in the parent" (Firecracker's diff
+        // memory file, merged by its rebase-snap), so a page zeroed since is written out.
+        const zeroPages = parent !== undefined && memFile !== undefined;
+        const pages = await this.#writePages(wp, file, memFile, memOffset, progress, zeroPages);
         const pageBytes = progress.bytesWritten;
         const disks = await step.record((done) => progress.bytesWritten = pageBytes + done);
         const sections: Array<[number, Uint8Array]> = [
@@ -520,6 +525,7 @@ export class Checkpointer implements Disposable {
     memFile: PendingFile | undefined,
     memOffset: number,
     progress: SaveProgress,
+    zeroPages: boolean,
   ): Promise<
     {
       map: RegionPages[];
@@ -562,7 +568,7 @@ export class Checkpointer implements Disposable {
           }
           k[page] = rk[i] ?? Kind.ZERO;
           c[page] = rc[i] ?? 0;
-          if (k[page] === Kind.DATA) {
+          if (k[page] === Kind.DATA || (zeroPages && k[page] === Kind.ZERO)) {
             out.write(ring.subarray(i * WP_PAGE, (i + 1) * WP_PAGE), off + page * PAGE);
           }
           progress.bytesWritten += PAGE;
@@ -592,6 +598,9 @@ export class Checkpointer implements Disposable {
             k[first + i] = kind;
             c[first + i] = bc[i] ?? 0;
             if (kind !== PageKind.DATA) {
+              if (zeroPages && kind === PageKind.ZERO) {
+                out.write(ZERO_PAGE, off + (first + i) * PAGE);
+              }
               i++;
               continue;
             }
