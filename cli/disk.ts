@@ -14,9 +14,11 @@ import {
   CowError,
   createImage,
   imageInfo,
+  isRemoteName,
   type LayerInfo,
   openImage,
   probeFormat,
+  type Qcow2Features,
   QcowError,
   resolveBackingPath,
   stream,
@@ -115,6 +117,16 @@ const create = command({
   },
 });
 
+/**
+ * The backing name joined to the image's name as QEMU's `path_combine` does for
+ * `full-backing-filename`: beside the image as it was named, not made absolute.
+ */
+function pathCombine(image: string, name: string): string {
+  if (name.startsWith("/") || isRemoteName(name)) return name;
+  const slash = image.lastIndexOf("/");
+  return slash < 0 ? name : image.slice(0, slash + 1) + name;
+}
+
 /** One layer as qemu-img info's JSON names it. */
 function layerJson(l: LayerInfo): Record<string, unknown> {
   return {
@@ -126,9 +138,25 @@ function layerJson(l: LayerInfo): Record<string, unknown> {
     ...(l.clusterSize === null ? {} : { "cluster-size": l.clusterSize }),
     ...(l.backingFile === null ? {} : {
       "backing-filename": l.backingFile,
-      "full-backing-filename": resolveBackingPath(l.path, l.backingFile),
+      "full-backing-filename": pathCombine(l.path, l.backingFile),
     }),
     ...(l.backingFormat === null ? {} : { "backing-filename-format": l.backingFormat }),
+    "dirty-flag": l.qcow2?.dirty ?? false,
+    ...(l.qcow2 === null ? {} : { "format-specific": { type: "qcow2", data: qcow2Data(l.qcow2) } }),
+  };
+}
+
+/** qemu-img info's `format-specific` data of a qcow2 layer (version 2 shows fewer keys). */
+function qcow2Data(f: Qcow2Features): Record<string, unknown> {
+  const common = { "compression-type": f.compressionType, "refcount-bits": f.refcountBits };
+  if (f.version < 3) return { compat: "0.10", ...common };
+  return {
+    compat: "1.1",
+    "compression-type": f.compressionType,
+    "lazy-refcounts": f.lazyRefcounts,
+    "refcount-bits": f.refcountBits,
+    corrupt: f.corrupt,
+    "extended-l2": f.extendedL2,
   };
 }
 
@@ -159,6 +187,12 @@ const info = command({
           ...(l.clusterSize === null ? [] : [`cluster_size: ${l.clusterSize}`]),
           ...(l.backingFile === null ? [] : [`backing file: ${l.backingFile}`]),
           ...(l.backingFormat === null ? [] : [`backing file format: ${l.backingFormat}`]),
+          ...(l.qcow2 === null ? [] : [
+            "Format specific information:",
+            ...Object.entries(qcow2Data(l.qcow2)).map(([k, v]) =>
+              `    ${k.replaceAll("-", " ")}: ${v}`
+            ),
+          ]),
         ].join("\n")
       ).join("\n\n"));
     return Exit.OK;

@@ -6,7 +6,7 @@
 
 import { openImage } from "./chain.ts";
 import type { DiskImage } from "./disk_image.ts";
-import { Qcow2Image } from "./qcow2.ts";
+import { type Qcow2Features, Qcow2Image } from "./qcow2.ts";
 
 /** One layer of {@link ImageInfo}. */
 export interface LayerInfo {
@@ -26,6 +26,8 @@ export interface LayerInfo {
   backingFile: string | null;
   /** Backing format as stored, or null. */
   backingFormat: string | null;
+  /** qcow2 header features (qemu-img info's `format-specific`), or null for raw. */
+  qcow2: Qcow2Features | null;
 }
 
 /** Description of an image and its backing chain, top first. */
@@ -47,6 +49,7 @@ function layerInfo(d: DiskImage): LayerInfo {
       clusterSize: d.clusterSize,
       backingFile: d.backingFile,
       backingFormat: d.backingFormat,
+      qcow2: d.features,
     };
   }
   return {
@@ -58,6 +61,7 @@ function layerInfo(d: DiskImage): LayerInfo {
     clusterSize: null,
     backingFile: null,
     backingFormat: null,
+    qcow2: null,
   };
 }
 

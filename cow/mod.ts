@@ -95,6 +95,7 @@ export { RawImage, type RawOpenOptions } from "./raw.ts";
 export {
   AUTOCLEAR_COMMIT_MARKER,
   type Qcow2CreateOptions,
+  type Qcow2Features,
   Qcow2Image,
   type Qcow2OpenOptions,
 } from "./qcow2.ts";

@@ -111,6 +111,24 @@ export interface Qcow2OpenOptions {
   overlapCheck?: "all" | "none";
 }
 
+/** A qcow2 header's features as `qemu-img info` shows them (`format-specific`, `dirty-flag`). */
+export interface Qcow2Features {
+  /** 2 (QEMU's compat 0.10) or 3 (compat 1.1). */
+  version: number;
+  /** Refcount width in bits. */
+  refcountBits: number;
+  /** Compatible feature bit 0: refcounts may be stale while the dirty bit is set. */
+  lazyRefcounts: boolean;
+  /** Incompatible bit 1: the image is marked corrupt. */
+  corrupt: boolean;
+  /** Incompatible bit 0: refcounts need a repair before use (lazy refcounts left dirty). */
+  dirty: boolean;
+  /** Incompatible bit 4: extended L2 entries (subclusters). */
+  extendedL2: boolean;
+  /** How compressed clusters are compressed. */
+  compressionType: "zlib" | "zstd";
+}
+
 /** A qcow2 image file as a {@link DiskImage}. */
 export class Qcow2Image extends SyncDiskImage {
   /** Always "qcow2". */
@@ -294,6 +312,20 @@ export class Qcow2Image extends SyncDiskImage {
   /** Refcount width in bits. */
   get refcountBits(): number {
     return this.#rc.bits;
+  }
+  /** The header's features, as `qemu-img info` reports them. */
+  get features(): Qcow2Features {
+    const h = this.#h;
+    const inc = (b: number) => (h.incompatible & (1n << BigInt(b))) !== 0n;
+    return {
+      version: h.version,
+      refcountBits: this.#rc.bits,
+      lazyRefcounts: (h.compatible & 1n) !== 0n,
+      corrupt: inc(INCOMPAT.CORRUPT),
+      dirty: inc(INCOMPAT.DIRTY),
+      extendedL2: inc(INCOMPAT.EXTL2),
+      compressionType: h.compressionType === 1 ? "zstd" : "zlib",
+    };
   }
   /** Host file length in bytes. */
   get fileLength(): number {

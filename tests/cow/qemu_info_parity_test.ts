@@ -1,0 +1,47 @@
+/**
+ * `vmkit disk info --output json` beside `qemu-img info --output json` on
+ * images QEMU made: every key qemu-img prints is there with the same value
+ * (scripts written against qemu-img's JSON read vmkit's unchanged); vmkit
+ * adds only `allocated-bytes`.
+ */
+
+import assert from "node:assert/strict";
+import { vmkitCli } from "../vmkit_cli.ts";
+
+async function run(cmd: string, args: string[], cwd: string): Promise<string> {
+  const out = await new Deno.Command(cmd, { args, cwd, stdout: "piped", stderr: "piped" }).output();
+  const err = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, `${cmd} ${args.join(" ")}: ${err}`);
+  return new TextDecoder().decode(out.stdout);
+}
+
+Deno.test("vmkit disk info --output json has every key and value of qemu-img info's, on images QEMU made", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-infoparity-" });
+  try {
+    const images: Array<[string, string[]]> = [
+      ["base.raw", ["-f", "raw"]],
+      ["v3.qcow2", ["-f", "qcow2"]],
+      ["v2.qcow2", ["-f", "qcow2", "-o", "compat=0.10"]],
+      ["lazy.qcow2", ["-f", "qcow2", "-o", "lazy_refcounts=on,refcount_bits=8"]],
+      ["small.qcow2", ["-f", "qcow2", "-o", "cluster_size=4096"]],
+      ["top.qcow2", ["-f", "qcow2", "-b", "base.raw", "-F", "raw"]],
+    ];
+    for (const [name, opts] of images) {
+      await run("qemu-img", ["create", "-q", ...opts, name, "8M"], dir);
+    }
+    await run("qemu-io", ["-f", "qcow2", "-c", "write -P 7 64k 128k", "top.qcow2"], dir);
+    for (const [name] of images) {
+      const qemu = JSON.parse(await run("qemu-img", ["info", "--output", "json", name], dir));
+      const r = await vmkitCli(["disk", "info", "--output", "json", name], { cwd: dir });
+      assert.equal(r.code, 0, r.stderr);
+      const ours = JSON.parse(r.stdout);
+      for (const [key, value] of Object.entries(qemu)) {
+        assert.deepEqual(ours[key], value, `${name}: '${key}'`);
+      }
+      const extra = Object.keys(ours).filter((k) => !(k in qemu));
+      assert.deepEqual(extra, ["allocated-bytes"], `${name}: keys qemu-img does not print`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
