@@ -127,10 +127,26 @@ function pathCombine(image: string, name: string): string {
   return slash < 0 ? name : image.slice(0, slash + 1) + name;
 }
 
-/** One layer as qemu-img info's JSON names it. */
-function layerJson(l: LayerInfo): Record<string, unknown> {
+/**
+ * The chain's names as qemu-img prints them: the top as given, each backing file
+ * joined beside the layer above it ({@link pathCombine}).
+ */
+function chainNames(chain: readonly LayerInfo[]): string[] {
+  const names: string[] = [];
+  let prev: string | undefined;
+  let backing: string | null = null;
+  for (const l of chain) {
+    prev = prev === undefined || backing === null ? l.path : pathCombine(prev, backing);
+    names.push(prev);
+    backing = l.backingFile;
+  }
+  return names;
+}
+
+/** One layer as qemu-img info's JSON names it; `name` is its name in the chain. */
+function layerJson(l: LayerInfo, name: string): Record<string, unknown> {
   return {
-    filename: l.path,
+    filename: name,
     format: l.format,
     "virtual-size": l.virtualSize,
     "actual-size": l.diskSize,
@@ -138,7 +154,7 @@ function layerJson(l: LayerInfo): Record<string, unknown> {
     ...(l.clusterSize === null ? {} : { "cluster-size": l.clusterSize }),
     ...(l.backingFile === null ? {} : {
       "backing-filename": l.backingFile,
-      "full-backing-filename": pathCombine(l.path, l.backingFile),
+      "full-backing-filename": pathCombine(name, l.backingFile),
     }),
     ...(l.backingFormat === null ? {} : { "backing-filename-format": l.backingFormat }),
     "dirty-flag": l.qcow2?.dirty ?? false,
@@ -175,11 +191,12 @@ const info = command({
     const all = ctx.values["backing-chain"];
     const chain = imageInfo(file, { forceShare: ctx.values["force-share"] }).chain;
     const layers = all ? chain : chain.slice(0, 1);
-    const json = all ? layers.map(layerJson) : layers.map(layerJson)[0];
-    ctx.print(json, () =>
-      layers.map((l) =>
+    const names = chainNames(chain);
+    const described = layers.map((l, i) => layerJson(l, names[i] ?? l.path));
+    ctx.print(all ? described : described[0], () =>
+      layers.map((l, i) =>
         [
-          `image: ${l.path}`,
+          `image: ${names[i] ?? l.path}`,
           `file format: ${l.format}`,
           `virtual size: ${human(l.virtualSize)} (${l.virtualSize} bytes)`,
           `disk size: ${human(l.diskSize)}`,

@@ -30,17 +30,39 @@ Deno.test("vmkit disk info --output json has every key and value of qemu-img inf
       await run("qemu-img", ["create", "-q", ...opts, name, "8M"], dir);
     }
     await run("qemu-io", ["-f", "qcow2", "-c", "write -P 7 64k 128k", "top.qcow2"], dir);
-    for (const [name] of images) {
-      const qemu = JSON.parse(await run("qemu-img", ["info", "--output", "json", name], dir));
-      const r = await vmkitCli(["disk", "info", "--output", "json", name], { cwd: dir });
-      assert.equal(r.code, 0, r.stderr);
-      const ours = JSON.parse(r.stdout);
+    // A chain across folders: sub/up.qcow2 -> ../top.qcow2 -> base.raw.
+    await Deno.mkdir(`${dir}/sub`);
+    await run("qemu-img", [
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      "../top.qcow2",
+      "-F",
+      "qcow2",
+      "sub/up.qcow2",
+    ], dir);
+    const same = (name: string, qemu: Record<string, unknown>, ours: Record<string, unknown>) => {
       for (const [key, value] of Object.entries(qemu)) {
         assert.deepEqual(ours[key], value, `${name}: '${key}'`);
       }
       const extra = Object.keys(ours).filter((k) => !(k in qemu));
       assert.deepEqual(extra, ["allocated-bytes"], `${name}: keys qemu-img does not print`);
+    };
+    for (const [name] of [...images, ["sub/up.qcow2"]]) {
+      const qemu = JSON.parse(await run("qemu-img", ["info", "--output", "json", name], dir));
+      const r = await vmkitCli(["disk", "info", "--output", "json", name], { cwd: dir });
+      assert.equal(r.code, 0, r.stderr);
+      same(name, qemu, JSON.parse(r.stdout));
     }
+    const args = ["info", "--backing-chain", "--output", "json", "sub/up.qcow2"];
+    const qemu = JSON.parse(await run("qemu-img", args, dir)) as Record<string, unknown>[];
+    const r = await vmkitCli(["disk", ...args], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    const ours = JSON.parse(r.stdout) as Record<string, unknown>[];
+    assert.equal(ours.length, 3);
+    qemu.forEach((layer, i) => same(`chain layer ${i}`, layer, ours[i] ?? {}));
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
