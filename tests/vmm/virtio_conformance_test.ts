@@ -284,3 +284,26 @@ Deno.test("without VIRTIO_NET_F_MTU negotiated the same frame passes (the contro
     await net.close();
   }
 });
+
+Deno.test("a driver that sets DRIVER_OK though FEATURES_OK was refused gets DEVICE_NEEDS_RESET and its requests are not run (§3.1.1, §2.1.2)", async () => {
+  const r = await rig();
+  try {
+    const st = r.drv.negotiate(F_VERSION_1 | (1n << 63n)); // bit 63: never offered
+    assert.equal(st & S.FEATURES_OK, 0, "FEATURES_OK refused");
+    r.drv.setupQueue(0, queueLayout(QUEUE_AT, 64));
+    r.drv.driverOk();
+    const status = write(r, BUF_AT, 0, 4096, 0x77);
+    const deadline = Date.now() + 5000;
+    while ((r.drv.read(R.STATUS) & S.NEEDS_RESET) === 0 && Date.now() < deadline) {
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    assert.ok((r.drv.read(R.STATUS) & S.NEEDS_RESET) !== 0, "DEVICE_NEEDS_RESET");
+    await new Promise((res) => setTimeout(res, 100));
+    assert.equal(r.drv.takeUsed().length, 0, "no request was used");
+    assert.equal(r.mem.read(status, 1)[0], 0xee, "no status written");
+    const disk = await Deno.readFile(r.path);
+    assert.ok(disk.subarray(0, 4096).every((b) => b === 0x11), "the disk is untouched");
+  } finally {
+    await teardown(r);
+  }
+});
