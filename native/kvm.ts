@@ -636,6 +636,31 @@ export class Vcpu implements Disposable {
   }
 
   /**
+   * Sets state `kind` from `bytes` (exactly its size; XSAVE:
+   * {@link Vcpu.xsaveSize}), e.g. a slot of shared memory, without copying.
+   */
+  writeStateFrom(kind: VcpuStateKind, bytes: Uint8Array): void {
+    check(
+      "KVM_SET state",
+      sym().vk_vcpu_set(this.fd, kind, bytes, bytes.length),
+      `vcpu ${this.id}`,
+    );
+  }
+
+  /**
+   * `KVM_SET_MSRS` from a `struct kvm_msrs` blob whose count fits it (e.g. in
+   * shared memory); returns how many MSRs KVM set (it stops at one it refuses).
+   */
+  writeMsrsFrom(blob: Uint8Array): number {
+    return check("KVM_SET_MSRS", sym().vk_set_msrs(this.fd, blob, blob.length), `vcpu ${this.id}`);
+  }
+
+  /** `KVM_SET_CPUID2` from a `struct kvm_cpuid2` blob whose count fits it. */
+  writeCpuidFrom(blob: Uint8Array): void {
+    check("KVM_SET_CPUID2", sym().vk_set_cpuid2(this.fd, blob, blob.length), `vcpu ${this.id}`);
+  }
+
+  /**
    * `KVM_GET_MSRS` into a prepared `struct kvm_msrs` blob (count and indices
    * filled in); returns how many MSRs KVM read (it stops at one it refuses).
    */
