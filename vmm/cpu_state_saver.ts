@@ -114,6 +114,18 @@ export class CpuStateSaver {
     this.#valid = false;
   }
 
+  /** Whether vCPU `i` was given exactly `cpuid` (entry by entry, in order). */
+  hasCpuid(i: number, cpuid: readonly CpuidEntry[]): boolean {
+    const have = this.#cpuid[i];
+    return have !== undefined && have.length === cpuid.length &&
+      have.every((a, k) => {
+        const b = cpuid[k];
+        return b !== undefined && a.function === b.function && a.index === b.index &&
+          a.flags === b.flags && a.eax === b.eax && a.ebx === b.ebx && a.ecx === b.ecx &&
+          a.edx === b.edx;
+      });
+  }
+
   /** vCPU `i` was given `cpuid` (a restore). */
   setCpuid(i: number, cpuid: readonly CpuidEntry[]): void {
     this.#cpuid[i] = cpuid.map((e) => ({ ...e }));

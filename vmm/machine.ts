@@ -32,75 +32,81 @@
  * @module
  */
 
-import { loadShim } from "../native/ffi.ts";
-import { type AcpiLayout, buildAcpi } from "./acpi/build.ts";
+import {
+  type AcpiConfig,
+  type AcpiLayout,
+  buildAcpi,
+  VMGENID_ADDR,
+  type VmGenIdLocation,
+} from "./acpi/build.ts";
 import { acpiConfigFromSpecs, writeAcpi } from "./acpi/install.ts";
-import { pcIrqRoutes } from "./acpi/irq_routing.ts";
-import {
-  installKickHandler,
-  kick,
-  Kvm,
-  KVM_CAP_SYNC_REGS,
-  msrEntries,
-  msrsBlob,
-  type Vcpu,
-  type Vm,
-} from "../native/kvm.ts";
-import {
-  type MachineCpuState,
-  restoreVcpuState,
-  restoreVmState,
-  saveVcpuState,
-  saveVmState,
-} from "../native/kvm_state.ts";
+import { kick, type Kvm, KvmError, msrEntries, type Vcpu, type Vm } from "../native/kvm.ts";
+import { type MachineCpuState, restoreVcpuState, restoreVmState } from "../native/kvm_state.ts";
+import type { LoadPiece, VcpuLoadSlots } from "../native/kvm_state_load.ts";
 import { loadKernel } from "./boot/mod.ts";
 import type { BootPlan } from "./boot/types.ts";
-import { guestCpuid } from "./cpuid.ts";
-import { CpuStateSaver } from "./cpu_state_saver.ts";
-import { takeVcpuWorkers } from "./vcpu_pool.ts";
+import type { CpuStateSaver } from "./cpu_state_saver.ts";
+import {
+  releaseStandbyParts,
+  StandbyMachine,
+  type StandbyParts,
+  takeStandbyParts,
+} from "./standby.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
 import { type MmioSlot, nextFreeGsi } from "./devices/mmio_allocator.ts";
 import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
 import type { DiskHandle } from "./disk_handle.ts";
 import {
-  IDENTITY_MAP_ADDR,
   type MachineConfig,
   MachineError,
   type MachineExit,
   type MachineState,
   mergeSregs,
   resetRegs,
-  TSS_ADDR,
   validate,
 } from "./machine_config.ts";
 import { MachineIo, type NetInterface } from "./machine_io.ts";
-import { HostMemory } from "./memory.ts";
+import type { HostMemory } from "./memory.ts";
 import { blkFamilies, netFamilies } from "./metrics/device_metrics.ts";
-import { MachineMetrics } from "./metrics/machine_metrics.ts";
+import type { MachineMetrics } from "./metrics/machine_metrics.ts";
 import {
-  controlBytes,
   CTL_GO,
   CTL_REQ,
   CTL_VCPU0,
+  GO_EVENT,
+  GO_RUN,
   loadDeviceFactory,
   REQ_PAUSE,
   REQ_STOP,
-  type VcpuInit,
+  type VcpuLoad,
   type VcpuMessage,
   VcpuRunState,
 } from "./vcpu.ts";
 
 export * from "./machine_config.ts";
 
-/** `MSR_IA32_MISC_ENABLE`; bit 0 = fast strings, as firmware leaves it. */
-const MSR_IA32_MISC_ENABLE = 0x1a0;
 /** How long stop() waits for Workers to leave their loops before terminating them. */
 const STOP_TIMEOUT_MS = 2000;
 /** Interval at which pause() repeats its kicks while a vCPU has not parked yet. */
 const REKICK_MS = 2;
 /** How long a pause for a checkpoint waits for its vCPUs synchronously before yielding. */
 const SYNC_PAUSE_MS = 10;
+/** How long building the devices on the vCPU threads, or loading their state, may take. */
+const LOAD_TIMEOUT_MS = 10_000;
+/** The ioctl each load piece is set with, for error messages. */
+const LOAD_CALLS: Record<LoadPiece, string> = {
+  cpuid: "CPUID2",
+  regs: "REGS",
+  sregs: "SREGS",
+  xsave: "XSAVE",
+  xcrs: "XCRS",
+  msrs: "MSRS",
+  lapic: "LAPIC",
+  events: "VCPU_EVENTS",
+  mpState: "MP_STATE",
+  debugRegs: "DEBUGREGS",
+};
 
 /** The command line the kernel gets: the caller's, plus the I/O devices' entries unless told not to. */
 function kernelCmdline(config: MachineConfig, io: MachineIo): string {
@@ -108,6 +114,31 @@ function kernelCmdline(config: MachineConfig, io: MachineIo): string {
   if (config.announceOnCmdline === false) return base;
   const extra = io.cmdline();
   return extra === "" ? base : base === "" ? extra : `${base} ${extra}`;
+}
+
+/** Whether `config`'s devices are the very specs (and module) the standby built. */
+function standbyDevices(config: MachineConfig, parts: StandbyParts): boolean {
+  return config.deviceModule === parts.deviceModule &&
+    config.devices.length === parts.devices.length &&
+    config.devices.every((d, i) => d === parts.devices[i]);
+}
+
+/** The ACPI description of `config`'s machine with I/O devices `io`. */
+function acpiConfigOf(config: MachineConfig, io: MachineIo): AcpiConfig {
+  // The generation id's notification takes the next line after the devices'.
+  return acpiConfigFromSpecs(config.vcpus, config.devices, io.slots, nextFreeGsi(io.slots));
+}
+
+/** Where {@link Machine.restoreState}'s time went (ms, host clock), in order. */
+export interface RestoreStateTimes {
+  /** Writing each vCPU's state into its load slot and asking the vCPU threads to load it. */
+  slotsMs: number;
+  /** The irqchip, PIT and clock (and the vCPUs, when this thread sets them). */
+  vmMs: number;
+  /** The devices' state and the caller's `meanwhile`. */
+  devicesMs: number;
+  /** Waiting for the vCPU threads to finish setting their vCPUs. */
+  vcpusMs: number;
 }
 
 /** A virtual machine with its vCPU Workers. */
@@ -128,59 +159,57 @@ export class Machine implements AsyncDisposable {
   readonly config: Readonly<MachineConfig>;
   /** Exit and pause counters, and the registry devices add their metrics to. */
   readonly metrics: MachineMetrics;
-  /** The ACPI tables and generation id page in guest memory (undefined with `acpi: false`). */
-  readonly acpi: AcpiLayout | undefined;
 
   #state: MachineState = "Created";
-  readonly #control: SharedArrayBuffer;
   readonly #ctl: Int32Array;
   readonly #threads: BigInt64Array;
   readonly #workers: Worker[];
   readonly #devices: Device[];
   readonly #bus: DeviceBus;
   readonly #io: MachineIo;
+  /** The ACPI layout; null until first asked for (a restored machine's tables are in its RAM). */
+  #acpi: AcpiLayout | undefined | null;
   #exit: MachineExit | undefined;
   #finishing: Promise<void> | undefined;
   #pausing: Promise<void> | undefined;
+  #starting: Promise<void> | undefined;
   readonly #exitPromise: Promise<MachineExit>;
   #resolveExit: (e: MachineExit) => void = () => {};
   #exitedCount = 0;
   #onAllExited: (() => void) | undefined;
   #closed = false;
-  #cpuSaver: CpuStateSaver | undefined;
+  readonly #cpuSaver: CpuStateSaver;
+  readonly #loadSlots: VcpuLoadSlots;
   readonly #disposers: (() => void | Promise<void>)[] = [];
 
   private constructor(
-    kvm: Kvm,
-    vm: Vm,
-    memory: HostMemory,
-    vcpus: Vcpu[],
+    parts: StandbyParts,
     bootPlan: BootPlan | undefined,
     devices: Device[],
     bus: DeviceBus,
-    workers: Worker[],
     io: MachineIo,
     config: MachineConfig,
-    acpi: AcpiLayout | undefined,
+    acpi: AcpiLayout | undefined | null,
   ) {
     this.config = config;
-    this.acpi = acpi;
-    this.#workers = workers;
+    this.#acpi = acpi;
+    this.#workers = parts.workers;
     this.#io = io;
-    this.kvm = kvm;
-    this.vm = vm;
-    this.memory = memory;
-    this.vcpus = vcpus;
-    this.vcpuCount = vcpus.length;
+    this.kvm = parts.kvm;
+    this.vm = parts.vm;
+    this.memory = parts.memory;
+    this.vcpus = parts.vcpus;
+    this.vcpuCount = parts.vcpus.length;
     this.bootPlan = bootPlan;
-    this.metrics = new MachineMetrics(vcpus.length);
+    this.metrics = parts.metrics;
     this.metrics.registry.add(() => netFamilies(this.nets()));
     this.metrics.registry.add(() => blkFamilies(this.disks()));
     this.#devices = devices;
     this.#bus = bus;
-    this.#control = new SharedArrayBuffer(controlBytes(vcpus.length));
-    this.#ctl = new Int32Array(this.#control);
-    this.#threads = new BigInt64Array(new SharedArrayBuffer(8 * vcpus.length));
+    this.#ctl = new Int32Array(parts.control);
+    this.#threads = parts.threads;
+    this.#cpuSaver = parts.cpuSaver;
+    this.#loadSlots = parts.loadSlots;
     this.#exitPromise = new Promise((resolve) => this.#resolveExit = resolve);
   }
 
@@ -190,79 +219,77 @@ export class Machine implements AsyncDisposable {
    */
   static async create(config: MachineConfig): Promise<Machine> {
     validate(config);
-    const lib = await loadShim();
-    const loader = config.loader ?? loadKernel;
-    installKickHandler();
-    // Workers load their modules on their own threads while the VM is built here
-    // (pooled ones, started ahead by `prewarmVcpuWorkers`, have done so already).
-    const workers = takeVcpuWorkers(config.vcpus);
-    const cleanup: (() => void)[] = [() => workers.forEach((w) => w.terminate())];
-    let kvm: Kvm;
-    try {
-      kvm = Kvm.open();
-    } catch (err) {
-      workers.forEach((w) => w.terminate());
-      throw err;
+    if (config.kernel === undefined && config.memory === undefined) {
+      throw new MachineError("a kernel is needed unless memory is given (a restore)");
     }
-    cleanup.push(() => kvm.close());
-    let io: MachineIo | undefined;
-    const undo = async (): Promise<void> => {
-      await io?.close();
-      for (const f of cleanup.reverse()) f();
-    };
+    const standby = await StandbyMachine.create({
+      memMiB: config.memMiB,
+      vcpus: config.vcpus,
+      acpi: config.acpi !== false,
+      ...(config.memoryBacking === undefined ? {} : { memoryBacking: config.memoryBacking }),
+      ...(config.memory === undefined ? {} : { memory: config.memory }),
+      devices: config.devices,
+      ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
+    });
     let machine: Machine;
     try {
-      const vm = kvm.createVm();
-      cleanup.push(() => vm.close());
-      vm.setTssAddr(TSS_ADDR);
-      vm.setIdentityMapAddr(IDENTITY_MAP_ADDR);
-      vm.createIrqchip();
-      vm.createPit2();
-      // The PIT on IOAPIC pin 2, as the MADT's IRQ0->GSI2 override says.
-      if (config.acpi !== false) vm.setGsiRouting(pcIrqRoutes());
-      const memory = config.memory ?? HostMemory.create(
-        config.memMiB * 1024 * 1024,
-        config.memoryBacking === undefined ? {} : { backing: config.memoryBacking },
+      machine = await Machine.fromStandby(standby, config);
+    } catch (err) {
+      await standby[Symbol.asyncDispose]();
+      throw err;
+    }
+    try {
+      await machine.#whenLoaded();
+    } catch (err) {
+      await machine[Symbol.asyncDispose]();
+      throw err;
+    }
+    return machine;
+  }
+
+  /**
+   * Builds the machine of `config` on `standby` (which must fit its memory,
+   * vCPUs, ACPI and memory backing, and is used up): its I/O devices start,
+   * its devices are built, the kernel (if any) is loaded, and each vCPU
+   * Worker is sent its devices without waiting for it. Without a kernel the
+   * machine is a restore: set its CPU and device state, then `start()`.
+   */
+  static async fromStandby(standby: StandbyMachine, config: MachineConfig): Promise<Machine> {
+    validate(config);
+    const shape = {
+      memMiB: config.memMiB,
+      vcpus: config.vcpus,
+      acpi: config.acpi !== false,
+      ...(config.memoryBacking === undefined ? {} : { memoryBacking: config.memoryBacking }),
+    };
+    if (!standby.fits(shape)) {
+      throw new MachineError(
+        `the standby machine (${standby.memMiB} MiB, ${standby.vcpus} vCPUs, acpi ` +
+          `${standby.acpi}, ${standby.memoryBacking}${
+            standby.taken ? ", used" : ""
+          }) does not fit ${config.memMiB} MiB, ${config.vcpus} vCPUs, acpi ${shape.acpi}`,
       );
-      if (memory.size !== config.memMiB * 1024 * 1024) {
-        throw new MachineError(
-          `the given memory is ${memory.size} bytes, not ${config.memMiB} MiB`,
-        );
-      }
-      cleanup.push(() => memory.close());
-      memory.register(vm);
+    }
+    const parts = takeStandbyParts(standby);
+    if (config.memory !== undefined && config.memory !== parts.memory) {
+      releaseStandbyParts(parts);
+      throw new MachineError("config.memory must be the standby's memory");
+    }
+    const loader = config.loader ?? loadKernel;
+    const { vm, memory, vcpus } = parts;
+    let io: MachineIo | undefined;
+    let machine: Machine;
+    try {
       io = config.drives === undefined && config.nets === undefined &&
           config.virtioDevices === undefined
         ? MachineIo.none()
         : await MachineIo.start(config, memory.regions);
       io.attach(vm.fd);
-
-      const supported = kvm.supportedCpuid();
-      const vcpus: Vcpu[] = [];
-      const cpuid = [];
-      for (let id = 0; id < config.vcpus; id++) {
-        const vcpu = vm.createVcpu(id);
-        cleanup.push(() => vcpu.close());
-        cpuid.push(guestCpuid(supported, id, config.vcpus));
-        vcpu.setCpuid(cpuid[id] ?? []);
-        // Fast strings on, as firmware leaves it (when this KVM knows the MSR).
-        if (msrEntries(vcpu.getMsrs([MSR_IA32_MISC_ENABLE])).length === 1) {
-          vcpu.setMsrs(msrsBlob([{ index: MSR_IA32_MISC_ENABLE, value: 1n }]));
-        }
-        vcpus.push(vcpu);
-      }
-
-      // The tables are written for a fresh boot; restored memory already holds them.
-      // The generation id's notification takes the next line after the devices'.
-      const acpiConfig = acpiConfigFromSpecs(
-        config.vcpus,
-        config.devices,
-        io.slots,
-        nextFreeGsi(io.slots),
-      );
-      const acpi = config.acpi === false ? undefined : buildAcpi(acpiConfig);
       let plan: BootPlan | undefined;
+      // The tables are written for a fresh boot; restored memory already holds them.
+      let acpi: AcpiLayout | undefined | null = null;
       if (config.kernel !== undefined) {
+        acpi = config.acpi === false ? undefined : buildAcpi(acpiConfigOf(config, io));
         if (acpi !== undefined) writeAcpi(memory, acpi);
         plan = loader(memory, config.kernel, {
           cmdline: kernelCmdline(config, io),
@@ -273,89 +300,93 @@ export class Machine implements AsyncDisposable {
         if (boot === undefined) throw new MachineError("no boot vCPU");
         boot.setRegs({ ...resetRegs(), ...plan.regs });
         boot.setSregs(mergeSregs(boot.getSregs(), plan.sregs));
-      } else if (config.memory === undefined) {
-        throw new MachineError("a kernel is needed unless memory is given (a restore)");
       }
-
-      const busLock = DeviceBus.createLock();
       // Main-thread devices may ask to stop once the machine exists.
-      const owner: { machine?: Machine } = {};
+      const owner = parts.owner;
       const env: DeviceEnv = {
         setIrq: (gsi, level) => vm.irqLine(gsi, level),
-        requestStop: (status, reason) => {
-          const m = owner.machine;
-          if (m !== undefined) void m.#finish({ status, reason });
-        },
+        requestStop: (status, reason) => owner.stop?.(status, reason),
       };
+      const reuse = standbyDevices(config, parts);
       const devices = [
-        ...(await loadDeviceFactory(config.deviceModule))(config.devices, env),
+        ...(reuse ? parts.mainDevices : (await loadDeviceFactory(config.deviceModule))(
+          config.devices,
+          env,
+        )),
         ...io.specs.map((spec) => new VirtioMmioTransport(spec)),
       ];
-      const bus = new DeviceBus(devices, busLock);
-      machine = new Machine(kvm, vm, memory, vcpus, plan, devices, bus, workers, io, config, acpi);
-      machine.#cpuSaver = CpuStateSaver.create(
-        vcpus,
-        cpuid,
-        kvm.msrIndexList(),
-        kvm.checkExtension(KVM_CAP_SYNC_REGS),
-      );
-      owner.machine = machine;
-      await machine.#init(lib.path, config, busLock);
+      const bus = new DeviceBus(devices, parts.busLock);
+      machine = new Machine(parts, plan, devices, bus, io, config, acpi);
+      const m = machine;
+      owner.stop = (status, reason) => void m.#finish({ status, reason });
+      machine.#load(config, reuse);
     } catch (err) {
-      await undo();
+      await io?.close();
+      releaseStandbyParts(parts);
       throw err;
     }
     return machine;
   }
 
-  async #init(libPath: string, config: MachineConfig, busLock: SharedArrayBuffer): Promise<void> {
-    const ready: Promise<void>[] = [];
+  /**
+   * Hands every vCPU Worker its I/O devices, and its devices unless they are
+   * the standby's it built already (`reuse`); no waiting: see
+   * {@link Machine.#whenLoaded}.
+   */
+  #load(config: MachineConfig, reuse: boolean): void {
+    const load: VcpuLoad = {
+      type: "load",
+      ioDevices: this.#io.specs,
+      ...(reuse ? {} : { devices: config.devices }),
+      ...(reuse || config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
+    };
     for (const vcpu of this.vcpus) {
       const w = this.#workers[vcpu.id];
       if (w === undefined) throw new MachineError(`no Worker for vcpu ${vcpu.id}`);
-      ready.push(
-        new Promise<void>((resolve, reject) => {
-          w.onmessage = (e: MessageEvent<VcpuMessage>) => {
-            const msg = e.data;
-            if (msg.type === "ready") resolve();
-            else if (msg.type === "stop") {
-              reject(new MachineError(msg.reason));
-              this.#finish({ status: msg.status, reason: msg.reason });
-            } else if (msg.type === "exited") this.#workerExited();
-          };
-          w.onerror = (e: ErrorEvent) => {
-            e.preventDefault();
-            const reason = `vcpu ${vcpu.id} worker failed: ${e.message}`;
-            reject(new MachineError(reason));
-            this.#finish({ status: 1, reason });
-            this.#workerExited();
-          };
-        }),
-      );
-      const init: VcpuInit = {
-        libPath,
-        vmFd: this.vm.fd,
-        vcpuFd: vcpu.fd,
-        id: vcpu.id,
-        runAddr: vcpu.runAddr,
-        runSize: vcpu.runSize,
-        xsaveSize: vcpu.xsaveSize,
-        control: this.#control,
-        threads: this.#threads.buffer as SharedArrayBuffer,
-        devices: config.devices,
-        ioDevices: this.#io.specs,
-        busLock,
-        exitCounters: this.metrics.exits,
-        ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
-        ...(this.#cpuSaver === undefined ? {} : { stateSlots: this.#cpuSaver.init }),
+      w.onmessage = (e: MessageEvent<VcpuMessage>) => {
+        const msg = e.data;
+        if (msg.type === "stop") this.#finish({ status: msg.status, reason: msg.reason });
+        else if (msg.type === "exited") this.#workerExited();
       };
-      w.postMessage(init);
+      w.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        this.#finish({ status: 1, reason: `vcpu ${vcpu.id} worker failed: ${e.message}` });
+        this.#workerExited();
+      };
+      w.postMessage(load);
     }
-    try {
-      await Promise.all(ready);
-    } catch (err) {
-      await this.#terminateWorkers();
-      throw err;
+  }
+
+  /** Whether every vCPU Worker has built its devices (or one has ended). */
+  #loadedNow(): boolean {
+    for (let i = 0; i < this.vcpuCount; i++) {
+      const s = Atomics.load(this.#ctl, CTL_VCPU0 + i);
+      if (s === VcpuRunState.STARTING || s === VcpuRunState.STANDBY) return false;
+    }
+    return true;
+  }
+
+  /** Resolves once every vCPU Worker has built its devices; rejects when the run ended first. */
+  async #whenLoaded(): Promise<void> {
+    const deadline = performance.now() + LOAD_TIMEOUT_MS;
+    for (let i = 0; i < this.vcpuCount; i++) {
+      const idx = CTL_VCPU0 + i;
+      for (;;) {
+        if (this.#exit !== undefined) throw new MachineError(this.#exit.reason);
+        const s = Atomics.load(this.#ctl, idx);
+        if (s === VcpuRunState.EXITED) {
+          // Its "stop" message (the reason) may still be on its way.
+          await new Promise((r) => setTimeout(r, 1));
+          const exit = this.#exit as MachineExit | undefined; // set meanwhile, maybe
+          throw new MachineError(exit?.reason ?? `vcpu ${i} ended while loading`);
+        }
+        if (s !== VcpuRunState.STARTING && s !== VcpuRunState.STANDBY) break;
+        if (performance.now() > deadline) {
+          throw new MachineError(`vcpu ${i} did not build its devices in ${LOAD_TIMEOUT_MS} ms`);
+        }
+        const r = Atomics.waitAsync(this.#ctl, idx, s, 20);
+        if (r.async) await r.value;
+      }
     }
   }
 
@@ -364,17 +395,74 @@ export class Machine implements AsyncDisposable {
     return this.#state;
   }
 
-  /** Lets every vCPU enter the guest. */
+  /**
+   * The ACPI tables and generation id page in guest memory (undefined with
+   * `acpi: false`); for a restored machine, the layout its tables were
+   * written with (computed when first asked for).
+   */
+  get acpi(): AcpiLayout | undefined {
+    if (this.#acpi === null) {
+      this.#acpi = this.config.acpi === false
+        ? undefined
+        : buildAcpi(acpiConfigOf(this.config, this.#io));
+    }
+    return this.#acpi;
+  }
+
+  /** Where the VM generation id is and its notification GSI (undefined with `acpi: false`). */
+  get vmGenIdLocation(): VmGenIdLocation | undefined {
+    if (this.#acpi !== null) return this.#acpi?.vmgenid;
+    // The layout's own rule (buildAcpi): a fixed page, the GSI after the I/O devices'.
+    return this.config.acpi === false
+      ? undefined
+      : { addr: VMGENID_ADDR, gsi: nextFreeGsi(this.#io.slots) };
+  }
+
+  /**
+   * Lets every vCPU enter the guest (once each vCPU Worker has built its
+   * devices; usually they have).
+   */
   start(): Promise<void> {
-    if (this.#state !== "Created") {
+    if (this.#state !== "Created" || this.#starting !== undefined) {
       return Promise.reject(
         new MachineError(`start() needs a Created machine, it is ${this.#state}`),
       );
     }
-    this.#state = "Running";
-    Atomics.store(this.#ctl, CTL_GO, 1);
-    Atomics.notify(this.#ctl, CTL_GO);
-    return Promise.resolve();
+    const go = (): void => {
+      this.#state = "Running";
+      Atomics.or(this.#ctl, CTL_GO, GO_RUN);
+      Atomics.notify(this.#ctl, CTL_GO);
+    };
+    if (this.#loadedNow() && this.#exit === undefined) {
+      go();
+      return Promise.resolve();
+    }
+    this.#starting = this.#whenLoaded().then(go).finally(() => this.#starting = undefined);
+    return this.#starting;
+  }
+
+  /**
+   * Waits (synchronously, at most `timeoutMs`) until every vCPU thread has
+   * left the start gate for `KVM_RUN`, the moment a restore's "time to
+   * running" ends; returns whether they all have.
+   */
+  waitEntered(timeoutMs = 1000): boolean {
+    const deadline = performance.now() + timeoutMs;
+    for (let i = 0; i < this.vcpuCount; i++) {
+      const idx = CTL_VCPU0 + i;
+      for (;;) {
+        const s = Atomics.load(this.#ctl, idx);
+        if (
+          s !== VcpuRunState.STARTING && s !== VcpuRunState.STANDBY && s !== VcpuRunState.LOADED
+        ) {
+          break;
+        }
+        const left = deadline - performance.now();
+        if (left <= 0) return false;
+        Atomics.wait(this.#ctl, idx, s, left);
+      }
+    }
+    return true;
   }
 
   /**
@@ -399,7 +487,7 @@ export class Machine implements AsyncDisposable {
 
   async #pause(saveState: boolean): Promise<void> {
     const t0 = performance.now();
-    const epoch = saveState ? this.#cpuSaver?.request() : undefined;
+    const epoch = saveState ? this.#cpuSaver.request() : undefined;
     // A checkpoint's pause blocks this thread for its first milliseconds: an
     // event-loop wake-up per vCPU would add tens of µs to a pause of hundreds.
     const syncUntil = saveState ? t0 + SYNC_PAUSE_MS : 0;
@@ -425,7 +513,7 @@ export class Machine implements AsyncDisposable {
     }
     if (this.#state === "Running") {
       this.#state = "Paused";
-      if (epoch !== undefined) this.#cpuSaver?.paused(epoch);
+      if (epoch !== undefined) this.#cpuSaver.paused(epoch);
       this.metrics.recordPause(performance.now() - t0);
     }
   }
@@ -437,7 +525,7 @@ export class Machine implements AsyncDisposable {
     if (this.#state !== "Paused") {
       throw new MachineError(`resume() needs a Paused machine, it is ${this.#state}`);
     }
-    this.#cpuSaver?.resumed();
+    this.#cpuSaver.resumed();
     Atomics.and(this.#ctl, CTL_REQ, ~REQ_PAUSE);
     Atomics.notify(this.#ctl, CTL_REQ);
     this.#state = "Running";
@@ -532,29 +620,91 @@ export class Machine implements AsyncDisposable {
    */
   saveCpuState(): MachineCpuState {
     this.#requireStill("saveCpuState()");
-    const saver = this.#cpuSaver;
-    if (saver !== undefined) return saver.save(this.vm, this.vcpus, () => this.#waitParked());
-    const msrs = this.kvm.msrIndexList();
-    return { vcpus: this.vcpus.map((v) => saveVcpuState(v, msrs)), vm: saveVmState(this.vm) };
+    return this.#cpuSaver.save(this.vm, this.vcpus, () => this.#waitParked());
   }
 
   /** Restores {@link saveCpuState}'s result (machine Created or Paused; same vCPU count). */
   restoreCpuState(state: MachineCpuState): void {
+    this.restoreState(state);
+  }
+
+  /**
+   * Restores a saved machine: CPU state ({@link saveCpuState}'s) and, when
+   * given, device states ({@link saveDevices}'). Before the first start the
+   * vCPU threads set their own vCPUs while this thread restores the devices
+   * and runs `meanwhile` (e.g. writing guest memory); it returns once every
+   * vCPU is set.
+   */
+  restoreState(
+    state: MachineCpuState,
+    opts: { devices?: Record<string, Uint8Array>; meanwhile?: () => void } = {},
+  ): RestoreStateTimes {
+    const devices = opts.devices;
     this.#requireStill("restoreCpuState()");
     if (state.vcpus.length !== this.vcpuCount) {
       throw new MachineError(
         `saved state has ${state.vcpus.length} vCPUs, this machine ${this.vcpuCount}`,
       );
     }
-    restoreVmState(this.vm, state.vm);
     state.vcpus.forEach((s, i) => {
-      const v = this.vcpus[i];
-      if (v === undefined || s.id !== v.id) {
+      if (s.id !== this.vcpus[i]?.id) {
         throw new MachineError(`saved vCPU ${s.id} does not match vCPU ${i}`);
       }
-      restoreVcpuState(v, s);
-      this.#cpuSaver?.setCpuid(i, s.cpuid);
     });
+    const t0 = performance.now();
+    // Before the first start each vCPU thread, waiting at the start gate, sets its own state.
+    const slots = this.#loadSlots;
+    const own = this.#state === "Created" && this.#exit === undefined &&
+      state.vcpus.every((s, i) => slots.store(i, s, this.#cpuSaver.hasCpuid(i, s.cpuid)));
+    const epoch = own ? slots.request() : 0;
+    if (own) {
+      Atomics.add(this.#ctl, CTL_GO, GO_EVENT);
+      Atomics.notify(this.#ctl, CTL_GO);
+    }
+    const t1 = performance.now();
+    restoreVmState(this.vm, state.vm);
+    if (!own) {
+      state.vcpus.forEach((s, i) => {
+        const v = this.vcpus[i];
+        if (v !== undefined) restoreVcpuState(v, s);
+      });
+    }
+    const t2 = performance.now();
+    if (devices !== undefined) this.restoreDevices(devices);
+    opts.meanwhile?.();
+    const t3 = performance.now();
+    if (own) this.#waitVcpuLoads(state, epoch);
+    state.vcpus.forEach((s, i) => this.#cpuSaver.setCpuid(i, s.cpuid));
+    const t4 = performance.now();
+    return { slotsMs: t1 - t0, vmMs: t2 - t1, devicesMs: t3 - t2, vcpusMs: t4 - t3 };
+  }
+
+  /** Waits (bounded) for every vCPU thread to load its slot for `epoch`; throws for a failure. */
+  #waitVcpuLoads(state: MachineCpuState, epoch: number): void {
+    const slots = this.#loadSlots;
+    const deadline = performance.now() + LOAD_TIMEOUT_MS;
+    for (let i = 0; i < this.vcpuCount; i++) {
+      let r;
+      for (;;) {
+        r = slots.wait(i, epoch, Math.min(deadline, performance.now() + REKICK_MS));
+        if (r !== undefined) break;
+        if (Atomics.load(this.#ctl, CTL_VCPU0 + i) === VcpuRunState.EXITED) {
+          throw new MachineError(`vcpu ${i} ended before it loaded its state`);
+        }
+        if (performance.now() > deadline) {
+          throw new MachineError(`vcpu ${i} did not load its state in ${LOAD_TIMEOUT_MS} ms`);
+        }
+      }
+      if (r.errno !== 0) {
+        const detail = r.piece === "msrs"
+          ? `KVM refused MSR 0x${
+            (msrEntries(state.vcpus[i]?.msrs ?? new Uint8Array())[r.msrsSet]?.index ?? 0)
+              .toString(16)
+          }`
+          : `KVM_SET_${LOAD_CALLS[r.piece ?? "regs"]} failed`;
+        throw new KvmError(`restore vcpu ${i}`, r.errno, detail);
+      }
+    }
   }
 
   /** Waits (synchronously, bounded) until no vCPU is still saving its own state. */
@@ -617,6 +767,7 @@ export class Machine implements AsyncDisposable {
     this.#finishing = (async () => {
       Atomics.or(this.#ctl, CTL_REQ, REQ_STOP);
       Atomics.notify(this.#ctl, CTL_REQ);
+      Atomics.add(this.#ctl, CTL_GO, GO_EVENT);
       Atomics.notify(this.#ctl, CTL_GO);
       this.#kickAll();
       await this.#terminateWorkers();
@@ -632,6 +783,7 @@ export class Machine implements AsyncDisposable {
   async #terminateWorkers(): Promise<void> {
     Atomics.or(this.#ctl, CTL_REQ, REQ_STOP);
     Atomics.notify(this.#ctl, CTL_REQ);
+    Atomics.add(this.#ctl, CTL_GO, GO_EVENT);
     Atomics.notify(this.#ctl, CTL_GO);
     const deadline = Date.now() + STOP_TIMEOUT_MS;
     while (this.#exitedCount < this.#workers.length && Date.now() < deadline) {

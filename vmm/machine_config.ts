@@ -108,7 +108,7 @@ export class MachineError extends Error {
 }
 
 /** Throws {@link MachineError} for an out-of-range size or count. */
-export function validate(config: MachineConfig): void {
+export function validate(config: Pick<MachineConfig, "memMiB" | "vcpus">): void {
   if (!Number.isInteger(config.memMiB) || config.memMiB < 1 || config.memMiB > 65536) {
     throw new MachineError(`memMiB ${config.memMiB} must be an integer in 1..65536`);
   }

@@ -42,6 +42,7 @@ export {
   MAX_VCPUS,
   mergeSregs,
   resetRegs,
+  type RestoreStateTimes,
   TSS_ADDR,
 } from "./machine.ts";
 export {
@@ -179,6 +180,7 @@ export {
   restoreMachine,
   type RestoreOptions,
 } from "./checkpoint.ts";
+export { StandbyMachine, type StandbyOptions, type StandbyShape } from "./standby.ts";
 export {
   type LoadRequest,
   loadSnapshot,

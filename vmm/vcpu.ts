@@ -4,6 +4,15 @@
  * `SharedArrayBuffer` through which pause, resume and stop travel without a
  * message round-trip.
  *
+ * A Worker gets two messages: {@link VcpuInit} (its vCPU, the control
+ * buffer, the state slots and the standby's own devices, which it builds
+ * at once: what a standby machine has before it knows its guest) and
+ * {@link VcpuLoad} (the I/O devices, and other devices when the machine's
+ * are not the standby's). After the load it publishes
+ * {@link VcpuRunState.LOADED} and waits on the start gate {@link CTL_GO},
+ * where the machine may first ask it to set its own vCPU's state from the
+ * slots (a restore) before it lets it run.
+ *
  * @module
  */
 
@@ -14,8 +23,17 @@ import type { DeviceSpec } from "./devices/spec.ts";
 
 /** Int32 index of the request word: bit {@link REQ_PAUSE} and {@link REQ_STOP}. */
 export const CTL_REQ = 0;
-/** Int32 index of the start gate: 0 until `Machine.start()`. */
+/**
+ * Int32 index of the start gate: bit {@link GO_RUN} is set by
+ * `Machine.start()`; the bits above count events a waiting vCPU must look
+ * at (a state to load, a stop), so that each one changes the word and no
+ * wake-up is lost (add {@link GO_EVENT}).
+ */
 export const CTL_GO = 1;
+/** Start-gate bit: run. */
+export const GO_RUN = 1;
+/** Start-gate increment: something to look at (state to load, stop). */
+export const GO_EVENT = 2;
 /** Int32 index of vCPU 0's state word; vCPU `i` is at `CTL_VCPU0 + i`. */
 export const CTL_VCPU0 = 8;
 /** Request bit: park every vCPU. */
@@ -25,7 +43,7 @@ export const REQ_STOP = 2;
 
 /** A vCPU's state word values. */
 export const VcpuRunState = {
-  /** Worker setting up or waiting for start. */
+  /** Worker setting up. */
   STARTING: 0,
   /** In (or about to enter) KVM_RUN. */
   RUNNING: 1,
@@ -38,6 +56,10 @@ export const VcpuRunState = {
    * for a checkpoint before it parks: no guest instruction runs from here.
    */
   STOPPED: 4,
+  /** Set up (vCPU, shim, slots) and waiting for its devices ({@link VcpuLoad}). */
+  STANDBY: 5,
+  /** Devices built; waiting at the start gate. */
+  LOADED: 6,
 } as const;
 
 /** Bytes of the control buffer for `vcpus` vCPUs. */
@@ -65,18 +87,34 @@ export interface VcpuInit {
   readonly control: SharedArrayBuffer;
   /** One BigInt64 per vCPU: the Worker's pthread_t, for kicks. */
   readonly threads: SharedArrayBuffer;
-  /** Devices to instantiate on this thread. */
-  readonly devices: DeviceSpec[];
-  /** I/O devices' transport specs (virtio-mmio register files over shared state). */
-  readonly ioDevices: DeviceSpec[];
-  /** The device bus lock shared by every thread. */
-  readonly busLock: SharedArrayBuffer;
   /** Exit counters (`metrics/machine_metrics.ts`); this vCPU writes row `id` only. */
   readonly exitCounters: SharedArrayBuffer;
-  /** Module exporting `createDevices(specs, env)`; absent: `vmm/devices/mod.ts`. */
+  /** The standby's devices, built on this thread at once (used unless the load brings others). */
+  readonly devices: DeviceSpec[];
+  /** Module exporting `createDevices(specs, env)` for them; absent: `vmm/devices/mod.ts`. */
   readonly deviceModule?: string;
+  /** The device bus lock shared by every thread. */
+  readonly busLock: SharedArrayBuffer;
   /** Shared slots this vCPU saves its own state into as it parks, when asked (checkpoints). */
   readonly stateSlots?: StateSlotsInit;
+  /** Shared slots this vCPU loads its state from before it first runs (restores). */
+  readonly loadSlots?: {
+    readonly buffer: SharedArrayBuffer;
+    readonly count: number;
+    readonly msrs: number;
+  };
+}
+
+/** Second message to a vCPU Worker: the devices of its machine. */
+export interface VcpuLoad {
+  /** Message tag. */
+  readonly type: "load";
+  /** Devices to instantiate on this thread instead of the standby's (absent: the standby's). */
+  readonly devices?: DeviceSpec[];
+  /** Module exporting `createDevices(specs, env)` for them; absent: `vmm/devices/mod.ts`. */
+  readonly deviceModule?: string;
+  /** I/O devices' transport specs (virtio-mmio register files over shared state). */
+  readonly ioDevices: DeviceSpec[];
 }
 
 /** Sent to a pooled vCPU Worker before its {@link VcpuInit}: the shim to open meanwhile. */

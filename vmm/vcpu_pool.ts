@@ -3,7 +3,9 @@
  * start here (it loads and compiles the vCPU loop and the devices), which
  * would be most of a restore's time to running; a VMM that will restore a
  * snapshot (or waits for its configuration) starts them early, and
- * `Machine.create` takes from the pool before it starts new ones.
+ * `StandbyMachine.create` (so `Machine.create`) takes from the pool before it
+ * starts new ones. A standby machine (`standby.ts`) goes further: its Workers
+ * are also set up on their vCPUs.
  *
  * An idle Worker keeps the process alive: call {@link releaseVcpuWorkers}
  * when the pool is no longer wanted.

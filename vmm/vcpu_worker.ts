@@ -4,6 +4,11 @@
  * devices (state shared through SharedArrayBuffers under the bus lock), so a
  * port write costs one FFI call plus a bus dispatch and never crosses threads.
  *
+ * Start: the Worker sets up its vCPU (the {@link VcpuInit}, which a standby
+ * machine sends before it knows its guest), then builds its devices (the
+ * {@link VcpuLoad}) and waits at the start gate, where a restore first has
+ * it set its own vCPU's state from the load slots (`kvm_state_load.ts`).
+ *
  * Pause/stop: the machine sets a request bit in the control buffer and kicks
  * the thread (immediate_exit + signal). The loop checks the bits before every
  * `KVM_RUN`; on pause it publishes PAUSED and parks in `Atomics.wait`.
@@ -22,6 +27,7 @@
 import { openShim } from "../native/ffi.ts";
 import { KvmError, KvmExit, RunOffset, Vcpu } from "../native/kvm.ts";
 import { VcpuStateSlots } from "../native/kvm_state_slot.ts";
+import { VcpuLoadSlots } from "../native/kvm_state_load.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { DeviceEnv } from "./devices/device.ts";
 import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
@@ -30,10 +36,12 @@ import {
   CTL_GO,
   CTL_REQ,
   CTL_VCPU0,
+  GO_RUN,
   loadDeviceFactory,
   REQ_PAUSE,
   REQ_STOP,
   type VcpuInit,
+  type VcpuLoad,
   type VcpuMessage,
   type VcpuPreload,
   VcpuRunState,
@@ -67,14 +75,14 @@ async function main(init: VcpuInit): Promise<void> {
     },
     requestStop,
   };
-  const createDevices = await loadDeviceFactory(init.deviceModule);
-  const bus = new DeviceBus(
-    [
-      ...createDevices(init.devices, env),
-      ...init.ioDevices.map((spec) => new VirtioMmioTransport(spec)),
-    ],
-    init.busLock,
-  );
+  // The load message may follow the init at once: take it before yielding.
+  const loaded = new Promise<VcpuLoad>((resolve) => {
+    self.onmessage = (e: MessageEvent<VcpuLoad>) => {
+      if (e.data.type !== "load") return;
+      self.onmessage = null;
+      resolve(e.data);
+    };
+  });
   const vcpu = new Vcpu(init.vcpuFd, init.id, init.runAddr, init.runSize, init.xsaveSize, false);
   const run = new DataView(vcpu.runBytes.buffer, vcpu.runBytes.byteOffset, vcpu.runSize);
   const runSize = vcpu.runSize;
@@ -87,10 +95,38 @@ async function main(init: VcpuInit): Promise<void> {
     exits[slot] = (exits[slot] ?? 0) + 1;
   };
 
+  const loads = init.loadSlots === undefined ? undefined : VcpuLoadSlots.attach(
+    init.loadSlots.buffer,
+    init.loadSlots.count,
+    init.xsaveSize,
+    init.loadSlots.msrs,
+  );
+
   new BigInt64Array(init.threads)[init.id] = BigInt.asIntN(64, BigInt(shim.vk_thread_self()));
+  const standbyDevices = (await loadDeviceFactory(init.deviceModule))(init.devices, env);
+  Atomics.store(ctl, stateIndex, VcpuRunState.STANDBY);
+  Atomics.notify(ctl, stateIndex);
   post({ type: "ready", id: init.id });
-  while (Atomics.load(ctl, CTL_GO) === 0 && (Atomics.load(ctl, CTL_REQ) & REQ_STOP) === 0) {
-    Atomics.wait(ctl, CTL_GO, 0);
+  const load = await loaded;
+  const bus = new DeviceBus(
+    [
+      ...(load.devices === undefined
+        ? standbyDevices
+        : (await loadDeviceFactory(load.deviceModule))(load.devices, env)),
+      ...load.ioDevices.map((spec) => new VirtioMmioTransport(spec)),
+    ],
+    init.busLock,
+  );
+  Atomics.store(ctl, stateIndex, VcpuRunState.LOADED);
+  Atomics.notify(ctl, stateIndex);
+
+  // The start gate: every event (a state to load, start, stop) changes its word.
+  for (;;) {
+    const gate = Atomics.load(ctl, CTL_GO);
+    if ((Atomics.load(ctl, CTL_REQ) & REQ_STOP) !== 0) break;
+    loads?.loadOwn(vcpu);
+    if ((gate & GO_RUN) !== 0) break;
+    Atomics.wait(ctl, CTL_GO, gate);
   }
 
   const fail = (reason: string): void => requestStop(1, `vcpu ${init.id}: ${reason}`);
@@ -189,6 +225,7 @@ async function main(init: VcpuInit): Promise<void> {
   };
 
   Atomics.store(ctl, stateIndex, VcpuRunState.RUNNING);
+  Atomics.notify(ctl, stateIndex);
   for (;;) {
     const req = Atomics.load(ctl, CTL_REQ);
     if (req !== 0) {
