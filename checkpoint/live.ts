@@ -660,6 +660,20 @@ export class Checkpointer implements Disposable {
   }
 
   /**
+   * Writes `data` into guest RAM at host address `hostAddr` (the VMM's own
+   * write, e.g. a restore's new VM generation id) on this thread, handled as
+   * a guest write is (recorded as written, a lazily restored page filled
+   * first) but with no round trip to the fault thread. False when there is
+   * no userfaultfd (nothing to fill or track: write the memory directly).
+   * Throws while a checkpoint is being saved.
+   */
+  writeMemory(hostAddr: bigint, data: Uint8Array): boolean {
+    if (this.#wp === undefined) return false;
+    this.#wp.write(hostAddr, data);
+    return true;
+  }
+
+  /**
    * Stops tracking: unprotects all guest RAM and closes the userfaultfd. For
    * lazily restored RAM, call only when the machine's memory is gone.
    */

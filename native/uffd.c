@@ -703,6 +703,46 @@ fail:
 
 #define CTX(h) ((struct vk_wp *)(uintptr_t)(h))
 
+/*
+ * Writes len bytes of buf into registered RAM at host address addr on the
+ * calling thread, handled as the fault thread handles a guest's write but
+ * without a fault round trip (a VMM writing restored RAM before the vCPUs
+ * run, e.g. a new VM generation id): each page is recorded as written
+ * (dirty, logged), filled first if it is still missing (lazy regions) and
+ * unprotected, then written. Refused with -EBUSY while a checkpoint copies
+ * pages before writes (COPY mode), -EFAULT outside the regions.
+ */
+int vk_wp_write(uint64_t h, uint64_t addr, const uint8_t *buf, uint64_t len) {
+  struct vk_wp *w = CTX(h);
+  pthread_mutex_lock(&w->mu);
+  int err = w->mode == VK_MODE_COPY ? -EBUSY : addr + len < addr ? -EFAULT : 0;
+  for (uint64_t a = addr & ~(uint64_t)(VK_PAGE - 1); err == 0 && a < addr + len; a += VK_PAGE) {
+    int ri;
+    if (find_region(w, a, &ri) == NULL) err = -EFAULT;
+  }
+  for (uint64_t done = 0; err == 0 && done < len;) {
+    uint64_t a = addr + done;
+    int ri;
+    struct vk_region *r = find_region(w, a, &ri);
+    uint64_t page = (a - r->base) / VK_PAGE;
+    uint64_t pa = r->base + page * VK_PAGE;
+    uint64_t n = pa + VK_PAGE - a;
+    if (n > len - done) n = len - done;
+    bit_set(r->dirty, page);
+    log_unprotected(w, ri, r, page); /* so that a fill maps it unprotected */
+    if (r->source != 0) {
+      uint64_t errors = w->counters[VK_C_ERRORS];
+      handle_missing(w, pa); /* a page mapped already is left as it is */
+      if (w->counters[VK_C_ERRORS] != errors) err = -EIO;
+    }
+    if (err == 0) err = wp_range(w->uffd, pa, VK_PAGE, 0);
+    if (err == 0) memcpy((void *)(uintptr_t)a, buf + done, n);
+    done += n;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return err;
+}
+
 /* Stops the thread, unprotects and unregisters everything, frees the context. */
 int vk_wp_destroy(uint64_t h) {
   struct vk_wp *w = CTX(h);

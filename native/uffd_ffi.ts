@@ -59,6 +59,7 @@ export const UFFD_SYMBOLS = {
   vk_wp_ring_take: { parameters: ["u64", "u32", "buffer", "buffer"], result: "i32" },
   vk_wp_abort: { parameters: ["u64"], result: "i32" },
   vk_wp_sync: { parameters: ["u64"], result: "i32" },
+  vk_wp_write: { parameters: ["u64", "u64", "buffer", "u64"], result: "i32" },
   vk_wp_dirty_map: { parameters: ["u64", "u32", "buffer", "u64"], result: "i32" },
   vk_wp_counters: { parameters: ["u64", "buffer", "u32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
@@ -288,6 +289,21 @@ export class WriteProtect implements Disposable {
   /** Abandons a save: nothing protected, RECORD mode; lazily restored pages still fill. */
   abort(): void {
     check("abort", uffd().vk_wp_abort(this.#h));
+  }
+
+  /**
+   * Writes `data` into registered RAM at host address `hostAddr` on this
+   * thread, as the fault thread handles a guest write but with no fault
+   * round trip: each page recorded as written, filled first if still
+   * missing, unprotected, then written. Refused (EBUSY) while a checkpoint
+   * is being saved.
+   */
+  write(hostAddr: bigint, data: Uint8Array): void {
+    check(
+      "write",
+      uffd().vk_wp_write(this.#h, hostAddr, data, BigInt(data.length)),
+      `${data.length} bytes at 0x${hostAddr.toString(16)}`,
+    );
   }
 
   /** Returns once the fault thread has finished the event it was handling. */
