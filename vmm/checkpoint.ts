@@ -35,7 +35,9 @@ import type {
 } from "../checkpoint/target.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
 import { Machine, type MachineConfig } from "./machine.ts";
-import { HostMemory, type MemoryBacking } from "./memory.ts";
+import type { HostMemory, MemoryBacking } from "./memory.ts";
+import { x86Layout } from "./guest_memory.ts";
+import { StandbyMachine } from "./standby.ts";
 import type { MetricFamily } from "./metrics/prometheus.ts";
 import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
 import { defaultMac, formatMac, NetConfigSpace, parseMac } from "./devices/virtio/net_format.ts";
@@ -49,7 +51,8 @@ import { lunIdentity } from "../san/lun_identity.ts";
 import { resolveInitiatorName } from "./machine_io.ts";
 import { dirOf } from "../checkpoint/file_io.ts";
 import { Qcow2Image } from "../cow/qcow2.ts";
-import { changeVmGenId, newVmGenId } from "./acpi/install.ts";
+import { newVmGenId } from "./acpi/install.ts";
+import { VMGENID_SIZE } from "./acpi/build.ts";
 
 /** What the `config` section records of a machine (enough to rebuild it). */
 export interface MachineDescription {
@@ -255,6 +258,13 @@ function addMetrics(m: Machine, cp: Checkpointer): void {
 
 /** Options of {@link restoreMachine}. */
 export interface RestoreOptions {
+  /**
+   * A machine built ahead for the checkpoint's shape (memory, vCPUs, ACPI,
+   * memory backing), as a VMM waiting for a snapshot has it: used up when it
+   * fits; one that does not fit is left alone and a new one is built (see
+   * {@link RestoredMachine.usedStandby}).
+   */
+  standby?: StandbyMachine;
   /** Replaces a device's recorded config (e.g. the serial output), by device name. */
   deviceConfig?: Record<string, Record<string, unknown>>;
   /**
@@ -263,7 +273,7 @@ export interface RestoreOptions {
    * side: COM1 on this VMM's console); `deviceConfig` still wins.
    */
   hostDevices?: (memMiB: number) => DeviceSpec[];
-  /** Backing of the new RAM (default anonymous). */
+  /** Backing of the new RAM (default anonymous; a given standby's must match). */
   memoryBacking?: MemoryBacking;
   /** Options of the machine's checkpointer. */
   checkpointer?: Omit<CheckpointerOptions, "sources" | "stores" | "restoredFrom">;
@@ -296,6 +306,44 @@ export interface RestoreOptions {
   nets?: Record<string, Partial<Pick<NetConfig, "tap" | "netns" | "mac">>>;
 }
 
+/**
+ * Where a restore's time went (ms, host clock), in order; the phases not
+ * marked as parts add up to {@link RestorePhases.totalMs}, from the call to
+ * the machine ready to start.
+ */
+export interface RestorePhases {
+  /** Opening the file (and a diff's parents): header, commit record, sections checked. */
+  openMs: number;
+  /** Building a standby machine (0 when a fitting one was given). */
+  standbyMs: number;
+  /** Checking and opening the disks (a fresh overlay per writable one), the page store. */
+  disksMs: number;
+  /** Devices on the main thread and sent to the vCPU threads, I/O devices started. */
+  machineMs: number;
+  /** Mapping memory: the checkpoint's source mappings, RAM over the page store, the userfaultfd. */
+  memoryMs: number;
+  /** Reading and decoding the CPU and device state sections. */
+  decodeMs: number;
+  /**
+   * Machine state, in all: {@link RestorePhases.slotsMs},
+   * {@link RestorePhases.vmMs}, {@link RestorePhases.devicesMs} and
+   * {@link RestorePhases.vcpusMs}.
+   */
+  stateMs: number;
+  /** (Part of `stateMs`) vCPU state into the load slots, the vCPU threads asked to load it. */
+  slotsMs: number;
+  /** (Part of `stateMs`) irqchip, PIT and clock, while the vCPU threads set their vCPUs. */
+  vmMs: number;
+  /** (Part of `stateMs`) device state and the new VM generation id written into RAM. */
+  devicesMs: number;
+  /** (Part of `stateMs`) waiting for the vCPU threads to finish setting their vCPUs. */
+  vcpusMs: number;
+  /** The generation id's notification (its interrupt). */
+  vmGenIdMs: number;
+  /** All of it. */
+  totalMs: number;
+}
+
 /** A machine restored from a checkpoint, with what keeps its RAM filling. */
 export class RestoredMachine implements AsyncDisposable {
   /** The machine (Created: call `start()`). */
@@ -306,6 +354,10 @@ export class RestoredMachine implements AsyncDisposable {
   readonly pageStore: PageStore | undefined;
   /** The VM generation id given at the restore (undefined: unchanged, or no vmgenid device). */
   readonly vmGenId: Uint8Array | undefined;
+  /** Whether the given standby machine was used (false: none given, or it did not fit). */
+  readonly usedStandby: boolean;
+  /** Where the restore's time went. */
+  readonly phases: RestorePhases;
   readonly #source: MemorySource;
 
   /** Wraps what {@link restoreMachine} built. */
@@ -315,7 +367,25 @@ export class RestoredMachine implements AsyncDisposable {
     source: MemorySource,
     pageStore: PageStore | undefined,
     vmGenId: Uint8Array | undefined,
+    usedStandby = false,
+    phases?: RestorePhases,
   ) {
+    this.usedStandby = usedStandby;
+    this.phases = phases ?? {
+      openMs: 0,
+      standbyMs: 0,
+      disksMs: 0,
+      machineMs: 0,
+      memoryMs: 0,
+      decodeMs: 0,
+      stateMs: 0,
+      slotsMs: 0,
+      vmMs: 0,
+      devicesMs: 0,
+      vcpusMs: 0,
+      vmGenIdMs: 0,
+      totalMs: 0,
+    };
     this.vmGenId = vmGenId;
     this.machine = machine;
     this.checkpointer = checkpointer;
@@ -358,6 +428,55 @@ function withMacs(
     out[n.id] = copy;
   }
   return out;
+}
+
+/**
+ * The restored machine's device specs: each recorded device with the
+ * restoring VMM's config where it has a device of that name and kind
+ * (`hostDevices`, else the standby's own), `deviceConfig` winning. When
+ * they are exactly the standby's devices (names, kinds, configs, state
+ * sizes), the standby's own specs, which its threads have built already.
+ */
+function restoredDeviceSpecs(
+  desc: MachineDescription,
+  opts: RestoreOptions,
+  standby: StandbyMachine,
+): DeviceSpec[] {
+  const own = standby.devices;
+  const hostList = opts.hostDevices?.(desc.memMiB) ?? own;
+  const host = new Map(hostList.map((d) => [d.name, d]));
+  const configs = desc.devices.map((d) => {
+    const h = host.get(d.name);
+    return opts.deviceConfig?.[d.name] ??
+      (h !== undefined && h.kind === d.kind ? { ...h.config } : d.config);
+  });
+  if (own.length === desc.devices.length) {
+    const byName = new Map(own.map((d) => [d.name, d]));
+    const same = desc.devices.every((d, i) => {
+      const o = byName.get(d.name);
+      return o !== undefined && o.kind === d.kind && o.state.byteLength === d.stateBytes &&
+        sameValue(o.config, configs[i]);
+    });
+    if (same) return [...own];
+  }
+  return desc.devices.map((d, i) => ({
+    kind: d.kind,
+    name: d.name,
+    config: configs[i] ?? d.config,
+    state: new SharedArrayBuffer(d.stateBytes),
+  }));
+}
+
+/** Structural equality of JSON-like values (key order ignored). */
+function sameValue(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (typeof a !== "object" || typeof b !== "object" || a === null || b === null) return false;
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  const kb = Object.keys(b);
+  const ra = a as Record<string, unknown>;
+  const rb = b as Record<string, unknown>;
+  return ka.length === kb.length && ka.every((k) => k in rb && sameValue(ra[k], rb[k]));
 }
 
 /** Maps each region of `memory` MAP_PRIVATE from `store` (regions back to back, as in the image). */
@@ -517,7 +636,8 @@ function isDescription(d: unknown): d is MachineDescription {
 
 /**
  * Rebuilds the machine of the checkpoint at `path` (following a diff's
- * parents): fresh RAM filled lazily from the files, CPU and device state
+ * parents) on a standby machine (`opts.standby` when it fits, else one
+ * built here): fresh RAM filled lazily from the files, CPU and device state
  * restored; nothing is written to the checkpoint. Resolves before the guest
  * runs: call `start()` on the result's machine.
  */
@@ -525,10 +645,12 @@ export async function restoreMachine(
   path: string,
   opts: RestoreOptions = {},
 ): Promise<RestoredMachine> {
+  const clock = new PhaseClock();
   const chain = await openCheckpoint(path, { pageCrcs: false });
   let source: MemorySource | undefined;
   let machine: Machine | undefined;
   let store: PageStore | undefined;
+  let own: StandbyMachine | undefined;
   const overlays: string[] = [];
   try {
     const top = chain.top;
@@ -543,39 +665,35 @@ export async function restoreMachine(
         section: "config",
       });
     }
-    const memory = HostMemory.create(
-      memBytes,
-      opts.memoryBacking === undefined ? {} : { backing: opts.memoryBacking },
-    );
+    const layout = x86Layout(memBytes);
     if (
-      memory.regions.length !== top.pages.length ||
-      memory.regions.some((r, i) =>
-        r.guestAddr !== top.pages[i]?.guestAddr || r.size !== top.pages[i]?.size
+      layout.length !== top.pages.length ||
+      layout.some(([guestAddr, size], i) =>
+        guestAddr !== top.pages[i]?.guestAddr || size !== top.pages[i]?.size
       )
     ) {
-      memory.close();
       throw new CheckpointError("its memory layout is not this vmkit's", {
         path,
         section: "config",
       });
     }
-    const host = new Map((opts.hostDevices?.(desc.memMiB) ?? []).map((d) => [d.name, d]));
-    const specs: DeviceSpec[] = desc.devices.map((d) => {
-      const h = host.get(d.name);
-      const config = opts.deviceConfig?.[d.name] ??
-        (h !== undefined && h.kind === d.kind ? { ...h.config } : d.config);
-      return { kind: d.kind, name: d.name, config, state: new SharedArrayBuffer(d.stateBytes) };
-    });
+    const openMs = clock.lap();
+    const shape = {
+      memMiB: desc.memMiB,
+      vcpus: desc.vcpus,
+      acpi: desc.acpi !== false,
+      ...(opts.memoryBacking === undefined ? {} : { memoryBacking: opts.memoryBacking }),
+    };
+    const given = opts.standby !== undefined && opts.standby.fits(shape);
+    const standby = given && opts.standby !== undefined
+      ? opts.standby
+      : (own = await StandbyMachine.create(shape));
+    const standbyMs = clock.lap();
+    const specs = restoredDeviceSpecs(desc, opts, standby);
     const identity = desc.identity === undefined
       ? undefined
       : { ...desc.identity, ...(opts.vmId === undefined ? {} : { vmId: opts.vmId }) };
-    let drives: DriveConfig[];
-    try {
-      drives = await restoredDrives(path, desc, top.disks(), opts, identity, overlays);
-    } catch (err) {
-      memory.close();
-      throw err;
-    }
+    const drives = await restoredDrives(path, desc, top.disks(), opts, identity, overlays);
     const nets = (desc.nets ?? []).map((n): NetConfig => {
       const o = opts.nets?.[n.id] ?? {};
       const mac = o.mac ??
@@ -587,27 +705,26 @@ export async function restoreMachine(
       vcpus: desc.vcpus,
       cmdline: desc.cmdline,
       devices: specs,
-      memory,
       announceOnCmdline: false,
+      ...(opts.memoryBacking === undefined ? {} : { memoryBacking: opts.memoryBacking }),
       ...(desc.deviceModule === undefined ? {} : { deviceModule: desc.deviceModule }),
       ...(drives.length === 0 ? {} : { drives }),
       ...(nets.length === 0 ? {} : { nets }),
       ...(identity === undefined ? {} : { identity }),
       ...(desc.acpi === false ? { acpi: false } : {}),
     };
-    source = MemorySource.map(chain);
-    let stores: { fd: number; offset: number }[] | undefined;
-    try {
-      if (opts.pageStore !== false && opts.memoryBacking !== "memfd") {
-        const dir = opts.pageStore ?? DEFAULT_PAGE_STORE_DIR;
-        store = PageStore.open(dir, idHex(top.header.id), memBytes);
-        if (store !== undefined) stores = mapStore(memory, store);
-      }
-    } catch (err) {
-      memory.close(); // the machine owns it only once created
-      throw err;
+    if (opts.pageStore !== false && opts.memoryBacking !== "memfd") {
+      const dir = opts.pageStore ?? DEFAULT_PAGE_STORE_DIR;
+      store = PageStore.open(dir, idHex(top.header.id), memBytes);
     }
-    machine = await Machine.create(config);
+    const disksMs = clock.lap();
+    machine = await Machine.fromStandby(standby, config);
+    own = undefined; // the machine owns it now
+    const machineMs = clock.lap();
+    // No vCPU has run: the memory slots stay, their pages now come from the store.
+    const memory = machine.memory;
+    source = MemorySource.map(chain);
+    const stores = store === undefined ? undefined : mapStore(memory, store);
     const target = new MachineTarget(machine);
     const cpOpts = {
       ...opts.checkpointer,
@@ -634,20 +751,44 @@ export async function restoreMachine(
       src.close();
       st?.close();
     });
-    machine.restoreCpuState(top.cpuState());
-    machine.restoreDevices(withMacs(top.devices(), desc.nets ?? [], nets));
-    // After the irqchip state: the notification's edge must not be overwritten by it.
-    const loc = machine.acpi?.vmgenid;
-    const m = machine;
+    const memoryMs = clock.lap();
+    const devices = withMacs(top.devices(), desc.nets ?? [], nets);
+    const cpu = top.cpuState();
+    const decodeMs = clock.lap();
+    const loc = machine.vmGenIdLocation;
     const genId = opts.vmGenId === false || loc === undefined
       ? undefined
       : opts.vmGenId ?? newVmGenId();
-    if (genId !== undefined && loc !== undefined) {
-      changeVmGenId(m.memory, loc, genId, (gsi, level) => m.vm.irqLine(gsi, level));
+    const m = machine;
+    // The vCPU threads set their vCPUs while this thread restores the devices and writes the id.
+    const times = machine.restoreState(cpu, {
+      devices,
+      meanwhile: () => {
+        if (genId !== undefined && loc !== undefined) writeGenId(m, cp, loc.addr, genId);
+      },
+    });
+    const stateMs = clock.lap();
+    // After the irqchip and LAPIC state: the notification must not be overwritten by them.
+    if (genId !== undefined && loc?.gsi !== undefined) {
+      machine.vm.irqLine(loc.gsi, true);
+      machine.vm.irqLine(loc.gsi, false);
     }
-    return new RestoredMachine(machine, cp, source, store, genId);
+    const vmGenIdMs = clock.lap();
+    return new RestoredMachine(machine, cp, source, store, genId, given, {
+      openMs,
+      standbyMs,
+      disksMs,
+      machineMs,
+      memoryMs,
+      decodeMs,
+      stateMs,
+      ...times,
+      vmGenIdMs,
+      totalMs: clock.total(),
+    });
   } catch (err) {
     if (machine !== undefined) await machine[Symbol.asyncDispose]();
+    await own?.[Symbol.asyncDispose]();
     source?.close();
     store?.close();
     for (const f of overlays) {
@@ -660,5 +801,39 @@ export async function restoreMachine(
     throw err;
   } finally {
     chain.close();
+  }
+}
+
+/**
+ * Writes the new VM generation id into restored RAM through the
+ * checkpointer: on this thread, with no userfaultfd round trip (its page is
+ * lazily restored, and the fault thread may wait for a core under load).
+ */
+function writeGenId(m: Machine, cp: Checkpointer, gpa: number, id: Uint8Array): void {
+  if (id.length !== VMGENID_SIZE) {
+    throw new CheckpointError(`a VM generation id is ${VMGENID_SIZE} bytes, got ${id.length}`);
+  }
+  const r = m.memory.regions[m.memory.regionIndex(gpa, id.length)];
+  if (r === undefined || !cp.writeMemory(r.hostAddr + BigInt(gpa - r.guestAddr), id)) {
+    m.memory.write(gpa, id);
+  }
+}
+
+/** Laps of the host clock (ms). */
+class PhaseClock {
+  readonly #t0 = performance.now();
+  #last = this.#t0;
+
+  /** Milliseconds since the last lap (or the start). */
+  lap(): number {
+    const now = performance.now();
+    const ms = now - this.#last;
+    this.#last = now;
+    return ms;
+  }
+
+  /** Milliseconds since the start. */
+  total(): number {
+    return this.#last - this.#t0;
   }
 }

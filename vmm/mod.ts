@@ -179,6 +179,7 @@ export {
   RestoredMachine,
   restoreMachine,
   type RestoreOptions,
+  type RestorePhases,
 } from "./checkpoint.ts";
 export { StandbyMachine, type StandbyOptions, type StandbyShape } from "./standby.ts";
 export {

@@ -71,8 +71,10 @@ Deno.test("a restored VM (RAM on the shared page store) is checkpointed again, a
     using cp = await Checkpointer.create(new MachineTarget(m));
     await (await cp.checkpoint({ path: `${dir}/a.ckpt` })).done;
   }
-  await using r = await restoreMachine(`${dir}/a.ckpt`, { vmGenId: false });
+  // With a new generation id: the restore's own write into RAM must be in the diff too.
+  await using r = await restoreMachine(`${dir}/a.ckpt`);
   assert.ok(r.pageStore !== undefined);
+  assert.ok(r.vmGenId !== undefined, "no new VM generation id was written");
   await r.machine.start();
   await sleep(300);
   // Taken while paused (a paused VM stays paused), so RAM now is what each must hold.
