@@ -20,14 +20,28 @@
  *   plus an fsync of its file, background and stop-and-copy) beside `dd`'s
  *   sequential write rates (`bs=1M conv=fsync`, and with `oflag=direct`:
  *   vmkit writes guest pages with O_DIRECT)
- *   to the same folder in the same run; **restore to running** (vmkit:
- *   `restoreMachine` + `start`; QEMU: `migrate-incoming` to `running`, the
- *   process already started with `-incoming defer`); a **diff** after 1% of
+ *   to the same folder in the same run; a **diff** after 1% of
  *   the pages were written (time and size against the full one); the
  *   **cost of a write-protect fault** during the save; **10 clones**
  *   (`vmkit run --restore` processes; QEMU `-incoming` processes): time
  *   until all run and their memory (RSS and PSS summed; PSS shares pages
  *   fairly).
+ *
+ * - at every size: **restore to running**, 5 runs. vmkit: from the call of
+ *   `restoreMachine(path, { standby })` to every vCPU thread leaving the
+ *   start gate for `KVM_RUN` (`Machine.waitEntered`): opening and checking
+ *   the file, the disks and page store, devices on every thread, memory
+ *   mapped lazily (userfaultfd), device and CPU state, the new VM generation
+ *   id, `start()`. Not counted: the standby machine (KVM VM, irqchip, PIT,
+ *   memory slots, vCPUs, their Workers: `StandbyMachine`), built before the
+ *   request, as QEMU's process is: QEMU is started with `-incoming defer`
+ *   (its machine, RAM and devices built from its command line) and timed
+ *   from `migrate-incoming` to `query-status` answering `running` (polled
+ *   every millisecond), which reads the whole migration stream first. The
+ *   file is in the page cache on both sides (written just before).
+ *   The guest's pages come later on vmkit's side (first access faults
+ *   them in); the last vmkit run also checks the guest answers on its
+ *   serial port.
  *
  * QEMU's settings: microvm, KVM, `max-bandwidth` raised to 100 GiB/s (the
  * 32 MiB/s default would throttle it), `exec:cat > FILE` as the target
@@ -35,21 +49,23 @@
  * which goes first per size.
  *
  * Usage: `deno run -A bench/checkpoint_bench.ts [--sizes 128,1024,4096,16384]
- * [--runs 20] [--clones 10] [--qemu-clones 10] [--dir DIR] [--no-qemu]`
- * (defaults: sizes 128,1024, 20 runs, 10 clones; the big sizes need
- * 2 × 16 GiB of RAM and disk, one side at a time).
+ * [--runs 20] [--clones 10] [--qemu-clones 10] [--dir DIR] [--no-qemu]
+ * [--restore-only] [--restore-runs 5]` (defaults: sizes 128,1024, 20 runs,
+ * 10 clones; the big sizes need 2 × 16 GiB of RAM and disk, one side at a
+ * time; `--restore-only` measures only restore to running, after one full
+ * checkpoint or migration per size).
  *
  * @module
  */
 
 import type { PausePhases } from "../checkpoint/mod.ts";
-import { checkpointerFor, restoreMachine } from "../vmm/checkpoint.ts";
-import { prewarmVcpuWorkers, releaseVcpuWorkers } from "../vmm/vcpu_pool.ts";
+import { checkpointerFor, restoreMachine, type RestorePhases } from "../vmm/checkpoint.ts";
+import { StandbyMachine } from "../vmm/standby.ts";
 import { defaultDeviceSpecs, Serial16550 } from "../vmm/devices/mod.ts";
 import { Machine } from "../vmm/machine.ts";
 import { buildGuests } from "../tests/guests/build.ts";
 import { processMemory, QemuVm } from "./qemu_peer.ts";
-import { machineLine, median } from "./stats.ts";
+import { machineLine, median, medianRange } from "./stats.ts";
 
 const MiB = 1 << 20;
 const HOT_PAGES = 256;
@@ -64,6 +80,8 @@ const CLONES = Number(arg("clones", "10"));
 const QEMU_CLONES = Number(arg("qemu-clones", String(CLONES)));
 const QEMU = !Deno.args.includes("--no-qemu");
 const ROOT = arg("dir", "/var/tmp");
+const RESTORE_ONLY = Deno.args.includes("--restore-only");
+const RESTORE_RUNS = Number(arg("restore-runs", "5"));
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -144,7 +162,10 @@ interface SizeResult {
   totalMs?: number;
   stopCopyMs?: number;
   stopCopyPauseUs?: number;
-  restoreMs?: number;
+  /** Restore to running, every run (ms). */
+  restoreMs: number[];
+  /** vmkit: where each restore went. */
+  restorePhases: RestorePhases[];
   writeMBs?: number;
   diff?: { ms: number; bytes: number; fullMs: number; fullBytes: number };
   faultUs?: { mean: number; max: number; count: number };
@@ -165,6 +186,8 @@ async function vmkitSize(dir: string, mib: number): Promise<SizeResult> {
     guestGapUs: [],
     note: "",
     phases: [],
+    restoreMs: [],
+    restorePhases: [],
   };
   const m = await Machine.create({
     memMiB: mib,
@@ -175,13 +198,38 @@ async function vmkitSize(dir: string, mib: number): Promise<SizeResult> {
   });
   const path = `${dir}/vmkit.ckpt`;
   try {
+    await vmkitCheckpoints(m, serial, dir, path, res);
+  } finally {
+    await m[Symbol.asyncDispose]();
+  }
+  // In both modes: restore from the last full checkpoint (its pages in the page cache).
+  await vmkitRestores(path, serial, mib, res);
+  if (mib === 1024 && !RESTORE_ONLY) res.clones = await vmkitClones(path);
+  return res;
+}
+
+/** The pause and background-save figures of one size (restore-only: one full checkpoint). */
+async function vmkitCheckpoints(
+  m: Machine,
+  serial: string,
+  dir: string,
+  path: string,
+  res: SizeResult,
+): Promise<void> {
+  const mib = res.mib;
+  {
     await m.start();
     const com = m.device("com1");
     if (!(com instanceof Serial16550)) throw new Error("no COM1");
     const port = new FilePort(serial, com);
     await port.line((l) => l.startsWith("touched"), 30 * 60_000);
-    const tpu = await calibrate(port);
     const cp = await checkpointerFor(m);
+    if (RESTORE_ONLY) {
+      await (await cp.checkpoint({ path })).done;
+      res.note = "restore only";
+      return;
+    }
+    const tpu = await calibrate(port);
     const big = mib > 1024;
     for (let i = 0; i < RUNS; i++) {
       await port.send("r");
@@ -234,27 +282,61 @@ async function vmkitSize(dir: string, mib: number): Promise<SizeResult> {
         fullBytes: allocated(full.path),
       };
     }
-  } finally {
-    await m[Symbol.asyncDispose]();
   }
-  if (mib === 1024) {
-    // Restore to running (in this process; the file's pages are in the page cache as after a save).
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      // As a VMM waiting for a snapshot has them (and QEMU its process, -incoming defer).
-      await prewarmVcpuWorkers(1);
-      await sleep(300);
-      const t0 = performance.now();
-      const r = await restoreMachine(path);
-      await r.machine.start();
-      times.push(performance.now() - t0);
+}
+
+/**
+ * Restore to running, {@link RESTORE_RUNS} times: each on a standby machine
+ * built first (as a VMM waiting for a snapshot has it, and QEMU its
+ * `-incoming defer` process), timed from the call to every vCPU thread
+ * entering `KVM_RUN`. The last restored guest must answer on its console.
+ */
+async function vmkitRestores(
+  path: string,
+  serial: string,
+  mib: number,
+  res: SizeResult,
+): Promise<void> {
+  // The VMM's own devices (COM1 to the file), built with the standby as QEMU's are.
+  const hostDevices = (memMiB: number) =>
+    defaultDeviceSpecs({ memMiB, serialOut: { path: serial } });
+  for (let i = 0; i < RESTORE_RUNS; i++) {
+    const standby = await StandbyMachine.create({
+      memMiB: mib,
+      vcpus: 1,
+      devices: hostDevices(mib),
+    });
+    await sleep(300);
+    const t0 = performance.now();
+    const r = await restoreMachine(path, { standby, hostDevices });
+    await r.machine.start();
+    const entered = r.machine.waitEntered(10_000);
+    const ms = performance.now() - t0;
+    try {
+      if (!entered) throw new Error("vmkit: the restored vCPU did not enter KVM_RUN");
+      if (!r.usedStandby) throw new Error("vmkit: the standby machine was not used");
+      res.restoreMs.push(ms);
+      res.restorePhases.push(r.phases);
+      if (i === RESTORE_RUNS - 1) {
+        await Deno.writeTextFile(serial, "");
+        const com = r.machine.device("com1");
+        if (!(com instanceof Serial16550)) throw new Error("no COM1");
+        const port = new FilePort(serial, com);
+        for (let k = 0;; k++) {
+          await port.send("g");
+          try {
+            await port.line((l) => l.startsWith("gap "), 200);
+            break;
+          } catch (err) {
+            if (k > 100) throw err; // the guest polls its port every 4096 writes
+          }
+        }
+      }
+    } finally {
       await r[Symbol.asyncDispose]();
+      await standby[Symbol.asyncDispose]();
     }
-    releaseVcpuWorkers();
-    res.restoreMs = median(times);
-    res.clones = await vmkitClones(path);
   }
-  return res;
 }
 
 /** `vmkit run --restore` processes, until each answers on its console. */
@@ -346,9 +428,29 @@ async function qemuSize(dir: string, mib: number): Promise<SizeResult> {
     guestGapUs: [],
     note: "",
     phases: [],
+    restoreMs: [],
+    restorePhases: [],
   };
   const kernel = await kernelPath();
   const file = `${dir}/qemu.mig`;
+  {
+    await using vm = await QemuVm.start(dir, kernel, mib, `mode=tsc:${mib}:${HOT_PAGES}`);
+    const port: GuestPort = {
+      send: (t) => vm.send(t),
+      line: (p, ms) => vm.serial.next(p, ms),
+    };
+    await port.line((l) => l.startsWith("touched"), 30 * 60_000);
+    await vm.qmp("migrate-set-parameters", { "max-bandwidth": 100 * 1024 * MiB });
+    if (RESTORE_ONLY) {
+      // One migration to the file (precopy; the VM runs on), for the restores below.
+      await qemuMigrate(vm, file);
+      res.note = "restore only";
+    }
+  }
+  if (RESTORE_ONLY) {
+    await qemuRestores(dir, kernel, file, mib, res);
+    return res;
+  }
   {
     await using vm = await QemuVm.start(dir, kernel, mib, `mode=tsc:${mib}:${HOT_PAGES}`);
     const port: GuestPort = {
@@ -391,23 +493,8 @@ async function qemuSize(dir: string, mib: number): Promise<SizeResult> {
       res.stopCopyPauseUs = res.stopCopyMs * 1000;
     }
   }
+  await qemuRestores(dir, kernel, file, mib, res);
   if (mib === 1024) {
-    const times: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      await using vm = await QemuVm.start(dir, kernel, mib, `mode=tsc:${mib}:${HOT_PAGES}`, true);
-      const t0 = performance.now();
-      await vm.qmp("migrate-incoming", { uri: `exec:cat ${file}` });
-      await vm.until(
-        async () => {
-          const s = await vm.qmp("query-status") as { status?: string };
-          return s.status === "running";
-        },
-        5 * 60_000,
-        1,
-      );
-      times.push(performance.now() - t0);
-    }
-    res.restoreMs = median(times);
     // Clones: -incoming processes until each runs.
     const vms: QemuVm[] = [];
     const t0 = performance.now();
@@ -437,6 +524,31 @@ async function qemuSize(dir: string, mib: number): Promise<SizeResult> {
   return res;
 }
 
+/** `migrate-incoming` into a process started with `-incoming defer`, until it runs. */
+async function qemuRestores(
+  dir: string,
+  kernel: string,
+  file: string,
+  mib: number,
+  res: SizeResult,
+): Promise<void> {
+  for (let i = 0; i < RESTORE_RUNS; i++) {
+    await using vm = await QemuVm.start(dir, kernel, mib, `mode=tsc:${mib}:${HOT_PAGES}`, true);
+    await sleep(300);
+    const t0 = performance.now();
+    await vm.qmp("migrate-incoming", { uri: `exec:cat ${file}` });
+    await vm.until(
+      async () => {
+        const s = await vm.qmp("query-status") as { status?: string };
+        return s.status === "running";
+      },
+      30 * 60_000,
+      1,
+    );
+    res.restoreMs.push(performance.now() - t0);
+  }
+}
+
 async function ddRate(dir: string, direct: boolean): Promise<number> {
   const out = await new Deno.Command("dd", {
     args: [
@@ -459,6 +571,59 @@ async function ddRate(dir: string, direct: boolean): Promise<number> {
 const fmt = (x: number | undefined, d = 0): string =>
   x === undefined || Number.isNaN(x) ? "-" : x.toFixed(d);
 
+/** Restore to running per size: medians and ranges, the ratio, and where vmkit's time went. */
+function printRestores(results: readonly SizeResult[]): void {
+  const mr = (xs: readonly number[], d: number): string =>
+    xs.length === 0 ? "-" : medianRange(xs, (x) => x.toFixed(d));
+  console.log(
+    `\nrestore to running, ms, median [range] of ${RESTORE_RUNS} (vmkit: restoreMachine on a ` +
+      "standby to vCPU in KVM_RUN; QEMU: migrate-incoming to running, process up with -incoming defer)\n",
+  );
+  console.log("| RAM | vmkit | QEMU 7.2 | ratio (QEMU/vmkit) |");
+  console.log("|---|---|---|---|");
+  for (const mib of SIZES) {
+    const v = results.find((r) => r.side === "vmkit" && r.mib === mib);
+    const q = results.find((r) => r.side === "qemu" && r.mib === mib);
+    const vm = v === undefined ? NaN : median(v.restoreMs);
+    const qm = q === undefined ? NaN : median(q.restoreMs);
+    console.log(
+      `| ${mib} MiB | ${mr(v?.restoreMs ?? [], 2)} | ${mr(q?.restoreMs ?? [], 0)} | ${
+        Number.isNaN(vm) || Number.isNaN(qm) ? "-" : (qm / vm).toFixed(0)
+      } |`,
+    );
+  }
+  const keys: (keyof RestorePhases)[] = [
+    "openMs",
+    "standbyMs",
+    "disksMs",
+    "machineMs",
+    "memoryMs",
+    "decodeMs",
+    "slotsMs",
+    "vmMs",
+    "devicesMs",
+    "vcpusMs",
+    "vmGenIdMs",
+  ];
+  console.log(
+    "\nvmkit restore phases, ms, median [max]: " +
+      keys.map((k) => k.replace(/Ms$/, "")).join(" | ") +
+      " | start to KVM_RUN",
+  );
+  for (const r of results.filter((x) => x.restorePhases.length > 0)) {
+    const cols = keys.map((k) => {
+      const xs = r.restorePhases.map((p) => p[k]);
+      return `${fmt(median(xs), 2)} [${fmt(Math.max(...xs), 2)}]`;
+    });
+    const rest = r.restoreMs.map((t, i) => t - (r.restorePhases[i]?.totalMs ?? 0));
+    console.log(
+      `| ${r.mib} MiB | ${cols.join(" | ")} | ${fmt(median(rest), 2)} [${
+        fmt(Math.max(...rest), 2)
+      }] |`,
+    );
+  }
+}
+
 async function main(): Promise<void> {
   console.log(`machine: ${machineLine()}`);
   const dir = await Deno.makeTempDir({ dir: ROOT, prefix: "vmkit-ckpt-bench-" });
@@ -478,7 +643,7 @@ async function main(): Promise<void> {
           }
         }
       }
-      if (mib === 1024) {
+      if (mib === 1024 && !RESTORE_ONLY) {
         dd = await ddRate(dir, false);
         ddDirect = await ddRate(dir, true);
       }
@@ -487,7 +652,9 @@ async function main(): Promise<void> {
     await Deno.remove(dir, { recursive: true });
   }
   console.log(`\nmachine after: ${machineLine()}`);
-  console.log(`runs per size: ${RUNS}; pause = p99 and max of the runs (µs)\n`);
+  printRestores(results);
+  if (RESTORE_ONLY) return;
+  console.log(`\nruns per size: ${RUNS}; pause = p99 and max of the runs (µs)\n`);
   console.log(
     "| RAM | side | host pause median | p99 | max | guest gap median | p99 | max | runs |",
   );
@@ -535,11 +702,6 @@ async function main(): Promise<void> {
         fmt(dd)
       }, +oflag=direct: ${fmt(ddDirect)} | - |`,
     );
-    console.log(
-      `| restore to running (ms, median of 5) | ${fmt(v.restoreMs, 2)} | ${
-        fmt(q?.restoreMs, 1)
-      } (migrate-incoming) | ${ratio(v.restoreMs, q?.restoreMs)} |`,
-    );
     if (v.diff !== undefined) {
       console.log(
         `| diff after 1% written: time (ms) | ${fmt(v.diff.ms)} (full: ${
@@ -582,7 +744,8 @@ async function main(): Promise<void> {
       "\nQEMU: qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off -accel kvm -cpu host,-arch-capabilities " +
         "-m MIB -nodefaults -no-user-config -display none -qmp unix:... -serial unix:... -kernel guest-pvh.elf " +
         `-append mode=tsc:MIB:${HOT_PAGES}; migrate-set-parameters max-bandwidth=100 GiB/s; ` +
-        "migrate-set-capabilities background-snapshot=on; migrate exec:cat > FILE; restore: -incoming defer + migrate-incoming exec:cat FILE",
+        "migrate-set-capabilities background-snapshot=on; migrate exec:cat > FILE " +
+        "(--restore-only: plain migrate); restore: -incoming defer + migrate-incoming exec:cat FILE",
     );
   }
 }
