@@ -357,6 +357,46 @@ int vkio_pwritev(int fd, const uint8_t *iovs, uint32_t len, uint32_t at, uint32_
   return rw_iov(1, fd, iovs, len, at, n, off_lo, off_hi);
 }
 
+/*
+ * Runs the read of the first request record in `reqs` (the layout
+ * vkio_uring_submit takes: IORING_OP_READ into one buffer, or
+ * IORING_OP_READV of `len` iovecs at `addr`) on the calling thread with
+ * preadv2(RWF_NOWAIT): it copies only what the page cache holds and never
+ * waits for the disk. Returns the bytes read (short when part is not cached
+ * or at end of file), -EAGAIN when the first bytes are not cached, -EINVAL
+ * for another opcode, or -errno.
+ */
+int vkio_uring_read_nowait(const uint8_t *reqs, uint32_t len) {
+  if (reqs == NULL || len < VKIO_REQ_BYTES) return -EINVAL;
+  int fd;
+  uint64_t addr, off;
+  uint32_t n;
+  memcpy(&fd, reqs + 4, 4);
+  memcpy(&addr, reqs + 8, 8);
+  memcpy(&n, reqs + 16, 4);
+  memcpy(&off, reqs + 32, 8);
+  struct iovec one;
+  const struct iovec *iov;
+  int cnt;
+  if (reqs[0] == IORING_OP_READ) {
+    one.iov_base = (void *)(uintptr_t)addr;
+    one.iov_len = n;
+    iov = &one;
+    cnt = 1;
+  } else if (reqs[0] == IORING_OP_READV) {
+    if (n == 0 || n > VKIO_IOV_MAX) return -EINVAL;
+    iov = (const struct iovec *)(uintptr_t)addr;
+    cnt = (int)n;
+  } else {
+    return -EINVAL;
+  }
+  ssize_t r;
+  do {
+    r = preadv2(fd, iov, cnt, (off_t)off, RWF_NOWAIT);
+  } while (r < 0 && errno == EINTR);
+  return r < 0 ? -errno : (r > INT_MAX ? INT_MAX : (int)r);
+}
+
 /* open(2) with O_CLOEXEC added; `flags` as the kernel takes them. */
 int vkio_open(const char *path, int flags, uint32_t mode) {
   return io_ret(open(path, flags | O_CLOEXEC, mode));

@@ -46,6 +46,7 @@ export const IO_SYMBOLS = {
   vkio_uring_space: { parameters: ["u64"], result: "i32" },
   vkio_uring_submit: { parameters: ["u64", "buffer", "u32", "u32"], result: "i32" },
   vkio_uring_reap: { parameters: ["u64", "buffer", "u32", "u32", "u32"], result: "i32" },
+  vkio_uring_read_nowait: { parameters: ["buffer", "u32"], result: "i32" },
   vkio_open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   vkio_preadv: {
     parameters: ["i32", "buffer", "u32", "u32", "u32", "u32", "u32"],

@@ -5,6 +5,7 @@ import { DiskHandle } from "../../vmm/disk_handle.ts";
 import type { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
 import type { DriveConfig } from "../../vmm/io_config.ts";
 import { type Buf, HostDriver, queueLayout, S, startBlk } from "./virtio_driver.ts";
+import { ioShim, URING_REQ_BYTES, UringOp, UringReq } from "../../native/io_ffi.ts";
 
 await loadShim();
 
@@ -206,6 +207,122 @@ Deno.test("virtio-blk keeps many requests in flight and completes every one", as
       if (q === undefined) continue;
       assert.equal(r.mem.read(q.status, 1)[0], 0, `request ${i} status`);
       assert.equal(r.mem.read(q.data, 1)[0], (i * 8) & 0xff, `request ${i} data`);
+    }
+    assert.deepEqual(r.host.guestErrors, []);
+  } finally {
+    await teardown(r);
+  }
+});
+
+const EAGAIN = 11, EINVAL = 22;
+const libc = Deno.dlopen("libc.so.6", {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  fdatasync: { parameters: ["i32"], result: "i32" },
+  posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+}).symbols;
+
+/** An fd of `path` (O_RDWR). */
+function openFd(path: string): number {
+  const fd = libc.open(new TextEncoder().encode(path + "\0"), 2);
+  assert.ok(fd >= 0, `open ${path}`);
+  return fd;
+}
+
+/** Writes `path` back and drops its pages from the page cache (POSIX_FADV_DONTNEED). */
+function evict(path: string): void {
+  const fd = openFd(path);
+  try {
+    assert.equal(libc.fdatasync(fd), 0);
+    assert.equal(libc.posix_fadvise(fd, 0n, 0n, 4), 0);
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/** vkio_uring_read_nowait on one READ record: `len` bytes of `fd` at `off` into `buf`. */
+function readNowait(fd: number, buf: Uint8Array, off: number, op: number = UringOp.READ): number {
+  const rec = new Uint8Array(URING_REQ_BYTES);
+  const v = new DataView(rec.buffer);
+  v.setUint8(UringReq.OPCODE, op);
+  v.setInt32(UringReq.FD, fd, true);
+  v.setBigUint64(UringReq.ADDR, Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)), true);
+  v.setUint32(UringReq.LEN, buf.length, true);
+  v.setBigUint64(UringReq.OFF, BigInt(off), true);
+  return ioShim().vkio_uring_read_nowait(rec, rec.length);
+}
+
+Deno.test("a read record run now (RWF_NOWAIT) reads cached bytes, refuses to wait for the disk, stops at end of file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-nowait-" });
+  try {
+    const path = `${dir}/f`;
+    const data = new Uint8Array(64 << 10).map((_, i) => (i * 7) & 0xff);
+    await Deno.writeFile(path, data);
+    evict(path);
+    const fd = openFd(path);
+    try {
+      const buf = new Uint8Array(4096);
+      assert.equal(readNowait(fd, buf, 8192), -EAGAIN, "not cached: no read, no wait");
+      await Deno.readFile(path); // now cached
+      assert.equal(readNowait(fd, buf, 8192), 4096);
+      assert.deepEqual(buf, data.subarray(8192, 12288));
+      assert.equal(readNowait(fd, buf, data.length - 1000), 1000, "short at end of file");
+      assert.equal(readNowait(fd, buf, data.length), 0);
+      assert.equal(readNowait(fd, buf, 0, UringOp.WRITE), -EINVAL, "only reads run now");
+    } finally {
+      libc.close(fd);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("virtio-blk lone reads, one and two buffers, from a cold and a warm page cache return the file's bytes", async () => {
+  const r = await rig({ bytes: 4 << 20 });
+  try {
+    start(r, F_VERSION_1 | F_EVENT_IDX, 64);
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    console.log(`seed ${seed}`);
+    let x = seed;
+    const nextSector = () => {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      return (x >>> 8) % ((4 << 20) / 512 - 8);
+    };
+    const expect = (sector: number, at: number, len: number) =>
+      Uint8Array.from({ length: len }, (_, j) => (sector + Math.floor((at + j) / 512)) & 0xff);
+    for (let round = 0; round < 6; round++) {
+      const cold = round % 2 === 0;
+      if (cold) evict(r.path);
+      else await Deno.readFile(r.path); // all of it in the page cache
+      // One buffer: READ.
+      let sector = nextSector();
+      const q = request(r, BUF_AT, T_IN, sector, 4096, true);
+      r.mem.write(q.data, new Uint8Array(4096).fill(0xee));
+      r.drv.addChain(q.bufs);
+      r.drv.kick();
+      assert.equal((await r.drv.collect(1)).length, 1);
+      assert.equal(r.mem.read(q.status, 1)[0], 0, `round ${round} status`);
+      assert.deepEqual(r.mem.read(q.data, 4096), expect(sector, 0, 4096), `round ${round} data`);
+      // Two buffers: READV.
+      sector = nextSector();
+      const hdr = new DataView(new ArrayBuffer(16));
+      hdr.setUint32(0, T_IN, true);
+      hdr.setBigUint64(8, BigInt(sector), true);
+      const at = BUF_AT + 0x10000;
+      r.mem.write(at, new Uint8Array(hdr.buffer));
+      r.mem.write(at + 0x1000, new Uint8Array(0x2000).fill(0xee));
+      r.mem.write(at + 0x3000, new Uint8Array([0xee]));
+      r.drv.addChain([
+        { addr: at, len: 16, write: false },
+        { addr: at + 0x1000, len: 1024, write: true },
+        { addr: at + 0x2000, len: 3072, write: true },
+        { addr: at + 0x3000, len: 1, write: true },
+      ]);
+      r.drv.kick();
+      assert.equal((await r.drv.collect(1)).length, 1);
+      assert.equal(r.mem.read(at + 0x3000, 1)[0], 0, `round ${round} two-buffer status`);
+      assert.deepEqual(r.mem.read(at + 0x1000, 1024), expect(sector, 0, 1024));
+      assert.deepEqual(r.mem.read(at + 0x2000, 3072), expect(sector, 1024, 3072));
     }
     assert.deepEqual(r.host.guestErrors, []);
   } finally {

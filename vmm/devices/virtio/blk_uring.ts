@@ -31,6 +31,7 @@ import { BlkStatus, BlkType, SECTOR } from "./blk_format.ts";
 const IOVEC_BYTES = 16;
 /** `RWF_DSYNC`: the write is durable (data and the metadata to read it) when it completes. */
 const RWF_DSYNC = 2;
+const EOPNOTSUPP = 95;
 
 /** The io_uring engine of one drive. */
 export class BlkUring {
@@ -41,6 +42,7 @@ export class BlkUring {
   readonly #reqWords: Uint32Array<ArrayBuffer>;
   #queued = 0;
   #inflight = 0; // operations queued or submitted and not yet reaped
+  #readsNow = true; // lone reads are tried from the page cache first (see submit)
   readonly #cqes: Uint8Array<ArrayBuffer>;
   readonly #cqeWords: Int32Array<ArrayBuffer>;
   readonly #iov: Uint8Array<ArrayBuffer>;
@@ -221,7 +223,7 @@ export class BlkUring {
   drain(): void {
     while (this.#inflight > 0) {
       this.submit();
-      this.#reapAll(true);
+      if (this.#inflight > 0) this.#reapAll(true);
     }
   }
 
@@ -230,14 +232,41 @@ export class BlkUring {
     return this.#ring.ready() > 0;
   }
 
-  /** Submits what {@link start} queued (what the SQ has no room for stays queued). */
+  /**
+   * Submits what {@link start} queued (what the SQ has no room for stays
+   * queued). A lone read with nothing else in flight is first tried on this
+   * thread from the page cache (preadv2 with RWF_NOWAIT: 1.3-1.4 µs for
+   * 4 KiB here against 1.9-2.0 µs for a one-entry io_uring_enter); one that
+   * would wait for the disk goes to the ring.
+   */
   submit(): void {
     if (this.#queued === 0) return;
+    if (this.#queued === 1 && this.#inflight === 1 && this.#readsNow && this.#readNow()) return;
     const took = this.#ring.submit(this.#reqs, this.#queued);
     if (took < this.#queued) {
       this.#reqs.copyWithin(0, took * URING_REQ_BYTES, this.#queued * URING_REQ_BYTES);
     }
     this.#queued -= took;
+  }
+
+  /** Finishes the one queued record if it is a read the page cache answers whole. */
+  #readNow(): boolean {
+    const w = this.#reqWords;
+    const op = (w[0] ?? 0) & 0xff;
+    if (op !== UringOp.READ && op !== UringOp.READV) return false;
+    const req = this.#slots[w[UringReq.USER_DATA / 4] ?? -1];
+    if (req === undefined || req.pendingOps !== 1) return false;
+    const r = ioShim().vkio_uring_read_nowait(this.#reqs, URING_REQ_BYTES);
+    // Short (part not cached, or the end of an image file): the ring reads it all again.
+    if (r !== req.dataBytes) {
+      if (r === -EOPNOTSUPP) this.#readsNow = false; // a file system without RWF_NOWAIT
+      return false;
+    }
+    this.#queued = 0;
+    this.#inflight = 0;
+    req.pendingOps = 0;
+    this.#onDone(req);
+    return true;
   }
 
   /** Handles every completion available now. */
