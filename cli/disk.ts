@@ -26,7 +26,7 @@ import {
 } from "../cow/mod.ts";
 import { command, type Entry } from "./command.ts";
 import { Exit } from "./exit.ts";
-import { choice, flag, size, str } from "./options.ts";
+import { choice, flag, parseSizeText, size, str } from "./options.ts";
 import { UsageError } from "./usage.ts";
 
 const FORMATS = ["qcow2", "raw"] as const;
@@ -58,21 +58,32 @@ const forceShare = flag("open read-only without refusing other writers (qemu-img
 const create = command({
   name: "create",
   summary: "create a qcow2 or raw image, optionally over a backing file",
-  args: ["FILE"],
-  description: "Give --size, --backing or both (the size defaults to the backing file's).\n" +
-    "Sizes take K, M, G, T suffixes (powers of 1024).",
+  args: ["FILE", "[SIZE]"],
+  description: "Give --size (or SIZE), --backing or both (the size defaults to the backing\n" +
+    "file's). Sizes take K, M, G, T suffixes (powers of 1024). qemu-img create's\n" +
+    "arguments work too: vmkit disk create -f qcow2 -b PARENT -F raw FILE SIZE.",
   options: {
     size: size("BYTES", "virtual size"),
-    backing: str("PARENT", "backing file (relative to FILE's folder)"),
-    "backing-format": choice(FORMATS, "format of the backing file (default: probed)"),
+    backing: str("PARENT", "backing file (relative to FILE's folder)", { short: "b" }),
+    "backing-format": choice(FORMATS, "format of the backing file (default: probed)", {
+      short: "F",
+    }),
     "cluster-size": size("BYTES", "qcow2 cluster size (512 to 2M, a power of two)"),
-    format: choice(FORMATS, "format of the new image", { default: "qcow2" }),
+    format: choice(FORMATS, "format of the new image", { default: "qcow2", short: "f" }),
   },
   output: true,
   exitCode: diskExit,
   run(ctx) {
-    const [file = ""] = ctx.positionals;
-    const o = ctx.values;
+    const [file = "", sizeText] = ctx.positionals;
+    const o = { ...ctx.values };
+    if (sizeText !== undefined) {
+      if (o.size !== undefined) throw new UsageError("give the size once: --size or SIZE");
+      const n = parseSizeText(sizeText);
+      if (!Number.isSafeInteger(n)) {
+        throw new UsageError(`SIZE '${sizeText}' is not a size (e.g. 4096, 64K, 1G)`);
+      }
+      o.size = n;
+    }
     if (o.size === undefined && o.backing === undefined) {
       throw new UsageError("create needs --size BYTES or --backing PARENT");
     }

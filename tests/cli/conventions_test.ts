@@ -47,8 +47,8 @@ Deno.test("vmkit --help lists the exit-status table", async () => {
 Deno.test("vmkit disk create --help prints create's options only", async () => {
   const r = await vmkit(["disk", "create", "--help"]);
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^usage: vmkit disk create FILE \[options\]/);
-  assert.match(r.stdout, /^ {2}--backing-format qcow2\|raw/m);
+  assert.match(r.stdout, /^usage: vmkit disk create FILE \[SIZE\] \[options\]/);
+  assert.match(r.stdout, /^ {2}-F, --backing-format qcow2\|raw/m);
   assert.match(r.stdout, /^ {2}--output text\|json/m);
   assert.doesNotMatch(r.stdout, /--bandwidth/, "copy's option is not create's");
   const viaHelp = await vmkit(["help", "disk", "create"]);

@@ -67,3 +67,34 @@ Deno.test("vmkit disk info --output json has every key and value of qemu-img inf
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("vmkit disk create takes qemu-img create's arguments (-f, -b, -F, FILE SIZE) and makes the image qemu-img makes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vmkit-createargs-" });
+  try {
+    await run("qemu-img", ["create", "-q", "-f", "raw", "base.raw", "8M"], dir);
+    const cases = [
+      ["-f", "qcow2", "-b", "base.raw", "-F", "raw", "NAME", "16M"],
+      ["-f", "qcow2", "-b", "base.raw", "-F", "raw", "NAME"],
+      ["-f", "raw", "NAME", "1M"],
+      // Without -f qemu-img makes raw, vmkit qcow2 (its documented default).
+      ["-f", "qcow2", "NAME", "64K"],
+    ];
+    const same = ["virtual-size", "format", "cluster-size", "backing-filename", "format-specific"];
+    for (const [i, args] of cases.entries()) {
+      const named = (n: string) => args.map((a) => a === "NAME" ? n : a);
+      await run("qemu-img", ["create", "-q", ...named(`q${i}`)], dir);
+      const r = await vmkitCli(["disk", "create", ...named(`v${i}`)], { cwd: dir });
+      assert.equal(r.code, 0, `${args.join(" ")}: ${r.stderr}`);
+      const info = async (n: string) =>
+        JSON.parse(await run("qemu-img", ["info", "--output", "json", n], dir));
+      const q = await info(`q${i}`);
+      const v = await info(`v${i}`);
+      for (const key of same) assert.deepEqual(v[key], q[key], `${args.join(" ")}: '${key}'`);
+    }
+    const twice = await vmkitCli(["disk", "create", "--size", "1M", "x.qcow2", "1M"], { cwd: dir });
+    assert.equal(twice.code, 64);
+    assert.match(twice.stderr, /give the size once/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
