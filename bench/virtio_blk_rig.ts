@@ -17,6 +17,7 @@ import { MmioAllocator } from "../vmm/devices/mmio_allocator.ts";
 import { blkDeviceConfig } from "../vmm/devices/virtio/blk_format.ts";
 import { VirtioDeviceHost } from "../vmm/devices/virtio/host.ts";
 import { VirtioMmioTransport } from "../vmm/devices/virtio/mmio.ts";
+import { DiskHandle } from "../vmm/disk_handle.ts";
 import type { DriveBackend } from "../vmm/io_config.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -123,14 +124,17 @@ export class BlkRig {
   readonly #drv: Deno.DynamicLibrary<typeof DRIVER_SYMBOLS>["symbols"];
   readonly #p = new BigUint64Array(P.COUNT);
   readonly #ram: Deno.PointerValue;
+  readonly #disk: DiskHandle;
 
   private constructor(
     mem: HostMemory,
     host: VirtioDeviceHost,
     drv: Deno.DynamicLibrary<typeof DRIVER_SYMBOLS>,
+    backend: DriveBackend,
   ) {
     this.mem = mem;
     this.host = host;
+    this.#disk = new DiskHandle(host, { id: "bench", backend });
     this.#drv = drv.symbols;
     const r0 = mem.regions[0];
     if (r0 === undefined) throw new Error("no RAM");
@@ -162,7 +166,7 @@ export class BlkRig {
         mem.regions,
         new MmioAllocator().allocate("bench"),
       );
-      return new BlkRig(mem, host, drv);
+      return new BlkRig(mem, host, drv, backend);
     } catch (err) {
       mem.close();
       throw err;
@@ -237,6 +241,15 @@ export class BlkRig {
     if (r < 0) throw new Error(`bench driver: error ${-Number(r)}`);
     if (p[P.ERRORS] !== 0n) throw new Error(`${p[P.ERRORS]} requests failed`);
     return Array.from(lat, (ns) => ns / 1000).sort((a, b) => a - b);
+  }
+
+  /**
+   * Opens `backend` in place of the device's current one (`PATCH /drives`:
+   * quiesce, switch, resume), closing the old one and its image lock; the
+   * device's Worker and its compiled code stay.
+   */
+  async replace(backend: DriveBackend): Promise<void> {
+    await this.#disk.replace(backend);
   }
 
   /** Stops the device and frees the RAM. */
