@@ -51,7 +51,7 @@ import {
   qemuImgBench,
 } from "./blk_peers.ts";
 import { loadAverage, machineLine, median } from "./stats.ts";
-import { BlkRig, loadDriver } from "./virtio_blk_rig.ts";
+import { BlkRig, hostFloors, loadDriver } from "./virtio_blk_rig.ts";
 
 const args = Deno.args;
 const QUICK = args.includes("--quick");
@@ -330,6 +330,15 @@ try {
       }
     }
     if (want("lat")) {
+      // What a depth-1 read is made of on this host, in C (no device): see virtio_blk_floor.c.
+      await prepareCache([raw], true);
+      const fl = hostFloors(drv, raw, FILE_BYTES);
+      console.log(
+        `host floors (C, load ${loadAverage()}): eventfd wake-up round trip between two ` +
+          `threads ${fmt(fl.wakeRoundTrip)} us (median); one 4K page-cache read: pread ` +
+          `${fmt(fl.pread)} us, preadv2 RWF_NOWAIT ${fmt(fl.preadNowait)} us, one-entry ` +
+          `io_uring ${fmt(fl.uringRead)} us (means)`,
+      );
       const ops = QUICK ? 2000 : 10_000;
       const job = { file: raw, rw: "randread", bs: 4096, depth: 1, ops, span: FILE_BYTES };
       const variants = [FIO_VARIANTS[0], { name: "fio psync", args: ["--ioengine=psync"] }]

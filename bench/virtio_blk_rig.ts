@@ -68,11 +68,15 @@ const P = {
 const DRIVER_SYMBOLS = {
   vbd_run: { parameters: ["pointer", "buffer"], result: "i64" },
   vbd_latency: { parameters: ["pointer", "buffer", "buffer", "u32", "u32"], result: "i64" },
+  vbf_wake_rtt: { parameters: ["u32", "buffer"], result: "i64" },
+  vbf_reads: { parameters: ["i32", "u64", "u32", "u32", "buffer"], result: "i64" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const RUSAGE_SELF = 0;
 const libc = Deno.dlopen("libc.so.6", {
   getrusage: { parameters: ["i32", "buffer"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
 }).symbols;
 const rusage = new BigInt64Array(18);
 
@@ -83,7 +87,7 @@ export function processCpuSeconds(): number {
   return Number(us) + Number(uu) / 1e6 + Number(ss) + Number(su) / 1e6;
 }
 
-/** Compiles the C guest loop into `dir` and opens it. */
+/** Compiles the C guest loop (and the host floors, `virtio_blk_floor.c`) into `dir` and opens it. */
 export async function loadDriver(dir: string): Promise<Deno.DynamicLibrary<typeof DRIVER_SYMBOLS>> {
   const out = `${dir}/libvbd.so`;
   const cc = await new Deno.Command("cc", {
@@ -97,6 +101,8 @@ export async function loadDriver(dir: string): Promise<Deno.DynamicLibrary<typeo
       "-o",
       out,
       `${ROOT}bench/virtio_blk_driver.c`,
+      `${ROOT}bench/virtio_blk_floor.c`,
+      "-lpthread",
     ],
   }).output();
   if (!cc.success) {
@@ -256,5 +262,50 @@ export class BlkRig {
   async close(): Promise<void> {
     await this.host.close();
     this.mem.close();
+  }
+}
+
+/** Host floors of one depth-1 read, µs (medians for the wake-up, means for the reads). */
+export interface HostFloors {
+  /** Two threads waking each other through eventfds: one round trip (two wake-ups). */
+  readonly wakeRoundTrip: number;
+  /** One 4 KiB page-cache read: pread, preadv2(RWF_NOWAIT), one-entry io_uring. */
+  readonly pread: number;
+  readonly preadNowait: number;
+  readonly uringRead: number;
+}
+
+/** Measures {@link HostFloors} with `file` (whole file in the page cache) and the driver library. */
+export function hostFloors(
+  drv: Deno.DynamicLibrary<typeof DRIVER_SYMBOLS>,
+  file: string,
+  span: number,
+): HostFloors {
+  const n = 20_000;
+  const rtt = new Uint32Array(n);
+  const w = drv.symbols.vbf_wake_rtt(n, rtt);
+  if (w < 0n) throw new Error(`vbf_wake_rtt: error ${-Number(w)}`);
+  rtt.sort();
+  const fd = libc.open(new TextEncoder().encode(file + "\0"), 0);
+  if (fd < 0) throw new Error(`open ${file} failed`);
+  // A page-aligned 4 KiB buffer, as fio's --iomem_align=4096.
+  const buf = new Uint8Array(8192);
+  const addr = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf)));
+  const page = buf.subarray((4096 - (addr % 4096)) % 4096).subarray(0, 4096);
+  try {
+    const reads = (mode: number) => {
+      const r = drv.symbols.vbf_reads(fd, BigInt(span), n, mode, page);
+      if (r < 0n) throw new Error(`vbf_reads mode ${mode}: error ${-Number(r)}`);
+      return Number(r) / n / 1000;
+    };
+    reads(0); // warm-up
+    return {
+      wakeRoundTrip: (rtt[n >> 1] ?? 0) / 1000,
+      pread: reads(0),
+      preadNowait: reads(1),
+      uringRead: reads(2),
+    };
+  } finally {
+    libc.close(fd);
   }
 }
