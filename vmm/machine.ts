@@ -163,6 +163,7 @@ export class Machine implements AsyncDisposable {
   #state: MachineState = "Created";
   readonly #ctl: Int32Array;
   readonly #threads: BigInt64Array;
+  readonly #entered: Float64Array;
   readonly #workers: Worker[];
   readonly #devices: Device[];
   readonly #bus: DeviceBus;
@@ -208,6 +209,7 @@ export class Machine implements AsyncDisposable {
     this.#bus = bus;
     this.#ctl = new Int32Array(parts.control);
     this.#threads = parts.threads;
+    this.#entered = parts.entered;
     this.#cpuSaver = parts.cpuSaver;
     this.#loadSlots = parts.loadSlots;
     this.#exitPromise = new Promise((resolve) => this.#resolveExit = resolve);
@@ -439,6 +441,17 @@ export class Machine implements AsyncDisposable {
     }
     this.#starting = this.#whenLoaded().then(go).finally(() => this.#starting = undefined);
     return this.#starting;
+  }
+
+  /**
+   * When vCPU `i`'s thread left the start gate for its first `KVM_RUN`, as
+   * `performance.timeOrigin + performance.now()` on that thread (so comparable
+   * with the same sum on this one); undefined before. This is the end of a
+   * restore's "time to running", without this thread's own wake-up.
+   */
+  enteredAt(i: number): number | undefined {
+    const t = this.#entered[i];
+    return t === undefined || t === 0 ? undefined : t;
   }
 
   /**

@@ -118,6 +118,8 @@ export interface StandbyParts {
   readonly control: SharedArrayBuffer;
   /** The Workers' pthread ids. */
   readonly threads: BigInt64Array;
+  /** When each vCPU thread left the start gate (see `VcpuInit.entered`; 0 before). */
+  readonly entered: Float64Array;
   /** Exit counters and the metrics registry. */
   readonly metrics: MachineMetrics;
   /** The standby's own device specs (built on every thread). */
@@ -231,6 +233,7 @@ export class StandbyMachine implements AsyncDisposable {
       const loadSlots = VcpuLoadSlots.create(shape.vcpus, vm.xsaveSize(), msrList.length);
       const control = new SharedArrayBuffer(controlBytes(shape.vcpus));
       const threads = new BigInt64Array(new SharedArrayBuffer(8 * shape.vcpus));
+      const entered = new Float64Array(new SharedArrayBuffer(8 * shape.vcpus));
       const metrics = new MachineMetrics(shape.vcpus);
       const devices = opts.devices ?? [];
       const owner: StandbyParts["owner"] = {};
@@ -250,6 +253,7 @@ export class StandbyMachine implements AsyncDisposable {
         workers,
         control,
         threads,
+        entered,
         metrics,
         acpi: shape.acpi,
         devices,
@@ -299,6 +303,7 @@ export class StandbyMachine implements AsyncDisposable {
         xsaveSize: vcpu.xsaveSize,
         control: p.control,
         threads: p.threads.buffer as SharedArrayBuffer,
+        entered: p.entered.buffer as SharedArrayBuffer,
         exitCounters: p.metrics.exits,
         stateSlots: p.cpuSaver.init,
         devices: p.devices,

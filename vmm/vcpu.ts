@@ -87,6 +87,11 @@ export interface VcpuInit {
   readonly control: SharedArrayBuffer;
   /** One BigInt64 per vCPU: the Worker's pthread_t, for kicks. */
   readonly threads: SharedArrayBuffer;
+  /**
+   * One Float64 per vCPU: when its thread left the start gate for its first
+   * `KVM_RUN` (`performance.timeOrigin + performance.now()` on that thread).
+   */
+  readonly entered: SharedArrayBuffer;
   /** Exit counters (`metrics/machine_metrics.ts`); this vCPU writes row `id` only. */
   readonly exitCounters: SharedArrayBuffer;
   /** The standby's devices, built on this thread at once (used unless the load brings others). */

@@ -224,6 +224,7 @@ async function main(init: VcpuInit): Promise<void> {
     Atomics.store(ctl, stateIndex, VcpuRunState.RUNNING);
   };
 
+  new Float64Array(init.entered)[init.id] = performance.timeOrigin + performance.now();
   Atomics.store(ctl, stateIndex, VcpuRunState.RUNNING);
   Atomics.notify(ctl, stateIndex);
   for (;;) {

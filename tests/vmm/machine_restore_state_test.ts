@@ -79,8 +79,12 @@ Deno.test("a vCPU state KVM refuses is named by the vCPU thread that set it, not
   const times = b.restoreState(good, { devices, meanwhile: () => meanwhile = true });
   assert.ok(meanwhile, "meanwhile was not called");
   assert.ok(times.vcpusMs >= 0 && times.slotsMs >= 0);
+  const before = performance.timeOrigin + performance.now();
   await b.start();
   assert.ok(b.waitEntered(5000), "the vCPU did not enter KVM_RUN");
+  const entered = b.enteredAt(0);
+  assert.ok(entered !== undefined && entered <= performance.timeOrigin + performance.now());
+  assert.ok(entered >= before, "the vCPU's clock is not comparable with this thread's");
   const until = Date.now() + 3000;
   while (counter(b) <= at + 100 && Date.now() < until) {
     await new Promise((r) => setTimeout(r, 5));
