@@ -111,13 +111,15 @@ Deno.test("netguard reads tcpdump, editcap, mergecap and text2pcap captures of t
         ["hping3", "-q", "-S", "-p", "80", "-i", "u700", "-c", "2000", "127.0.0.1"],
         true,
       );
-      // tcpdump drops what it has not read yet when interrupted: wait until the files stop growing.
+      // tcpdump drops what it has not read yet when interrupted: wait until the files stop
+      // growing, for three looks in a row (a tcpdump descheduled on a busy host looks still).
       let sizes = "";
-      for (let i = 0; i < 100; i++) {
+      let still = 0;
+      for (let i = 0; i < 100 && still < 3; i++) {
         await new Promise((res) => setTimeout(res, 300));
         const now = (await Promise.all(captures.map(([n]) => Deno.stat(f(n))))).map((s) => s.size)
           .join();
-        if (now === sizes) break;
+        still = now === sizes ? still + 1 : 0;
         sizes = now;
       }
     } finally {
