@@ -352,7 +352,14 @@ export class VirtioMmioTransport implements Device {
 
   #reset(): void {
     const w = this.#w;
-    if (this.#ctrlFd < 0) {
+    // Status 0 with an idle back end: nothing to drain (the driver set nothing up since the
+    // last reset), so the reset is done here. Handed to a slow back end instead, it would leave
+    // a window where status already reads 0 (so the driver goes on, §2.4.1) but its writes are
+    // dropped because the reset is still pending.
+    if (
+      this.#ctrlFd < 0 ||
+      (Atomics.load(w, W.STATUS) === 0 && Atomics.load(w, W.BACKEND) === Backend.IDLE)
+    ) {
       resetTransportState(w);
       return;
     }
