@@ -104,7 +104,7 @@ export function decodePageMap(b: Uint8Array, diff: boolean, path: string): Regio
     }
     const pages = size / PAGE;
     need(o, nruns * 8);
-    const kinds = new Uint8Array(pages);
+    const runs = new Uint32Array(nruns * 2);
     let p = 0;
     for (let r = 0; r < nruns; r++) {
       const kind = v.getUint32(o, true);
@@ -114,14 +114,40 @@ export function decodePageMap(b: Uint8Array, diff: boolean, path: string): Regio
         err(`region ${i} has a run of kind ${kind}`);
       }
       if (n === 0 || p + n > pages) err(`region ${i}'s runs cover more than its ${pages} pages`);
-      if (kind !== 0) kinds.fill(kind, p, p + n);
+      runs[2 * r] = kind;
+      runs[2 * r + 1] = n;
       p += n;
     }
     if (p !== pages) err(`region ${i}'s runs cover ${p} of its ${pages} pages`);
-    out.push({ guestAddr, size, kinds });
+    out.push(lazyRegion(guestAddr, size, runs));
   }
   if (o !== b.length) err(`${b.length - o} bytes after the last region`);
   return out;
+}
+
+/**
+ * A region whose per-page kinds are expanded from its (checked) runs when
+ * first read: a byte per guest page, so opening a checkpoint (a restore
+ * reads only the regions' places) does not grow with memory.
+ */
+function lazyRegion(guestAddr: number, size: number, runs: Uint32Array): RegionPages {
+  let kinds: Uint8Array | undefined;
+  return {
+    guestAddr,
+    size,
+    get kinds(): Uint8Array {
+      if (kinds === undefined) {
+        kinds = new Uint8Array(size / PAGE);
+        for (let r = 0, p = 0; r < runs.length; r += 2) {
+          const kind = runs[r] ?? 0;
+          const n = runs[r + 1] ?? 0;
+          if (kind !== 0) kinds.fill(kind, p, p + n);
+          p += n;
+        }
+      }
+      return kinds;
+    },
+  };
 }
 
 /** Number of pages of `kind` in `regions`. */
