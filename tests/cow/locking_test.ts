@@ -194,20 +194,44 @@ Deno.test("vmkit disk commit, stream, copy and info refuse an image another vmki
     top.closeSync();
   }
   // A long-running vmkit commit holds the parent for writing: qemu-io is kept off it.
+  // qemu-io is tried only once the commit holds the parent's write byte: tried earlier, it could
+  // hold the parent itself at the moment the commit opens it and make the commit fail instead.
   const child = spawnDisk(d, "commit", "top.qcow2", "--bandwidth", "64K");
   try {
-    let refused = false;
-    for (let i = 0; i < 100 && !refused; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      const r = await run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", `${d}/base.qcow2`);
-      refused = r.code !== 0 && /Failed to get "write" lock/.test(r.stderr);
+    if (!await waitForWriteLock(`${d}/base.qcow2`, child)) {
+      const out = await child.output();
+      assert.fail(`vmkit disk commit ended before it locked the parent: ${dec(out.stderr)}`);
     }
-    assert.ok(refused, "qemu-io was refused while vmkit disk commit ran");
+    const r = await run("qemu-io", "-f", "qcow2", "-c", "write 0 4k", `${d}/base.qcow2`);
+    assert.notEqual(r.code, 0, "qemu-io wrote the parent while vmkit disk commit ran");
+    assert.match(r.stderr, /Failed to get "write" lock/);
   } finally {
-    child.kill("SIGKILL");
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already ended (its status is not what this test checks)
+    }
     await child.output();
   }
 });
+
+const dec = (b: Uint8Array): string => new TextDecoder().decode(b);
+
+/**
+ * Waits (up to 20 s) until /proc/locks shows the write byte (101) of `image`'s inode held;
+ * false if `owner` ends first.
+ */
+async function waitForWriteLock(image: string, owner: Deno.ChildProcess): Promise<boolean> {
+  const ino = (await Deno.stat(image)).ino;
+  let ended = false;
+  owner.status.then(() => ended = true);
+  for (let i = 0; i < 400 && !ended; i++) {
+    const locks = await Deno.readTextFile("/proc/locks");
+    if (new RegExp(`:${ino} 10[01] 101\\b`).test(locks)) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
 
 /** Starts a paused qemu-system (no kernel runs: -S) with `image` as a virtio-blk disk. */
 async function qemuSystem(image: string, format: string): Promise<Deno.ChildProcess> {
@@ -223,13 +247,12 @@ async function qemuSystem(image: string, format: string): Promise<Deno.ChildProc
     stderr: "piped",
   }).spawn();
   // Its locks are up once /proc/locks shows the write byte (101) on the image's inode.
-  const ino = (await Deno.stat(image)).ino;
-  for (let i = 0; i < 200; i++) {
-    const locks = await Deno.readTextFile("/proc/locks");
-    if (new RegExp(`:${ino} 10[01] 101\\b`).test(locks)) return child;
-    await new Promise((r) => setTimeout(r, 50));
+  if (await waitForWriteLock(image, child)) return child;
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // it ended by itself: its stderr says why
   }
-  child.kill("SIGKILL");
   const out = await child.output();
   throw new Error(`qemu-system did not take its locks: ${new TextDecoder().decode(out.stderr)}`);
 }
