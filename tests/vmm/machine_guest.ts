@@ -10,7 +10,12 @@ import type { Regs, Sregs } from "../../native/kvm_types.ts";
 import type { BootPlan } from "../../vmm/boot/types.ts";
 import type { GuestMemory } from "../../vmm/guest_memory.ts";
 import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { type KernelLoader, Machine, type MachineExit } from "../../vmm/machine.ts";
+import {
+  type KernelLoader,
+  Machine,
+  type MachineConfig,
+  type MachineExit,
+} from "../../vmm/machine.ts";
 
 /** Where test code is placed. */
 export const CODE_ADDR = 0x1000;
@@ -25,6 +30,26 @@ const MAPPED_GIB = 32;
 
 /** `inc dword [0x2000]; jmp $-5`: real-mode counter loop. */
 export const REAL_MODE_COUNTER = new Uint8Array([0x66, 0xff, 0x06, 0x00, 0x20, 0xeb, 0xf9]);
+
+/** Where {@link REAL_MODE_COUNTER} counts. */
+export const COUNTER_ADDR = 0x2000;
+
+/** A 16 MiB, one-vCPU machine running {@link REAL_MODE_COUNTER}, default devices, no serial. */
+export function counterMachineConfig(): MachineConfig {
+  return {
+    memMiB: 16,
+    vcpus: 1,
+    kernel: new Uint8Array(0),
+    devices: defaultDeviceSpecs({ serialOut: "none", memMiB: 16 }),
+    loader: realModeLoader(REAL_MODE_COUNTER),
+  };
+}
+
+/** The counter {@link REAL_MODE_COUNTER} increments, read from guest memory. */
+export function readCounter(m: Machine): number {
+  const v = m.memory.view(COUNTER_ADDR, 4);
+  return new DataView(v.buffer, v.byteOffset, 4).getUint32(0, true);
+}
 
 /** Real-mode: `inc dword [addr]` then loop. */
 export function realModeCounter(addr: number): Uint8Array {

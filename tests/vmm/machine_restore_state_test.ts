@@ -8,28 +8,14 @@ import assert from "node:assert/strict";
 import { KvmError } from "../../native/kvm.ts";
 import { MSR_ENTRY_SIZE, MSRS_HEADER } from "../../native/kvm_codec.ts";
 import type { MachineCpuState } from "../../native/kvm_state.ts";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { Machine, type MachineConfig } from "../../vmm/machine.ts";
-import { REAL_MODE_COUNTER, realModeLoader } from "./machine_guest.ts";
+import { Machine } from "../../vmm/machine.ts";
+import { counterMachineConfig, readCounter } from "./machine_guest.ts";
 
-const COUNTER_ADDR = 0x2000;
 /** An MSR index KVM does not know: a host write of a non-zero value to it is refused. */
 const MSR_UNKNOWN = 0xbad;
 
-function config(): MachineConfig {
-  return {
-    memMiB: 16,
-    vcpus: 1,
-    kernel: new Uint8Array(0),
-    devices: defaultDeviceSpecs({ serialOut: "none", memMiB: 16 }),
-    loader: realModeLoader(REAL_MODE_COUNTER),
-  };
-}
-
-function counter(m: Machine): number {
-  const v = m.memory.view(COUNTER_ADDR, 4);
-  return new DataView(v.buffer, v.byteOffset, 4).getUint32(0, true);
-}
+const config = counterMachineConfig;
+const counter = readCounter;
 
 /** `state` with its last saved MSR replaced by `index` = `value` (same count: it fits the slot). */
 function withMsr(state: MachineCpuState, index: number, value: bigint): MachineCpuState {

@@ -1,7 +1,11 @@
 import assert from "node:assert/strict";
-import { defaultDeviceSpecs } from "../../vmm/devices/mod.ts";
-import { Machine, type MachineConfig } from "../../vmm/machine.ts";
-import { REAL_MODE_COUNTER, realModeLoader } from "./machine_guest.ts";
+import { Machine } from "../../vmm/machine.ts";
+import {
+  COUNTER_ADDR,
+  counterMachineConfig,
+  readCounter,
+  realModeLoader,
+} from "./machine_guest.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -14,23 +18,10 @@ async function eventually(cond: () => boolean, ms = 3000): Promise<boolean> {
   }
   return true;
 }
-const COUNTER_ADDR = 0x2000;
 const PAGE = 4096;
 
-function config(): MachineConfig {
-  return {
-    memMiB: 16,
-    vcpus: 1,
-    kernel: new Uint8Array(0),
-    devices: defaultDeviceSpecs({ serialOut: "none", memMiB: 16 }),
-    loader: realModeLoader(REAL_MODE_COUNTER),
-  };
-}
-
-function counter(m: Machine): number {
-  const v = m.memory.view(COUNTER_ADDR, 4);
-  return new DataView(v.buffer, v.byteOffset, 4).getUint32(0, true);
-}
+const config = counterMachineConfig;
+const counter = readCounter;
 
 function dirty(bitmap: Uint8Array, page: number): boolean {
   return (((bitmap[page >> 3] ?? 0) >> (page & 7)) & 1) === 1;
