@@ -225,10 +225,11 @@ Deno.test("a drop decision on a UDP flood A's guest sends keeps it off A's TAP w
     // Every frame the guest sent reached the TAP or was dropped by the device, none twice.
     assert.equal(stat(a, NetStat.TX_FRAMES) - tx0, onTap, "device tx = frames on the TAP");
     assert.equal(onTap + blocked, sent, `TAP ${onTap} + dropped ${blocked} = guest sent ${sent}`);
-    // After the decision at most a few frames (ARP replies) reached the TAP: most of the flood
-    // never did.
+    // After the decision at most the batch the device was sending (it reads the block once per
+    // batch of up to 64 frames, net_tx.ts TX_BATCH) and a few ARP replies reached the TAP: most
+    // of the flood never did (without enforcement thousands do).
     const after = stat(a, NetStat.TX_FRAMES) - txAtDrop;
-    assert.ok(after <= 10, `${after} frames reached the TAP after the drop`);
+    assert.ok(after <= 64 + 10, `${after} frames reached the TAP after the drop`);
     assert.ok(blocked >= GUEST_FLOOD / 2, `A's device dropped ${blocked} of ${GUEST_FLOOD}`);
     // netguard kept seeing the flood it kept off the TAP: the block lifted only once it was over.
     assert.equal(blockedAtUnblock, blocked, "nothing was dropped after the unblock");
