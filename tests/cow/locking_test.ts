@@ -254,7 +254,7 @@ async function qemuSystem(image: string, format: string): Promise<Deno.ChildProc
     // it ended by itself: its stderr says why
   }
   const out = await child.output();
-  throw new Error(`qemu-system did not take its locks: ${new TextDecoder().decode(out.stderr)}`);
+  throw new Error(`qemu-system did not take its locks: ${dec(out.stderr)}`);
 }
 
 for (const format of ["qcow2", "raw"] as const) {
@@ -292,7 +292,7 @@ for (const format of ["qcow2", "raw"] as const) {
       });
       const out = await child.output();
       assert.notEqual(out.code, 0, "qemu-system started on an image vmkit writes");
-      assert.match(new TextDecoder().decode(out.stderr), /Failed to get "write" lock/);
+      assert.match(dec(out.stderr), /Failed to get "write" lock/);
     } finally {
       v.closeSync();
     }

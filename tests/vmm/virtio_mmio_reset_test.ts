@@ -13,7 +13,8 @@ const BASE = 0xd000_0000;
 
 await loadShim();
 
-Deno.test("a driver that reads status 0 after a back-end reset has its next writes taken (no window where they are dropped)", () => {
+/** A block device's transport whose back end is reached through `ctrlFd` (-1: none), and its words. */
+function transport(ctrlFd: number): { t: VirtioMmioTransport; w: Int32Array } {
   const spec = virtioMmioSpec({
     name: "vda",
     base: BASE,
@@ -21,11 +22,14 @@ Deno.test("a driver that reads status 0 after a back-end reset has its next writ
     features: [],
     queueSizes: [16],
     configBytes: 8,
-    ctrlFd: -1,
+    ctrlFd,
     notifyFds: [-1],
   });
-  const t = new VirtioMmioTransport(spec);
-  const w = new Int32Array(spec.state);
+  return { t: new VirtioMmioTransport(spec), w: new Int32Array(spec.state) };
+}
+
+Deno.test("a driver that reads status 0 after a back-end reset has its next writes taken (no window where they are dropped)", () => {
+  const { t, w } = transport(-1);
   // A reset handed to the back end: the vCPU stored RESET_PENDING and went on.
   t.write(BASE + Reg.STATUS, 4, Status.ACKNOWLEDGE);
   Atomics.store(w, W.RESET_PENDING, 1);
@@ -41,18 +45,7 @@ Deno.test("a driver that reads status 0 after a back-end reset has its next writ
 Deno.test("a reset written while status is already 0 is done at once, so a slow back end cannot drop the driver's next writes (§2.4.1)", () => {
   // A back end that never answers: its control eventfd is signalled but nothing reads it.
   using ctrl = EventFd.create();
-  const spec = virtioMmioSpec({
-    name: "vda",
-    base: BASE,
-    deviceId: 2,
-    features: [],
-    queueSizes: [16],
-    configBytes: 8,
-    ctrlFd: ctrl.fd,
-    notifyFds: [-1],
-  });
-  const t = new VirtioMmioTransport(spec);
-  const w = new Int32Array(spec.state);
+  const { t, w } = transport(ctrl.fd);
   // A driver starting up resets the device first (status is 0 already), sees 0, goes on.
   const t0 = performance.now();
   t.write(BASE + Reg.STATUS, 4, 0);
