@@ -23,6 +23,19 @@ function modes(cls: number, mode: number): Uint8Array {
   return m;
 }
 
+/** A UDP frame (to port 53) the rig's guest sends to the host side, with its virtio-net header. */
+function guestUdp(r: NetRig): Uint8Array {
+  return withHeader(
+    buildFrame({
+      src: "10.95.0.2",
+      dst: "10.95.0.1",
+      proto: "udp",
+      dport: 53,
+      srcMac: Uint8Array.from(r.mac),
+    }),
+  );
+}
+
 /** `frame` behind a zeroed virtio-net header. */
 function withHeader(frame: Uint8Array): Uint8Array {
   const out = new Uint8Array(HDR + frame.length);
@@ -77,15 +90,7 @@ Deno.test("an outbound drop keeps the guest's UDP frames off the TAP, sends ever
   const cap = await capture(r);
   try {
     startDriver(r, BASE);
-    const udp = withHeader(
-      buildFrame({
-        src: "10.95.0.2",
-        dst: "10.95.0.1",
-        proto: "udp",
-        dport: 53,
-        srcMac: Uint8Array.from(r.mac),
-      }),
-    );
+    const udp = guestUdp(r);
     // Longer than the copied head (12 + 256), so the frame goes out as copy + guest memory.
     const icmp = withHeader(
       buildFrame({
@@ -221,15 +226,7 @@ Deno.test("netguard keeps seeing an outbound UDP flood its drop keeps off the TA
   }]);
   try {
     startDriver(r, BASE, 64);
-    const udp = withHeader(
-      buildFrame({
-        src: "10.95.0.2",
-        dst: "10.95.0.1",
-        proto: "udp",
-        dport: 53,
-        srcMac: Uint8Array.from(r.mac),
-      }),
-    );
+    const udp = guestUdp(r);
     r.mem.write(BUFS, udp);
     r.drv.use(1);
     // ~2000 frames/s for 2 s: 20 frames every 10 ms.
