@@ -8,7 +8,8 @@
 import assert from "node:assert/strict";
 import { loadShim } from "../../native/ffi.ts";
 import { HostMemory } from "../../vmm/memory.ts";
-import { configOffset, W } from "../../vmm/devices/virtio/layout.ts";
+import { configOffset, Feature, W } from "../../vmm/devices/virtio/layout.ts";
+import { BlkFeature } from "../../vmm/devices/virtio/blk_format.ts";
 import { NetStat } from "../../vmm/devices/virtio/net_format.ts";
 import { BUFS as NET_BUFS, F as NET_F, netRig, startDriver } from "./virtio_net_rig.ts";
 import { VirtioDeviceHost } from "../../vmm/devices/virtio/host.ts";
@@ -20,10 +21,10 @@ await loadShim();
 const MEM = 16 << 20;
 const QUEUE_AT = 0x10000;
 const BUF_AT = 0x100000;
-const F_VERSION_1 = 1n << 32n;
-const F_EVENT_IDX = 1n << 29n;
-const F_INDIRECT = 1n << 28n;
-const F_FLUSH = 1n << 9n;
+const F_VERSION_1 = 1n << BigInt(Feature.VERSION_1);
+const F_EVENT_IDX = 1n << BigInt(Feature.EVENT_IDX);
+const F_INDIRECT = 1n << BigInt(Feature.INDIRECT_DESC);
+const F_FLUSH = 1n << BigInt(BlkFeature.FLUSH);
 const T_OUT = 1;
 
 /** Page-cache state of a whole file (`cachestat(2)`, Linux 6.5+): pages cached and dirty. */
