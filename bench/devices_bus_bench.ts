@@ -4,7 +4,9 @@
  * the peer, the dispatch a single-threaded VMM would write: a `Map` from port
  * to device and a direct call, no lock. Both drive the same device instances.
  *
- * Prints ns per guest access; ratio = peer ns / vmkit ns (higher is better).
+ * Prints ns per guest access as the median of 7 rounds with the range (the
+ * sides alternate which goes first each round) and the load; ratio = peer ns
+ * / vmkit ns (higher is better).
  *
  * @module
  */
@@ -16,9 +18,10 @@ import {
   DeviceBus,
   type DeviceEnv,
 } from "../vmm/devices/mod.ts";
+import { machineLine, median, medianRange } from "./stats.ts";
 
 const N = 1_000_000;
-const ROUNDS = 5;
+const ROUNDS = 7;
 
 const env: DeviceEnv = { setIrq() {}, requestStop() {} };
 const devices = createDevices(defaultDeviceSpecs({ serialOut: "none" }), env);
@@ -74,33 +77,41 @@ const cases: Case[] = [
   },
 ];
 
+/** ns per call of `fn` over one pass of N calls. */
 function nsPerOp(fn: (i: number) => unknown): number {
-  let best = Infinity;
-  for (let r = 0; r < ROUNDS; r++) {
-    const t0 = performance.now();
-    for (let i = 0; i < N; i++) fn(i);
-    best = Math.min(best, ((performance.now() - t0) * 1e6) / N);
-  }
-  return best;
-}
-
-async function cpuModel(): Promise<string> {
-  const info = await Deno.readTextFile("/proc/cpuinfo");
-  return /^model name\s*:\s*(.*)$/m.exec(info)?.[1] ?? "unknown";
+  const t0 = performance.now();
+  for (let i = 0; i < N; i++) fn(i);
+  return ((performance.now() - t0) * 1e6) / N;
 }
 
 const rows: string[][] = [];
 for (const c of cases) {
   nsPerOp(c.vmkit); // warm both paths before measuring
   nsPerOp(c.peer);
-  const v = nsPerOp(c.vmkit);
-  const p = nsPerOp(c.peer);
-  rows.push([`${c.name}, ns/access`, v.toFixed(1), p.toFixed(1), (p / v).toFixed(2)]);
+  const v: number[] = [];
+  const p: number[] = [];
+  for (let r = 0; r < ROUNDS; r++) {
+    if (r % 2 === 0) {
+      v.push(nsPerOp(c.vmkit));
+      p.push(nsPerOp(c.peer));
+    } else {
+      p.push(nsPerOp(c.peer));
+      v.push(nsPerOp(c.vmkit));
+    }
+  }
+  const fmt = (x: number) => x.toFixed(1);
+  rows.push([
+    `${c.name}, ns/access`,
+    medianRange(v, fmt),
+    medianRange(p, fmt),
+    (median(p) / median(v)).toFixed(2),
+  ]);
 }
-console.log(`machine: nproc ${navigator.hardwareConcurrency}, ${await cpuModel()}`);
+console.log(`machine: ${machineLine()}`);
 console.log(
   "peer: in-process Map<port, Device> dispatch with direct calls and no lock " +
-    `(same device instances), ${N} accesses x best of ${ROUNDS}`,
+    `(same device instances), ${N} accesses per round, median [range] of ${ROUNDS} ` +
+    "alternating rounds",
 );
 const header = ["metric", "vmkit", "peer", "ratio (peer/vmkit ns)"];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
@@ -108,3 +119,4 @@ const line = (r: string[]) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" |
 console.log(line(header));
 console.log(widths.map((w) => "-".repeat(w)).join("-|-"));
 for (const r of rows) console.log(line(r));
+console.log(`load after: ${machineLine()}`);

@@ -6,6 +6,8 @@
  *
  * The guest does 100 000 `OUT dx, al` then writes the stop port 0x501.
  * Ratios: vmkit/peer for rates, peer/vmkit for times (higher is better).
+ * Each figure is the median of 7 runs with the range, the two sides
+ * alternating which goes first; the load is printed before and after.
  *
  * @module
  */
@@ -13,6 +15,7 @@
 import { defaultDeviceSpecs } from "../vmm/devices/mod.ts";
 import { Machine } from "../vmm/machine.ts";
 import { realModeLoader } from "../tests/vmm/machine_guest.ts";
+import { machineLine, median, medianRange } from "./stats.ts";
 
 const OUTER = 10;
 const INNER = 10_000;
@@ -128,39 +131,41 @@ async function runVmkit(port: number): Promise<{ exitsPerSec: number; startupMs:
   return { exitsPerSec: OUTER * INNER / secs, startupMs: t1 - t0 };
 }
 
-function median(xs: number[]): number {
-  const s = xs.slice().sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? NaN;
-}
-
-const cpu = (await Deno.readTextFile("/proc/cpuinfo")).match(/model name\s*:\s*(.*)/)?.[1];
-console.log(`machine: nproc ${navigator.hardwareConcurrency}, CPU ${cpu ?? "unknown"}`);
+const RUNS = 7;
+console.log(`machine: ${machineLine()}`);
 const dir = await buildPeer();
 try {
-  const rows: [string, number, number, number][] = [];
+  const rows: [string, number[], number[]][] = [];
   for (
     const [label, port] of [["unclaimed port 0x80", 0x80], ["COM1 scratch 0x3ff", 0x3ff]] as const
   ) {
     const v: number[] = [];
     const p: number[] = [];
-    for (let i = 0; i < 5; i++) {
-      v.push((await runVmkit(port)).exitsPerSec);
+    const peer = async () => {
       const r = await runPeer(`${dir}/peer`, port);
       p.push(r.exits / (r.ns / 1e9));
+    };
+    for (let i = 0; i < RUNS; i++) {
+      if (i % 2 === 1) await peer();
+      v.push((await runVmkit(port)).exitsPerSec);
+      if (i % 2 === 0) await peer();
     }
-    rows.push([`exits/s, 100k OUT to ${label}`, median(v), median(p), median(v) / median(p)]);
+    rows.push([`exits/s, 100k OUT to ${label}`, v, p]);
   }
   const startups: number[] = [];
-  for (let i = 0; i < 3; i++) startups.push((await runVmkit(0x80)).startupMs);
+  for (let i = 0; i < RUNS; i++) startups.push((await runVmkit(0x80)).startupMs);
+  const int = (x: number) => x.toFixed(0);
   console.log("\n| metric | vmkit | peer | ratio |\n| --- | --- | --- | --- |");
-  for (const [m, v, p, r] of rows) {
-    console.log(`| ${m} | ${v.toFixed(0)} | ${p.toFixed(0)} | ${r.toFixed(2)} |`);
+  for (const [m, v, p] of rows) {
+    const ratio = (median(v) / median(p)).toFixed(2);
+    console.log(`| ${m} | ${medianRange(v, int)} | ${medianRange(p, int)} | ${ratio} |`);
   }
   console.log(
-    `| Machine.create (VM, 16 MiB, 1 vCPU Worker ready), ms | ${
-      median(startups).toFixed(1)
-    } | n/a | n/a |`,
+    `| Machine.create in-process (VM, 16 MiB, 1 vCPU Worker ready), ms | ${
+      medianRange(startups, (x) => x.toFixed(1))
+    } | n/a (the whole-process start-up is in vmm_bench.ts) | n/a |`,
   );
+  console.log(`load after: ${machineLine()}`);
   console.log(
     `\npeer command: cc -O2 -o peer peer.c && ./peer <port>  (C source embedded in ${import.meta.url})`,
   );
