@@ -30,6 +30,8 @@ export const PACKAGES: ReadonlyArray<{ probe: string; pkg: string }> = [
   { probe: "/usr/bin/etcd", pkg: "etcd-server" },
   { probe: "/usr/sbin/hping3", pkg: "hping3" },
   { probe: "/usr/bin/tcpdump", pkg: "tcpdump" },
+  // libpcap's headers: the netguard bench's C peer (bpf_filter, pcap_open_offline).
+  { probe: "/usr/include/pcap/pcap.h", pkg: "libpcap-dev" },
   { probe: "/usr/bin/iperf3", pkg: "iperf3" },
   { probe: "/bin/busybox", pkg: "busybox-static" },
   { probe: "/usr/bin/ip", pkg: "iproute2" },
