@@ -6,7 +6,8 @@
 
 import { openImage } from "./chain.ts";
 import type { DiskImage } from "./disk_image.ts";
-import { type Qcow2Features, Qcow2Image } from "./qcow2.ts";
+import { Qcow2Image } from "./qcow2.ts";
+import type { Qcow2Features } from "./qcow2_header.ts";
 
 /** One layer of {@link ImageInfo}. */
 export interface LayerInfo {

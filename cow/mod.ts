@@ -92,13 +92,9 @@ export {
   PERM,
 } from "./image_lock.ts";
 export { RawImage, type RawOpenOptions } from "./raw.ts";
-export {
-  AUTOCLEAR_COMMIT_MARKER,
-  type Qcow2CreateOptions,
-  type Qcow2Features,
-  Qcow2Image,
-  type Qcow2OpenOptions,
-} from "./qcow2.ts";
+export { Qcow2Image, type Qcow2OpenOptions } from "./qcow2.ts";
+export type { Qcow2CreateOptions } from "./qcow2_create.ts";
+export { AUTOCLEAR_COMMIT_MARKER, type Qcow2Features } from "./qcow2_header.ts";
 export { probeBytes } from "./probe.ts";
 export {
   type AsyncOpenImageOptions,

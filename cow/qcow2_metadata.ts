@@ -10,8 +10,15 @@
  * The map holds one entry per metadata cluster (a bit mask of the
  * structures there), so a check is one hash lookup per cluster written.
  *
+ * {@link OverlapGuard} runs the checks and, on a hit, marks the image
+ * corrupt on disk (the header's corrupt bit) before it throws.
+ *
  * @module
  */
+
+import { QcowError } from "./errors.ts";
+import type { ImageFile } from "./file_io.ts";
+import { HDR, INCOMPAT, type Qcow2Header } from "./qcow2_format.ts";
 
 /** Metadata structures, as bits. */
 export const META = {
@@ -80,5 +87,82 @@ export class MetadataMap {
       for (const [bit, name] of NAMES) if (hit & bit) return name;
     }
     return null;
+  }
+}
+
+/** The overlap checks of one open image, and the corrupt marking they lead to. */
+export class OverlapGuard {
+  /** Where the metadata lies. */
+  readonly map: MetadataMap;
+  #path: string;
+  #file: ImageFile;
+  #header: Qcow2Header;
+  #cs: number;
+  #enabled: boolean;
+  /** Why the image was marked corrupt in this session, or null. */
+  reason: string | null = null;
+
+  /** Checks writes to `file` against `map` when `enabled` (QEMU's overlap-check "all"). */
+  constructor(
+    path: string,
+    file: ImageFile,
+    header: Qcow2Header,
+    map: MetadataMap,
+    enabled: boolean,
+  ) {
+    this.#path = path;
+    this.#file = file;
+    this.#header = header;
+    this.#cs = 2 ** header.clusterBits;
+    this.map = map;
+    this.#enabled = enabled;
+  }
+
+  /**
+   * Throws, and marks the image corrupt, when `[offset, offset + length)`
+   * holds metadata other than `allowed` (a META mask; 0 for guest data).
+   */
+  check(offset: number, length: number, allowed: number, what: string): void {
+    if (!this.#enabled) return;
+    const hit = this.map.overlap(offset, length, allowed);
+    if (hit !== null) {
+      this.signal(
+        `${what} at host offset ${offset} would overwrite the ${hit}: the image's tables ` +
+          `point into its metadata`,
+      );
+    }
+  }
+
+  /** The hot-path form of {@link check} for one guest data cluster at host offset `host`. */
+  checkData(host: number): void {
+    if (!this.#enabled) return;
+    const ci = host / this.#cs;
+    if (!Number.isInteger(ci)) {
+      this.signal(
+        `a guest data write at host offset ${host}: the L2 entry is not cluster aligned`,
+      );
+    }
+    if (this.map.has(ci)) this.check(host, this.#cs, 0, "a guest data write");
+  }
+
+  /** Marks the image corrupt (once, durably) and throws a {@link QcowError} naming `reason`. */
+  signal(reason: string): never {
+    let marked = "the image is now marked corrupt";
+    if (this.reason === null) {
+      this.reason = reason;
+      try {
+        this.#header.incompatible |= 1n << BigInt(INCOMPAT.CORRUPT);
+        const b = new Uint8Array(8);
+        new DataView(b.buffer).setBigUint64(0, this.#header.incompatible, false);
+        this.#file.pwrite(b, HDR.INCOMPATIBLE_FEATURES);
+        this.#file.sync();
+      } catch (err) {
+        marked = `marking the image corrupt failed too (${(err as Error).message})`;
+      }
+    }
+    throw new QcowError(
+      `'${this.#path}': refused ${reason}; ${marked} ` +
+        `(repair it with 'qemu-img check -r all ${this.#path}')`,
+    );
   }
 }

@@ -1,10 +1,11 @@
 /**
  * qcow2 table entries and the write-back cache of table clusters (L2
- * tables, refcount blocks) that `qcow2.ts` and `qcow2_refcounts.ts` share.
+ * tables, refcount blocks) that `l2_cache.ts` and `refcount.ts` share.
  *
  * @module
  */
 
+import { QcowError } from "./errors.ts";
 import type { ImageFile } from "./file_io.ts";
 import type { MetadataMap } from "./qcow2_metadata.ts";
 import type { Qcow2Header } from "./qcow2_format.ts";
@@ -41,6 +42,41 @@ export const ZERO_LO = 1;
 /** The host offset in an uncompressed L1/L2 entry given as its two halves. */
 export function entryOffset(hi: number, lo: number): number {
   return (hi & OFFSET_HI) * TWO32 + ((lo & OFFSET_LO) >>> 0);
+}
+
+/**
+ * Reads a table of `entries` 64-bit host offsets (the L1 table, the refcount
+ * table) at `offset`, checking each is cluster aligned and inside the file.
+ */
+export function readOffsetTable(
+  file: ImageFile,
+  offset: number,
+  entries: number,
+  what: string,
+  clusterSize: number,
+): Float64Array {
+  const out = new Float64Array(entries);
+  if (entries === 0) return out;
+  const fileLength = file.length();
+  const bytes = new Uint8Array(entries * 8);
+  file.readZeroFilled(bytes, offset);
+  const v = new DataView(bytes.buffer);
+  for (let i = 0; i < entries; i++) {
+    const hi = v.getUint32(i * 8, false);
+    const lo = v.getUint32(i * 8 + 4, false);
+    if (hi === 0 && lo === 0) continue;
+    const off = entryOffset(hi, lo);
+    if (off % clusterSize !== 0) {
+      throw new QcowError(`'${file.path}': ${what} entry ${i} (${off}) is not cluster aligned`);
+    }
+    if (off !== 0 && off >= fileLength) {
+      throw new QcowError(
+        `'${file.path}': ${what} entry ${i} points past the end of the file (${off})`,
+      );
+    }
+    out[i] = off;
+  }
+  return out;
 }
 
 /** One cached table cluster. */

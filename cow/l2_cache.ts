@@ -10,7 +10,7 @@
 import { QcowError } from "./errors.ts";
 import { META } from "./qcow2_metadata.ts";
 import { HDR } from "./qcow2_format.ts";
-import type { Refcounts } from "./qcow2_refcounts.ts";
+import type { Refcounts } from "./refcount.ts";
 import {
   COPIED_HI,
   newTable,
