@@ -86,6 +86,21 @@ export interface SizeResult {
   clones?: { n: number; ms: number; rssMb: number; pssMb: number };
 }
 
+/** A size's result with no runs yet. */
+export function emptyResult(mib: number, side: "vmkit" | "qemu"): SizeResult {
+  return {
+    mib,
+    side,
+    hostPauseUs: [],
+    guestGapUs: [],
+    note: "",
+    phases: [],
+    restoreMs: [],
+    totalsMs: [],
+    restorePhases: [],
+  };
+}
+
 export async function kernelPath(): Promise<string> {
   return `${await buildGuests()}guest-pvh.elf`;
 }

@@ -9,6 +9,7 @@
 import { QemuVm } from "./qemu_peer.ts";
 import {
   calibrate,
+  emptyResult,
   gapUs,
   type GuestPort,
   HOT_PAGES,
@@ -49,17 +50,7 @@ export async function qemuMigrate(
 }
 
 export async function qemuSize(dir: string, mib: number): Promise<SizeResult> {
-  const res: SizeResult = {
-    mib,
-    side: "qemu",
-    hostPauseUs: [],
-    guestGapUs: [],
-    note: "",
-    phases: [],
-    restoreMs: [],
-    totalsMs: [],
-    restorePhases: [],
-  };
+  const res = emptyResult(mib, "qemu");
   const kernel = await kernelPath();
   const file = `${dir}/qemu.mig`;
   {

@@ -13,6 +13,7 @@ import { processMemory } from "./qemu_peer.ts";
 import {
   calibrate,
   CLONES,
+  emptyResult,
   gapUs,
   type GuestPort,
   HOT_PAGES,
@@ -58,17 +59,7 @@ export class FilePort implements GuestPort {
 export async function vmkitSize(dir: string, mib: number): Promise<SizeResult> {
   const serial = `${dir}/vmkit-serial.txt`;
   await Deno.writeTextFile(serial, "");
-  const res: SizeResult = {
-    mib,
-    side: "vmkit",
-    hostPauseUs: [],
-    guestGapUs: [],
-    note: "",
-    phases: [],
-    restoreMs: [],
-    totalsMs: [],
-    restorePhases: [],
-  };
+  const res = emptyResult(mib, "vmkit");
   const m = await Machine.create({
     memMiB: mib,
     vcpus: 1,
