@@ -13,19 +13,22 @@
  * acknowledged write is lost and none is issued twice after its
  * acknowledgement.
  *
- * The session holds the connection's life: login, loss, reconnect and
- * keepalive, and the requests that are not SCSI tasks (NOP, SendTargets,
- * Logout). Its parts live beside it: login negotiation in `iscsi_login.ts`
- * (no socket), the socket with its read loop and output buffer in
- * `iscsi_connection.ts`, the tasks and CmdSN window in `iscsi_tasks.ts`, and
- * every PDU is built in one place, `iscsi_pdu_build.ts`.
+ * The session holds the connection's life: login, loss, reconnect, and the
+ * requests that are not SCSI tasks (SendTargets, Logout). Its parts live
+ * beside it, one idea each: login negotiation in `iscsi_login.ts` (no
+ * socket); the socket with its read loop and output buffer in
+ * `iscsi_connection.ts`; every PDU built in one place, `iscsi_pdu_build.ts`;
+ * the tasks and CmdSN window in `iscsi_tasks.ts`; the requests waiting for
+ * answers in `iscsi_requests.ts`; NOP-Out/NOP-In (keepalive, the target's
+ * pings) in `iscsi_nop.ts`; what each target PDU means in
+ * `iscsi_dispatch.ts`; and the SCSI command set (READ(16), INQUIRY, …) the
+ * session inherits in `scsi_commands.ts`.
  *
  * @module
  */
 
 import { IscsiConnectionError, IscsiProtocolError, IscsiSessionClosedError } from "./errors.ts";
-import type { ChapCredentials } from "./chap.ts";
-import { decodeText, encodeText } from "./iscsi_text.ts";
+import { encodeText } from "./iscsi_text.ts";
 import { parseIscsiName } from "./iscsi_name.ts";
 import { IscsiConnection, type PduSink } from "./iscsi_connection.ts";
 import { type CommandData, IscsiTasks, type ScsiResult } from "./iscsi_tasks.ts";
@@ -35,101 +38,27 @@ import {
   negotiateLogin,
   type RawPdu,
 } from "./iscsi_login.ts";
+import { ISCSI_PORT, type IscsiSessionOptions } from "./iscsi_options.ts";
+import { type DiscoveredTarget, IscsiRequests, parseSendTargets } from "./iscsi_requests.ts";
+import { ScsiCommands } from "./scsi_commands.ts";
 import {
   BHS_LEN,
   FLAG_FINAL,
-  OFF_BYTE2,
-  OFF_DATASN,
   OFF_FLAGS,
-  OFF_ITT,
-  OFF_LUN,
-  OFF_OPCODE,
-  OFF_STATSN,
   OFF_TTT,
-  OP_ASYNC,
-  OP_DATA_IN,
-  OP_LOGIN_RSP,
-  OP_LOGOUT_RSP,
-  OP_NOP_IN,
-  OP_R2T,
-  OP_REJECT,
-  OP_SCSI_RSP,
   OP_TEXT_RSP,
-  OP_TMF_RSP,
   OPCODE_MASK,
   RESERVED_TAG,
 } from "./iscsi_pdu.ts";
-import { pduLength, putLogoutRequest, putNopOut, putTextRequest } from "./iscsi_pdu_build.ts";
-import {
-  type Capacity,
-  cdbInquiry,
-  cdbReadCapacity16,
-  cdbReadWrite16,
-  cdbReportLuns,
-  cdbSynchronizeCache16,
-  cdbTestUnitReady,
-  cdbUnmap,
-  type InquiryData,
-  OPC_READ_16,
-  OPC_WRITE_16,
-  parseCapacity16,
-  parseInquiry,
-  parseReportLuns,
-  ScsiStatusError,
-  SENSE_ILLEGAL_REQUEST,
-  SENSE_UNIT_ATTENTION,
-  STATUS_BUSY,
-  STATUS_CHECK_CONDITION,
-  STATUS_GOOD,
-  STATUS_TASK_SET_FULL,
-  unmapParameters,
-} from "./scsi.ts";
+import { pduLength, putLogoutRequest, putTextRequest } from "./iscsi_pdu_build.ts";
+import { IscsiNop } from "./iscsi_nop.ts";
+import { dispatchPdu, type SessionParts } from "./iscsi_dispatch.ts";
 
 export type { NegotiatedParams } from "./iscsi_login.ts";
 export type { CommandData, ScsiResult } from "./iscsi_tasks.ts";
-
-/** Default iSCSI port. */
-export const ISCSI_PORT = 3260;
-
-/** How to reach and log in to a target. */
-export interface IscsiSessionOptions {
-  /** Target portal host (an IP literal or name; vmkit's tests use 127.0.0.1). */
-  readonly host: string;
-  /** Target portal port (default 3260). */
-  readonly port?: number;
-  /** The initiator name to log in with: the VM's SUI. */
-  readonly initiatorName: string;
-  /** Target IQN; omit for a discovery session. */
-  readonly targetName?: string;
-  /** CHAP credentials; without them AuthMethod=None is offered. */
-  readonly chap?: ChapCredentials;
-  /** Log in again and re-issue pending commands after a connection loss (default true). */
-  readonly reconnect?: boolean;
-  /** Give up reconnecting after this long, refused logins included (default 60 s). */
-  readonly reconnectTimeoutMs?: number;
-  /** Send a NOP-Out ping after this long without traffic; 0 disables (default 5 s). */
-  readonly keepaliveMs?: number;
-  /** Declare the connection dead when a ping is unanswered this long (default 10 s). */
-  readonly nopTimeoutMs?: number;
-  /** Login must finish within this long (default 10 s). */
-  readonly loginTimeoutMs?: number;
-  /** MaxRecvDataSegmentLength to declare (default 262144). */
-  readonly maxRecvDataSegmentLength?: number;
-  /** Offered MaxBurstLength (default 1 MiB). */
-  readonly maxBurstLength?: number;
-  /** Offered FirstBurstLength (default 256 KiB). */
-  readonly firstBurstLength?: number;
-  /** Retries of commands failing with UNIT ATTENTION, BUSY or TASK SET FULL (default 5). */
-  readonly retries?: number;
-}
-
-/** A target found by SendTargets discovery. */
-export interface DiscoveredTarget {
-  /** Target IQN. */
-  readonly name: string;
-  /** Portals as "host:port,tpgt". */
-  readonly addresses: string[];
-}
+export { ISCSI_PORT, type IscsiSessionOptions } from "./iscsi_options.ts";
+export type { DiscoveredTarget } from "./iscsi_requests.ts";
+export { ScsiCommands } from "./scsi_commands.ts";
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
@@ -141,9 +70,6 @@ function randomIsid(): Uint8Array {
   isid[0] = 0x80 | ((isid[0] ?? 0) & 0x3f);
   return isid;
 }
-
-/** A response that stands for "the connection went away" in {@link IscsiSession}'s waiters. */
-const LOST: RawPdu = { header: new Uint8Array(0), data: new Uint8Array(0) };
 
 /**
  * A logged-in iSCSI session.
@@ -162,32 +88,34 @@ const LOST: RawPdu = { header: new Uint8Array(0), data: new Uint8Array(0) };
  * await s.logout();
  * ```
  */
-export class IscsiSession {
+export class IscsiSession extends ScsiCommands {
   /** The options the session was opened with. */
   readonly options: IscsiSessionOptions;
   /** The normalised initiator name (the VM's SUI). */
   readonly initiatorName: string;
   /** Number of times the session logged in again after a connection loss. */
   reconnects = 0;
-  /** Number of keepalive NOP-Out pings the target answered. */
-  keepalivesAnswered = 0;
-  /** Number of target NOP-In pings this session answered. */
-  targetPingsAnswered = 0;
   #params: NegotiatedParams | undefined;
   readonly #isid: Uint8Array = randomIsid();
   #nextItt = 1;
   readonly #tasks: IscsiTasks = new IscsiTasks();
-  readonly #waiters = new Map<number, (pdu: RawPdu) => void>();
+  readonly #requests = new IscsiRequests();
+  readonly #nop = new IscsiNop({
+    tasks: this.#tasks,
+    requests: this.#requests,
+    ready: () => (this.#state === "ready" ? this.#connection : undefined),
+    allocItt: () => this.#allocItt(),
+    lost: (c, cause) => this.#connectionLost(c, cause),
+  });
+  /** Where the target's PDUs go. */
+  readonly #parts: SessionParts = { tasks: this.#tasks, requests: this.#requests, nop: this.#nop };
   #connection: IscsiConnection | undefined;
   #state: "login" | "ready" | "reconnecting" | "closed" = "login";
-  #pingItt = -1;
-  #pingSent = 0;
-  #keepalive: ReturnType<typeof setInterval> | undefined;
   #reconnecting: Promise<void> | undefined;
   #loginError: unknown;
   /** The session's side of its connections. */
   readonly #sink: PduSink = {
-    pdu: (buf, v, off, dataOff, dlen) => this.#handlePdu(buf, v, off, dataOff, dlen),
+    pdu: (buf, v, off, dataOff, dlen) => dispatchPdu(this.#parts, buf, v, off, dataOff, dlen),
     directTarget: (itt, bufOff, dlen) => this.#tasks.directTarget(itt, bufOff, dlen),
     placedDataIn: (buf, v, off, dlen) =>
       this.#tasks.onDataIn(buf, v, off, off + BHS_LEN, dlen, true),
@@ -196,6 +124,7 @@ export class IscsiSession {
   };
 
   private constructor(options: IscsiSessionOptions) {
+    super(options.retries ?? 5);
     this.options = options;
     this.initiatorName = parseIscsiName(options.initiatorName).name;
     if (options.targetName !== undefined) parseIscsiName(options.targetName);
@@ -206,7 +135,7 @@ export class IscsiSession {
     const s = new IscsiSession(options);
     await s.#open();
     s.#setState("ready");
-    s.#startKeepalive();
+    s.#nop.start(options.keepaliveMs ?? 5000, options.nopTimeoutMs ?? 10_000);
     return s;
   }
 
@@ -228,6 +157,16 @@ export class IscsiSession {
   /** Whether this is a discovery session. */
   get isDiscovery(): boolean {
     return this.options.targetName === undefined;
+  }
+
+  /** Number of keepalive NOP-Out pings the target answered. */
+  get keepalivesAnswered(): number {
+    return this.#nop.keepalivesAnswered;
+  }
+
+  /** Number of target NOP-In pings this session answered. */
+  get targetPingsAnswered(): number {
+    return this.#nop.targetPingsAnswered;
   }
 
   /** Number of commands issued or queued and not yet completed. */
@@ -260,7 +199,7 @@ export class IscsiSession {
       ]);
     } catch (err) {
       this.#dropConnection(c);
-      this.#failWaiters();
+      this.#requests.failAll();
       await c.reader;
       throw err;
     } finally {
@@ -292,12 +231,6 @@ export class IscsiSession {
     c.drop();
   }
 
-  /** Answers every request waiting for a response with "the connection went away". */
-  #failWaiters(): void {
-    for (const [, w] of this.#waiters) w(LOST);
-    this.#waiters.clear();
-  }
-
   /** Sends a whole PDU now (nothing is sent while there is no connection). */
   #send(pdu: Uint8Array): void {
     this.#connection?.send(pdu);
@@ -305,19 +238,13 @@ export class IscsiSession {
 
   /** Calls `send` (which sends a request with this ITT) and waits for the response with the same ITT. */
   #exchange(itt: number, send: () => void): Promise<RawPdu> {
-    return new Promise<RawPdu>((resolve, reject) => {
-      this.#waiters.set(itt, (r) => {
-        if (r.header.length === 0) {
-          reject(
-            this.#loginError ??
-              new IscsiConnectionError(`connection to ${this.options.host} lost during a request`),
-          );
-        } else {
-          resolve(r);
-        }
-      });
-      send();
-    });
+    return this.#requests.exchange(
+      itt,
+      send,
+      () =>
+        this.#loginError ??
+          new IscsiConnectionError(`connection to ${this.options.host} lost during a request`),
+    );
   }
 
   #allocItt(): number {
@@ -325,7 +252,7 @@ export class IscsiSession {
       const itt = this.#nextItt;
       this.#nextItt = (this.#nextItt + 1) >>> 0;
       if (this.#nextItt === RESERVED_TAG) this.#nextItt = 1;
-      if (!this.#tasks.has(itt) && !this.#waiters.has(itt) && itt !== RESERVED_TAG) return itt;
+      if (!this.#tasks.has(itt) && !this.#requests.has(itt) && itt !== RESERVED_TAG) return itt;
     }
   }
 
@@ -334,7 +261,7 @@ export class IscsiSession {
   #connectionLost(c: IscsiConnection, cause: unknown): void {
     if (this.#connection !== c || this.#state === "closed") return;
     this.#dropConnection(c);
-    this.#pingItt = -1;
+    this.#nop.reset();
     if (this.#state === "login") {
       this.#loginError = new IscsiConnectionError(
         `connection to ${this.options.host}:${this.options.port ?? ISCSI_PORT} failed during ` +
@@ -342,7 +269,7 @@ export class IscsiSession {
         { cause },
       );
     }
-    this.#failWaiters();
+    this.#requests.failAll();
     if (this.#state !== "ready") return;
     if (this.options.reconnect === false || this.isDiscovery) {
       this.#tasks.failAll(
@@ -352,7 +279,7 @@ export class IscsiSession {
         ),
       );
       this.#setState("closed");
-      this.#stopKeepalive();
+      this.#nop.stop();
       return;
     }
     this.#setState("reconnecting");
@@ -366,7 +293,7 @@ export class IscsiSession {
     while ((this.#state as string) !== "closed") {
       if (Date.now() > deadline) {
         this.#setState("closed");
-        this.#stopKeepalive();
+        this.#nop.stop();
         this.#tasks.failAll(
           new IscsiConnectionError(
             `lost the connection to ${this.options.host}:${this.options.port ?? ISCSI_PORT} and ` +
@@ -400,156 +327,8 @@ export class IscsiSession {
     }
   }
 
-  // --------------------------------------------------------------- keepalive
-
-  #startKeepalive(): void {
-    const every = this.options.keepaliveMs ?? 5000;
-    if (every <= 0 || this.#keepalive !== undefined) return;
-    const timeout = this.options.nopTimeoutMs ?? 10_000;
-    const timer = setInterval(() => {
-      const c = this.#connection;
-      if (this.#state !== "ready" || c === undefined) return;
-      const now = Date.now();
-      if (this.#pingItt >= 0) {
-        if (now - this.#pingSent > timeout) {
-          this.#connectionLost(
-            c,
-            new IscsiConnectionError(`NOP-Out ping unanswered for ${timeout} ms`),
-          );
-        }
-        return;
-      }
-      if (now - c.lastRx >= every) this.#sendPing(c);
-    }, Math.max(50, Math.min(every, timeout) / 2));
-    Deno.unrefTimer(timer);
-    this.#keepalive = timer;
-  }
-
-  #stopKeepalive(): void {
-    if (this.#keepalive !== undefined) clearInterval(this.#keepalive);
-    this.#keepalive = undefined;
-  }
-
-  /** Queues a NOP-Out at once: a ping of ours (`itt`), or an answer to a target's ping (`ttt`, `lun`). */
-  #putNopOut(c: IscsiConnection, itt: number, ttt: number, lun?: bigint): void {
-    const off = c.reserve(pduLength(0));
-    putNopOut(c.out, c.outView, off, itt, ttt, this.#tasks.cmdSN, this.#tasks.expStatSN, lun);
-    c.queued(false);
-  }
-
-  #sendPing(c: IscsiConnection): void {
-    const itt = this.#allocItt();
-    this.#pingItt = itt;
-    this.#pingSent = Date.now();
-    this.#putNopOut(c, itt, RESERVED_TAG);
-  }
-
-  // ------------------------------------------------------------ PDU dispatch
-
-  #handlePdu(buf: Uint8Array, v: DataView, off: number, dataOff: number, dlen: number): void {
-    const op = v.getUint8(off + OFF_OPCODE) & OPCODE_MASK;
-    switch (op) {
-      case OP_DATA_IN:
-        this.#tasks.onDataIn(buf, v, off, dataOff, dlen);
-        return;
-      case OP_SCSI_RSP:
-        this.#tasks.onResponse(buf, v, off, dataOff, dlen);
-        return;
-      case OP_R2T:
-        this.#tasks.updateWindow(v, off);
-        this.#tasks.onR2T(v, off);
-        return;
-      case OP_NOP_IN:
-        this.#onNopIn(v, off);
-        return;
-      case OP_LOGIN_RSP:
-      case OP_TEXT_RSP:
-      case OP_LOGOUT_RSP: {
-        if (op !== OP_LOGIN_RSP) {
-          this.#tasks.expStatSN = (v.getUint32(off + OFF_STATSN) + 1) >>> 0;
-          this.#tasks.updateWindow(v, off);
-        }
-        const itt = v.getUint32(off + OFF_ITT);
-        const w = this.#waiters.get(itt);
-        if (w === undefined) {
-          throw new IscsiProtocolError(
-            `unexpected response opcode 0x${op.toString(16)} for ITT ${itt}`,
-          );
-        }
-        this.#waiters.delete(itt);
-        w({
-          header: buf.slice(off, off + BHS_LEN),
-          data: buf.slice(dataOff, dataOff + dlen),
-        });
-        return;
-      }
-      case OP_REJECT:
-        this.#onReject(buf, v, off, dataOff, dlen);
-        return;
-      case OP_ASYNC: {
-        this.#tasks.updateWindow(v, off);
-        const event = v.getUint8(off + OFF_DATASN);
-        // 1: logout requested, 2/3: connection/session dropped; log in afresh.
-        if (event >= 1 && event <= 3) {
-          throw new IscsiConnectionError(`target sent asynchronous event ${event}; reconnecting`);
-        }
-        return;
-      }
-      case OP_TMF_RSP:
-        this.#tasks.updateWindow(v, off);
-        return;
-      default:
-        throw new IscsiProtocolError(`target sent unknown opcode 0x${op.toString(16)}`);
-    }
-  }
-
-  #onNopIn(v: DataView, off: number): void {
-    const itt = v.getUint32(off + OFF_ITT);
-    const ttt = v.getUint32(off + OFF_TTT);
-    if (itt !== RESERVED_TAG) {
-      this.#tasks.expStatSN = (v.getUint32(off + OFF_STATSN) + 1) >>> 0;
-      if (itt === this.#pingItt) {
-        this.#pingItt = -1;
-        this.keepalivesAnswered++;
-      }
-      const w = this.#waiters.get(itt);
-      if (w !== undefined) {
-        this.#waiters.delete(itt);
-        w({ header: new Uint8Array(BHS_LEN), data: new Uint8Array(0) });
-      }
-    }
-    this.#tasks.updateWindow(v, off);
-    if (ttt !== RESERVED_TAG) {
-      // The target pings us: answer with the same TTT and LUN, immediate, no CmdSN advance.
-      this.targetPingsAnswered++;
-      const c = this.#connection;
-      if (c !== undefined) this.#putNopOut(c, RESERVED_TAG, ttt, v.getBigUint64(off + OFF_LUN));
-    }
-  }
-
-  #onReject(buf: Uint8Array, v: DataView, off: number, dataOff: number, dlen: number): void {
-    this.#tasks.updateWindow(v, off);
-    const reason = v.getUint8(off + OFF_BYTE2);
-    if (dlen < BHS_LEN) {
-      throw new IscsiProtocolError(`target sent Reject (reason 0x${reason.toString(16)})`);
-    }
-    const rejected = new DataView(buf.buffer, buf.byteOffset + dataOff, BHS_LEN);
-    const itt = rejected.getUint32(OFF_ITT);
-    const err = new IscsiProtocolError(
-      `target rejected a PDU (opcode 0x${(rejected.getUint8(0) & OPCODE_MASK).toString(16)}, ` +
-        `reason 0x${reason.toString(16)})`,
-    );
-    if (this.#tasks.reject(itt, err)) return;
-    const w = this.#waiters.get(itt);
-    if (w !== undefined) {
-      this.#waiters.delete(itt);
-      w({ header: buf.slice(dataOff, dataOff + BHS_LEN), data: new Uint8Array(0) });
-      return;
-    }
-    throw err;
-  }
-
-  #submit(lun: number, cdb: Uint8Array, d: CommandData): Promise<ScsiResult> {
+  /** Runs one SCSI command as a task of this session (see {@link ScsiCommands}). */
+  protected override submit(lun: number, cdb: Uint8Array, d: CommandData): Promise<ScsiResult> {
     if (this.#state === "closed") {
       return Promise.reject(new IscsiSessionClosedError("the iSCSI session is closed"));
     }
@@ -562,145 +341,13 @@ export class IscsiSession {
     return this.#tasks.submit(this.#allocItt(), lun, cdb, d);
   }
 
-  /**
-   * Issues one SCSI command (`cdb` up to 16 bytes) and resolves when it
-   * completes. A status other than GOOD throws {@link ScsiStatusError} (after
-   * retrying UNIT ATTENTION, BUSY and TASK SET FULL) unless `allowStatus`.
-   */
-  async command(lun: number, cdb: Uint8Array, d: CommandData = {}): Promise<ScsiResult> {
-    if (cdb.length === 0 || cdb.length > 16) throw new RangeError(`CDB of ${cdb.length} bytes`);
-    const cdb16 = new Uint8Array(16);
-    cdb16.set(cdb);
-    return await this.#command(lun, cdb16, d);
-  }
-
-  /** {@link command} on a 16-byte CDB the session may keep (no copy). */
-  async #command(lun: number, cdb16: Uint8Array, d: CommandData): Promise<ScsiResult> {
-    const r = await this.#submit(lun, cdb16, d);
-    if (r.status === STATUS_GOOD || d.allowStatus === true) return r;
-    return await this.#retry(lun, cdb16, d, r);
-  }
-
-  /** Retries a command that ended with a retryable status, or throws its status. */
-  async #retry(
-    lun: number,
-    cdb16: Uint8Array,
-    d: CommandData,
-    first: ScsiResult,
-  ): Promise<ScsiResult> {
-    const retries = this.options.retries ?? 5;
-    for (let attempt = 0;; attempt++) {
-      const r = attempt === 0 ? first : await this.#submit(lun, cdb16, d);
-      if (r.status === STATUS_GOOD || d.allowStatus === true) return r;
-      const retryable = r.status === STATUS_BUSY || r.status === STATUS_TASK_SET_FULL ||
-        (r.status === STATUS_CHECK_CONDITION && r.sense?.key === SENSE_UNIT_ATTENTION);
-      if (!retryable || attempt >= retries) {
-        throw new ScsiStatusError(cdb16[0] ?? 0, r.status, r.sense);
-      }
-      if (r.status !== STATUS_CHECK_CONDITION) await sleep(10 * (attempt + 1));
-    }
-  }
-
-  /** INQUIRY (standard data). */
-  async inquiry(lun: number): Promise<InquiryData> {
-    const cdb = new Uint8Array(16);
-    const buf = new Uint8Array(96);
-    cdbInquiry(cdb, buf.length);
-    const r = await this.#command(lun, cdb, { dataIn: buf });
-    return parseInquiry(buf.subarray(0, buf.length - (r.underflow ? r.residual : 0)));
-  }
-
-  /**
-   * INQUIRY of vital product data page `page` (e.g. {@link VPD_DEVICE_ID});
-   * null when the unit does not support the page (CHECK CONDITION).
-   */
-  async inquiryVpd(lun: number, page: number): Promise<Uint8Array | null> {
-    const cdb = new Uint8Array(16);
-    const buf = new Uint8Array(1024);
-    cdbInquiry(cdb, buf.length, true, page);
-    let r: ScsiResult;
-    try {
-      r = await this.#command(lun, cdb, { dataIn: buf });
-    } catch (err) {
-      if (err instanceof ScsiStatusError && err.sense?.key === SENSE_ILLEGAL_REQUEST) return null;
-      throw err;
-    }
-    return buf.subarray(0, buf.length - (r.underflow ? r.residual : 0));
-  }
-
-  /** READ CAPACITY(16). */
-  async readCapacity16(lun: number): Promise<Capacity> {
-    const cdb = new Uint8Array(16);
-    const buf = new Uint8Array(32);
-    cdbReadCapacity16(cdb, buf.length);
-    await this.#command(lun, cdb, { dataIn: buf });
-    return parseCapacity16(buf);
-  }
-
-  /** READ(16) of `blocks` blocks at `lba` into `buf` (exactly blocks × block size bytes). */
-  async read16(lun: number, lba: number, blocks: number, buf: Uint8Array): Promise<void> {
-    const cdb = new Uint8Array(16);
-    cdbReadWrite16(cdb, OPC_READ_16, lba, blocks);
-    // The common case (GOOD) in one await: fewer microtask hops before the next command.
-    const d = { dataIn: buf };
-    let r = await this.#submit(lun, cdb, d);
-    if (r.status !== STATUS_GOOD) r = await this.#retry(lun, cdb, d, r);
-    if (r.underflow && r.residual > 0) {
-      throw new IscsiProtocolError(`READ(16) at LBA ${lba} returned ${r.residual} bytes short`);
-    }
-  }
-
-  /** WRITE(16) of `data` (blocks × block size bytes) at `lba`; `fua` forces it to media. */
-  async write16(
-    lun: number,
-    lba: number,
-    blocks: number,
-    data: Uint8Array,
-    fua = false,
-  ): Promise<void> {
-    const cdb = new Uint8Array(16);
-    cdbReadWrite16(cdb, OPC_WRITE_16, lba, blocks, fua);
-    await this.#command(lun, cdb, { dataOut: data });
-  }
-
-  /** SYNCHRONIZE CACHE(16) over the whole LUN. */
-  async synchronizeCache(lun: number): Promise<void> {
-    const cdb = new Uint8Array(16);
-    cdbSynchronizeCache16(cdb);
-    await this.#command(lun, cdb, {});
-  }
-
-  /** TEST UNIT READY; resolves if the unit is ready, throws {@link ScsiStatusError} otherwise. */
-  async testUnitReady(lun: number): Promise<void> {
-    const cdb = new Uint8Array(16);
-    cdbTestUnitReady(cdb);
-    await this.#command(lun, cdb, {});
-  }
-
-  /** REPORT LUNS (sent to LUN 0). */
-  async reportLuns(): Promise<number[]> {
-    const cdb = new Uint8Array(16);
-    const buf = new Uint8Array(8 + 8 * 256);
-    cdbReportLuns(cdb, buf.length);
-    await this.#command(0, cdb, { dataIn: buf });
-    return parseReportLuns(buf);
-  }
-
-  /** UNMAP one range (thin-provisioned LUNs). */
-  async unmap(lun: number, lba: number, blocks: number): Promise<void> {
-    const params = unmapParameters(lba, blocks);
-    const cdb = new Uint8Array(16);
-    cdbUnmap(cdb, params.length);
-    await this.#command(lun, cdb, { dataOut: params });
-  }
-
   /** Sends a NOP-Out ping and waits for the target's NOP-In. */
   async nop(): Promise<void> {
     this.#requireReady();
     const itt = this.#allocItt();
     await this.#exchange(itt, () => {
       const c = this.#connection;
-      if (c !== undefined) this.#putNopOut(c, itt, RESERVED_TAG);
+      if (c !== undefined) this.#nop.ping(c, itt);
     });
   }
 
@@ -744,20 +391,7 @@ export class IscsiSession {
       ttt = rv.getUint32(OFF_TTT);
       payload = new Uint8Array(0);
     }
-    let total = 0;
-    for (const c of chunks) total += c.length;
-    const all = new Uint8Array(total);
-    let o = 0;
-    for (const c of chunks) {
-      all.set(c, o);
-      o += c.length;
-    }
-    const out: DiscoveredTarget[] = [];
-    for (const [k, val] of decodeText(all)) {
-      if (k === "TargetName") out.push({ name: val, addresses: [] });
-      else if (k === "TargetAddress") out[out.length - 1]?.addresses.push(val);
-    }
-    return out;
+    return parseSendTargets(chunks);
   }
 
   /** Waits for in-flight commands, logs out (closing the session) and closes the connection. */
@@ -797,7 +431,7 @@ export class IscsiSession {
   async close(): Promise<void> {
     const wasClosed = this.#state === "closed";
     this.#setState("closed");
-    this.#stopKeepalive();
+    this.#nop.stop();
     const c = this.#connection;
     if (c !== undefined) {
       this.#dropConnection(c);
@@ -807,6 +441,6 @@ export class IscsiSession {
     if (!wasClosed || this.#tasks.size > 0) {
       this.#tasks.failAll(new IscsiSessionClosedError("the iSCSI session was closed"));
     }
-    this.#failWaiters();
+    this.#requests.failAll();
   }
 }
