@@ -41,7 +41,7 @@ import {
   snLessEq,
 } from "./iscsi_pdu.ts";
 import { pduLength, putDataOut, putScsiCommand } from "./iscsi_pdu_build.ts";
-import { decodeSense, ScsiResponseError, type SenseData } from "./scsi.ts";
+import { decodeSense, ScsiResponseError, type SenseData, STATUS_GOOD } from "./scsi.ts";
 
 /** The outcome of one SCSI command. */
 export interface ScsiResult {
@@ -66,6 +66,15 @@ export interface CommandData {
   /** Return CHECK CONDITION and other statuses instead of throwing. */
   readonly allowStatus?: boolean;
 }
+
+/** The result of every whole transfer that ended GOOD (results are read-only). */
+const GOOD: ScsiResult = Object.freeze({
+  status: STATUS_GOOD,
+  residual: 0,
+  underflow: false,
+  overflow: false,
+  sense: undefined,
+});
 
 /** One SCSI command from submission to completion. */
 interface Task {
@@ -218,13 +227,21 @@ export class IscsiTasks {
     }
     if ((flags & FLAG_STATUS) !== 0) {
       this.expStatSN = (v.getUint32(off + OFF_STATSN) + 1) >>> 0;
-      this.#finish(task, {
-        status: v.getUint8(off + OFF_BYTE3),
-        residual: v.getUint32(off + OFF_RESIDUAL),
-        underflow: (flags & FLAG_UNDERFLOW) !== 0,
-        overflow: (flags & FLAG_OVERFLOW) !== 0,
-        sense: undefined,
-      });
+      const status = v.getUint8(off + OFF_BYTE3);
+      const residual = v.getUint32(off + OFF_RESIDUAL);
+      // The common case, a whole transfer with GOOD status, shares one result: no allocation.
+      const whole = status === STATUS_GOOD && residual === 0 &&
+        (flags & (FLAG_UNDERFLOW | FLAG_OVERFLOW)) === 0;
+      this.#finish(
+        task,
+        whole ? GOOD : {
+          status,
+          residual,
+          underflow: (flags & FLAG_UNDERFLOW) !== 0,
+          overflow: (flags & FLAG_OVERFLOW) !== 0,
+          sense: undefined,
+        },
+      );
     }
   }
 
