@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { SHIM_SOURCES } from "../../native/_sources.ts";
-import { buildShim, ShimBuildError, shimCacheDir } from "../../native/build.ts";
-import { sourcesModule } from "../../native/gen_sources.ts";
+import { SHIM_HASH } from "../../native/_shim_hash.ts";
+import {
+  buildShim,
+  builtShimPath,
+  ShimBuildError,
+  shimCacheDir,
+  shimHash,
+} from "../../native/build.ts";
+import { hashModule, sourcesModule } from "../../native/gen_sources.ts";
 import { dsmNodeCommand } from "../../cli/dsm.ts";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
@@ -80,6 +87,14 @@ Deno.test("the generated C sources module is current and holds every native/*.c 
     assert.equal(SHIM_SOURCES[e.name], await Deno.readTextFile(`${ROOT}native/${e.name}`));
   }
   assert.ok("vmkit_shim.c" in SHIM_SOURCES);
+  assert.equal(await Deno.readTextFile(`${ROOT}native/_shim_hash.ts`), await hashModule());
+  assert.equal(SHIM_HASH, await shimHash(SHIM_SOURCES));
+  assert.match(await buildShim(), new RegExp(`/vmkit_shim-${SHIM_HASH}\\.so$`));
+  assert.equal(
+    builtShimPath(),
+    await buildShim(),
+    "the synchronous look-up finds the same library",
+  );
 });
 
 Deno.test("the shim cache is $VMKIT_CACHE, else $XDG_CACHE_HOME/vmkit, else ~/.cache/vmkit", () => {
@@ -143,12 +158,12 @@ Deno.test("dsm run's nodes work when started through the CLI as a compiled binar
   }
 });
 
-Deno.test("the shim builds from the embedded sources in a read-only folder with no C files, writing only to the cache", async () => {
+Deno.test("the shim builds from the embedded sources in a read-only folder with no C files, writing only to the cache, and is found again by its generated hash without them", async () => {
   const dir = await Deno.makeTempDir({ prefix: "vmkit-embed-" });
   try {
     // Like a compiled binary: build.ts and its generated sources, nothing else, not writable.
     await Deno.mkdir(`${dir}/app`);
-    for (const f of ["build.ts", "_sources.ts"]) {
+    for (const f of ["build.ts", "_sources.ts", "_shim_hash.ts"]) {
       await Deno.copyFile(`${ROOT}native/${f}`, `${dir}/app/${f}`);
     }
     await Deno.chmod(`${dir}/app`, 0o555);
@@ -159,12 +174,16 @@ Deno.test("the shim builds from the embedded sources in a read-only folder with 
     });
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, new RegExp(`^${dir}/xdg/vmkit/vmkit_shim-[0-9a-f]{16}\\.so\\n$`));
-    assert.deepEqual(await listTree(`${dir}/app`), ["_sources.ts", "build.ts"]);
+    assert.deepEqual(await listTree(`${dir}/app`), ["_shim_hash.ts", "_sources.ts", "build.ts"]);
     const cached = await listTree(`${dir}/xdg/vmkit`);
     assert.equal(cached.length, 1, `only the library is left in the cache: ${cached}`);
+    // A cached shim needs no cc, and not even the sources: it is found by the generated hash.
+    await Deno.chmod(`${dir}/app`, 0o755);
+    await Deno.remove(`${dir}/app/_sources.ts`);
+    await Deno.chmod(`${dir}/app`, 0o555);
     const again = await run(Deno.execPath(), ["run", "-A", `${dir}/app/build.ts`], {
       XDG_CACHE_HOME: `${dir}/xdg`,
-      PATH: "/nonexistent", // a cached shim needs no cc
+      PATH: "/nonexistent",
     });
     assert.equal(again.stdout, r.stdout, again.stderr);
   } finally {
