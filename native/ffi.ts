@@ -7,6 +7,7 @@
  */
 
 import { buildShim } from "./build.ts";
+import { dlopenLazily } from "./lazy_dlopen.ts";
 
 /** Symbols of `vmkit_shim.c`. Every call is synchronous; vCPU Workers block in `vk_run`. */
 export const SHIM_SYMBOLS = {
@@ -72,8 +73,7 @@ let loaded: LoadedShim | undefined;
  */
 export function openShim(path: string): LoadedShim {
   if (loaded !== undefined) return loaded;
-  const lib = Deno.dlopen(path, SHIM_SYMBOLS);
-  loaded = { path, symbols: lib.symbols };
+  loaded = { path, symbols: dlopenLazily(path, SHIM_SYMBOLS) };
   return loaded;
 }
 

@@ -15,6 +15,7 @@
 
 import { loadShim } from "./ffi.ts";
 import { errnoText } from "./kvm.ts";
+import { dlopenLazily } from "./lazy_dlopen.ts";
 
 /** Symbols of `uffd.c`. All synchronous; the fault thread runs inside C. */
 export const UFFD_SYMBOLS = {
@@ -135,7 +136,7 @@ let lib: UffdShim | undefined;
 
 /** Opens the symbols of an already built shim at `path` (e.g. inside a Worker). */
 export function openUffdShimAt(path: string): UffdShim {
-  if (lib === undefined) lib = Deno.dlopen(path, UFFD_SYMBOLS).symbols;
+  if (lib === undefined) lib = dlopenLazily(path, UFFD_SYMBOLS);
   return lib;
 }
 
