@@ -11,15 +11,25 @@
 import { VERSION } from "../version.ts";
 import { type Entry, isGroup, runEntry } from "./command.ts";
 import { Exit, exitTableText } from "./exit.ts";
+import { traceStartup } from "../vmm/startup_trace.ts";
+
+traceStartup("cli: main module evaluated");
 
 /** A top-level subcommand: its summary and how to load its module. */
 interface Loader {
   summary: string;
   load: () => Promise<{ entry: Entry }>;
+  /** Work to start before the module loads (not for `--help`). */
+  early?: () => Promise<void>;
 }
 
 const SUBCOMMANDS: Record<string, Loader> = {
-  run: { summary: "boot a kernel in a new VM", load: () => import("./run.ts") },
+  run: {
+    summary: "boot a kernel in a new VM",
+    load: () => import("./run.ts"),
+    // The vCPU Worker starts (and loads its modules) while run.ts's modules load here.
+    early: async () => (await import("../vmm/vcpu_pool.ts")).prestartVcpuWorker(),
+  },
   disk: { summary: "copy-on-write disk images (qcow2)", load: () => import("./disk.ts") },
   checkpoint: {
     summary: "live checkpoints: inspect, verify, merge",
@@ -88,9 +98,14 @@ export async function main(args: string[]): Promise<number> {
     console.error(`vmkit: unknown command '${name}' (see vmkit --help)`);
     return Exit.USAGE;
   }
-  return await runEntry((await loader.load()).entry, rest);
+  const help = rest.includes("--help") || rest.includes("-h");
+  const [{ entry }] = await Promise.all([loader.load(), help ? undefined : loader.early?.()]);
+  traceStartup(`cli: ${name} module loaded`);
+  return await runEntry(entry, rest);
 }
 
 if (import.meta.main) {
-  Deno.exit(await main(Deno.args));
+  const code = await main(Deno.args);
+  traceStartup("cli: exit");
+  Deno.exit(code);
 }

@@ -18,13 +18,12 @@
  */
 
 import type { NetGuard } from "../netguard/mod.ts";
-import {
-  type ApiObservability,
-  type ApiServer,
-  type HttpExchange,
-  startApiServer,
-  VmController,
-} from "../vmm/api/mod.ts";
+// Only what every run needs is imported here; the API server, snapshot loads and netguard
+// (each a large module graph: checkpoint/, cow/, san/) load when a flag asks for them.
+import { VmController } from "../vmm/api/controller.ts";
+import type { ApiObservability } from "../vmm/api/fc_routes.ts";
+import type { HttpExchange } from "../vmm/api/http.ts";
+import type { ApiServer } from "../vmm/api/server.ts";
 import { checkHostFile } from "../vmm/api/host_files.ts";
 import { launchMachine, type LaunchOptions, machineApiVm } from "../vmm/api/launch.ts";
 import { type FcLogger, VmConfigError } from "../vmm/api/vm_config.ts";
@@ -37,9 +36,9 @@ import { MetricsRegistry } from "../vmm/metrics/prometheus.ts";
 import { command, type Entry, kebabKeys } from "./command.ts";
 import { Exit } from "./exit.ts";
 import { DEFAULT_CMDLINE, OPTIONS, planRun, type RunOptions, type RunPlan } from "./run_options.ts";
-import { loadSnapshot, setSnapshotHost } from "../vmm/snapshot_api.ts";
 import { prewarmVcpuWorkers, releaseVcpuWorkers } from "../vmm/vcpu_pool.ts";
 import { checkPathArg } from "./usage.ts";
+import { traceStartup } from "../vmm/startup_trace.ts";
 
 const FLUSH_MS = 50;
 const INPUT_RETRY_MS = 10;
@@ -60,7 +59,9 @@ export const entry: Entry = command({
   options: OPTIONS,
   output: true,
   async run(ctx) {
+    traceStartup("run: options parsed");
     const plan = await planRun(ctx.values, ctx.given);
+    traceStartup("run: planned");
     return await run(ctx.values, plan, ctx.json);
   },
 });
@@ -197,7 +198,9 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     ...(vmId === undefined ? {} : { id: vmId }),
     resources,
     launch: async (r) => {
+      traceStartup("run: launch");
       const machine = await launchMachine(r, launchOptions);
+      traceStartup("run: machine created");
       metrics.machine = machine;
       log.info("run", "vm started", {
         vcpus: machine.vcpuCount,
@@ -243,8 +246,12 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     // A VMM that restores (or waits for its configuration, maybe a snapshot load) starts
     // its vCPU Workers now, so a restore does not wait for them.
     if (!plan.bootNow) await prewarmVcpuWorkers(plan.restore === undefined ? 1 : 2);
+    const sock = opts["api-sock"];
     // Snapshot loads (--restore, PUT /snapshot/load) give the VM this VMM's console and NICs.
-    setSnapshotHost(ctl, {
+    const snapshots = sock === undefined && plan.restore === undefined
+      ? undefined
+      : await import("../vmm/snapshot_api.ts");
+    snapshots?.setSnapshotHost(ctl, {
       devices: launchOptions.devices,
       restore: {
         ...(vmId === undefined ? {} : { vmId }),
@@ -253,16 +260,16 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     });
     if (plan.bootNow || plan.restore !== undefined) {
       try {
-        if (plan.restore !== undefined) {
-          await loadSnapshot(ctl, { path: plan.restore.path, resume: true });
+        if (plan.restore !== undefined && snapshots !== undefined) {
+          await snapshots.loadSnapshot(ctl, { path: plan.restore.path, resume: true });
         } else await ctl.start();
       } catch (err) {
         // The launch error, without the API's "cannot start the microVM: " prefix.
         throw new Error((err as Error).message.replace(/^cannot start the microVM: /, ""));
       }
     }
-    const sock = opts["api-sock"];
     if (sock !== undefined) {
+      const { startApiServer } = await import("../vmm/api/server.ts");
       api = await startApiServer(checkPathArg("--api-sock", sock), ctl, {
         observability,
         onExchange: (e) => {
@@ -312,7 +319,9 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
       : await startNetguard(opts.netguard, vmId ?? "vm", m, resources, log, metrics);
     let exit;
     try {
+      traceStartup("run: waiting");
       exit = await m.wait();
+      traceStartup("run: guest stopped");
     } finally {
       await watch?.[Symbol.asyncDispose]();
     }
@@ -348,6 +357,7 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
       console.error(`vmkit run: ${(err as Error).message}`);
     }
     await log.close();
+    traceStartup("run: cleaned up");
   }
 }
 

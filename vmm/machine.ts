@@ -70,6 +70,7 @@ import { MachineIo, type NetInterface } from "./machine_io.ts";
 import type { HostMemory } from "./memory.ts";
 import { blkFamilies, netFamilies } from "./metrics/device_metrics.ts";
 import type { MachineMetrics } from "./metrics/machine_metrics.ts";
+import { traceStartup } from "./startup_trace.ts";
 import {
   CTL_GO,
   CTL_REQ,
@@ -232,6 +233,7 @@ export class Machine implements AsyncDisposable {
       ...(config.memory === undefined ? {} : { memory: config.memory }),
       devices: config.devices,
       ...(config.deviceModule === undefined ? {} : { deviceModule: config.deviceModule }),
+      boot: config.kernel !== undefined,
     });
     let machine: Machine;
     try {
@@ -322,6 +324,7 @@ export class Machine implements AsyncDisposable {
       const m = machine;
       owner.stop = (status, reason) => void m.#finish({ status, reason });
       machine.#load(config, reuse);
+      traceStartup("machine: kernel loaded, devices sent");
     } catch (err) {
       await io?.close();
       releaseStandbyParts(parts);
@@ -430,6 +433,7 @@ export class Machine implements AsyncDisposable {
         new MachineError(`start() needs a Created machine, it is ${this.#state}`),
       );
     }
+    traceStartup("machine: start");
     const go = (): void => {
       this.#state = "Running";
       Atomics.or(this.#ctl, CTL_GO, GO_RUN);
@@ -782,8 +786,10 @@ export class Machine implements AsyncDisposable {
       Atomics.notify(this.#ctl, CTL_REQ);
       Atomics.add(this.#ctl, CTL_GO, GO_EVENT);
       Atomics.notify(this.#ctl, CTL_GO);
+      traceStartup("machine: finish");
       this.#kickAll();
       await this.#terminateWorkers();
+      traceStartup("machine: workers terminated");
       // Output a vCPU thread buffered (in shared state) reaches its sink before wait() resolves.
       for (const d of this.#devices) d.flush?.();
       this.#state = "Stopped";
@@ -834,6 +840,7 @@ export class Machine implements AsyncDisposable {
     this.vm.close();
     this.kvm.close();
     for (const f of this.#disposers.splice(0).reverse()) await f();
+    traceStartup("machine: disposed");
   }
 
   /**

@@ -11,8 +11,6 @@
  * @module
  */
 
-import { openRegistry } from "../san/registry_open.ts";
-import { remoteBacking } from "../cow/chain.ts";
 import { CowError } from "../cow/errors.ts";
 import { DiskHandle } from "./disk_handle.ts";
 import { MmioAllocator, type MmioSlot, virtioMmioCmdline } from "./devices/mmio_allocator.ts";
@@ -71,6 +69,8 @@ export class MachineIoError extends Error {
 
 /** The VM's SUI (IQN) from the registry, allocated on first use. */
 export async function resolveInitiatorName(identity: StorageIdentityConfig): Promise<string> {
+  // Loaded on use: a machine without iSCSI drives never loads san/ (a start costs less).
+  const { openRegistry } = await import("../san/registry_open.ts");
   const reg = await openRegistry(identity.registry);
   try {
     return (await reg.alloc(identity.vmId, "iqn")).sui;
@@ -134,8 +134,12 @@ export class MachineIo {
     }
     let initiator: string | undefined;
     // A LUN below a file drive's qcow2 chain (a checkpoint's overlay over it) logs in too.
+    // cow/'s chain code loads only for a VM that has an identity and image drives.
+    const { remoteBacking } = config.identity === undefined || drives.length === 0
+      ? { remoteBacking: undefined }
+      : await import("../cow/chain.ts");
     const overLun = (d: DriveConfig): boolean => {
-      if (d.backend.kind !== "file" || d.backend.format === "raw" || !config.identity) return false;
+      if (d.backend.kind !== "file" || d.backend.format === "raw" || !remoteBacking) return false;
       try {
         return remoteBacking(d.backend.path) !== null;
       } catch (err) {

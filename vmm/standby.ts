@@ -62,6 +62,7 @@ import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
 import { takeVcpuWorkers } from "./vcpu_pool.ts";
+import { traceStartup } from "./startup_trace.ts";
 
 /** `MSR_IA32_MISC_ENABLE`; bit 0 = fast strings, as firmware leaves it. */
 const MSR_IA32_MISC_ENABLE = 0x1a0;
@@ -94,6 +95,11 @@ export interface StandbyOptions extends StandbyShape {
   devices?: DeviceSpec[];
   /** Module exporting `createDevices(specs, env)` for them; default `vmm/devices/mod.ts`. */
   deviceModule?: string;
+  /**
+   * The standby is for a fresh boot (what `Machine.create` with a kernel
+   * builds), never a restore: the restore's own symbols are not opened ahead.
+   */
+  boot?: boolean;
 }
 
 /** What a machine takes over from its standby. */
@@ -179,12 +185,16 @@ export class StandbyMachine implements AsyncDisposable {
       memoryBacking: opts.memoryBacking ?? "anonymous",
     };
     validate(shape);
+    traceStartup("standby: create");
     const lib = await loadShim();
+    traceStartup("standby: shim loaded");
     // The restore's own symbols (userfaultfd, file I/O): opening them costs milliseconds.
-    await openUffdShim();
+    if (opts.boot !== true) await openUffdShim();
     installKickHandler();
+    traceStartup("standby: uffd shim, kick handler");
     // Workers load their modules on their own threads while the VM is built here.
     const workers = takeVcpuWorkers(shape.vcpus);
+    traceStartup("standby: workers spawned");
     const undo: (() => void)[] = [() => workers.forEach((w) => w.terminate())];
     const release = (): void => {
       for (const f of undo.reverse()) f();
@@ -241,6 +251,7 @@ export class StandbyMachine implements AsyncDisposable {
         setIrq: (gsi, level) => vm.irqLine(gsi, level),
         requestStop: (status, reason) => owner.stop?.(status, reason),
       };
+      traceStartup("standby: vm, memory, vcpus created");
       const mainDevices = (await loadDeviceFactory(opts.deviceModule))(devices, env);
       standby = new StandbyMachine(shape, {
         libPath: lib.path,
@@ -262,7 +273,9 @@ export class StandbyMachine implements AsyncDisposable {
         owner,
         busLock: DeviceBus.createLock(),
       });
+      traceStartup("standby: main devices built");
       await standby.#setUp();
+      traceStartup("standby: workers set up");
     } catch (err) {
       release();
       throw err;

@@ -4,7 +4,8 @@
  * would be most of a restore's time to running; a VMM that will restore a
  * snapshot (or waits for its configuration) starts them early, and
  * `StandbyMachine.create` (so `Machine.create`) takes from the pool before it
- * starts new ones. A standby machine (`standby.ts`) goes further: its Workers
+ * starts new ones. `vmkit run` starts one at process start
+ * ({@link prestartVcpuWorker}), so a boot never waits for its Worker either. A standby machine (`standby.ts`) goes further: its Workers
  * are also set up on their vCPUs.
  *
  * An idle Worker keeps the process alive: call {@link releaseVcpuWorkers}
@@ -21,6 +22,7 @@
  * @module
  */
 
+import { builtShimPath } from "../native/build.ts";
 import { loadShim } from "../native/ffi.ts";
 import type { VcpuPreload } from "./vcpu.ts";
 
@@ -42,6 +44,22 @@ export async function prewarmVcpuWorkers(count: number): Promise<void> {
     const preload: VcpuPreload = { preload: lib.path };
     w.postMessage(preload);
     pool.push(w);
+  }
+}
+
+/**
+ * Starts one vCPU Worker now without waiting for anything, e.g. at process
+ * start (`vmkit run` does): it loads and compiles its modules, and opens the
+ * shim when it is built already, while the main thread loads its own and
+ * builds the VM. The next machine takes it from the pool.
+ */
+export function prestartVcpuWorker(): void {
+  const w = spawn(`vcpu-pool${pool.length}`);
+  pool.push(w);
+  const path = builtShimPath();
+  if (path !== undefined) {
+    const preload: VcpuPreload = { preload: path };
+    w.postMessage(preload);
   }
 }
 

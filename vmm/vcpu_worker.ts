@@ -46,6 +46,9 @@ import {
   type VcpuPreload,
   VcpuRunState,
 } from "./vcpu.ts";
+import { traceStartup } from "./startup_trace.ts";
+
+traceStartup("worker: modules evaluated");
 
 const KVM_SYSTEM_EVENT_SHUTDOWN = 1;
 const KVM_SYSTEM_EVENT_RESET = 2;
@@ -107,6 +110,7 @@ async function main(init: VcpuInit): Promise<void> {
   Atomics.store(ctl, stateIndex, VcpuRunState.STANDBY);
   Atomics.notify(ctl, stateIndex);
   post({ type: "ready", id: init.id });
+  traceStartup("worker: set up");
   const load = await loaded;
   const bus = new DeviceBus(
     [
@@ -117,6 +121,7 @@ async function main(init: VcpuInit): Promise<void> {
     ],
     init.busLock,
   );
+  traceStartup("worker: devices built");
   Atomics.store(ctl, stateIndex, VcpuRunState.LOADED);
   Atomics.notify(ctl, stateIndex);
 
@@ -225,6 +230,7 @@ async function main(init: VcpuInit): Promise<void> {
   };
 
   new Float64Array(init.entered)[init.id] = performance.timeOrigin + performance.now();
+  traceStartup("worker: first KVM_RUN");
   Atomics.store(ctl, stateIndex, VcpuRunState.RUNNING);
   Atomics.notify(ctl, stateIndex);
   for (;;) {
@@ -291,6 +297,7 @@ async function main(init: VcpuInit): Promise<void> {
   }
   Atomics.store(ctl, stateIndex, VcpuRunState.EXITED);
   Atomics.notify(ctl, stateIndex);
+  traceStartup("worker: loop ended");
   post({ type: "exited", id: init.id });
 }
 
@@ -306,6 +313,7 @@ self.onmessage = (e: MessageEvent<VcpuInit | VcpuPreload>): void => {
   // A pooled Worker (vcpu_pool.ts) opens the shim while it waits for its VcpuInit.
   if ("preload" in e.data) {
     openShim(e.data.preload);
+    traceStartup("worker: shim preloaded");
     return;
   }
   self.onmessage = null;
