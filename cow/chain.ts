@@ -52,6 +52,10 @@ export interface OpenImageOptions {
   locking?: boolean;
   /** The top qcow2 image's overlap checks (QEMU's `overlap-check`; default "all"). */
   overlapCheck?: "all" | "none";
+  /** The top qcow2 image's L2 cache in bytes (QEMU's `l2-cache-size`; see `Qcow2OpenOptions`). */
+  l2CacheSize?: number;
+  /** The top qcow2 image's refcount cache in bytes (QEMU's `refcount-cache-size`). */
+  refcountCacheSize?: number;
   /**
    * Opens a backing file whose name is a protocol URL, not a path (QEMU's
    * rule: a `:` before any `/`, e.g. `iscsi://HOST/IQN/LUN`), as a read-only
@@ -300,6 +304,10 @@ function openLayer(
     img = Qcow2Image.fromFile(file, {
       backing: null,
       ...(top && options.overlapCheck ? { overlapCheck: options.overlapCheck } : {}),
+      ...(top && options.l2CacheSize !== undefined ? { l2CacheSize: options.l2CacheSize } : {}),
+      ...(top && options.refcountCacheSize !== undefined
+        ? { refcountCacheSize: options.refcountCacheSize }
+        : {}),
     });
   } catch (err) {
     file.close();

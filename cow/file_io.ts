@@ -58,6 +58,8 @@ export class FaultInjector {
   }
   /** When set, the file offset of every write point, in order (pwrite, truncate, punch). */
   trace: number[] | null = null;
+  /** `fdatasync` calls made so far (not write points: a sync never fails here). */
+  syncs: number = 0;
   /** Called before each write point at `offset`; throws once the fail point is reached. */
   hit(offset: number): void {
     this.count++;
@@ -205,6 +207,7 @@ export class ImageFile {
   /** Makes written data durable (`fdatasync`). */
   sync(): void {
     const fd = this.#check();
+    if (this.#faults) this.#faults.syncs++;
     if (lib().fdatasync(fd) < 0) {
       const e = errno();
       throw new DiskIoError("fdatasync", this.path, e, errText(e));

@@ -1,8 +1,24 @@
 /**
  * The L1 table and the cached L2 tables of a qcow2 image: lookup, allocation
- * of new L2 tables, write-back (step 3 of the flush order in `qcow2.ts`:
- * dirty L2 tables, then dirty L1 entries) and moving the L1 table when the
- * image grows past it.
+ * of new L2 tables, the order in which metadata reaches the disk, and
+ * moving the L1 table when the image grows past it.
+ *
+ * Write order (QEMU's cache dependency: refcount blocks before the L2
+ * tables that reference the clusters they count). An L2 table may be
+ * written only once everything it references is durable: the data clusters
+ * (written before their entries are set) and the refcounts of those
+ * clusters. A *barrier* writes the dirty refcount blocks and syncs once; a
+ * table changed before the last barrier can be written at any time, one
+ * changed since needs another barrier first. So a full cache writes back
+ * one table at a time and syncs once per "generation" of dirty tables, not
+ * on every insert. L1 entries are written only by a flush: a new table may
+ * reach the disk without its L1 entry (after a crash its clusters are
+ * leaked, as `qemu-img check` reports), never the reverse:
+ *
+ * - flush: barrier (refcounts, sync); every dirty L2 table; then the dirty
+ *   L1 entries, after one more sync when a new table lies in a reused
+ *   cluster (whose old bytes must not be what the entry points at); sync.
+ * - frees are released only after a flush (`refcount.ts`).
  *
  * @module
  */
@@ -11,14 +27,39 @@ import { QcowError } from "./errors.ts";
 import { META } from "./qcow2_metadata.ts";
 import { HDR } from "./qcow2_format.ts";
 import type { Refcounts } from "./refcount.ts";
-import {
-  COPIED_HI,
-  newTable,
-  type Table,
-  TableCache,
-  type TableHost,
-  TWO32,
-} from "./qcow2_tables.ts";
+import { COPIED_HI, type TableHost, TWO32 } from "./qcow2_tables.ts";
+import { newTable, type Table, TableCache, writeTable } from "./table_cache.ts";
+
+/** Most bytes of L2 tables cached by default: enough for 1 TiB of 64 KiB clusters. */
+export const MAX_DEFAULT_L2_CACHE = 128 * 1024 * 1024;
+
+/**
+ * How many L2 tables and refcount blocks an image caches. By default the L2
+ * cache covers the whole virtual size (`size` bytes of `clusterSize`
+ * clusters) up to {@link MAX_DEFAULT_L2_CACHE}, and the refcount cache is a
+ * quarter of it (QEMU's ratio), at least 4 blocks; `l2CacheSize` and
+ * `refcountCacheSize` (bytes, QEMU's `l2-cache-size`, `refcount-cache-size`)
+ * override them, at least 2 tables and 4 blocks as QEMU keeps.
+ */
+export function cacheCapacity(
+  size: number,
+  clusterSize: number,
+  l2CacheSize?: number,
+  refcountCacheSize?: number,
+): { l2Tables: number; refcountBlocks: number } {
+  for (
+    const [name, v] of [["l2CacheSize", l2CacheSize], ["refcountCacheSize", refcountCacheSize]]
+  ) {
+    if (v !== undefined && (typeof v !== "number" || !Number.isSafeInteger(v) || v <= 0)) {
+      throw new QcowError(`${name} must be a positive number of bytes (got ${v})`);
+    }
+  }
+  const cover = Math.ceil(size / ((clusterSize / 8) * clusterSize)) * clusterSize;
+  const l2Bytes = l2CacheSize ?? Math.min(cover, MAX_DEFAULT_L2_CACHE);
+  const l2Tables = Math.max(2, Math.floor(l2Bytes / clusterSize));
+  const rcBytes = refcountCacheSize ?? l2Tables * clusterSize / 4;
+  return { l2Tables, refcountBlocks: Math.max(4, Math.floor(rcBytes / clusterSize)) };
+}
 
 /** The L1 and L2 tables of one open image. */
 export class L2Tables {
@@ -28,7 +69,10 @@ export class L2Tables {
   #l1: Float64Array;
   #l1Dirty = new Set<number>();
   #cache: TableCache;
-  #dirty = new Set<Table>();
+  /** Barriers so far: tables changed in an earlier epoch may be written. */
+  #epoch = 1;
+  /** Whether a dirty L1 entry names a table in a reused (not fresh) cluster. */
+  #l1Reused = false;
 
   /** Wraps the L1 table `l1` (host offsets of the L2 tables) of an image. */
   constructor(host: TableHost, rc: Refcounts, l1: Float64Array, cacheTables: number) {
@@ -36,8 +80,21 @@ export class L2Tables {
     this.#rc = rc;
     this.#cs = 2 ** host.header.clusterBits;
     this.#l1 = l1;
-    this.#cache = new TableCache(cacheTables, () => host.flushSync());
+    this.#cache = new TableCache(cacheTables, (t) => this.#writeBack(t));
     for (const off of l1) if (off !== 0) host.meta.add(META.L2, off, this.#cs);
+  }
+
+  /** Writes dirty table `t` out of a full cache, after a barrier if it changed since the last. */
+  #writeBack(t: Table): void {
+    if (t.epoch >= this.#epoch) this.#barrier();
+    writeTable(this.#host, t, META.L2, "an L2 table write");
+  }
+
+  /** Makes the refcounts (and the data written so far) durable: one sync. */
+  #barrier(): void {
+    this.#rc.write();
+    this.#host.file.sync();
+    this.#epoch++;
   }
 
   /** Entries in the L1 table. */
@@ -52,7 +109,7 @@ export class L2Tables {
 
   /** Whether L2 tables or L1 entries wait to be written. */
   get dirty(): boolean {
-    return this.#l1Dirty.size > 0 || this.#dirty.size > 0;
+    return this.#l1Dirty.size > 0 || this.#cache.dirtyCount > 0;
   }
 
   /** The L2 table for L1 index `l1i`, allocating it when `alloc`; null when there is none. */
@@ -64,42 +121,59 @@ export class L2Tables {
     if (off === 0) {
       if (!alloc) return null;
       const host = this.#rc.alloc();
-      t = newTable(host, this.#cs, false);
+      const fresh = this.#rc.lastFresh;
+      t = newTable(l1i, host, this.#cs);
       this.#l1[l1i] = host;
       this.#l1Dirty.add(l1i);
       this.#host.meta.add(META.L2, host, this.#cs);
-      this.mark(t);
-    } else {
-      t = newTable(off, this.#cs, false);
-      if (this.#host.file.pread(t.data, off) < this.#cs) {
-        throw new QcowError(
-          `'${this.#host.path}': L2 table ${l1i} at ${off} is cut off by the end of the file`,
-        );
+      this.#cache.set(t);
+      // A never-written cluster reads as zeros: only the pages that change need writing.
+      if (!fresh) {
+        this.#cache.markAll(t, this.#epoch);
+        this.#l1Reused = true;
       }
+      return t;
     }
-    this.#cache.set(l1i, t);
+    t = newTable(l1i, off, this.#cs);
+    // A table may end the file cut short (only its changed pages were written): zeros.
+    this.#host.file.readZeroFilled(t.data, off);
+    this.#cache.set(t);
     return t;
   }
 
-  /** Marks `t` changed. */
-  mark(t: Table): void {
-    t.dirty = true;
-    this.#dirty.add(t);
+  /** Marks the entry at byte `at` of cached table `t` changed. */
+  mark(t: Table, at: number): void {
+    this.#cache.mark(t, at, 8, this.#epoch);
   }
 
-  /** Writes the dirty L2 tables, then the dirty L1 entries (no sync). */
-  write(): void {
+  /**
+   * Writes the metadata back in crash-safe order (see the module doc) and
+   * syncs; the image releases pending frees after this.
+   */
+  flush(): void {
     const { file, header } = this.#host;
-    for (const t of this.#dirty) {
-      this.#host.guard(t.offset, this.#cs, META.L2, "an L2 table write");
-      file.pwrite(t.data, t.offset);
-      t.dirty = false;
+    const dirty = this.dirty;
+    if (!dirty) {
+      this.#rc.write();
+      file.sync();
+      this.#epoch++;
+      return;
     }
-    this.#dirty.clear();
-    if (this.#l1Dirty.size === 0) return;
+    this.#barrier();
+    this.#cache.writeAll((t) => writeTable(this.#host, t, META.L2, "an L2 table write"));
+    if (this.#l1Dirty.size > 0) {
+      if (this.#l1Reused) file.sync();
+      this.#l1Reused = false;
+      this.#writeL1(header.l1TableOffset);
+    }
+    file.sync();
+    this.#epoch++;
+  }
+
+  #writeL1(base: number): void {
+    const file = this.#host.file;
     const e = new Uint8Array(8);
     const v = new DataView(e.buffer);
-    const base = header.l1TableOffset;
     for (const i of [...this.#l1Dirty].sort((a, b) => a - b)) {
       const off = this.#l1[i] ?? 0;
       v.setUint32(0, off === 0 ? 0 : (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);

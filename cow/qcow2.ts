@@ -46,12 +46,10 @@ import {
 import { CompressedClusters } from "./qcow2_compressed.ts";
 import { createQcow2, type Qcow2CreateOptions } from "./qcow2_create.ts";
 import { Qcow2Data } from "./qcow2_data.ts";
-import { L2Tables } from "./l2_cache.ts";
+import { cacheCapacity, L2Tables } from "./l2_cache.ts";
 import { Refcounts } from "./refcount.ts";
 import { readOffsetTable } from "./qcow2_tables.ts";
 
-/** Default bytes of L2 tables and refcount blocks each cached in memory. */
-const DEFAULT_CACHE_BYTES = 32 * 1024 * 1024;
 /** Options for {@link Qcow2Image.open}. */
 export interface Qcow2OpenOptions {
   /** Open read-only (default false). */
@@ -66,8 +64,13 @@ export interface Qcow2OpenOptions {
   backing?: DiskImage | null;
   /** Whether closing this image closes `backing` too (default true). */
   ownsBacking?: boolean;
-  /** Bytes of L2 tables (and, separately, refcount blocks) to cache (default 32 MiB). */
-  cacheBytes?: number;
+  /**
+   * Bytes of L2 tables to cache (QEMU's `l2-cache-size`); default: what
+   * covers the whole image, at most 128 MiB (1 TiB of 64 KiB clusters).
+   */
+  l2CacheSize?: number;
+  /** Bytes of refcount blocks to cache (QEMU's `refcount-cache-size`); default a quarter of the L2 cache. */
+  refcountCacheSize?: number;
   /** How to lock the file (default: "write", or "read" when read-only). */
   lock?: LockMode;
   /**
@@ -112,7 +115,7 @@ export class Qcow2Image extends SyncDiskImage {
     this.#size = h.size;
     this.#backing = options.backing ?? null;
     this.#ownsBacking = options.ownsBacking ?? true;
-    const cacheTables = Math.max(8, Math.floor((options.cacheBytes ?? DEFAULT_CACHE_BYTES) / cs));
+    const cache = cacheCapacity(h.size, cs, options.l2CacheSize, options.refcountCacheSize);
     const meta = new MetadataMap(cs);
     meta.add(META.HEADER, 0, cs);
     meta.add(META.REFCOUNT_TABLE, h.refcountTableOffset, h.refcountTableClusters * cs);
@@ -146,8 +149,8 @@ export class Qcow2Image extends SyncDiskImage {
         guard.check(offset, length, allowed, what),
       flushSync: () => this.flushSync(),
     };
-    this.#rc = new Refcounts(host, rcTable, file.length(), cacheTables);
-    this.#l2 = new L2Tables(host, this.#rc, l1, cacheTables);
+    this.#rc = new Refcounts(host, rcTable, file.length(), cache.refcountBlocks);
+    this.#l2 = new L2Tables(host, this.#rc, l1, cache.l2Tables);
     this.#data = new Qcow2Data({
       path: this.path,
       file,
@@ -343,13 +346,7 @@ export class Qcow2Image extends SyncDiskImage {
   flushSync(): void {
     if (this.readOnly || this.#closed) return;
     if (this.#guard.reason !== null) this.#writable("flush");
-    const metaDirty = this.#l2.dirty;
-    this.#rc.write();
-    if (metaDirty) {
-      this.#file.sync();
-      this.#l2.write();
-    }
-    this.#file.sync();
+    this.#l2.flush();
     this.#rc.releasePending();
   }
 

@@ -26,12 +26,12 @@ import type { Qcow2Header } from "./qcow2_format.ts";
 import type { CompressedClusters } from "./qcow2_compressed.ts";
 import type { L2Tables } from "./l2_cache.ts";
 import type { Refcounts } from "./refcount.ts";
+import type { Table } from "./table_cache.ts";
 import {
   COMPRESSED_HI,
   compressedSpan,
   COPIED_HI,
   entryOffset,
-  type Table,
   TWO32,
   ZERO_LO,
 } from "./qcow2_tables.ts";
@@ -300,7 +300,7 @@ export class Qcow2Data {
     else this.#file.pwrite(buf, target);
     v.setUint32(at, (COPIED_HI | Math.floor(target / TWO32)) >>> 0, false);
     v.setUint32(at + 4, target % TWO32, false);
-    this.#l2.mark(t);
+    this.#l2.mark(t, at);
     if (compressed) this.#freeCompressed(hi, lo);
     else if (zero && host !== 0 && target !== host) this.#rc.freeLater(host / cs);
   }
@@ -351,7 +351,7 @@ export class Qcow2Data {
     }
     v.setUint32(at, 0, false);
     v.setUint32(at + 4, newLo, false);
-    this.#l2.mark(t);
+    this.#l2.mark(t, at);
   }
 
   /** This layer's allocation at `offset`: one run of equal kind, up to `length` bytes. */

@@ -1,6 +1,7 @@
 /**
- * qcow2 table entries and the write-back cache of table clusters (L2
- * tables, refcount blocks) that `l2_cache.ts` and `refcount.ts` share.
+ * qcow2 table entries (L1, L2, refcount table): their bits, reading a table
+ * of host offsets, compressed-cluster spans, and what the table code
+ * (`l2_cache.ts`, `refcount.ts`) needs from its image.
  *
  * @module
  */
@@ -22,7 +23,7 @@ export interface TableHost {
   readonly meta: MetadataMap;
   /** Throws (and marks the image corrupt) when a write would hit other metadata. */
   guard(offset: number, length: number, allowed: number, what: string): void;
-  /** Flushes the whole image (called when every cached table is dirty). */
+  /** Flushes the whole image (before the L1 table moves). */
   flushSync(): void;
 }
 
@@ -77,65 +78,6 @@ export function readOffsetTable(
     out[i] = off;
   }
   return out;
-}
-
-/** One cached table cluster. */
-export interface Table {
-  /** Host offset of the cluster. */
-  offset: number;
-  /** Its bytes. */
-  data: Uint8Array;
-  /** A view of `data`. */
-  view: DataView;
-  /** Changed since it was last written. */
-  dirty: boolean;
-}
-
-/** A new table of `size` bytes at `offset`, all zeros. */
-export function newTable(offset: number, size: number, dirty: boolean): Table {
-  const data = new Uint8Array(size);
-  return { offset, data, view: new DataView(data.buffer), dirty };
-}
-
-/**
- * Table clusters by index (L1 index or refcount-table index), at most
- * `capacity` of them. Only clean tables are evicted; when every one is
- * dirty, `flush` (the image's flush, which writes them in a crash-safe
- * order) is called first.
- */
-export class TableCache {
-  #map = new Map<number, Table>();
-  #capacity: number;
-  #flush: () => void;
-
-  /** Creates a cache of `capacity` tables calling `flush` under pressure. */
-  constructor(capacity: number, flush: () => void) {
-    this.#capacity = capacity;
-    this.#flush = flush;
-  }
-
-  /** The cached table at `key`, if any. */
-  get(key: number): Table | undefined {
-    return this.#map.get(key);
-  }
-
-  /** Caches `t` at `key`, evicting a clean table when full. */
-  set(key: number, t: Table): void {
-    if (this.#map.size >= this.#capacity) {
-      let victim = this.#cleanVictim();
-      if (victim === undefined) {
-        this.#flush();
-        victim = this.#cleanVictim();
-      }
-      if (victim !== undefined) this.#map.delete(victim);
-    }
-    this.#map.set(key, t);
-  }
-
-  #cleanVictim(): number | undefined {
-    for (const [k, v] of this.#map) if (!v.dirty) return k;
-    return undefined;
-  }
 }
 
 /**

@@ -15,7 +15,8 @@
 import { QcowError } from "./errors.ts";
 import { META } from "./qcow2_metadata.ts";
 import { HDR } from "./qcow2_format.ts";
-import { newTable, type Table, TableCache, type TableHost } from "./qcow2_tables.ts";
+import type { TableHost } from "./qcow2_tables.ts";
+import { newTable, type Table, TableCache, writeTable } from "./table_cache.ts";
 
 /** What the refcounts need from their image. */
 export type RefcountHost = TableHost;
@@ -29,7 +30,6 @@ export class Refcounts {
   #table: Float64Array;
   #tableDirty = new Set<number>();
   #cache: TableCache;
-  #dirty = new Set<Table>();
   #nextFree: number;
   #freeList: number[] = [];
   #pendingFree: number[] = [];
@@ -47,7 +47,9 @@ export class Refcounts {
     this.#per = (this.#cs * 8) / (1 << this.#order);
     this.#table = table;
     this.#nextFree = Math.ceil(fileLength / this.#cs);
-    this.#cache = new TableCache(cacheTables, () => host.flushSync());
+    // A refcount block may be written at any time: a count reaching the disk early
+    // leaks its cluster at worst, and counts drop only after a flush (releasePending).
+    this.#cache = new TableCache(cacheTables, (t) => this.#writeBlock(t));
     for (const off of table) if (off !== 0) host.meta.add(META.REFCOUNT_BLOCK, off, this.#cs);
   }
 
@@ -58,7 +60,7 @@ export class Refcounts {
 
   /** Whether blocks or table entries wait to be written. */
   get dirty(): boolean {
-    return this.#dirty.size > 0 || this.#tableDirty.size > 0;
+    return this.#cache.dirtyCount > 0 || this.#tableDirty.size > 0;
   }
 
   /** Whether frees wait for the next flush. */
@@ -71,14 +73,10 @@ export class Refcounts {
     if (cached !== undefined) return cached;
     const off = this.#table[bi] ?? 0;
     if (off === 0) return null;
-    const t = newTable(off, this.#cs, false);
-    const n = this.#host.file.pread(t.data, off);
-    if (n < this.#cs) {
-      throw new QcowError(
-        `'${this.#host.path}': refcount block ${bi} at ${off} is cut off by the end of the file`,
-      );
-    }
-    this.#cache.set(bi, t);
+    const t = newTable(bi, off, this.#cs);
+    // A block may end the file cut short (only its changed pages were written): zeros.
+    this.#host.file.readZeroFilled(t.data, off);
+    this.#cache.set(t);
     return t;
   }
 
@@ -143,19 +141,19 @@ export class Refcounts {
         v.setUint8(at, (v.getUint8(at) & ~mask) | (value << shift));
       }
     }
-    blk.dirty = true;
-    this.#dirty.add(blk);
+    const bytes = this.#order >= 3 ? 1 << (this.#order - 3) : 1;
+    this.#cache.mark(blk, Math.floor((i << this.#order) / 8), bytes, 0);
   }
 
   #createBlock(bi: number): void {
     let nb: number;
     do nb = this.#nextFree++; while (this.get(nb) !== 0);
-    const t = newTable(nb * this.#cs, this.#cs, true);
-    this.#dirty.add(t);
+    // nextFree only hands out never-written clusters: the new block reads as zeros.
+    const t = newTable(bi, nb * this.#cs, this.#cs);
     this.#table[bi] = nb * this.#cs;
     this.#tableDirty.add(bi);
     this.#host.meta.add(META.REFCOUNT_BLOCK, nb * this.#cs, this.#cs);
-    this.#cache.set(bi, t);
+    this.#cache.set(t);
     this.set(nb, 1);
   }
 
@@ -225,19 +223,23 @@ export class Refcounts {
     this.#pendingFree.push(ci);
   }
 
-  #writeBlocks(): void {
-    for (const t of this.#dirty) {
-      this.#host.guard(t.offset, this.#cs, META.REFCOUNT_BLOCK, "a refcount block write");
-      this.#host.file.pwrite(t.data, t.offset);
-      t.dirty = false;
-    }
-    this.#dirty.clear();
+  #writeBlock(t: Table): void {
+    writeTable(this.#host, t, META.REFCOUNT_BLOCK, "a refcount block write");
   }
 
-  /** Writes dirty blocks, then dirty table entries (step 2 of the flush order). */
+  #writeBlocks(): void {
+    this.#cache.writeAll((t) => this.#writeBlock(t));
+  }
+
+  /**
+   * Writes the dirty blocks, then (after a sync, so that no table entry
+   * names a block whose bytes are not on the disk yet) the dirty table
+   * entries; no sync after.
+   */
   write(): void {
     this.#writeBlocks();
     if (this.#tableDirty.size === 0) return;
+    this.#host.file.sync();
     const e = new Uint8Array(8);
     const v = new DataView(e.buffer);
     const base = this.#host.header.refcountTableOffset;
