@@ -17,8 +17,9 @@
  * both sides: vmkit `await img.write()` one at a time then `flushSync()`,
  * in process; qemu-img bench in process too ("Run completed in"), with
  * `--flush-interval=COUNT` so it flushes once after the last write.
- * vmkit's per-write latency (p50/p99/max over all timed runs, the final
- * flush apart) is what the "no single write over 5 ms" goal is about.
+ * vmkit's IOPS are also printed for the writes alone (the final flush
+ * apart), and its per-write latency (p50/p99/max over all timed runs) is
+ * what the "no single write over 5 ms" goal is about.
  *
  * The peer's best setting is picked first, at 1 TiB, from aio io_uring and
  * threads, depth 1 and 64, and l2-cache-size default (32 MiB) or 128 MiB
@@ -83,6 +84,7 @@ function offsetOf(i: number, size: number): number {
 
 interface VmkitRun {
   seconds: number;
+  writeSeconds: number;
   latencies: Float64Array;
   flushMs: number;
 }
@@ -102,7 +104,7 @@ async function vmkitRun(dir: string, size: number): Promise<VmkitRun> {
     const f = performance.now();
     img.flushSync();
     const t1 = performance.now();
-    return { seconds: (t1 - t0) / 1000, latencies, flushMs: t1 - f };
+    return { seconds: (t1 - t0) / 1000, writeSeconds: (f - t0) / 1000, latencies, flushMs: t1 - f };
   } finally {
     img.closeSync();
     await Deno.remove(path);
@@ -192,11 +194,13 @@ async function main(): Promise<void> {
     console.log(`  best: ${settingName(best)}\n`);
 
     const v = new Map<number, number[]>();
+    const vw = new Map<number, number[]>();
     const p = new Map<number, number[]>();
     const lat = new Map<number, number[]>();
     const flush = new Map<number, number[]>();
     for (const [, size] of SIZES) {
       v.set(size, []);
+      vw.set(size, []);
       p.set(size, []);
       lat.set(size, []);
       flush.set(size, []);
@@ -208,6 +212,7 @@ async function main(): Promise<void> {
           async () => {
             const run = await vmkitRun(dir, size);
             v.get(size)?.push(COUNT / run.seconds);
+            vw.get(size)?.push(COUNT / run.writeSeconds);
             lat.get(size)?.push(...run.latencies);
             flush.get(size)?.push(run.flushMs);
           },
@@ -242,9 +247,16 @@ async function main(): Promise<void> {
     }
     const [g, t] = [v.get(GiB) ?? [], v.get(TiB) ?? []];
     const [pg, pt] = [p.get(GiB) ?? [], p.get(TiB) ?? []];
+    const [wg, wt] = [vw.get(GiB) ?? [], vw.get(TiB) ?? []];
     console.log(
-      `\nvmkit 1 TiB / 1 GiB: ${(median(t) / median(g)).toFixed(2)} (goal >= 0.80); ` +
-        `qemu-img 1 TiB / 1 GiB: ${(median(pt) / median(pg)).toFixed(2)}\n`,
+      `\n1 TiB / 1 GiB, writes + final flush: vmkit ${(median(t) / median(g)).toFixed(2)}, ` +
+        `qemu-img ${(median(pt) / median(pg)).toFixed(2)} (goal: vmkit >= 0.80)`,
+    );
+    console.log(
+      `vmkit writes alone (the flush apart): 1 GiB ${medianRange(wg, iops)} IOPS, ` +
+        `1 TiB ${medianRange(wt, iops)} IOPS, 1 TiB / 1 GiB ${
+          (median(wt) / median(wg)).toFixed(2)
+        }\n`,
     );
     console.log("vmkit per-write latency, all timed runs (ms), and its final flush:\n");
     console.log("| image | p50 | p99 | max | final flush ms |\n|---|---|---|---|---|");

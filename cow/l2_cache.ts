@@ -3,6 +3,10 @@
  * of new L2 tables, the order in which metadata reaches the disk, and
  * moving the L1 table when the image grows past it.
  *
+ * Tables are cached in 4 KiB slices (QEMU's `l2-cache-entry-size=4096`): a
+ * miss reads 4 KiB, not a cluster, and a new table in a 1 TiB image that
+ * gets one entry costs one slice of memory and one page of write-back.
+ *
  * Write order (QEMU's cache dependency: refcount blocks before the L2
  * tables that reference the clusters they count). An L2 table may be
  * written only once everything it references is durable: the data clusters
@@ -29,6 +33,9 @@ import { HDR } from "./qcow2_format.ts";
 import type { Refcounts } from "./refcount.ts";
 import { COPIED_HI, type TableHost, TWO32 } from "./qcow2_tables.ts";
 import { newTable, type Table, TableCache, writeTable } from "./table_cache.ts";
+
+/** Bytes of an L2 table cached as one piece (QEMU's `l2-cache-entry-size`). */
+const SLICE = 4096;
 
 /** Most bytes of L2 tables cached by default: enough for 1 TiB of 64 KiB clusters. */
 export const MAX_DEFAULT_L2_CACHE = 128 * 1024 * 1024;
@@ -69,18 +76,27 @@ export class L2Tables {
   #l1: Float64Array;
   #l1Dirty = new Set<number>();
   #cache: TableCache;
+  #sliceEntries: number;
+  #sliceBytes: number;
+  #slicesPerTable: number;
   /** Barriers so far: tables changed in an earlier epoch may be written. */
   #epoch = 1;
   /** Whether a dirty L1 entry names a table in a reused (not fresh) cluster. */
   #l1Reused = false;
 
-  /** Wraps the L1 table `l1` (host offsets of the L2 tables) of an image. */
+  /**
+   * Wraps the L1 table `l1` (host offsets of the L2 tables) of an image,
+   * caching `cacheTables` tables' worth of slices.
+   */
   constructor(host: TableHost, rc: Refcounts, l1: Float64Array, cacheTables: number) {
     this.#host = host;
     this.#rc = rc;
     this.#cs = 2 ** host.header.clusterBits;
     this.#l1 = l1;
-    this.#cache = new TableCache(cacheTables, (t) => this.#writeBack(t));
+    this.#sliceBytes = Math.min(SLICE, this.#cs);
+    this.#sliceEntries = this.#sliceBytes / 8;
+    this.#slicesPerTable = this.#cs / this.#sliceBytes;
+    this.#cache = new TableCache(cacheTables * this.#slicesPerTable, (t) => this.#writeBack(t));
     for (const off of l1) if (off !== 0) host.meta.add(META.L2, off, this.#cs);
   }
 
@@ -112,33 +128,56 @@ export class L2Tables {
     return this.#l1Dirty.size > 0 || this.#cache.dirtyCount > 0;
   }
 
-  /** The L2 table for L1 index `l1i`, allocating it when `alloc`; null when there is none. */
-  get(l1i: number, alloc: boolean): Table | null {
-    const cached = this.#cache.get(l1i);
+  /** L2 entries per cached slice (a slice is 4 KiB of a table, or the whole table when smaller). */
+  get sliceEntries(): number {
+    return this.#sliceEntries;
+  }
+
+  /** Byte offset of guest cluster `ci`'s entry in its slice. */
+  at(ci: number): number {
+    return (ci % this.#sliceEntries) * 8;
+  }
+
+  /**
+   * The cached slice of the L2 table holding guest cluster `ci`'s entry,
+   * allocating the table when `alloc`; null when there is no table.
+   */
+  get(ci: number, alloc: boolean): Table | null {
+    const key = Math.floor(ci / this.#sliceEntries);
+    const cached = this.#cache.get(key);
     if (cached !== undefined) return cached;
-    const off = this.#l1[l1i] ?? 0;
+    const l1i = Math.floor(key / this.#slicesPerTable);
+    let off = this.#l1[l1i] ?? 0;
+    const inTable = (key - l1i * this.#slicesPerTable) * this.#sliceBytes;
     let t: Table;
     if (off === 0) {
       if (!alloc) return null;
-      const host = this.#rc.alloc();
-      const fresh = this.#rc.lastFresh;
-      t = newTable(l1i, host, this.#cs);
-      this.#l1[l1i] = host;
-      this.#l1Dirty.add(l1i);
-      this.#host.meta.add(META.L2, host, this.#cs);
-      this.#cache.set(t);
-      // A never-written cluster reads as zeros: only the pages that change need writing.
-      if (!fresh) {
-        this.#cache.markAll(t, this.#epoch);
-        this.#l1Reused = true;
-      }
-      return t;
+      off = this.#newTable(l1i);
+      t = newTable(key, off + inTable, this.#sliceBytes);
+    } else {
+      t = newTable(key, off + inTable, this.#sliceBytes);
+      // A table may end the file cut short (only its changed pages were written): zeros.
+      this.#host.file.readZeroFilled(t.data, off + inTable);
     }
-    t = newTable(l1i, off, this.#cs);
-    // A table may end the file cut short (only its changed pages were written): zeros.
-    this.#host.file.readZeroFilled(t.data, off);
     this.#cache.set(t);
     return t;
+  }
+
+  /** Allocates the L2 table for L1 index `l1i`; returns its host offset. */
+  #newTable(l1i: number): number {
+    const cs = this.#cs;
+    const host = this.#rc.alloc();
+    this.#l1[l1i] = host;
+    this.#l1Dirty.add(l1i);
+    this.#host.meta.add(META.L2, host, cs);
+    // A never-written cluster reads as zeros; a reused one is zeroed at once, and its
+    // L1 entry waits for a sync after that (see flush).
+    if (!this.#rc.lastFresh) {
+      this.#host.guard(host, cs, META.L2, "an L2 table write");
+      this.#host.file.pwrite(new Uint8Array(cs), host);
+      this.#l1Reused = true;
+    }
+    return host;
   }
 
   /** Marks the entry at byte `at` of cached table `t` changed. */

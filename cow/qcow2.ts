@@ -2,14 +2,20 @@
  * qcow2 images (version 3; version 2 read-only): create, open, read, write,
  * zero clusters, discard, grow, flush, compressed-cluster reads.
  *
- * Metadata is cached write-back, and `flush` orders it the way QEMU does so
- * that a crash at any write point leaves at most leaked clusters:
+ * Metadata is cached write-back (`table_cache.ts`; by default the L2 cache
+ * covers the whole image, at most 128 MiB, see {@link Qcow2OpenOptions}),
+ * and reaches the disk in the order QEMU's cache dependencies give, so that
+ * a crash at any write point leaves at most leaked clusters:
  *
  * 1. guest data and copy-on-write data are written to their new clusters at
  *    once (before any metadata refers to them);
- * 2. on flush, dirty refcount blocks and refcount-table entries are written,
- *    then `fdatasync` (data + refcounts durable);
- * 3. then dirty L2 tables, then dirty L1 entries, then `fdatasync`;
+ * 2. a barrier writes the dirty refcount blocks (and, after a sync, new
+ *    refcount-table entries) and syncs: an L2 table changed before it may
+ *    then be written at any time; a full cache writes back one such table
+ *    at a time, taking a barrier only when the oldest dirty table changed
+ *    since the last one (`l2_cache.ts`);
+ * 3. on flush: a barrier, every dirty L2 table, then the dirty L1 entries
+ *    (after another sync when a new table lies in a reused cluster), sync;
  * 4. only then are clusters freed by discard/overwrite released (their
  *    refcount decremented, reuse allowed): a cluster is never reused while
  *    a durable L2 entry may still point at it.

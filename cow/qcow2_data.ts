@@ -158,14 +158,16 @@ export class Qcow2Data {
     const l2e = this.#l2Entries;
     const ci = Math.floor(offset / cs);
     const inOff = offset - ci * cs;
-    const l1i = Math.floor(ci / l2e);
-    let l2i = ci - l1i * l2e;
-    const t = this.#l2.get(l1i, false);
+    const t = this.#l2.get(ci, false);
     if (t === null) {
+      const l1i = Math.floor(ci / l2e);
       out.kind = EXTENT_BACKING;
       out.length = Math.min(length, (l1i + 1) * l2e * cs - offset);
       return;
     }
+    // Entries of one cached slice; a run stops at its end (the next call goes on).
+    let l2i = ci % this.#l2.sliceEntries;
+    const end = this.#l2.sliceEntries;
     const v = t.view;
     const hi = v.getUint32(l2i * 8, false);
     const lo = v.getUint32(l2i * 8 + 4, false);
@@ -180,7 +182,7 @@ export class Qcow2Data {
     else {
       // Clusters contiguous on the host make one run (one pread).
       let next = host + cs;
-      while (n < length && l2i + 1 < l2e) {
+      while (n < length && l2i + 1 < end) {
         const h2 = v.getUint32((l2i + 1) * 8, false);
         const l2 = v.getUint32((l2i + 1) * 8 + 4, false);
         if ((h2 & COMPRESSED_HI) || (l2 & ZERO_LO) || entryOffset(h2, l2) !== next) break;
@@ -225,10 +227,9 @@ export class Qcow2Data {
     const cs = this.#cs;
     const b = this.#host.backing();
     if (length === cs || b === null || ci * cs >= b.size) return false;
-    const l1i = Math.floor(ci / this.#l2Entries);
-    const t = this.#l2.get(l1i, false);
+    const t = this.#l2.get(ci, false);
     if (t === null) return true;
-    const at = (ci - l1i * this.#l2Entries) * 8;
+    const at = this.#l2.at(ci);
     const hi = t.view.getUint32(at, false);
     const lo = t.view.getUint32(at + 4, false);
     return (hi & COMPRESSED_HI) === 0 && (lo & ZERO_LO) === 0 && entryOffset(hi, lo) === 0;
@@ -242,9 +243,8 @@ export class Qcow2Data {
    */
   writeCluster(ci: number, inOff: number, chunk: Uint8Array, cow: Uint8Array | null): void {
     const cs = this.#cs;
-    const l1i = Math.floor(ci / this.#l2Entries);
-    const at = (ci - l1i * this.#l2Entries) * 8;
-    const t = this.#l2.get(l1i, true);
+    const at = this.#l2.at(ci);
+    const t = this.#l2.get(ci, true);
     if (t === null) throw new QcowError(`'${this.#path}': could not allocate an L2 table`);
     const v = t.view;
     const hi = v.getUint32(at, false);
@@ -333,10 +333,9 @@ export class Qcow2Data {
   }
 
   discardCluster(ci: number): void {
-    const l1i = Math.floor(ci / this.#l2Entries);
-    const at = (ci - l1i * this.#l2Entries) * 8;
+    const at = this.#l2.at(ci);
     const hasBacking = this.#host.backing() !== null || this.#header.backingFile !== null;
-    const t = this.#l2.get(l1i, hasBacking);
+    const t = this.#l2.get(ci, hasBacking);
     if (t === null) return;
     const v = t.view;
     const hi = v.getUint32(at, false);
@@ -364,16 +363,16 @@ export class Qcow2Data {
     while (pos < length) {
       const go = offset + pos;
       const ci = Math.floor(go / cs);
-      const l1i = Math.floor(ci / l2e);
-      const t = this.#l2.get(l1i, false);
+      const t = this.#l2.get(ci, false);
       let k: BlockStatus["kind"];
       let n: number;
       if (t === null) {
         // A whole L2 range without a table: one step, not one per cluster.
+        const l1i = Math.floor(ci / l2e);
         k = "unallocated";
         n = Math.min((l1i + 1) * l2e * cs - go, length - pos);
       } else {
-        k = kindOf(t, (ci - l1i * l2e) * 8);
+        k = kindOf(t, this.#l2.at(ci));
         n = Math.min(cs - (go - ci * cs), length - pos);
       }
       if (kind === null) kind = k;
@@ -388,12 +387,16 @@ export class Qcow2Data {
     let clusters = 0;
     const total = Math.ceil(this.#host.size() / this.#cs);
     // Walk the L2 tables the L1 names; unallocated ranges cost nothing.
+    const per = this.#l2.sliceEntries;
     for (let l1i = 0; l1i < this.#l2.length; l1i++) {
       if (!this.#l2.allocated(l1i)) continue;
-      const t = this.#l2.get(l1i, false);
-      if (t === null) continue;
-      const n = Math.min(this.#l2Entries, total - l1i * this.#l2Entries);
-      for (let i = 0; i < n; i++) if (kindOf(t, i * 8) === "data") clusters++;
+      const last = Math.min((l1i + 1) * this.#l2Entries, total);
+      for (let ci = l1i * this.#l2Entries; ci < last; ci += per) {
+        const t = this.#l2.get(ci, false);
+        if (t === null) continue;
+        const n = Math.min(per, last - ci);
+        for (let i = 0; i < n; i++) if (kindOf(t, i * 8) === "data") clusters++;
+      }
     }
     return clusters * this.#cs;
   }
