@@ -157,21 +157,35 @@ export class BlockCache {
     }
   }
 
-  /** The block is exclusive here now: its recorded stores are performed. */
-  #completeExclusive(r: CachedRegion, block: number): void {
+  /**
+   * The block is exclusive here now (called with its lock held): its
+   * recorded stores are performed. Returns the workers whose stores these
+   * were, for {@link BlockCache.#wakeWriters} once the lock is released.
+   */
+  #completeExclusive(r: CachedRegion, block: number): number {
     const bs = r.buf.blockSize;
     const writers = r.writers[block] ?? 0;
+    // The state first: a writer that sees its count drop finds the block exclusive.
+    this.#setState(r, block, State.EXCLUSIVE);
     if (writers !== 0) {
       r.mask.fill(0, block * bs, (block + 1) * bs);
       r.writers[block] = 0;
       for (let w = 0; w < this.#workers; w++) {
-        if ((writers & (1 << w)) === 0) continue;
-        const idx = w * CTRL_STRIDE + Ctrl.PENDING;
-        Atomics.sub(this.#ctrl, idx, 1);
-        Atomics.notify(this.#ctrl, idx);
+        if ((writers & (1 << w)) !== 0) Atomics.sub(this.#ctrl, w * CTRL_STRIDE + Ctrl.PENDING, 1);
       }
     }
-    this.#setState(r, block, State.EXCLUSIVE);
+    return writers;
+  }
+
+  /**
+   * Wakes the workers waiting for their stores to be performed, after the
+   * block's lock is released: a woken worker may take this thread's core, and
+   * must not then find the lock held by a thread that cannot run.
+   */
+  #wakeWriters(writers: number): void {
+    for (let w = 0; writers !== 0 && w < this.#workers; w++) {
+      if ((writers & (1 << w)) !== 0) Atomics.notify(this.#ctrl, w * CTRL_STRIDE + Ctrl.PENDING);
+    }
   }
 
   /** DATA from the home: the block arrives shared (b=0) or exclusive (b=1), `data` checked. */
@@ -181,6 +195,7 @@ export class BlockCache {
       throw new DsmProtocolError(`node ${from} sent data for block ${block} it is not home of`);
     }
     const line = block * r.linesPerBlock;
+    let writers = 0;
     lockBlock(r.locks, block);
     try {
       const s = r.state[line];
@@ -192,7 +207,7 @@ export class BlockCache {
       }
       this.#merge(r, block, data);
       if (msg.b === 1) {
-        this.#completeExclusive(r, block);
+        writers = this.#completeExclusive(r, block);
       } else if ((r.writers[block] ?? 0) !== 0) {
         // Stores were recorded while the read was outstanding: now ask for exclusivity.
         this.#setState(r, block, State.PENDING_UPGRADE);
@@ -204,12 +219,14 @@ export class BlockCache {
     } finally {
       unlockBlock(r.locks, block);
     }
+    this.#wakeWriters(writers);
     this.#bump(r, block);
   }
 
   /** An ACK with b=1 from the home: an upgrade granted without data. */
   onGrant(r: CachedRegion, msg: Message, from: number): void {
     const block = msg.block;
+    let writers = 0;
     lockBlock(r.locks, block);
     try {
       if (
@@ -219,10 +236,11 @@ export class BlockCache {
           `node ${from} granted an upgrade of block ${block} not asked for`,
         );
       }
-      this.#completeExclusive(r, block);
+      writers = this.#completeExclusive(r, block);
     } finally {
       unlockBlock(r.locks, block);
     }
+    this.#wakeWriters(writers);
     this.#bump(r, block);
   }
 
