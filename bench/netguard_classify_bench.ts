@@ -26,11 +26,10 @@
  */
 
 import {
+  classifyFrame,
   NetGuard,
   PacketClass,
-  PacketInfo,
   parseConfig,
-  parseLinkFrame,
   readCapture,
   readCaptureStream,
 } from "../netguard/mod.ts";
@@ -64,14 +63,13 @@ function check(what: string, matched: number): void {
 }
 
 // vmkit in memory: every frame of the indexed capture classified, the SYNs counted.
-const info = new PacketInfo();
+const SYN = PacketClass.tcpSyn;
 function vmkitMemory(): number {
   const t0 = performance.now();
   let n = 0;
   const { buf, offsets, lengths, linkTypes } = cap;
   for (let i = 0; i < cap.count; i++) {
-    parseLinkFrame(linkTypes[i] ?? 1, buf, offsets[i] ?? 0, lengths[i] ?? 0, info);
-    if (info.cls === PacketClass.tcpSyn) n++;
+    if (classifyFrame(linkTypes[i] ?? 1, buf, offsets[i] ?? 0, lengths[i] ?? 0) === SYN) n++;
   }
   const ms = performance.now() - t0;
   check("vmkit (memory)", n);
@@ -84,8 +82,7 @@ async function vmkitFile(): Promise<number> {
   let n = 0;
   using f = await Deno.open(file);
   await readCaptureStream(f.readable, (buf, off, len, _wire, _ts, link) => {
-    parseLinkFrame(link, buf, off, len, info);
-    if (info.cls === PacketClass.tcpSyn) n++;
+    if (classifyFrame(link, buf, off, len) === SYN) n++;
   });
   const ms = performance.now() - t0;
   check("vmkit (file)", n);

@@ -36,6 +36,17 @@ const F_ACK1 = 2;
 const F_EST = 4;
 const F_RESET = 8;
 
+/** Fields of a slot: four numbers in each record array. */
+const SLOT = 4;
+const T_SEEN = 0;
+const T_ACK_AT = 1;
+const T_HASH = 2;
+const T_PAIR = 3;
+const W_FLAGS = 0;
+const W_GEN = 1;
+/** W_ACK + side: the last acknowledgement number sent by that end. */
+const W_ACK = 2;
+
 /** Default size of the table: 2^13 flows. */
 const DEFAULT_BITS = 13;
 /** A flow idle this long is forgotten. */
@@ -46,14 +57,13 @@ export class ConnTracker {
   /** How recently an acknowledgement must have advanced for a flow to count as acknowledged. */
   readonly ackWindowMs: number;
   readonly #mask: number;
-  readonly #hash: Int32Array;
-  readonly #pair: Int32Array;
-  readonly #flags: Uint8Array;
-  readonly #gen: Uint32Array;
-  readonly #ack0: Uint32Array;
-  readonly #ack1: Uint32Array;
-  readonly #seen: Float64Array;
-  readonly #ackAt: Float64Array;
+  /**
+   * Per slot, side by side so a look-up touches one or two cache lines:
+   * last seen, last acknowledgement advance, flow hash, host-pair hash.
+   */
+  readonly #times: Float64Array;
+  /** Per slot: flags, generation, the two ends' last acknowledgement numbers. */
+  readonly #words: Uint32Array;
   /** Slots that became established, with their generation (stale entries are dropped lazily). */
   #listSlot: Int32Array;
   #listGen: Uint32Array;
@@ -70,14 +80,12 @@ export class ConnTracker {
     this.ackWindowMs = ackWindowMs;
     const size = 1 << bits;
     this.#mask = size - 1;
-    this.#hash = new Int32Array(size);
-    this.#pair = new Int32Array(size);
-    this.#flags = new Uint8Array(size);
-    this.#gen = new Uint32Array(size);
-    this.#ack0 = new Uint32Array(size);
-    this.#ack1 = new Uint32Array(size);
-    this.#seen = new Float64Array(size).fill(-Infinity);
-    this.#ackAt = new Float64Array(size).fill(-Infinity);
+    this.#times = new Float64Array(size * SLOT);
+    for (let i = 0; i < size; i++) {
+      this.#times[i * SLOT + T_SEEN] = -Infinity;
+      this.#times[i * SLOT + T_ACK_AT] = -Infinity;
+    }
+    this.#words = new Uint32Array(size * SLOT);
     this.#listSlot = new Int32Array(1024);
     this.#listGen = new Uint32Array(1024);
   }
@@ -105,18 +113,21 @@ export class ConnTracker {
     const ports = side === 0 ? (sp << 16) | dp : (dp << 16) | sp;
     const h = finish32(mix32(mix32(mix32(0x7c9, lo), hi), ports));
     const slot = this.#slot(h, nowMs, lo, hi);
+    const t = this.#times;
+    const w = this.#words;
+    const ts = slot * SLOT;
     const flags = info.tcpFlags;
-    let f = this.#flags[slot] ?? 0;
-    this.#seen[slot] = nowMs;
+    let f = w[ts + W_FLAGS] ?? 0;
+    t[ts + T_SEEN] = nowMs;
     if ((flags & RST) !== 0) {
-      this.#flags[slot] = F_RESET;
+      w[ts + W_FLAGS] = F_RESET;
       return false;
     }
     if ((flags & SYN) !== 0) {
       // A new connection on this 5-tuple (or its handshake): start over unless it is the SYN-ACK.
       if ((flags & ACK) === 0) {
-        this.#flags[slot] = 0;
-        this.#ackAt[slot] = -Infinity;
+        w[ts + W_FLAGS] = 0;
+        t[ts + T_ACK_AT] = -Infinity;
       }
       return false;
     }
@@ -127,44 +138,49 @@ export class ConnTracker {
     const ack = (((buf[q] ?? 0) << 24) | ((buf[q + 1] ?? 0) << 16) | ((buf[q + 2] ?? 0) << 8) |
       (buf[q + 3] ?? 0)) >>> 0;
     const bit = side === 0 ? F_ACK0 : F_ACK1;
-    const acks = side === 0 ? this.#ack0 : this.#ack1;
+    const ai = ts + W_ACK + side;
     if ((f & bit) !== 0) {
-      const d = (ack - (acks[slot] ?? 0)) >>> 0;
-      if (d > 0 && d < 0x80000000) this.#ackAt[slot] = nowMs;
+      const d = (ack - (w[ai] ?? 0)) >>> 0;
+      if (d > 0 && d < 0x80000000) t[ts + T_ACK_AT] = nowMs;
     }
-    acks[slot] = ack;
+    w[ai] = ack;
     f |= bit;
     if ((f & (F_ACK0 | F_ACK1)) === (F_ACK0 | F_ACK1) && (f & F_EST) === 0) {
       f |= F_EST;
       this.#list(slot);
     }
-    this.#flags[slot] = f;
-    return (f & F_EST) !== 0 && nowMs - (this.#ackAt[slot] ?? -Infinity) <= this.ackWindowMs;
+    w[ts + W_FLAGS] = f;
+    return (f & F_EST) !== 0 && nowMs - (t[ts + T_ACK_AT] ?? -Infinity) <= this.ackWindowMs;
   }
 
   /** The slot of flow `h`, claiming one (and resetting it) if the flow is not in the table. */
   #slot(h: number, nowMs: number, lo: number, hi: number): number {
+    const t = this.#times;
     const a = h & this.#mask & ~1;
     const b = a + 1;
-    if (this.#hash[a] === h && nowMs - (this.#seen[a] ?? -Infinity) <= IDLE_MS) return a;
-    if (this.#hash[b] === h && nowMs - (this.#seen[b] ?? -Infinity) <= IDLE_MS) return b;
+    const ta = a * SLOT;
+    const tb = ta + SLOT;
+    if (t[ta + T_HASH] === h && nowMs - (t[ta + T_SEEN] ?? -Infinity) <= IDLE_MS) return a;
+    if (t[tb + T_HASH] === h && nowMs - (t[tb + T_SEEN] ?? -Infinity) <= IDLE_MS) return b;
     // Replace an idle slot, else one not established, else the least recently seen.
     const va = this.#victimScore(a, nowMs);
     const vb = this.#victimScore(b, nowMs);
     const s = va >= vb ? a : b;
-    this.#hash[s] = h;
-    this.#pair[s] = finish32(mix32(mix32(0x51f, lo), hi));
-    this.#flags[s] = 0;
-    this.#gen[s] = ((this.#gen[s] ?? 0) + 1) >>> 0;
-    this.#ackAt[s] = -Infinity;
+    const ts = s * SLOT;
+    const w = this.#words;
+    t[ts + T_HASH] = h;
+    t[ts + T_PAIR] = finish32(mix32(mix32(0x51f, lo), hi));
+    w[ts + W_FLAGS] = 0;
+    w[ts + W_GEN] = ((w[ts + W_GEN] ?? 0) + 1) >>> 0;
+    t[ts + T_ACK_AT] = -Infinity;
     return s;
   }
 
   /** Higher is a better slot to reuse. */
   #victimScore(s: number, nowMs: number): number {
-    const age = nowMs - (this.#seen[s] ?? -Infinity);
+    const age = nowMs - (this.#times[s * SLOT + T_SEEN] ?? -Infinity);
     if (age > IDLE_MS) return Infinity;
-    return ((this.#flags[s] ?? 0) & F_EST) === 0 ? 1e12 + age : age;
+    return ((this.#words[s * SLOT + W_FLAGS] ?? 0) & F_EST) === 0 ? 1e12 + age : age;
   }
 
   #list(slot: number): void {
@@ -180,7 +196,7 @@ export class ConnTracker {
       }
     }
     this.#listSlot[this.#listLen] = slot;
-    this.#listGen[this.#listLen] = this.#gen[slot] ?? 0;
+    this.#listGen[this.#listLen] = this.#words[slot * SLOT + W_GEN] ?? 0;
     this.#listLen++;
   }
 
@@ -190,7 +206,8 @@ export class ConnTracker {
     for (let i = 0; i < this.#listLen; i++) {
       const s = this.#listSlot[i] ?? 0;
       const g = this.#listGen[i] ?? 0;
-      if (this.#gen[s] !== g || ((this.#flags[s] ?? 0) & F_EST) === 0) continue;
+      const w = s * SLOT;
+      if (this.#words[w + W_GEN] !== g || ((this.#words[w + W_FLAGS] ?? 0) & F_EST) === 0) continue;
       this.#listSlot[n] = s;
       this.#listGen[n] = g;
       n++;
@@ -218,8 +235,8 @@ export class ConnTracker {
     let count = 0;
     for (let i = 0; i < this.#listLen && count <= cap; i++) {
       const s = this.#listSlot[i] ?? 0;
-      if (nowMs - (this.#ackAt[s] ?? -Infinity) > this.ackWindowMs) continue;
-      const p = this.#pair[s] ?? 0;
+      if (nowMs - (this.#times[s * SLOT + T_ACK_AT] ?? -Infinity) > this.ackWindowMs) continue;
+      const p = this.#times[s * SLOT + T_PAIR] ?? 0;
       let j = p & mask;
       while (used[j] === 1 && set[j] !== p) j = (j + 1) & mask;
       if (used[j] === 1) continue;

@@ -179,6 +179,7 @@ export class NetGuard {
       throw new VmRegistryError(`netguard: VM '${id}' is already registered; unregister it first`);
     }
     const rec = this.#newRecord(id, vm, options);
+    this.#lastVm = null;
     if (old !== undefined) {
       rec.monitors = old.monitors;
       rec.causes = old.causes;
@@ -204,6 +205,7 @@ export class NetGuard {
       await vm.resume();
     }
     this.#vms.delete(id);
+    this.#lastVm = null;
     this.#addresses.delete(id);
     this.#rebuildAddressMap();
     // Its blocks went with its record: whoever enforced them lets traffic pass.
@@ -336,7 +338,16 @@ export class NetGuard {
     }
   }
 
+  /** The monitors of the last (VM, interface) counted: frames come in runs of one VM. */
+  #lastVm: string | null = null;
+  #lastIface = "";
+  #lastPair: MonitorRecord[] = [];
+
   #monitor(vmId: string, direction: Direction, iface: string): MonitorRecord {
+    if (vmId === this.#lastVm && iface === this.#lastIface) {
+      const m = direction === "inbound" ? this.#lastPair[0] : this.#lastPair[1];
+      if (m !== undefined) return m;
+    }
     let rec = this.#vms.get(vmId);
     if (rec === undefined) {
       rec = this.#newRecord(vmId, null, {});
@@ -366,6 +377,9 @@ export class NetGuard {
     }
     const m = direction === "inbound" ? pair[0] : pair[1];
     if (m === undefined) throw new VmRegistryError(`netguard: internal: no monitor for ${vmId}`);
+    this.#lastVm = vmId;
+    this.#lastIface = iface;
+    this.#lastPair = pair;
     return m;
   }
 

@@ -46,6 +46,7 @@
 export * from "./errors.ts";
 export * from "./packet.ts";
 export * from "./packet_text.ts";
+export * from "./classify.ts";
 export * from "./pcap_decoder.ts";
 export * from "./pcap.ts";
 export * from "./capture_stream.ts";

@@ -54,6 +54,7 @@ export class SlidingCounters {
   /** Number of buckets in the window. */
   readonly buckets: number;
   readonly #cells: Float64Array;
+  /** Sums of every bucket in the window but the current one. */
   readonly #sums: Float64Array;
   /** Index (time / bucketMs) of the current bucket; -1 before the first sample. */
   #current = -1;
@@ -92,8 +93,11 @@ export class SlidingCounters {
     const cells = this.#cells;
     const sums = this.#sums;
     for (let s = 0; s < steps; s++) {
+      // The current bucket joins the closed ones; the oldest leaves the window.
+      let base = this.#slot * METRIC_COUNT;
+      for (let m = 0; m < METRIC_COUNT; m++) sums[m] = (sums[m] ?? 0) + (cells[base + m] ?? 0);
       this.#slot = this.#slot + 1 === this.buckets ? 0 : this.#slot + 1;
-      const base = this.#slot * METRIC_COUNT;
+      base = this.#slot * METRIC_COUNT;
       for (let m = 0; m < METRIC_COUNT; m++) {
         sums[m] = (sums[m] ?? 0) - (cells[base + m] ?? 0);
         cells[base + m] = 0;
@@ -102,16 +106,15 @@ export class SlidingCounters {
     this.#current = bucket;
   }
 
-  /** Adds `value` to series `metric` in the current bucket. */
+  /** Adds `value` to series `metric` in the current bucket (one write: sums fold in at rotation). */
   add(metric: number, value: number): void {
     const i = this.#slot * METRIC_COUNT + metric;
     this.#cells[i] = (this.#cells[i] ?? 0) + value;
-    this.#sums[metric] = (this.#sums[metric] ?? 0) + value;
   }
 
   /** Sum of series `metric` over the window. */
   sum(metric: number): number {
-    const s = this.#sums[metric] ?? 0;
+    const s = (this.#sums[metric] ?? 0) + (this.#cells[this.#slot * METRIC_COUNT + metric] ?? 0);
     // Subtracting floats can leave -0.0000001; a count is never negative.
     return s < 0 ? 0 : s;
   }

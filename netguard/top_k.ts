@@ -28,7 +28,13 @@ export class TopK {
   readonly #errors: Float64Array;
   readonly #labels: Uint8Array;
   readonly #labelLens: Uint8Array;
-  readonly #index = new Map<number, number>();
+  /**
+   * Key to slot: an open-addressing table (linear probing, 1 + slot per
+   * cell, 0 empty) four times the capacity, so a look-up is a probe or two
+   * in typed memory and no Map entry is made per offer.
+   */
+  readonly #index: Int32Array;
+  readonly #indexMask: number;
   #used = 0;
 
   /** Creates a counter of `capacity` slots, each with room for `labelLen` label bytes. */
@@ -40,6 +46,42 @@ export class TopK {
     this.#errors = new Float64Array(capacity);
     this.#labels = new Uint8Array(capacity * labelLen);
     this.#labelLens = new Uint8Array(capacity);
+    let cells = 16;
+    while (cells < capacity * 4) cells *= 2;
+    this.#index = new Int32Array(cells);
+    this.#indexMask = cells - 1;
+  }
+
+  /** The index cell holding `key`, or the empty cell where it would go. */
+  #cell(key: number): number {
+    const idx = this.#index;
+    const mask = this.#indexMask;
+    let i = keyHash(key) & mask;
+    for (;;) {
+      const e = idx[i] ?? 0;
+      if (e === 0 || this.#keys[e - 1] === key) return i;
+      i = (i + 1) & mask;
+    }
+  }
+
+  /** Empties index cell `i`, moving later cells of its probe run back (no tombstones). */
+  #unindex(i: number): void {
+    const idx = this.#index;
+    const mask = this.#indexMask;
+    let j = i;
+    for (;;) {
+      j = (j + 1) & mask;
+      const e = idx[j] ?? 0;
+      if (e === 0) break;
+      const home = keyHash(this.#keys[e - 1] ?? 0) & mask;
+      // The entry at j may fill the hole at i unless its home lies cyclically in (i, j].
+      const stays = i <= j ? home > i && home <= j : home > i || home <= j;
+      if (!stays) {
+        idx[i] = e;
+        i = j;
+      }
+    }
+    idx[i] = 0;
   }
 
   /**
@@ -47,9 +89,10 @@ export class TopK {
    * `buf[off, off+len)` (len is clamped to the slot size).
    */
   offer(key: number, weight: number, buf: Uint8Array, off: number, len: number): void {
-    const slot = this.#index.get(key);
-    if (slot !== undefined) {
-      this.#counts[slot] = (this.#counts[slot] ?? 0) + weight;
+    let cell = this.#cell(key);
+    const hit = this.#index[cell] ?? 0;
+    if (hit !== 0) {
+      this.#counts[hit - 1] = (this.#counts[hit - 1] ?? 0) + weight;
       return;
     }
     let s: number;
@@ -68,12 +111,13 @@ export class TopK {
         }
       }
       base = min;
-      this.#index.delete(this.#keys[s] ?? 0);
+      this.#unindex(this.#cell(this.#keys[s] ?? 0));
+      cell = this.#cell(key);
     }
     this.#keys[s] = key;
     this.#counts[s] = base + weight;
     this.#errors[s] = base;
-    this.#index.set(key, s);
+    this.#index[cell] = s + 1;
     const n = len < this.#labelLen ? len : this.#labelLen;
     const at = s * this.#labelLen;
     for (let i = 0; i < n; i++) this.#labels[at + i] = buf[off + i] ?? 0;
@@ -90,7 +134,7 @@ export class TopK {
 
   /** Forgets every key. */
   clear(): void {
-    this.#index.clear();
+    this.#index.fill(0);
     this.#used = 0;
   }
 
@@ -114,4 +158,13 @@ export class TopK {
     out.sort((a, b) => b.count - a.count);
     return out.slice(0, n);
   }
+}
+
+/** A well-spread 32-bit hash of a key (an integer below 2^53). */
+function keyHash(key: number): number {
+  const lo = key | 0;
+  const hi = (key / 4294967296) | 0;
+  let h = Math.imul(lo ^ Math.imul(hi, 0x9e3779b1), 0x85ebca6b);
+  h ^= h >>> 15;
+  return Math.imul(h, 0xc2b2ae35) ^ (h >>> 13);
 }
