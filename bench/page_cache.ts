@@ -1,7 +1,7 @@
 /**
  * The page cache of benchmark files: drop a file's pages before a cold run
  * (written back first, since `posix_fadvise(DONTNEED)` keeps dirty pages),
- * or read it whole before a warm one.
+ * read it whole before a warm one, and check with mincore(2) which it is.
  *
  * @module
  */
@@ -56,4 +56,29 @@ export async function residentBytes(path: string): Promise<number> {
   }).output();
   if (!out.success) throw new Error(`fincore ${path}: ${new TextDecoder().decode(out.stderr)}`);
   return Number(new TextDecoder().decode(out.stdout).trim());
+}
+
+/**
+ * Puts `paths` in one known state before a run, the same for both sides:
+ * dirty pages written back, the cache dropped, and for `warm` every page
+ * read back in sequentially (so the page cache holds the same folios before
+ * every warm run, and no run inherits another's dirty pages). Checks the
+ * result with mincore: warm ≥ 99% resident, cold ≤ 1%. Returns the resident
+ * fraction of the first path.
+ */
+export async function prepareCache(paths: readonly string[], warm: boolean): Promise<number> {
+  let first = -1;
+  for (const path of paths) {
+    dropPageCache(path);
+    if (warm) await warmPageCache(path);
+    const size = (await Deno.stat(path)).size;
+    const frac = size === 0 ? 1 : (await residentBytes(path)) / size;
+    if (warm ? frac < 0.99 : frac > 0.01) {
+      throw new Error(
+        `${path}: ${(frac * 100).toFixed(1)}% in the page cache, wanted ${warm ? "all" : "none"}`,
+      );
+    }
+    if (first < 0) first = frac;
+  }
+  return first;
 }

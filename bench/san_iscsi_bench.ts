@@ -4,7 +4,8 @@
  * random 4 KiB reads with 32 in flight, and sequential 128 KiB reads with 16
  * in flight, each with the LUN's backing file warm in the page cache and cold
  * (written back and dropped with posix_fadvise(DONTNEED) before every run of
- * either side; tgtd's rdwr backing store reads through the page cache).
+ * either side, checked with mincore; tgtd's rdwr backing store reads through
+ * the page cache).
  *
  * Both sides do the same work and are timed the same way: each counts the
  * commands completed in a window of `--seconds` from its first command, after
@@ -12,10 +13,10 @@
  * average"). The same address pattern on both: random = any start block,
  * sequential = consecutive from block 0, wrapping.
  *
- * The peer first runs a short pilot of the libiscsi settings that could
- * matter (default, header digest forced to None, allocation cache off), and
- * the measured rounds use the best one for each workload (the pilot table
- * says which). Then each cell runs one untimed warm-up per side and
+ * The peer first runs a pilot of the libiscsi settings that could matter
+ * (default, header digest forced to None, allocation cache off: 3 rounds of
+ * 2 s runs, the settings in rotating order), and the measured rounds use the
+ * one with the best median for each workload (the pilot table says which). Then each cell runs one untimed warm-up per side and
  * `--runs` rounds (default 5), the side that goes first alternating from
  * round to round (the order is printed per round); the table gives the
  * median with the range [min-max] and the load after the cell. Never a
@@ -30,7 +31,7 @@
 import { IscsiSession } from "../san/mod.ts";
 import { backingFile, Tgtd } from "../tests/san/tgt.ts";
 import { loadAverage, machineLine, median, medianRange } from "./stats.ts";
-import { dropPageCache, residentBytes, warmPageCache } from "./page_cache.ts";
+import { prepareCache, residentBytes, warmPageCache } from "./page_cache.ts";
 
 const TARGET = "iqn.2026-01.dev.vmkit.bench:lun";
 const VM = "iqn.2026-01.dev.vmkit.bench:vm-1";
@@ -44,6 +45,8 @@ const RUNS = Math.max(1, numArg("--runs", 5));
 const LUN_BYTES = numArg("--lun-mib", 1024) * (1 << 20);
 /** Seconds of each pilot run of a peer setting, and of each untimed warm-up run. */
 const PILOT_SECONDS = 2;
+/** Pilot runs of each peer setting. */
+const PILOT_ROUNDS = 3;
 
 interface Workload {
   name: string;
@@ -162,7 +165,7 @@ async function peerRun(
 /** Runs `sides` (name, run) once per round, alternating which goes first, printing the order. */
 async function alternate(
   label: string,
-  before: () => void,
+  before: () => Promise<unknown>,
   sides: Array<[string, () => Promise<number>]>,
   firstRound: number,
 ): Promise<Map<string, number[]>> {
@@ -171,7 +174,7 @@ async function alternate(
     const order = (firstRound + round) % 2 === 0 ? sides : [...sides].reverse();
     const parts: string[] = [];
     for (const [name, run] of order) {
-      before();
+      await before();
       const x = await run();
       results.get(name)?.push(x);
       parts.push(`${name} ${x.toFixed(0)}`);
@@ -203,18 +206,24 @@ try {
   await warmPageCache(lun);
   const best = new Map<Workload, PeerSetting>();
   console.log("");
-  console.log(`peer settings pilot (warm, ${PILOT_SECONDS} s runs, 2 each, mean):`);
+  console.log(
+    `peer settings pilot (warm, ${PILOT_SECONDS} s runs, ${PILOT_ROUNDS} rounds of every ` +
+      `setting in rotating order, median):`,
+  );
   for (const w of WORKLOADS) {
-    let top: { p: PeerSetting; x: number } | undefined;
-    const row: string[] = [];
-    for (const p of PEER_SETTINGS) {
-      const a = await peerRun(tgt.port, w, p, PILOT_SECONDS);
-      const x = (a + await peerRun(tgt.port, w, p, PILOT_SECONDS)) / 2;
-      row.push(`${p.name} ${fmt(x)}`);
-      if (top === undefined || x > top.x) top = { p, x };
+    const xs = new Map<PeerSetting, number[]>(PEER_SETTINGS.map((p) => [p, []]));
+    for (let round = 0; round < PILOT_ROUNDS; round++) {
+      for (let k = 0; k < PEER_SETTINGS.length; k++) {
+        const p = PEER_SETTINGS[(round + k) % PEER_SETTINGS.length] ?? PEER_DEFAULT;
+        xs.get(p)?.push(await peerRun(tgt.port, w, p, PILOT_SECONDS));
+      }
     }
-    const chosen = top?.p ?? PEER_DEFAULT;
+    let chosen = PEER_DEFAULT;
+    for (const p of PEER_SETTINGS) {
+      if (median(xs.get(p) ?? []) > median(xs.get(chosen) ?? [])) chosen = p;
+    }
     best.set(w, chosen);
+    const row = PEER_SETTINGS.map((p) => `${p.name} ${medianRange(xs.get(p) ?? [], fmt)}`);
     console.log(`  ${w.name}: ${row.join(", ")}; best: ${chosen.name}`);
   }
 
@@ -231,14 +240,14 @@ try {
         await vmkitRun(tgt.port, w, PILOT_SECONDS / 2);
         await peerRun(tgt.port, w, p, PILOT_SECONDS / 2);
       }
-      if (cache === "cold") dropPageCache(lun);
+      if (cache === "cold") await prepareCache([lun], false);
       const resident = ((await residentBytes(lun)) / (1 << 20)).toFixed(0);
       console.log("");
       console.log(
         `${label}: ${resident} MiB of the LUN file in the page cache before each run` +
-          (cache === "cold" ? " (dropped before every run of either side)" : ""),
+          (cache === "cold" ? " (dropped and checked ≤ 1% before every run of either side)" : ""),
       );
-      const before = cache === "cold" ? () => dropPageCache(lun) : () => {};
+      const before = cache === "cold" ? () => prepareCache([lun], false) : () => Promise.resolve();
       const r = await alternate(label, before, [
         ["vmkit", () => vmkitRun(tgt.port, w, SECONDS)],
         ["peer", () => peerRun(tgt.port, w, p, SECONDS)],
