@@ -25,6 +25,7 @@
  */
 
 import { CowError, DiskIoError, InjectedFault } from "./errors.ts";
+import { FileRing, fileRing } from "./file_ring.ts";
 import { lockImage, type LockMode, unlockImage } from "./image_lock.ts";
 import { ERRNO, errno, errText, type FdStat, fstat, lib, S_IF } from "./libc.ts";
 
@@ -40,6 +41,7 @@ const FALLOC_FL_KEEP_SIZE = 1;
 const FALLOC_FL_PUNCH_HOLE = 2;
 const EINTR = ERRNO.EINTR;
 const EOPNOTSUPP = ERRNO.EOPNOTSUPP;
+const RESOLVED: Promise<void> = Promise.resolve();
 /** Largest count passed to one pread/pwrite (keeps results within i32). */
 const MAX_IO = 1 << 30;
 
@@ -85,7 +87,10 @@ export interface ImageFileOptions {
   faults?: FaultInjector;
 }
 
-/** An open file with positioned, synchronous I/O. */
+/**
+ * An open file with positioned I/O: synchronous (the JS thread blocks in the
+ * syscall) or asynchronous (through the thread's io_uring, `file_ring.ts`).
+ */
 export class ImageFile {
   /** The path the file was opened with. */
   readonly path: string;
@@ -95,6 +100,20 @@ export class ImageFile {
   readonly identity: FileIdentity;
   #fd: number;
   #faults: FaultInjector | undefined;
+  /** Asynchronous requests not yet settled (the fd must stay open for them). */
+  #pending = 0;
+  #drained: (() => void) | null = null;
+  /** Given to the ring with every request: counts it out when it settles. */
+  readonly #owner = {
+    path: "",
+    settled: () => {
+      if (--this.#pending === 0 && this.#drained !== null) {
+        const d = this.#drained;
+        this.#drained = null;
+        d();
+      }
+    },
+  };
 
   private constructor(
     path: string,
@@ -105,6 +124,7 @@ export class ImageFile {
   ) {
     this.path = path;
     this.#fd = fd;
+    this.#owner.path = path;
     this.readOnly = readOnly;
     this.identity = identity;
     this.#faults = faults;
@@ -204,6 +224,58 @@ export class ImageFile {
     }
   }
 
+  /** Asynchronous requests in flight. */
+  get pending(): number {
+    return this.#pending;
+  }
+
+  /** Resolves once no asynchronous request of this file is in flight. */
+  async drain(): Promise<void> {
+    while (this.#pending > 0) await new Promise<void>((r) => (this.#drained = r));
+  }
+
+  /** Runs `call` on the thread's ring (set up on first use), counting it in flight. */
+  #async(call: (ring: FileRing) => Promise<void>): Promise<void> {
+    this.#check();
+    this.#pending++;
+    const r = fileRing();
+    if (r instanceof FileRing) return call(r);
+    return r.then(call, (err) => {
+      this.#owner.settled();
+      throw err;
+    });
+  }
+
+  /**
+   * Reads `buf.length` bytes at `offset` off the JS thread; bytes past end of
+   * file read as zeros. `buf` must stay attached until the promise settles.
+   */
+  readAsync(buf: Uint8Array, offset: number): Promise<void> {
+    const r = fileRing();
+    let done = 0;
+    if (r instanceof FileRing) {
+      // What the page cache holds needs no ring round trip.
+      done = r.readCached(this.#check(), buf, offset);
+      if (done === buf.length) return RESOLVED;
+    }
+    return this.#async((ring) => ring.read(this.#fd, buf, offset, this.#owner, done));
+  }
+
+  /** Writes all of `data` at `offset` off the JS thread (see {@link ImageFile.readAsync}). */
+  writeAsync(data: Uint8Array, offset: number): Promise<void> {
+    try {
+      this.#faults?.hit(offset);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#async((ring) => ring.write(this.#fd, data, offset, this.#owner));
+  }
+
+  /** `fdatasync` off the JS thread: every write settled before the call is durable. */
+  syncAsync(): Promise<void> {
+    return this.#async((ring) => ring.datasync(this.#fd, this.#owner));
+  }
+
   /** Makes written data durable (`fdatasync`). */
   sync(): void {
     const fd = this.#check();
@@ -263,9 +335,18 @@ export class ImageFile {
     lockImage(fd, this.path, mode, this.identity);
   }
 
-  /** Closes the descriptor; later calls fail with a clear error. */
+  /**
+   * Closes the descriptor; later calls fail with a clear error. Throws while
+   * asynchronous requests are in flight (await {@link ImageFile.drain} first).
+   */
   close(): void {
     if (this.#fd < 0) return;
+    if (this.#pending > 0) {
+      throw new CowError(
+        `cannot close '${this.path}': ${this.#pending} asynchronous requests are in flight; ` +
+          `await them (or the image's close()) first`,
+      );
+    }
     const fd = this.#fd;
     this.#fd = -1;
     if (lib().close(fd) < 0) {

@@ -472,10 +472,6 @@ export class Qcow2Image extends SyncDiskImage {
       size: () => this.#size,
       backing: () => this.#backing,
       writable: (what) => this.#writable(what),
-      readLayer: (offset, buf, holes) => {
-        this.#readable();
-        this.#data.read(offset, buf, holes);
-      },
       needsBacking: (ci, length) => this.#data.needsBacking(ci, length),
       writeCluster: (ci, inOff, chunk, cow) => this.#data.writeCluster(ci, inOff, chunk, cow),
       discardCluster: (ci) => this.#data.discardCluster(ci),
@@ -483,10 +479,29 @@ export class Qcow2Image extends SyncDiskImage {
     return this.#async;
   }
 
-  /** Reads `buf.length` bytes at `offset`; over a network backing, awaits it for unallocated clusters. */
+  readonly #jobs: Promise<void>[] = [];
+
+  /**
+   * Reads `buf.length` bytes at `offset` off the JS thread: the clusters this
+   * image holds through the thread's io_uring, unallocated ones through the
+   * backing's promise methods (awaiting a network backing), all in flight at
+   * once. A read racing a write of the same bytes sees them before or after it.
+   */
   override read(offset: number, buf: Uint8Array): Promise<void> {
-    if (this.synchronous) return settle(() => this.readSync(offset, buf));
-    return this.#asyncPath().read(offset, buf);
+    const jobs = this.#jobs;
+    jobs.length = 0;
+    try {
+      this.#readable();
+      this.#data.read(offset, buf, jobs);
+    } catch (err) {
+      // Parts already in flight still fill `buf`: report the failure once they are done.
+      return Promise.allSettled(jobs.splice(0)).then(() => Promise.reject(err));
+    }
+    if (jobs.length === 0) return Promise.resolve();
+    if (jobs.length === 1) return jobs.pop() as Promise<void>;
+    const all = Promise.all(jobs).then(noop);
+    jobs.length = 0;
+    return all;
   }
   /** Writes `data` at `offset`; over a network backing, partial writes copy on write through it. */
   override write(offset: number, data: Uint8Array): Promise<void> {
@@ -502,8 +517,10 @@ export class Qcow2Image extends SyncDiskImage {
   override async close(): Promise<void> {
     if (this.#closed) return;
     if (this.#async !== null) await this.#async.drain();
-    if (this.synchronous) return this.closeSync();
+    await this.#file.drain();
     this.#closeFile();
     if (this.#ownsBacking && this.#backing !== null) await this.#backing.close();
   }
 }
+
+function noop(): void {}

@@ -36,8 +36,6 @@ export interface AsyncHost {
   backing(): DiskImage | null;
   /** Throws unless the image may be modified now (open, writable, not corrupt). */
   writable(what: string): void;
-  /** Reads this layer's part of `[offset, +buf.length)`; pushes (offset, part) for the rest. */
-  readLayer(offset: number, buf: Uint8Array, holes: Array<number | Uint8Array>): void;
   /** Whether a write of `length` bytes into cluster `ci` needs the backing's bytes. */
   needsBacking(ci: number, length: number): boolean;
   /** Writes into one cluster, with the backing's bytes of it (`cow`) when it needed them. */
@@ -81,22 +79,6 @@ export class AsyncCow {
         d();
       }
     }
-  }
-
-  /** Reads `buf.length` bytes at `offset` (see {@link DiskImage.read}). */
-  read(offset: number, buf: Uint8Array): Promise<void> {
-    const holes: Array<number | Uint8Array> = [];
-    try {
-      this.#h.readLayer(offset, buf, holes);
-    } catch (err) {
-      return Promise.reject(err);
-    }
-    if (holes.length === 0) return Promise.resolve();
-    const reads: Promise<void>[] = [];
-    for (let i = 0; i < holes.length; i += 2) {
-      reads.push(this.#readBacking(holes[i] as number, holes[i + 1] as Uint8Array));
-    }
-    return this.#track(Promise.all(reads).then(() => {}));
   }
 
   /** Fills `buf` from the backing image at `offset` (zeros past its end). */

@@ -114,10 +114,11 @@ export class Qcow2Data {
 
   /**
    * Reads what this layer holds into `buf`; the ranges it leaves to the
-   * backing image are read from it synchronously, or, given `holes`, pushed
-   * there (offset, then the part of `buf`) for the asynchronous path.
+   * backing image are read from it. Without `jobs` every read is synchronous;
+   * with it, file reads go to the thread's io_uring and backing reads to the
+   * backing's promise methods, and their promises are pushed to `jobs`.
    */
-  read(offset: number, buf: Uint8Array, holes: Array<number | Uint8Array> | null): void {
+  read(offset: number, buf: Uint8Array, jobs: Promise<void>[] | null): void {
     const len = buf.length;
     checkRange("read", this.#path, offset, len, this.#host.size(), BlockRangeError);
     const ext = this.#ext;
@@ -127,11 +128,13 @@ export class Qcow2Data {
       this.#extent(go, len - pos, ext);
       const n = ext.length;
       const part = pos === 0 && n === len ? buf : buf.subarray(pos, pos + n);
-      if (ext.kind === EXTENT_DATA) this.#file.readZeroFilled(part, ext.hostOffset);
-      else if (ext.kind === EXTENT_ZERO) part.fill(0);
+      if (ext.kind === EXTENT_DATA) {
+        if (jobs === null) this.#file.readZeroFilled(part, ext.hostOffset);
+        else jobs.push(this.#file.readAsync(part, ext.hostOffset));
+      } else if (ext.kind === EXTENT_ZERO) part.fill(0);
       else if (ext.kind === EXTENT_BACKING) {
-        if (holes === null) this.#readBacking(go, part);
-        else holes.push(go, part);
+        if (jobs === null) this.#readBacking(go, part);
+        else this.#readBackingAsync(go, part, jobs);
       } else {
         const data = this.#compressed.read(this.#extHi, this.#extLo);
         const inOff = go % this.#cs;
@@ -139,6 +142,20 @@ export class Qcow2Data {
       }
       pos += n;
     }
+  }
+
+  /** {@link #readBacking} through the backing's promise methods; the read goes to `jobs`. */
+  #readBackingAsync(offset: number, buf: Uint8Array, jobs: Promise<void>[]): void {
+    const b = this.#host.backing();
+    if (b === null || offset >= b.size) {
+      buf.fill(0);
+      return;
+    }
+    const n = Math.min(buf.length, b.size - offset);
+    if (n < buf.length) buf.fill(0, n);
+    // Not tracked here: the backing's own files count their requests, and the image's
+    // close() closes an owned backing through its promise method, which waits for them.
+    jobs.push(b.read(offset, n === buf.length ? buf : buf.subarray(0, n)));
   }
 
   /**

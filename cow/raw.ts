@@ -184,8 +184,43 @@ export class RawImage extends SyncDiskImage {
     return { kind, length };
   }
 
-  /** Closes the file. */
+  /** Closes the file (throws while asynchronous requests are in flight). */
   closeSync(): void {
     this.#file.close();
+  }
+
+  // ---- the promise methods: off the JS thread, many in flight (file_ring.ts) ----
+
+  /** Reads into `buf` at `offset` through the thread's io_uring. */
+  override read(offset: number, buf: Uint8Array): Promise<void> {
+    try {
+      checkRange("read", this.path, offset, buf.length, this.#size, BlockRangeError);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#file.readAsync(buf, offset);
+  }
+
+  /** Writes `data` at `offset` through the thread's io_uring. */
+  override write(offset: number, data: Uint8Array): Promise<void> {
+    try {
+      this.#writable("write");
+      checkRange("write", this.path, offset, data.length, this.#size, BlockRangeError);
+      if (offset < PROBE_BYTES && this.probed && data.length > 0) this.#guardSector0(offset, data);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    return this.#file.writeAsync(data, offset);
+  }
+
+  /** fdatasync through the thread's io_uring: every write settled before the call is durable. */
+  override flush(): Promise<void> {
+    return this.readOnly ? Promise.resolve() : this.#file.syncAsync();
+  }
+
+  /** Waits for the requests in flight, then closes the file. */
+  override async close(): Promise<void> {
+    await this.#file.drain();
+    this.closeSync();
   }
 }
