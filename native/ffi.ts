@@ -52,7 +52,7 @@ export const SHIM_SYMBOLS = {
   vk_thread_self: { parameters: [], result: "u64" },
   vk_kick: { parameters: ["u64", "u64"], result: "i32" },
   vk_strerror: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-} as const satisfies Deno.ForeignLibraryInterface;
+} as const;
 
 /** The opened shim's callable symbols. */
 export type Shim = Deno.DynamicLibrary<typeof SHIM_SYMBOLS>["symbols"];

@@ -56,7 +56,7 @@ export const IO_SYMBOLS = {
     parameters: ["i32", "buffer", "u32", "u32", "u32", "u32", "u32"],
     result: "i32",
   },
-} as const satisfies Deno.ForeignLibraryInterface;
+} as const;
 
 /** The opened I/O shim's callable symbols. */
 export type IoShim = Deno.DynamicLibrary<typeof IO_SYMBOLS>["symbols"];

@@ -313,7 +313,7 @@ export class Vm implements Disposable {
   }
 
   /** `KVM_CREATE_PIT2` with `flags` (e.g. {@link KVM_PIT_SPEAKER_DUMMY}). */
-  createPit2(flags = KVM_PIT_SPEAKER_DUMMY): void {
+  createPit2(flags: number = KVM_PIT_SPEAKER_DUMMY): void {
     check("KVM_CREATE_PIT2", sym().vk_create_pit2(this.fd, flags));
   }
 
