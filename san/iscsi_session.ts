@@ -31,7 +31,7 @@ import { IscsiConnectionError, IscsiProtocolError, IscsiSessionClosedError } fro
 import { encodeText } from "./iscsi_text.ts";
 import { parseIscsiName } from "./iscsi_name.ts";
 import { IscsiConnection, type PduSink } from "./iscsi_connection.ts";
-import { type CommandData, IscsiTasks, type ScsiResult } from "./iscsi_tasks.ts";
+import { IscsiTasks } from "./iscsi_tasks.ts";
 import {
   DEFAULT_MRDSL,
   type NegotiatedParams,
@@ -40,7 +40,7 @@ import {
 } from "./iscsi_login.ts";
 import { ISCSI_PORT, type IscsiSessionOptions } from "./iscsi_options.ts";
 import { type DiscoveredTarget, IscsiRequests, parseSendTargets } from "./iscsi_requests.ts";
-import { ScsiCommands } from "./scsi_commands.ts";
+import { type CommandData, ScsiCommands, type ScsiResult } from "./scsi_commands.ts";
 import {
   BHS_LEN,
   FLAG_FINAL,
@@ -55,7 +55,7 @@ import { IscsiNop } from "./iscsi_nop.ts";
 import { dispatchPdu, type SessionParts } from "./iscsi_dispatch.ts";
 
 export type { NegotiatedParams } from "./iscsi_login.ts";
-export type { CommandData, ScsiResult } from "./iscsi_tasks.ts";
+export type { CommandData, ScsiResult } from "./scsi_commands.ts";
 export { ISCSI_PORT, type IscsiSessionOptions } from "./iscsi_options.ts";
 export type { DiscoveredTarget } from "./iscsi_requests.ts";
 export { ScsiCommands } from "./scsi_commands.ts";

@@ -42,39 +42,7 @@ import {
 } from "./iscsi_pdu.ts";
 import { pduLength, putDataOut, putScsiCommand } from "./iscsi_pdu_build.ts";
 import { decodeSense, ScsiResponseError, type SenseData, STATUS_GOOD } from "./scsi.ts";
-
-/** The outcome of one SCSI command. */
-export interface ScsiResult {
-  /** SCSI status byte. */
-  readonly status: number;
-  /** Residual count (bytes not transferred, or overflow). */
-  readonly residual: number;
-  /** Set when fewer bytes than expected were transferred. */
-  readonly underflow: boolean;
-  /** Set when the target had more data than the buffer held. */
-  readonly overflow: boolean;
-  /** Decoded sense data, if the target sent any. */
-  readonly sense: SenseData | undefined;
-}
-
-/** Data for a SCSI command (`IscsiSession.command`). */
-export interface CommandData {
-  /** Buffer the target's data goes to (READ-type commands). */
-  readonly dataIn?: Uint8Array;
-  /** Data sent to the target (WRITE-type commands). */
-  readonly dataOut?: Uint8Array;
-  /** Return CHECK CONDITION and other statuses instead of throwing. */
-  readonly allowStatus?: boolean;
-}
-
-/** The result of every whole transfer that ended GOOD (results are read-only). */
-const GOOD: ScsiResult = Object.freeze({
-  status: STATUS_GOOD,
-  residual: 0,
-  underflow: false,
-  overflow: false,
-  sense: undefined,
-});
+import { type CommandData, GOOD, type ScsiResult } from "./scsi_commands.ts";
 
 /** One SCSI command from submission to completion. */
 interface Task {

@@ -8,7 +8,6 @@
  */
 
 import { IscsiProtocolError } from "./errors.ts";
-import type { CommandData, ScsiResult } from "./iscsi_tasks.ts";
 import {
   type Capacity,
   cdbInquiry,
@@ -27,12 +26,46 @@ import {
   ScsiStatusError,
   SENSE_ILLEGAL_REQUEST,
   SENSE_UNIT_ATTENTION,
+  type SenseData,
   STATUS_BUSY,
   STATUS_CHECK_CONDITION,
   STATUS_GOOD,
   STATUS_TASK_SET_FULL,
   unmapParameters,
 } from "./scsi.ts";
+
+/** The outcome of one SCSI command. */
+export interface ScsiResult {
+  /** SCSI status byte. */
+  readonly status: number;
+  /** Residual count (bytes not transferred, or overflow). */
+  readonly residual: number;
+  /** Set when fewer bytes than expected were transferred. */
+  readonly underflow: boolean;
+  /** Set when the target had more data than the buffer held. */
+  readonly overflow: boolean;
+  /** Decoded sense data, if the target sent any. */
+  readonly sense: SenseData | undefined;
+}
+
+/** Data for a SCSI command (`IscsiSession.command`). */
+export interface CommandData {
+  /** Buffer the target's data goes to (READ-type commands). */
+  readonly dataIn?: Uint8Array;
+  /** Data sent to the target (WRITE-type commands). */
+  readonly dataOut?: Uint8Array;
+  /** Return CHECK CONDITION and other statuses instead of throwing. */
+  readonly allowStatus?: boolean;
+}
+
+/** The result of every whole transfer that ended GOOD: one shared, read-only object. */
+export const GOOD: ScsiResult = Object.freeze({
+  status: STATUS_GOOD,
+  residual: 0,
+  underflow: false,
+  overflow: false,
+  sense: undefined,
+});
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
