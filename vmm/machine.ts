@@ -54,8 +54,8 @@ import {
 } from "./standby.ts";
 import { DeviceBus } from "./devices/bus.ts";
 import type { Device, DeviceEnv } from "./devices/device.ts";
+import type { DeviceSpec } from "./devices/spec.ts";
 import { type MmioSlot, nextFreeGsi } from "./devices/mmio_allocator.ts";
-import { VirtioMmioTransport } from "./devices/virtio/mmio.ts";
 import type { DiskHandle } from "./disk_handle.ts";
 import {
   type MachineConfig,
@@ -68,7 +68,6 @@ import {
 } from "./machine_config.ts";
 import { MachineIo, type NetInterface } from "./machine_io.ts";
 import type { HostMemory } from "./memory.ts";
-import { blkFamilies, netFamilies } from "./metrics/device_metrics.ts";
 import type { MachineMetrics } from "./metrics/machine_metrics.ts";
 import { traceStartup } from "./startup_trace.ts";
 import {
@@ -115,6 +114,13 @@ function kernelCmdline(config: MachineConfig, io: MachineIo): string {
   if (config.announceOnCmdline === false) return base;
   const extra = io.cmdline();
   return extra === "" ? base : base === "" ? extra : `${base} ${extra}`;
+}
+
+/** The main thread's register files of the I/O devices (none: their module is not loaded). */
+async function ioTransports(specs: DeviceSpec[]): Promise<Device[]> {
+  if (specs.length === 0) return [];
+  const { VirtioMmioTransport } = await import("./devices/virtio/mmio.ts");
+  return specs.map((spec) => new VirtioMmioTransport(spec));
 }
 
 /** Whether `config`'s devices are the very specs (and module) the standby built. */
@@ -204,8 +210,7 @@ export class Machine implements AsyncDisposable {
     this.vcpuCount = parts.vcpus.length;
     this.bootPlan = bootPlan;
     this.metrics = parts.metrics;
-    this.metrics.registry.add(() => netFamilies(this.nets()));
-    this.metrics.registry.add(() => blkFamilies(this.disks()));
+    this.metrics.registry.add(() => io.metricFamilies());
     this.#devices = devices;
     this.#bus = bus;
     this.#ctl = new Int32Array(parts.control);
@@ -317,7 +322,7 @@ export class Machine implements AsyncDisposable {
           config.devices,
           env,
         )),
-        ...io.specs.map((spec) => new VirtioMmioTransport(spec)),
+        ...await ioTransports(io.specs),
       ];
       const bus = new DeviceBus(devices, parts.busLock);
       machine = new Machine(parts, plan, devices, bus, io, config, acpi);

@@ -11,22 +11,15 @@
  * @module
  */
 
-import { CowError } from "../cow/errors.ts";
-import { DiskHandle } from "./disk_handle.ts";
-import { MmioAllocator, type MmioSlot, virtioMmioCmdline } from "./devices/mmio_allocator.ts";
+import type { DiskHandle } from "./disk_handle.ts";
+import { type MmioSlot, virtioMmioCmdline } from "./devices/mmio_allocator.ts";
 import type { DeviceSpec } from "./devices/spec.ts";
-import { blkDeviceConfig } from "./devices/virtio/blk_format.ts";
-import { type VirtioDeviceConfig, VirtioDeviceHost } from "./devices/virtio/host.ts";
+import type { VirtioDeviceConfig, VirtioDeviceHost } from "./devices/virtio/host.ts";
 import type { MemoryRegion } from "./guest_memory.ts";
 import type { DriveConfig, NetConfig, StorageIdentityConfig } from "./io_config.ts";
 import type { NetBlockPort } from "./devices/virtio/net_filter.ts";
-import {
-  type NetDevice,
-  netDevice,
-  type NetRateLimiterUpdate,
-  type NetStats,
-  setNetRateLimiters,
-} from "./devices/virtio/net_format.ts";
+import type { NetRateLimiterUpdate, NetStats } from "./devices/virtio/net_format.ts";
+import type { MetricFamily } from "./metrics/prometheus.ts";
 
 /** The I/O part of a machine's configuration. */
 export interface MachineIoConfig {
@@ -89,20 +82,20 @@ export class MachineIo {
   /** The network interfaces: TAP, MAC and counters by interface id. */
   readonly nets: ReadonlyMap<string, NetInterface>;
 
+  readonly #families: (() => MetricFamily[]) | undefined;
+
   private constructor(
     hosts: VirtioDeviceHost[],
     drives: readonly DriveConfig[],
     nets: ReadonlyMap<string, NetInterface> = new Map(),
+    disks: ReadonlyMap<string, DiskHandle> = new Map(),
+    families?: () => MetricFamily[],
   ) {
     this.hosts = hosts;
     this.nets = nets;
     this.#drives = drives;
-    const disks = new Map<string, DiskHandle>();
-    for (const d of drives) {
-      const h = hosts.find((x) => x.name === d.id);
-      if (h !== undefined) disks.set(d.id, new DiskHandle(h, d));
-    }
     this.#disks = disks;
+    this.#families = families;
   }
 
   /** No I/O devices. */
@@ -113,83 +106,16 @@ export class MachineIo {
   /**
    * Allocates windows and GSIs and starts every device's Worker over guest
    * RAM `regions` (drives are opened there; a failure closes what started).
+   * The device code (virtio hosts, blk and net formats, disk handles) loads
+   * here, on first use: a machine without I/O devices never loads it.
    */
   static async start(
     config: MachineIoConfig,
     regions: readonly MemoryRegion[],
   ): Promise<MachineIo> {
-    const drives = [...(config.drives ?? [])].sort((a, b) =>
-      Number(b.root ?? false) - Number(a.root ?? false)
-    );
-    const ids = new Set<string>();
-    for (const d of drives) {
-      if (!/^[A-Za-z0-9_.-]{1,32}$/.test(d.id)) {
-        throw new MachineIoError(`drive id '${d.id}' must be 1..32 of A-Z a-z 0-9 _ . -`);
-      }
-      if (ids.has(d.id)) throw new MachineIoError(`two drives have the id '${d.id}'`);
-      ids.add(d.id);
-    }
-    if (drives.filter((d) => d.root === true).length > 1) {
-      throw new MachineIoError("more than one drive is the root device");
-    }
-    let initiator: string | undefined;
-    // A LUN below a file drive's qcow2 chain (a checkpoint's overlay over it) logs in too.
-    // cow/'s chain code loads only for a VM that has an identity and image drives.
-    const { remoteBacking } = config.identity === undefined || drives.length === 0
-      ? { remoteBacking: undefined }
-      : await import("../cow/chain.ts");
-    const overLun = (d: DriveConfig): boolean => {
-      if (d.backend.kind !== "file" || d.backend.format === "raw" || !remoteBacking) return false;
-      try {
-        return remoteBacking(d.backend.path) !== null;
-      } catch (err) {
-        if (err instanceof CowError) return false; // the drive's own open reports it
-        throw err;
-      }
-    };
-    if (drives.some((d) => d.backend.kind === "iscsi" || overLun(d))) {
-      if (config.identity === undefined) {
-        throw new MachineIoError(
-          "an iSCSI drive needs the VM's storage identity: give a VM id and a SUI registry",
-        );
-      }
-      initiator = await resolveInitiatorName(config.identity);
-    }
-    const vmId = config.identity?.vmId ?? "vm";
-    const netDevices: NetDevice[] = (config.nets ?? []).map((n) => netDevice(n, { vmId }));
-    const nets = new Map<string, NetInterface>();
-    (config.nets ?? []).forEach((n, i) => {
-      const d = netDevices[i];
-      if (d === undefined) return;
-      if (nets.has(n.id)) throw new MachineIoError(`two network interfaces have the id '${n.id}'`);
-      nets.set(n.id, {
-        id: n.id,
-        tap: n.tap,
-        mac: d.mac,
-        stats: d.stats,
-        blocks: d.blocks,
-        setRateLimiters: (u) => setNetRateLimiters(hosts.find((h) => h.name === n.id), n.id, u),
-      });
-    });
-    const devices: VirtioDeviceConfig[] = [
-      ...drives.map((d) => blkDeviceConfig(d, initiator, config.uring ?? true)),
-      ...netDevices.map((n) => n.device),
-      ...(config.virtioDevices ?? []),
-    ];
-    const alloc = new MmioAllocator();
-    const hosts: VirtioDeviceHost[] = [];
-    try {
-      for (const dev of devices) {
-        if (hosts.some((h) => h.name === dev.name)) {
-          throw new MachineIoError(`two devices are named '${dev.name}'`);
-        }
-        hosts.push(await VirtioDeviceHost.start(dev, regions, alloc.allocate(dev.name)));
-      }
-    } catch (err) {
-      await Promise.all(hosts.map((h) => h.close()));
-      throw err;
-    }
-    return new MachineIo(hosts, drives, nets);
+    const { startIoDevices } = await import("./machine_io_start.ts");
+    const p = await startIoDevices(config, regions);
+    return new MachineIo(p.hosts, p.drives, p.nets, p.disks, p.families);
   }
 
   /** The devices' MMIO windows and GSIs (what ACPI and the command line announce). */
@@ -235,6 +161,11 @@ export class MachineIo {
   /** The host of device `name`. */
   host(name: string): VirtioDeviceHost | undefined {
     return this.hosts.find((h) => h.name === name);
+  }
+
+  /** The devices' metric families (virtio-net and virtio-blk counters); none without devices. */
+  metricFamilies(): MetricFamily[] {
+    return this.#families?.() ?? [];
   }
 
   /** Closes every device (back ends flush and close). */

@@ -42,7 +42,6 @@ import {
   type Vm,
 } from "../native/kvm.ts";
 import { VcpuLoadSlots } from "../native/kvm_state_load.ts";
-import { openUffdShim } from "../native/uffd_ffi.ts";
 import type { CpuidEntry } from "../native/kvm_types.ts";
 import { pcIrqRoutes } from "./acpi/irq_routing.ts";
 import { guestCpuid } from "./cpuid.ts";
@@ -189,7 +188,7 @@ export class StandbyMachine implements AsyncDisposable {
     const lib = await loadShim();
     traceStartup("standby: shim loaded");
     // The restore's own symbols (userfaultfd, file I/O): opening them costs milliseconds.
-    if (opts.boot !== true) await openUffdShim();
+    if (opts.boot !== true) await (await import("../native/uffd_ffi.ts")).openUffdShim();
     installKickHandler();
     traceStartup("standby: uffd shim, kick handler");
     // Workers load their modules on their own threads while the VM is built here.
