@@ -27,8 +27,14 @@ const SUBCOMMANDS: Record<string, Loader> = {
   run: {
     summary: "boot a kernel in a new VM",
     load: () => import("./run.ts"),
-    // The vCPU Worker starts (and loads its modules) while run.ts's modules load here.
-    early: async () => (await import("../vmm/vcpu_pool.ts")).prestartVcpuWorker(),
+    // The vCPU Worker starts (and loads its modules) while run.ts's modules load here, and
+    // the machine's modules (which a boot imports next) load beside run.ts's.
+    early: async () => {
+      await Promise.all([
+        import("../vmm/vcpu_pool.ts").then((pool) => pool.prestartVcpuWorker()),
+        import("../vmm/machine.ts"),
+      ]);
+    },
   },
   disk: { summary: "copy-on-write disk images (qcow2)", load: () => import("./disk.ts") },
   checkpoint: {
