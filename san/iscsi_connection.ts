@@ -162,7 +162,9 @@ export class IscsiConnection {
   queued(hold: boolean): void {
     if (hold) this.#heldCmds++;
     else this.#urgent = true;
-    if (!this.#writing) void this.#flush();
+    // A held command starts no write (an async call per command): the next
+    // completion's release() or a later queued() sends it once it may not wait.
+    if (!this.#writing && !this.#mayHold()) void this.#flush();
   }
 
   /** Copies a whole PDU into the output buffer and sends it at once. */
@@ -173,7 +175,7 @@ export class IscsiConnection {
 
   /** Sends held commands if they no longer need to wait (a command completed). */
   release(): void {
-    if (this.#heldCmds > 0 && !this.#writing) void this.#flush();
+    if (this.#heldCmds > 0 && !this.#writing && !this.#mayHold()) void this.#flush();
   }
 
   /**
