@@ -9,7 +9,7 @@
  */
 
 import { runLocalCluster } from "../dsm/cluster.ts";
-import { machineLine, median, medianRange } from "./stats.ts";
+import { loadAverage, machineLine, median, medianRange } from "./stats.ts";
 
 const SELF = new URL(import.meta.url).pathname;
 const COUNT = 1000;
@@ -132,15 +132,24 @@ if ((globalThis as { name?: string }).name === RELAY_WORKER) {
   await echoServer(Number(Deno.args[1]));
 } else {
   const medians: number[] = [];
+  // Every timed sample of every run, per side: the judged figure is their median.
+  const pooled: number[] = [];
   const p90s: number[] = [];
   const colds: number[] = [];
   // Both peers are measured like vmkit: each run after the same warm-up, the three
   // sides alternating run by run, the median of the runs reported.
   const at = (v: number[], q: number): number => v[Math.floor(v.length * q)] ?? 0;
-  const raw = { median: [] as number[], p90: [] as number[], cold: [] as number[] };
-  const relayed = { median: [] as number[], p90: [] as number[], cold: [] as number[] };
+  const side = () => ({
+    median: [] as number[],
+    p90: [] as number[],
+    cold: [] as number[],
+    all: [] as number[],
+  });
+  const raw = side();
+  const relayed = side();
   const peer = async (relay: boolean, into: typeof raw): Promise<void> => {
     const r = await peerRtt(relay);
+    into.all.push(...r.warm);
     into.median.push(at(r.warm, 0.5));
     into.p90.push(at(r.warm, 0.9));
     into.cold.push(at(r.cold, 0.5));
@@ -154,7 +163,13 @@ if ((globalThis as { name?: string }).name === RELAY_WORKER) {
           workers: 1,
           params: { count: COUNT, warmup: WARMUP },
         });
-        const res = r.result as { medianUs: number; p90Us: number; warmupMedianUs: number };
+        const res = r.result as {
+          medianUs: number;
+          p90Us: number;
+          warmupMedianUs: number;
+          samplesUs: number[];
+        };
+        pooled.push(...res.samplesUs);
         medians.push(res.medianUs);
         p90s.push(res.p90Us);
         colds.push(res.warmupMedianUs);
@@ -175,10 +190,22 @@ if ((globalThis as { name?: string }).name === RELAY_WORKER) {
     `peer command: deno run -A bench/dsm_latency_bench.ts --echo PORT (raw 20 B request / 84 B reply over loopback TCP, ${COUNT} timed round trips after ${WARMUP} untimed); ` +
       `"relayed" peer: the same round trips made by the main thread for a worker that rings it and sleeps (Atomics.waitAsync / Atomics.wait), the thread layout of a DSM miss`,
   );
+  const pooledMedian = median(pooled);
   console.log(
-    `| metric (µs, median of ${RUNS} runs [range]) | vmkit | peer | ratio (peer/vmkit, higher is better) |`,
+    `| metric (µs) | vmkit | peer | ratio (peer/vmkit, higher is better) |`,
   );
   console.log("| --- | --- | --- | --- |");
+  console.log(
+    `| remote read miss, median of all ${pooled.length} timed misses of ${RUNS} runs vs raw round trip | ${
+      fmt(pooledMedian)
+    } | ${fmt(median(raw.all))} | ${(median(raw.all) / pooledMedian).toFixed(2)} |`,
+  );
+  console.log(
+    `| the same vs relayed round trip | ${fmt(pooledMedian)} | ${fmt(median(relayed.all))} | ${
+      (median(relayed.all) / pooledMedian).toFixed(2)
+    } |`,
+  );
+  console.log(`per run (median of ${RUNS} runs [range]):`);
   console.log(row("remote read miss median vs raw round trip", medians, raw.median));
   console.log(row("remote read miss p90 vs raw round trip", p90s, raw.p90));
   console.log(row("remote read miss median vs relayed round trip", medians, relayed.median));
@@ -186,5 +213,9 @@ if ((globalThis as { name?: string }).name === RELAY_WORKER) {
   console.log(
     row(`first ${WARMUP} misses (JIT warm-up) median vs raw round trip`, colds, raw.cold),
   );
-  console.log(`target median ≤ 50 µs: ${median(medians) <= 50 ? "met" : "NOT met"}`);
+  console.log(
+    `target: median of all timed misses ≤ 50 µs: ${fmt(pooledMedian)} µs, ${
+      pooledMedian <= 50 ? "met" : "NOT met"
+    } (load ${loadAverage()})`,
+  );
 }

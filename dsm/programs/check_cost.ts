@@ -91,6 +91,27 @@ function plainDot(a: Float64Array, words: number, reps: number): number {
   return s;
 }
 
+// Real work per element: a load, a square root and a few multiply-adds, and a
+// store back (a normalization pass), through the region and over plain memory.
+function dsmWork(r: Region, words: number, reps: number): void {
+  const n = words >>> 1;
+  for (let k = 0; k < reps; k++) {
+    for (let i = 0; i < n; i++) {
+      const x = r.loadF64(i << 3);
+      r.storeF64(i << 3, Math.sqrt(x * x + 1) * 0.5 + x * 0.25 - 0.75 * (x / (1 + x)));
+    }
+  }
+}
+function plainWork(a: Float64Array, words: number, reps: number): void {
+  const n = words >>> 1;
+  for (let k = 0; k < reps; k++) {
+    for (let i = 0; i < n; i++) {
+      const x = a[i] ?? 0;
+      a[i] = Math.sqrt(x * x + 1) * 0.5 + x * 0.25 - 0.75 * (x / (1 + x));
+    }
+  }
+}
+
 function time(f: () => unknown): number {
   const t0 = performance.now();
   f();
@@ -136,6 +157,8 @@ export const program: DsmProgram = {
       ["plainStoreNs", words * reps, () => plainStores(plain, words, reps)],
       ["dsmStencilNs", ((words >>> 1) - 2) * reps, () => dsmStencil(f, words, reps)],
       ["plainStencilNs", ((words >>> 1) - 2) * reps, () => plainStencil(plainF64, words, reps)],
+      ["dsmWorkNs", (words >>> 1) * reps, () => dsmWork(f, words, reps)],
+      ["plainWorkNs", (words >>> 1) * reps, () => plainWork(plainF64, words, reps)],
       ["dsmDotNs", (words >>> 2) * reps, () => (fsink += dsmDot(f, words, reps))],
       ["plainDotNs", (words >>> 2) * reps, () => (fsink += plainDot(plainF64, words, reps))],
     ];
