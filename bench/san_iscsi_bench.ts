@@ -112,7 +112,8 @@ async function vmkitRun(port: number, w: Workload, seconds: number): Promise<num
         cursor = (cursor + w.blocks) % totalBlocks;
       }
       const blocks = Math.min(w.blocks, totalBlocks - lba);
-      await s.read16(1, lba, blocks, buf.subarray(0, blocks * 512));
+      // The buffer itself; a view only for a transfer cut short at the end of the LUN.
+      await s.read16(1, lba, blocks, blocks === w.blocks ? buf : buf.subarray(0, blocks * 512));
       done++;
     }
   };
