@@ -32,7 +32,7 @@ import { META } from "./qcow2_metadata.ts";
 import { HDR } from "./qcow2_format.ts";
 import type { Refcounts } from "./refcount.ts";
 import { COPIED_HI, type TableHost, TWO32 } from "./qcow2_tables.ts";
-import { newTable, type Table, TableCache, writeTable } from "./table_cache.ts";
+import { type Table, TableCache, writeTable } from "./table_cache.ts";
 
 /** Bytes of an L2 table cached as one piece (QEMU's `l2-cache-entry-size`). */
 const SLICE = 4096;
@@ -81,6 +81,8 @@ export class L2Tables {
   #slicesPerTable: number;
   /** Barriers so far: tables changed in an earlier epoch may be written. */
   #epoch = 1;
+  /** Tables allocated in this session whose slices all still read as zeros on the disk. */
+  #fresh = new Set<number>();
   /** Whether a dirty L1 entry names a table in a reused (not fresh) cluster. */
   #l1Reused = false;
 
@@ -96,13 +98,18 @@ export class L2Tables {
     this.#sliceBytes = Math.min(SLICE, this.#cs);
     this.#sliceEntries = this.#sliceBytes / 8;
     this.#slicesPerTable = this.#cs / this.#sliceBytes;
-    this.#cache = new TableCache(cacheTables * this.#slicesPerTable, (t) => this.#writeBack(t));
+    this.#cache = new TableCache(
+      cacheTables * this.#slicesPerTable,
+      this.#sliceBytes,
+      (t) => this.#writeBack(t),
+    );
     for (const off of l1) if (off !== 0) host.meta.add(META.L2, off, this.#cs);
   }
 
   /** Writes dirty table `t` out of a full cache, after a barrier if it changed since the last. */
   #writeBack(t: Table): void {
     if (t.epoch >= this.#epoch) this.#barrier();
+    this.#fresh.delete(Math.floor(t.key / this.#slicesPerTable));
     writeTable(this.#host, t, META.L2, "an L2 table write");
   }
 
@@ -153,9 +160,12 @@ export class L2Tables {
     if (off === 0) {
       if (!alloc) return null;
       off = this.#newTable(l1i);
-      t = newTable(key, off + inTable, this.#sliceBytes);
+      t = this.#cache.take(key, off + inTable, true);
+    } else if (this.#fresh.has(l1i)) {
+      // A table allocated in this session none of whose slices was written yet: zeros.
+      t = this.#cache.take(key, off + inTable, true);
     } else {
-      t = newTable(key, off + inTable, this.#sliceBytes);
+      t = this.#cache.take(key, off + inTable, false);
       // A table may end the file cut short (only its changed pages were written): zeros.
       this.#host.file.readZeroFilled(t.data, off + inTable);
     }
@@ -177,6 +187,7 @@ export class L2Tables {
       this.#host.file.pwrite(new Uint8Array(cs), host);
       this.#l1Reused = true;
     }
+    this.#fresh.add(l1i);
     return host;
   }
 
@@ -200,6 +211,7 @@ export class L2Tables {
     }
     this.#barrier();
     this.#cache.writeAll((t) => writeTable(this.#host, t, META.L2, "an L2 table write"));
+    this.#fresh.clear();
     if (this.#l1Dirty.size > 0) {
       if (this.#l1Reused) file.sync();
       this.#l1Reused = false;

@@ -16,7 +16,7 @@ import { QcowError } from "./errors.ts";
 import { META } from "./qcow2_metadata.ts";
 import { HDR } from "./qcow2_format.ts";
 import type { TableHost } from "./qcow2_tables.ts";
-import { newTable, type Table, TableCache, writeTable } from "./table_cache.ts";
+import { type Table, TableCache, writeTable } from "./table_cache.ts";
 
 /** What the refcounts need from their image. */
 export type RefcountHost = TableHost;
@@ -49,7 +49,7 @@ export class Refcounts {
     this.#nextFree = Math.ceil(fileLength / this.#cs);
     // A refcount block may be written at any time: a count reaching the disk early
     // leaks its cluster at worst, and counts drop only after a flush (releasePending).
-    this.#cache = new TableCache(cacheTables, (t) => this.#writeBlock(t));
+    this.#cache = new TableCache(cacheTables, this.#cs, (t) => this.#writeBlock(t));
     for (const off of table) if (off !== 0) host.meta.add(META.REFCOUNT_BLOCK, off, this.#cs);
   }
 
@@ -73,7 +73,7 @@ export class Refcounts {
     if (cached !== undefined) return cached;
     const off = this.#table[bi] ?? 0;
     if (off === 0) return null;
-    const t = newTable(bi, off, this.#cs);
+    const t = this.#cache.take(bi, off, false);
     // A block may end the file cut short (only its changed pages were written): zeros.
     this.#host.file.readZeroFilled(t.data, off);
     this.#cache.set(t);
@@ -149,7 +149,7 @@ export class Refcounts {
     let nb: number;
     do nb = this.#nextFree++; while (this.get(nb) !== 0);
     // nextFree only hands out never-written clusters: the new block reads as zeros.
-    const t = newTable(bi, nb * this.#cs, this.#cs);
+    const t = this.#cache.take(bi, nb * this.#cs, true);
     this.#table[bi] = nb * this.#cs;
     this.#tableDirty.add(bi);
     this.#host.meta.add(META.REFCOUNT_BLOCK, nb * this.#cs, this.#cs);

@@ -36,19 +36,8 @@ export interface Table {
   epoch: number;
 }
 
-/** A new clean table of `size` bytes at `offset`, all zeros. */
-export function newTable(key: number, offset: number, size: number): Table {
-  const data = new Uint8Array(size);
-  return {
-    key,
-    offset,
-    data,
-    view: new DataView(data.buffer),
-    dirty: false,
-    pages: new Uint8Array(Math.ceil(size / PAGE)),
-    epoch: 0,
-  };
-}
+/** Bytes of table memory allocated at once (one ArrayBuffer carved into tables). */
+const SLAB = 1 << 20;
 
 /**
  * Writes the changed pages of `t` (contiguous pages as one write), after
@@ -79,20 +68,60 @@ export function writeTable(host: TableHost, t: Table, kind: number, what: string
 /**
  * Table clusters by key, at most `capacity` of them: clean ones in least
  * recently used order, dirty ones in the order they were first dirtied.
+ * Table memory comes from 1 MiB slabs and is reused once a table leaves
+ * the cache (a `Table` must not be kept past the next call that may load
+ * or allocate a table of the same cache).
  */
 export class TableCache {
   #clean = new Map<number, Table>();
   #dirty = new Map<number, Table>();
   #capacity: number;
+  #size: number;
   #writeBack: (t: Table) => void;
+  /** Tables evicted, whose memory the next {@link take} reuses. */
+  #free: Table[] = [];
+  #slab = new ArrayBuffer(0);
+  #slabAt = 0;
 
   /**
-   * Creates a cache of `capacity` tables; `writeBack(t)` writes dirty table
-   * `t` when it must leave a full cache (and leaves it clean).
+   * Creates a cache of `capacity` tables of `size` bytes; `writeBack(t)`
+   * writes dirty table `t` when it must leave a full cache (and leaves it
+   * clean).
    */
-  constructor(capacity: number, writeBack: (t: Table) => void) {
+  constructor(capacity: number, size: number, writeBack: (t: Table) => void) {
     this.#capacity = Math.max(1, capacity);
+    this.#size = size;
     this.#writeBack = writeBack;
+  }
+
+  /**
+   * A clean table for `key` at host offset `offset`, not cached yet (see
+   * {@link set}): all zeros when `zero`, else of unspecified bytes that the
+   * caller overwrites (a read).
+   */
+  take(key: number, offset: number, zero: boolean): Table {
+    const old = this.#free.pop();
+    if (old !== undefined) {
+      if (zero) old.data.fill(0);
+      old.pages.fill(0);
+      return { ...old, key, offset, dirty: false, epoch: 0 };
+    }
+    const size = this.#size;
+    if (this.#slabAt + size > this.#slab.byteLength) {
+      this.#slab = new ArrayBuffer(Math.max(SLAB, size));
+      this.#slabAt = 0;
+    }
+    const at = this.#slabAt;
+    this.#slabAt += size;
+    return {
+      key,
+      offset,
+      data: new Uint8Array(this.#slab, at, size),
+      view: new DataView(this.#slab, at, size),
+      dirty: false,
+      pages: new Uint8Array(Math.ceil(size / PAGE)),
+      epoch: 0,
+    };
   }
 
   /** The cached table at `key`, if any (a clean one becomes the most recently used). */
@@ -112,13 +141,15 @@ export class TableCache {
   }
 
   #evict(): void {
-    for (const key of this.#clean.keys()) {
-      this.#clean.delete(key);
+    for (const t of this.#clean.values()) {
+      this.#clean.delete(t.key);
+      this.#free.push(t);
       return;
     }
     for (const t of this.#dirty.values()) {
       this.#writeBack(t);
       this.#dirty.delete(t.key);
+      this.#free.push(t);
       return;
     }
   }
