@@ -16,7 +16,7 @@ import { VmRegistryError } from "./errors.ts";
 import type { NetguardEvent, StatsEvent } from "./events.ts";
 import { ConnTracker } from "./conn_tracker.ts";
 import { DirectionMonitor, type TransitionReport } from "./monitor.ts";
-import { PACKET_CLASS_NAMES, PacketInfo } from "./packet.ts";
+import { PACKET_CLASS_NAMES, PacketInfo, parseEthernet } from "./packet.ts";
 import { PACKET_OUTGOING, parseLinkFrame, wireLength } from "./pcap.ts";
 import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
 import {
@@ -297,6 +297,11 @@ export class NetGuard {
     link: number,
   ): Verdict {
     const info = this.#info;
+    // Ethernet, the frame tap's link, straight to its parser (wire length as given).
+    if (link === LINKTYPE_ETHERNET) {
+      parseEthernet(buf, off, len, info);
+      return this.#count(vmId, direction, iface, buf, info, wireLen, tsMs);
+    }
     parseLinkFrame(link, buf, off, len, info);
     const wire = wireLength(link, buf, off, len, wireLen);
     return this.#count(vmId, direction, iface, buf, info, wire, tsMs);
@@ -319,8 +324,12 @@ export class NetGuard {
     iface: string,
   ): void {
     const info = this.#info;
-    const linkPktType = parseLinkFrame(link, buf, off, len, info);
-    wireLen = wireLength(link, buf, off, len, wireLen);
+    let linkPktType = -1;
+    if (link === LINKTYPE_ETHERNET) parseEthernet(buf, off, len, info);
+    else {
+      linkPktType = parseLinkFrame(link, buf, off, len, info);
+      wireLen = wireLength(link, buf, off, len, wireLen);
+    }
     const pt = pktType >= 0 ? pktType : linkPktType;
     let matched = false;
     if (info.ipVersion !== 0 && this.#addressMap.length > 0) {

@@ -5,7 +5,9 @@
  *
  * - {@link parseEthernet}: zero-copy frame parsing (Ethernet, 802.1Q, IPv4
  *   with fragments, IPv6 with extension headers, TCP, UDP, ICMP/ICMPv6);
- *   malformed frames are counted, never thrown.
+ *   malformed frames are counted, never thrown. {@link classifyEthernet}: the
+ *   frame's class alone in one straight-line pass (what a filter or counter
+ *   needs), always the class the full parser gives.
  * - {@link NetGuard}: per VM, interface and direction, sliding-window rates,
  *   SYN share, flows, top talkers in bounded memory; threshold detectors with
  *   "exceeded for N ms" and hysteresis, and an EWMA + CUSUM adaptive one;
