@@ -16,6 +16,9 @@
  *   thread hop. The rest complete in the kernel (async buffered reads, or
  *   io-wq workers), signalling an eventfd that one waiter polls on Deno's
  *   FFI thread pool (`nonblocking` FFI), so the event loop keeps running.
+ * - `readDirect` reads through a descriptor opened O_DIRECT into an aligned
+ *   bounce buffer (`file_io.ts` decides when: a deep queue of small reads
+ *   the page cache lacks).
  * - Short transfers continue where they stopped; a read reaching end of
  *   file resolves with the bytes it got.
  *
@@ -52,6 +55,10 @@ const ENOSPC = 28;
 /** Requests in flight at most (more wait in JS for a free slot). */
 const SLOTS = 256;
 const TWO32 = 0x1_0000_0000;
+/** Largest O_DIRECT read (through one bounce buffer). */
+export const DIRECT_MAX = 64 * 1024;
+/** Bounce buffers (O_DIRECT reads in flight at most). */
+const BOUNCES = 64;
 
 /** Who a request belongs to: told when it settles, before its promise does. */
 export interface RingOwner {
@@ -64,6 +71,8 @@ export interface RingOwner {
 /** One request in flight. */
 interface Pending {
   op: number;
+  /** O_DIRECT read: the kernel fills `buf` (an aligned bounce buffer), then `target` gets it. */
+  target: Uint8Array | null;
   fd: number;
   buf: Uint8Array;
   /** Bytes moved so far. */
@@ -109,7 +118,16 @@ export class FileRing {
     return new FileRing();
   }
 
+  /** Free 4 KiB-aligned bounce buffers of {@link DIRECT_MAX} bytes for O_DIRECT reads. */
+  readonly #bounces: Uint8Array[] = [];
+
   private constructor() {
+    const pool = new Uint8Array(BOUNCES * DIRECT_MAX + 4096);
+    const addr = Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(pool)));
+    const skip = (4096 - (addr % 4096)) % 4096;
+    for (let i = 0; i < BOUNCES; i++) {
+      this.#bounces.push(pool.subarray(skip + i * DIRECT_MAX, skip + (i + 1) * DIRECT_MAX));
+    }
     this.#event = EventFd.create();
     // Every completion signals the eventfd (the _ASYNC registration misses task_work ones).
     this.#ring = IoUring.create(SLOTS, this.#event.fd);
@@ -118,6 +136,9 @@ export class FileRing {
     this.#cqeWords = new Int32Array(this.#cqes.buffer);
     for (let i = SLOTS - 1; i >= 0; i--) this.#free.push(i);
   }
+
+  /** O_DIRECT reads started so far (see `ImageFile.readAsync`). */
+  directReads = 0;
 
   /** Requests submitted or queued and not yet completed. */
   get inflight(): number {
@@ -130,6 +151,32 @@ export class FileRing {
    */
   read(fd: number, buf: Uint8Array, offset: number, owner: RingOwner, done = 0): Promise<void> {
     return this.#start(UringOp.READ, fd, buf, offset, owner, done);
+  }
+
+  /**
+   * Reads `buf.length` bytes at `offset` of `fd`, a descriptor opened with
+   * O_DIRECT (offset and length multiples of 4096, at most
+   * {@link DIRECT_MAX}), through an aligned bounce buffer; null when none is
+   * free (the caller reads buffered instead).
+   */
+  readDirect(fd: number, buf: Uint8Array, offset: number, owner: RingOwner): Promise<void> | null {
+    const bounce = this.#bounces.pop();
+    if (bounce === undefined) return null;
+    this.directReads++;
+    return new Promise<void>((resolve, reject) => {
+      const p: Pending = {
+        op: UringOp.READ,
+        target: buf,
+        fd,
+        buf: bounce.subarray(0, buf.length),
+        done: 0,
+        offset,
+        owner,
+        resolve,
+        reject,
+      };
+      this.#enqueue(p);
+    });
   }
 
   /** Writes all of `buf` at `offset` of `fd`. */
@@ -151,7 +198,7 @@ export class FileRing {
     done = 0,
   ): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const p: Pending = { op, fd, buf, done, offset, owner, resolve, reject };
+      const p: Pending = { op, target: null, fd, buf, done, offset, owner, resolve, reject };
       if (buf.length === done && op !== UringOp.FSYNC) {
         owner.settled();
         resolve();
@@ -250,6 +297,7 @@ export class FileRing {
     const p = this.#slots[slot];
     if (p === undefined || p === null) return;
     this.#inflight--;
+    if (p.target !== null) return this.#completeDirect(slot, p, res);
     if (res === -EINTR || res === -EAGAIN) {
       this.#record(p, slot);
       return;
@@ -274,6 +322,25 @@ export class FileRing {
     } else {
       p.reject(new DiskIoError("pwrite", p.owner.path, ENOSPC, "the write moved no bytes"));
     }
+  }
+
+  /** An O_DIRECT read: short only at end of file; the bytes go from the bounce buffer. */
+  #completeDirect(slot: number, p: Pending, res: number): void {
+    if (res === -EINTR || res === -EAGAIN) {
+      this.#record(p, slot);
+      return;
+    }
+    this.#release(slot);
+    const target = p.target as Uint8Array;
+    this.#bounces.push(new Uint8Array(p.buf.buffer, p.buf.byteOffset, DIRECT_MAX));
+    p.owner.settled();
+    if (res < 0) {
+      p.reject(new DiskIoError("pread(O_DIRECT)", p.owner.path, -res, errText(-res)));
+      return;
+    }
+    target.set(res === target.length ? p.buf : p.buf.subarray(0, res));
+    if (res < target.length) target.fill(0, res);
+    p.resolve();
   }
 
   #release(slot: number): void {

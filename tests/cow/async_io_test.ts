@@ -12,7 +12,8 @@
 import assert from "node:assert/strict";
 import { createImage, type DiskImage, ImageFile, openImage } from "../../cow/mod.ts";
 import { fileRing } from "../../cow/file_ring.ts";
-import { assertBytes, assertQemuCheck, pattern, prng, randInt, tempDir } from "./helpers.ts";
+import { cachedPages } from "../../cow/libc.ts";
+import { assertBytes, assertQemuCheck, pattern, prng, randInt, run, tempDir } from "./helpers.ts";
 
 const KiB = 1024;
 const MiB = 1 << 20;
@@ -24,18 +25,46 @@ const libc = Deno.dlopen("libc.so.6", {
   posix_fadvise: { parameters: ["i32", "i64", "i64", "i32"], result: "i32" },
 });
 
-/** Writes back and drops the page cache of `paths` (POSIX_FADV_DONTNEED). */
+/**
+ * Writes back and drops the page cache of `paths` (POSIX_FADV_DONTNEED),
+ * again while cachestat(2) still sees pages (DONTNEED misses pages still on
+ * another CPU's LRU batch).
+ */
 function dropCache(paths: string[]): void {
   for (const p of paths) {
     const fd = libc.symbols.open(new TextEncoder().encode(p + "\0"), 0, 0);
     assert.ok(fd >= 0, `open ${p}`);
     libc.symbols.fdatasync(fd);
-    libc.symbols.posix_fadvise(fd, 0n, 0n, 4);
+    for (let i = 0; i < 50; i++) {
+      libc.symbols.posix_fadvise(fd, 0n, 0n, 4);
+      if ((cachedPages(fd, 0, Deno.statSync(p).size) ?? 0) === 0) break;
+    }
     libc.symbols.close(fd);
   }
 }
 
-/** `n` random ranges inside `size`, pairwise disjoint, of 1 byte to `maxLen`. */
+/**
+ * Writes `data` to `path` with O_DIRECT (dd oflag=direct), so none of its
+ * pages is in the page cache afterwards (DONTNEED can miss pages still on
+ * another CPU's LRU batch).
+ */
+async function writeUncached(path: string, data: Uint8Array): Promise<void> {
+  const src = `${path}.src`;
+  await Deno.writeFile(src, data);
+  const r = await run("dd", `if=${src}`, `of=${path}`, "bs=1M", "oflag=direct", "status=none");
+  assert.equal(r.code, 0, `dd: ${r.stderr}`);
+  await Deno.remove(src);
+  const fd = libc.symbols.open(new TextEncoder().encode(path + "\0"), 0, 0);
+  const cached = cachedPages(fd, 0, data.length);
+  libc.symbols.close(fd);
+  assert.ok(cached === null || cached === 0, `${cached} pages of ${path} cached after dd`);
+}
+
+/**
+ * `n` random ranges inside `size`, pairwise disjoint, of 1 byte to `maxLen`;
+ * half of them 4 KiB-aligned and at most 64 KiB (what a deep queue reads with
+ * O_DIRECT when the page cache lacks it).
+ */
 function disjointRanges(
   rand: () => number,
   n: number,
@@ -44,8 +73,11 @@ function disjointRanges(
 ): Array<[number, number]> {
   const out: Array<[number, number]> = [];
   for (let tries = 0; out.length < n && tries < n * 20; tries++) {
-    const len = 1 + randInt(rand, maxLen);
-    const off = randInt(rand, size - len + 1);
+    const aligned = rand() < 0.5;
+    const len = aligned ? 4096 * (1 + randInt(rand, 16)) : 1 + randInt(rand, maxLen);
+    const off = aligned
+      ? 4096 * randInt(rand, (size - len) / 4096 + 1)
+      : randInt(rand, size - len + 1);
     if (out.every(([o, l]) => off + len <= o || o + l <= off)) out.push([off, len]);
   }
   return out;
@@ -146,15 +178,15 @@ Deno.test("cold reads go to the ring: 32 issued together are all in flight at on
   await using dir = await tempDir();
   const path = `${dir.path}/disk.raw`;
   const data = pattern(32 * MiB, 5);
-  await Deno.writeFile(path, data);
+  await writeUncached(path, data);
   const ring = await fileRing();
   const img = openImage(path, { format: "raw", readOnly: true });
-  dropCache([path]);
   const bufs = Array.from({ length: 32 }, () => new Uint8Array(4 * KiB));
   const reads = bufs.map((b, i) => img.read(i * MiB + 512, b));
-  // Not in the page cache, so they did not finish on the JS thread (DONTNEED can miss a
-  // page still on a per-CPU LRU list, so a few may have been cached).
-  assert.ok(ring.inflight >= 24, `${ring.inflight} of 32 cold reads in flight`);
+  // Not in the page cache, so they went to the ring, several in flight at once (a read can
+  // still finish on the JS thread: RWF_NOWAIT starts the readahead, which a fast disk may
+  // complete before the call returns).
+  assert.ok(ring.inflight >= 4, `${ring.inflight} of 32 cold reads in flight`);
   const closed = img.close();
   await Promise.all(reads);
   await closed;
@@ -162,19 +194,43 @@ Deno.test("cold reads go to the ring: 32 issued together are all in flight at on
   for (const [i, b] of bufs.entries()) {
     assertBytes(b, data.subarray(i * MiB + 512, i * MiB + 512 + 4 * KiB), `read ${i}`);
   }
+  // Aligned small reads behind a deep queue go O_DIRECT (no readahead), the same bytes;
+  // half of one range is dirty in the page cache (the kernel writes it back before an
+  // O_DIRECT read), and one ends at the end of the file.
+  const rw = openImage(path, { format: "raw" });
+  const dirty = pattern(4 * KiB, 6);
+  const dirtyAt = 5 * MiB + 512 * KiB;
+  rw.writeSync(dirtyAt, dirty);
+  const direct = ring.directReads;
+  const bigger = new Uint8Array(32 * MiB + 8 * KiB);
+  bigger.set(data);
+  bigger.set(dirty, dirtyAt);
+  const got = Array.from({ length: 32 }, () => new Uint8Array(8 * KiB));
+  // Half a MiB from the reads above, whose readahead cached the pages around them.
+  const at = (i: number) =>
+    i === 31 ? 32 * MiB - 8 * KiB : i === 5 ? dirtyAt : i * MiB + 512 * KiB + 4 * KiB * (i % 3);
+  await Promise.all(got.map((b, i) => rw.read(at(i), b)));
+  assert.ok(ring.directReads - direct >= 16, `${ring.directReads - direct} of 32 read O_DIRECT`);
+  for (const [i, b] of got.entries()) {
+    const o = at(i);
+    assertBytes(b, bigger.subarray(o, o + 8 * KiB), `aligned read ${i} at ${o}`);
+  }
+  await rw.close();
 });
 
 Deno.test("an image file refuses a synchronous close while its requests are in flight", async () => {
   await using dir = await tempDir();
   const path = `${dir.path}/f.raw`;
-  await Deno.writeFile(path, pattern(MiB, 9));
+  await writeUncached(path, pattern(MiB, 9));
   await fileRing();
   const f = ImageFile.open(path, { readOnly: true });
-  dropCache([path]);
-  const buf = new Uint8Array(4 * KiB);
-  const p = f.readAsync(buf, 64 * KiB);
+  // Cold reads (a few may finish at once: see the test above); at least one is in flight.
+  const bufs = Array.from({ length: 16 }, () => new Uint8Array(4 * KiB));
+  const reads = bufs.map((b, i) => f.readAsync(b, 64 * KiB * i + 512));
+  assert.ok(f.pending > 0, "no cold read in flight");
   assert.throws(() => f.close(), /asynchronous requests are in flight/);
-  await p;
+  await Promise.all(reads);
+  assert.equal(f.pending, 0);
   f.close();
   // Past the end of the file reads as zeros, as the synchronous path does.
   const g = ImageFile.open(path, { readOnly: true });
