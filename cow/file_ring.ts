@@ -56,7 +56,7 @@ const ENOSPC = 28;
 const SLOTS = 256;
 const TWO32 = 0x1_0000_0000;
 /** Largest O_DIRECT read (through one bounce buffer). */
-export const DIRECT_MAX = 64 * 1024;
+export const DIRECT_MAX: number = 64 * 1024;
 /** Bounce buffers (O_DIRECT reads in flight at most). */
 const BOUNCES = 64;
 
