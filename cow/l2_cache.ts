@@ -221,16 +221,34 @@ export class L2Tables {
     this.#epoch++;
   }
 
+  /**
+   * Writes the dirty L1 entries: each 4 KiB page of the L1 table holding
+   * some is read, given its dirty entries and written in one write (a large
+   * image's flush would otherwise make thousands of 8-byte writes).
+   */
   #writeL1(base: number): void {
     const file = this.#host.file;
-    const e = new Uint8Array(8);
-    const v = new DataView(e.buffer);
-    for (const i of [...this.#l1Dirty].sort((a, b) => a - b)) {
-      const off = this.#l1[i] ?? 0;
-      v.setUint32(0, off === 0 ? 0 : (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);
-      v.setUint32(4, off % TWO32, false);
-      this.#host.guard(base + i * 8, 8, META.L1, "an L1 table write");
-      file.pwrite(e, base + i * 8);
+    const per = 512; // entries per 4 KiB page
+    const byPage = new Map<number, number[]>();
+    for (const i of this.#l1Dirty) {
+      const p = Math.floor(i / per);
+      const list = byPage.get(p);
+      if (list === undefined) byPage.set(p, [i]);
+      else list.push(i);
+    }
+    for (const p of [...byPage.keys()].sort((a, b) => a - b)) {
+      const first = p * per;
+      const bytes = new Uint8Array(Math.min(per, this.#l1.length - first) * 8);
+      file.readZeroFilled(bytes, base + first * 8);
+      const v = new DataView(bytes.buffer);
+      for (const i of byPage.get(p) ?? []) {
+        const off = this.#l1[i] ?? 0;
+        const at = (i - first) * 8;
+        v.setUint32(at, off === 0 ? 0 : (COPIED_HI | Math.floor(off / TWO32)) >>> 0, false);
+        v.setUint32(at + 4, off % TWO32, false);
+      }
+      this.#host.guard(base + first * 8, bytes.length, META.L1, "an L1 table write");
+      file.pwrite(bytes, base + first * 8);
     }
     this.#l1Dirty.clear();
   }
