@@ -14,6 +14,11 @@
  * members = SHA-256 of the member list ("host:port" in id order, comma-separated)
  * ```
  *
+ * `region` of all three frames is the channel: 0 for the connection between
+ * two nodes (a node is dialed only by higher ids), k >= 1 for the request
+ * channel of D's worker k-1 to A (any other member may dial it; the labels
+ * then end in "/chan/k", so a proof for one channel is no proof for another).
+ *
  * A answers only a well-formed HELLO addressed to it from a member id that
  * dials it; D checks mac_A before it sends anything else, and A attaches the
  * connection as node D only after mac_D checks out. Each step has a
@@ -44,8 +49,14 @@ export const MIN_SECRET_BYTES = 16;
 const HELLO_LEN = LENGTH_SIZE + HEADER_SIZE + NONCE_BYTES;
 const ACK_LEN = LENGTH_SIZE + HEADER_SIZE + NONCE_BYTES + MAC_BYTES;
 const AUTH_LEN = LENGTH_SIZE + HEADER_SIZE + MAC_BYTES;
-const LABEL_ACK = new TextEncoder().encode("vmkit-dsm-ack-1");
-const LABEL_AUTH = new TextEncoder().encode("vmkit-dsm-auth-1");
+const LABEL_ACK = "vmkit-dsm-ack-1";
+const LABEL_AUTH = "vmkit-dsm-auth-1";
+/** Most request channels one node may open to another (one per worker). */
+export const MAX_CHANNELS = 64;
+
+function label(base: string, channel: number): Uint8Array {
+  return new TextEncoder().encode(channel === 0 ? base : `${base}/chan/${channel}`);
+}
 
 /** The keyed identity of one cluster: its secret and its member list. */
 export interface ClusterAuth {
@@ -197,9 +208,10 @@ export async function dialHandshake(
   self: number,
   peer: number,
   deadline: number,
+  channel = 0,
 ): Promise<void> {
   const nonceD = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-  const hello = { region: 0, block: peer, a: self, b: auth.size };
+  const hello = { region: channel, block: peer, a: self, b: auth.size };
   let ackBytes: Uint8Array;
   try {
     await writeAll(conn, encodeFrame({ ...hello, type: MsgType.HELLO, data: nonceD }));
@@ -219,19 +231,23 @@ export async function dialHandshake(
     NONCE_BYTES + MAC_BYTES,
     auth.size,
   );
-  if (ack.a !== peer || ack.block !== self) {
+  if (ack.a !== peer || ack.block !== self || ack.region !== channel) {
     throw new DsmProtocolError(`the peer answered as node ${ack.a} to node ${ack.block}`);
   }
   const payload = ack.data ?? new Uint8Array(0);
   const nonceA = payload.subarray(0, NONCE_BYTES);
   const macA = payload.subarray(NONCE_BYTES);
-  if (!(await verify(auth, macA, macInput(LABEL_ACK, auth, self, peer, nonceD, nonceA)))) {
+  const ackLabel = label(LABEL_ACK, channel);
+  if (!(await verify(auth, macA, macInput(ackLabel, auth, self, peer, nonceD, nonceA)))) {
     throw new DsmProtocolError(
       "the peer failed authentication: it does not know the cluster secret, or has another " +
         "member list",
     );
   }
-  const macD = await sign(auth, macInput(LABEL_AUTH, auth, self, peer, nonceD, nonceA));
+  const macD = await sign(
+    auth,
+    macInput(label(LABEL_AUTH, channel), auth, self, peer, nonceD, nonceA),
+  );
   await writeAll(conn, encodeFrame({ ...hello, type: MsgType.HELLO_AUTH, data: macD }));
 }
 
@@ -250,6 +266,26 @@ export async function acceptHandshake(
   deadline: number,
   claimed: (id: number) => void = () => {},
 ): Promise<number> {
+  const { node, channel } = await acceptChannelHandshake(conn, auth, self, deadline, claimed);
+  if (channel !== 0) {
+    closeQuietly(conn);
+    throw new DsmProtocolError(`node ${node} opened request channel ${channel}, not a node link`);
+  }
+  return node;
+}
+
+/**
+ * {@link acceptHandshake} for a connection that may also be a worker's
+ * request channel: returns the dialer's node id and the channel (0: the
+ * node link, k >= 1: the channel of its worker k-1).
+ */
+export async function acceptChannelHandshake(
+  conn: Deno.Conn,
+  auth: ClusterAuth,
+  self: number,
+  deadline: number,
+  claimed: (id: number) => void = () => {},
+): Promise<{ node: number; channel: number }> {
   const hello = expectFrame(
     await readExact(conn, HELLO_LEN, deadline),
     MsgType.HELLO,
@@ -257,20 +293,33 @@ export async function acceptHandshake(
     auth.size,
   );
   const dialer = hello.a;
-  if (dialer <= self || dialer >= auth.size || hello.block !== self) {
+  const channel = hello.region;
+  if (channel > MAX_CHANNELS) {
+    throw new DsmProtocolError(`HELLO for channel ${channel}: at most ${MAX_CHANNELS}`);
+  }
+  if (channel === 0 && (dialer <= self || dialer >= auth.size || hello.block !== self)) {
     throw new DsmProtocolError(
       `HELLO from node ${dialer} to node ${hello.block}: node ${self} is dialed only by ` +
         `nodes ${self + 1}..${auth.size - 1}`,
     );
   }
+  if (channel !== 0 && (dialer === self || dialer >= auth.size || hello.block !== self)) {
+    throw new DsmProtocolError(
+      `HELLO for channel ${channel} from node ${dialer} to node ${hello.block}: not a member ` +
+        `dialing node ${self}`,
+    );
+  }
   claimed(dialer);
   const nonceD = hello.data ?? new Uint8Array(0);
   const nonceA = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
-  const macA = await sign(auth, macInput(LABEL_ACK, auth, dialer, self, nonceD, nonceA));
+  const macA = await sign(
+    auth,
+    macInput(label(LABEL_ACK, channel), auth, dialer, self, nonceD, nonceA),
+  );
   const payload = new Uint8Array(NONCE_BYTES + MAC_BYTES);
   payload.set(nonceA, 0);
   payload.set(macA, NONCE_BYTES);
-  const head = { region: 0, block: dialer, a: self, b: auth.size };
+  const head = { region: channel, block: dialer, a: self, b: auth.size };
   await writeAll(conn, encodeFrame({ ...head, type: MsgType.HELLO_ACK, data: payload }));
   const am = expectFrame(
     await readExact(conn, AUTH_LEN, deadline),
@@ -278,15 +327,16 @@ export async function acceptHandshake(
     MAC_BYTES,
     auth.size,
   );
-  if (am.a !== dialer || am.block !== self) {
+  if (am.a !== dialer || am.block !== self || am.region !== channel) {
     throw new DsmProtocolError(`HELLO_AUTH from node ${am.a} in a handshake with node ${dialer}`);
   }
   const macD = am.data ?? new Uint8Array(0);
-  if (!(await verify(auth, macD, macInput(LABEL_AUTH, auth, dialer, self, nonceD, nonceA)))) {
+  const authLabel = label(LABEL_AUTH, channel);
+  if (!(await verify(auth, macD, macInput(authLabel, auth, dialer, self, nonceD, nonceA)))) {
     throw new DsmProtocolError(
       `failed authentication as node ${dialer}: it does not know the cluster secret, or has ` +
         `another member list`,
     );
   }
-  return dialer;
+  return { node: dialer, channel };
 }

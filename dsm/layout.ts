@@ -52,6 +52,12 @@ export const Ctrl = {
   PENDING: 2,
   /** Set by the protocol thread to wake the worker from a synchronization wait. */
   WAKE: 3,
+  /** Read requests the worker wrote on its own request channels. */
+  SENT_READ: 4,
+  /** Read-exclusive requests the worker wrote on its own request channels. */
+  SENT_READX: 5,
+  /** Upgrade requests the worker wrote on its own request channels. */
+  SENT_UPGRADE: 6,
 } as const;
 /** Int32 slots reserved per worker control block. */
 export const CTRL_STRIDE = 8;

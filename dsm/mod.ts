@@ -42,11 +42,15 @@
  * cheapest hits, hoist an accessor out of a hot loop
  * (`const load = region.loadF64`).
  *
- * Performance, as measured by `bench/dsm_*_bench.ts`: a remote read miss
- * crosses four threads (worker → node thread → home node → node thread →
- * worker), so its latency is bounded below by a raw Deno TCP round trip plus
- * two in-process wake-ups (`Atomics.waitAsync`, `Atomics.wait`); the latency
- * benchmark measures that floor as its "relayed" peer, with no DSM code. A hit
+ * Performance, as measured by `bench/dsm_*_bench.ts`: every worker has its
+ * own authenticated request channel to every other node and writes its miss
+ * requests there itself (`send(2)` through FFI, `socket_ffi.ts`; without FFI
+ * it rings its node thread instead); answers and everything else travel on
+ * the one link between two nodes, so nothing the home sends later can
+ * overtake an answer. A remote read miss thus crosses worker → home node →
+ * node thread → worker: a raw Deno TCP round trip plus one in-process wake-up
+ * (`Atomics.wait`). The latency benchmark measures the raw round trip and a
+ * "relayed" one (two wake-ups) as its peers, with no DSM code. A hit
  * costs a state-byte load and compare, but with the check's cold miss branch
  * (a call, or a deoptimization exit) inside a caller's loop V8 keeps more of
  * the loop's values in stack slots, and it checks the accessor's identity on

@@ -17,7 +17,7 @@
 
 import { DsmConfigError, DsmError, DsmNodeDeathError, DsmProtocolError } from "./errors.ts";
 import { type Message, MsgType } from "./frames.ts";
-import { MAX_WORKERS } from "./layout.ts";
+import { Ctrl, MAX_WORKERS } from "./layout.ts";
 import { type DsmProgram, type Params, programRegions } from "./program.ts";
 import { Request } from "./region.ts";
 import { BlockCache, type CachedRegion, cachedRegion } from "./cache.ts";
@@ -27,6 +27,9 @@ import { SyncManager } from "./sync_manager.ts";
 import { type Endpoint, Mesh } from "./transport.ts";
 import type { ClusterAuth } from "./handshake.ts";
 import type { WorkerMessage } from "./worker_protocol.ts";
+
+/** Bytes of one request frame (length prefix and header). */
+const REQUEST_BYTES = 20;
 
 /** Largest cluster: sharer sets are 32-bit masks. */
 export const MAX_NODES = 32;
@@ -51,6 +54,12 @@ export interface NodeOptions {
   auth: ClusterAuth;
   /** How long to wait for every peer to connect. */
   startTimeoutMs?: number;
+  /**
+   * Give every worker its own connection to every other node and let it
+   * write its miss requests there itself (default true); false: workers ring
+   * the node thread, which forwards them on the node links.
+   */
+  requestChannels?: boolean;
   /** Called with one line for every incoming connection refused at start (default: stderr). */
   onRefused?: (line: string) => void;
   /** Called once every peer is connected, before the workers start. */
@@ -77,6 +86,8 @@ export interface NodeStats {
   barriers: number;
   /** Milliseconds from the last worker loading the program to the last barrier. */
   elapsedMs: number;
+  /** Miss requests the workers wrote on their own request channels (counted in the above). */
+  channelRequests: number;
 }
 
 /** What a node's run returns. */
@@ -152,6 +163,7 @@ export class DsmNode {
       id: opts.id,
       members: opts.members,
       auth: opts.auth,
+      channels: opts.requestChannels === false ? 0 : opts.workers,
       onMessage: (from, msg) => this.#receive(from, msg),
       onPeerLost: (from, err) => this.#fail(err, from),
       ...(opts.onRefused === undefined ? {} : { onRefused: opts.onRefused }),
@@ -172,6 +184,11 @@ export class DsmNode {
       programUrl: this.#opts.programUrl,
       params: this.#opts.params,
       regions: this.#regions.map((r) => r.buf),
+      homes: this.#regions.map((r) => r.home),
+      channels: Array.from(
+        { length: this.#opts.workers },
+        (_, w) => this.#mesh.channels(w).map((c) => c ?? null),
+      ),
       nodeId: this.#opts.id,
       nodeCount: this.#n,
       blockingStores: this.#opts.blockingStores,
@@ -449,12 +466,18 @@ export class DsmNode {
   // ---- leaving -------------------------------------------------------------
 
   async #leave(): Promise<void> {
+    const sent = this.#workers.sent(Ctrl.SENT_READ) + this.#workers.sent(Ctrl.SENT_READX) +
+      this.#workers.sent(Ctrl.SENT_UPGRADE);
     const stats: NodeStats = {
       node: this.#opts.id,
-      messages: this.#mesh.stats.messages,
-      bytes: this.#mesh.stats.bytes,
+      messages: this.#mesh.stats.messages + sent,
+      bytes: this.#mesh.stats.bytes + REQUEST_BYTES * sent,
       ...this.#stats,
+      readMisses: this.#stats.readMisses + this.#workers.sent(Ctrl.SENT_READ),
+      writeMisses: this.#stats.writeMisses + this.#workers.sent(Ctrl.SENT_READX),
+      upgrades: this.#stats.upgrades + this.#workers.sent(Ctrl.SENT_UPGRADE),
       elapsedMs: Math.round((this.#lastBarrierAt - this.#startedAt) * 1000) / 1000,
+      channelRequests: sent,
     };
     for (let n = 0; n < this.#n; n++) {
       if (n !== this.#opts.id) {

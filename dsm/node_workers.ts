@@ -21,6 +21,7 @@ import {
   RING_STRIDE,
   RING_TAIL,
 } from "./layout.ts";
+import type { ChannelAddr } from "./transport.ts";
 import type { WorkerInit, WorkerMessage } from "./worker_protocol.ts";
 
 /** What the node does with its workers' requests. */
@@ -34,7 +35,12 @@ export interface WorkerEvents {
 }
 
 /** The part of {@link WorkerInit} that is the same for every worker of a node. */
-export type WorkerSetup = Omit<WorkerInit, "ctrl" | "rings" | "nodeCtrl" | "workerId" | "workers">;
+export type WorkerSetup =
+  & Omit<WorkerInit, "ctrl" | "rings" | "nodeCtrl" | "workerId" | "workers" | "channels">
+  & {
+    /** Each worker's request channels, by worker then node. */
+    channels: (ChannelAddr | null)[][];
+  };
 
 /** The workers of one node and the shared memory they talk to it through. */
 export class NodeWorkers {
@@ -85,9 +91,17 @@ export class NodeWorkers {
       nodeCtrl: this.#nodeCtrl,
       workerId: w,
       workers: this.#count,
+      channels: setup.channels[w] ?? [],
     };
     worker.postMessage(init);
     this.#workers.push(worker);
+  }
+
+  /** Requests of `slot` (`Ctrl.SENT_*`) the workers wrote on their own channels. */
+  sent(slot: number): number {
+    let n = 0;
+    for (let w = 0; w < this.#count; w++) n += Atomics.load(this.ctrl, w * CTRL_STRIDE + slot);
+    return n;
   }
 
   /** Wakes worker `w` from its wait for a lock or barrier. */

@@ -10,7 +10,12 @@
 
 import { DsmConfigError, DsmNodeDeathError, DsmPeerBusyError, DsmProtocolError } from "./errors.ts";
 import { encodeFrame, FrameReader, type Message, MsgType } from "./frames.ts";
-import { acceptHandshake, closeQuietly, type ClusterAuth, dialHandshake } from "./handshake.ts";
+import {
+  acceptChannelHandshake,
+  closeQuietly,
+  type ClusterAuth,
+  dialHandshake,
+} from "./handshake.ts";
 
 /** A `host:port` TCP address of a node. */
 export interface Endpoint {
@@ -86,7 +91,26 @@ export interface MeshOptions {
   onPeerLost: (from: number, error: Error) => void;
   /** Called with one line for every incoming connection refused at start (default: stderr). */
   onRefused?: (line: string) => void;
+  /**
+   * Request channels per node (its workers; every node runs the same number):
+   * this node opens that many connections to every other node and expects as
+   * many from each. A worker writes its requests straight onto its own (see
+   * {@link Mesh.channels}); frames arriving on one go to `onMessage` like any
+   * other, and must be requests. Default 0.
+   */
+  channels?: number;
 }
+
+/** The addresses of one request channel (a worker finds its socket by them). */
+export interface ChannelAddr {
+  /** Local TCP port. */
+  localPort: number;
+  /** Remote TCP port. */
+  remotePort: number;
+}
+
+/** Message types a request channel may carry. */
+const CHANNEL_TYPES: ReadonlySet<number> = new Set([MsgType.READ, MsgType.READX, MsgType.UPGRADE]);
 
 /** Longest one incoming handshake may take (a silent connection is dropped after it). */
 const HANDSHAKE_MS = 5_000;
@@ -100,6 +124,11 @@ export class Mesh {
   #listener: Deno.TcpListener | null = null;
   /** Incoming connections still in their handshake. */
   readonly #pending = new Set<Deno.TcpConn>();
+  #closed = false;
+  /** Request channels, both directions (closed with the mesh). */
+  readonly #channelConns: Deno.TcpConn[] = [];
+  /** This node's outgoing channels: `[peer][worker]`. */
+  readonly #outChannels: (ChannelAddr | undefined)[][];
   /** Traffic sent by this node. */
   readonly stats: TrafficStats = { messages: 0, bytes: 0 };
 
@@ -107,6 +136,17 @@ export class Mesh {
   constructor(opts: MeshOptions) {
     this.#opts = opts;
     this.#peers = new Array(opts.members.length).fill(undefined);
+    this.#outChannels = opts.members.map(() => []);
+  }
+
+  /** The request channel of worker `w` to node `peer` (after {@link Mesh.start}). */
+  channel(peer: number, w: number): ChannelAddr | undefined {
+    return this.#outChannels[peer]?.[w];
+  }
+
+  /** Every outgoing channel of worker `w`, by node id (undefined for this node). */
+  channels(w: number): (ChannelAddr | undefined)[] {
+    return this.#outChannels.map((c) => c[w]);
   }
 
   /**
@@ -122,16 +162,37 @@ export class Mesh {
     if (self === undefined) throw new DsmConfigError(`node id ${id} is not in the member list`);
     this.#listener = Deno.listen({ hostname: self.host, port: self.port, transport: "tcp" });
     const deadline = Date.now() + timeoutMs;
+    const channels = this.#opts.channels ?? 0;
+    let keepListening = false;
     try {
       const accepting = this.#acceptAll(members.length - 1 - id, deadline, timeoutMs);
       const dials: Promise<void>[] = [];
       for (let j = 0; j < id; j++) dials.push(this.#dial(j, deadline));
       await Promise.all([accepting, ...dials]);
+      // Every peer listens now (until it leaves): open this node's request
+      // channels. One attempt each; a peer that refuses one (or is not a vmkit
+      // node) costs nothing but that channel: its requests go by the node link.
+      const opening: Promise<void>[] = [];
+      for (let j = 0; j < members.length; j++) {
+        for (let c = 1; j !== id && c <= channels; c++) {
+          opening.push(this.#dial(j, Math.min(deadline, Date.now() + HANDSHAKE_MS), c));
+        }
+      }
+      for (const r of await Promise.allSettled(opening)) {
+        if (r.status === "rejected") {
+          this.#refused(
+            `dsm: node ${id}: no request channel (${String(r.reason)}); using the node link`,
+          );
+        }
+      }
+      keepListening = channels > 0;
     } finally {
-      this.#listener?.close();
-      this.#listener = null;
-      for (const c of this.#pending) closeQuietly(c);
-      this.#pending.clear();
+      if (!keepListening) {
+        this.#listener?.close();
+        this.#listener = null;
+        for (const c of this.#pending) closeQuietly(c);
+        this.#pending.clear();
+      }
     }
   }
 
@@ -139,10 +200,16 @@ export class Mesh {
     (this.#opts.onRefused ?? ((l: string) => console.error(l)))(line);
   }
 
-  /** Accepts until `count` higher-id peers are authenticated, or rejects at `deadline`. */
+  /**
+   * Accepts until `count` higher-id peers are authenticated, or rejects at
+   * `deadline`; with request channels, goes on accepting those (only) until
+   * the mesh closes.
+   */
   #acceptAll(count: number, deadline: number, timeoutMs: number): Promise<void> {
     const listener = this.#listener;
-    if (listener === null || count === 0) return Promise.resolve();
+    const channels = this.#opts.channels ?? 0;
+    if (listener === null || (count === 0 && channels === 0)) return Promise.resolve();
+    const seenChannels = new Set<string>();
     const { id, members } = this.#opts;
     /** Why the last connection that claimed to be each node was refused. */
     const lastRefusal = new Map<number, string>();
@@ -179,23 +246,42 @@ export class Mesh {
         const from = formatEndpoint({ host: ra.hostname, port: ra.port });
         let claimed = -1;
         try {
-          const hsDeadline = Math.min(deadline, Date.now() + HANDSHAKE_MS);
-          const peerId = await acceptHandshake(conn, this.#opts.auth, id, hsDeadline, (c) => {
-            claimed = c;
-          });
+          const hsDeadline = done
+            ? Date.now() + HANDSHAKE_MS
+            : Math.min(deadline, Date.now() + HANDSHAKE_MS);
+          const { node: peerId, channel } = await acceptChannelHandshake(
+            conn,
+            this.#opts.auth,
+            id,
+            hsDeadline,
+            (c) => {
+              claimed = c;
+            },
+          );
           this.#pending.delete(conn);
-          if (done || this.#peers[peerId] !== undefined) {
-            throw new DsmProtocolError(`node ${peerId} is already connected`);
+          if (channel !== 0) {
+            const key = `${peerId}/${channel}`;
+            if (channel > channels || seenChannels.has(key) || this.#closed) {
+              throw new DsmProtocolError(`node ${peerId} channel ${channel} is not expected`);
+            }
+            seenChannels.add(key);
+            this.#attachChannel(peerId, conn);
+          } else {
+            if (done || this.#peers[peerId] !== undefined) {
+              throw new DsmProtocolError(`node ${peerId} is already connected`);
+            }
+            this.#attach(peerId, conn);
+            got++;
           }
-          this.#attach(peerId, conn);
-          got++;
           if (got === count) finish();
         } catch (err) {
           this.#pending.delete(conn);
           closeQuietly(conn);
           const why = err instanceof Error ? err.message : String(err);
           if (claimed >= 0) lastRefusal.set(claimed, why);
-          if (!done) this.#refused(`dsm: node ${id} refused a connection from ${from}: ${why}`);
+          if (!this.#closed) {
+            this.#refused(`dsm: node ${id} refused a connection from ${from}: ${why}`);
+          }
         }
       };
       (async () => {
@@ -204,11 +290,11 @@ export class Mesh {
           try {
             conn = await listener.accept();
           } catch (err) {
-            // The listener closes when the mesh is complete or start gave up.
-            if (done) return;
+            // The listener closes when the mesh is complete (or closes) or start gave up.
+            if (done || this.#closed) return;
             throw err;
           }
-          if (done) {
+          if (done && channels === 0) {
             closeQuietly(conn);
             return;
           }
@@ -221,10 +307,11 @@ export class Mesh {
           void handshake(conn);
         }
       })().catch((err: unknown) => finish(err instanceof Error ? err : new Error(String(err))));
+      if (count === 0) finish();
     });
   }
 
-  async #dial(peerId: number, deadline: number): Promise<void> {
+  async #dial(peerId: number, deadline: number, channel = 0): Promise<void> {
     const ep = this.#opts.members[peerId];
     if (ep === undefined) throw new DsmConfigError(`no member ${peerId}`);
     const where = `node ${this.#opts.id}: node ${peerId} at ${formatEndpoint(ep)}`;
@@ -233,7 +320,9 @@ export class Mesh {
       try {
         conn = await Deno.connect({ hostname: ep.host, port: ep.port, transport: "tcp" });
       } catch (err) {
-        if (!(err instanceof Deno.errors.ConnectionRefused) || Date.now() > deadline) {
+        if (
+          !(err instanceof Deno.errors.ConnectionRefused) || Date.now() > deadline || channel !== 0
+        ) {
           throw new DsmConfigError(`${where}: cannot connect: ${err}`);
         }
         await new Promise((r) => setTimeout(r, 20));
@@ -241,11 +330,11 @@ export class Mesh {
       }
       conn.setNoDelay(true);
       try {
-        await dialHandshake(conn, this.#opts.auth, this.#opts.id, peerId, deadline);
+        await dialHandshake(conn, this.#opts.auth, this.#opts.id, peerId, deadline, channel);
       } catch (err) {
         closeQuietly(conn);
         // Turned away before any answer (its start is crowded, or it is restarting): again.
-        if (err instanceof DsmPeerBusyError && Date.now() < deadline) {
+        if (err instanceof DsmPeerBusyError && Date.now() < deadline && channel === 0) {
           await new Promise((r) => setTimeout(r, 50));
           continue;
         }
@@ -254,8 +343,43 @@ export class Mesh {
             `every node needs the same cluster secret and member list`,
         );
       }
-      this.#attach(peerId, conn);
+      if (channel === 0) {
+        this.#attach(peerId, conn);
+      } else {
+        this.#channelConns.push(conn);
+        const la = conn.localAddr as Deno.NetAddr;
+        const ra = conn.remoteAddr as Deno.NetAddr;
+        const list = this.#outChannels[peerId];
+        if (list !== undefined) list[channel - 1] = { localPort: la.port, remotePort: ra.port };
+      }
       return;
+    }
+  }
+
+  /**
+   * Reads the requests a peer's worker writes on its channel. Its end is not
+   * a death (the node link says that); anything but a request is.
+   */
+  async #attachChannel(peerId: number, conn: Deno.TcpConn): Promise<void> {
+    this.#channelConns.push(conn);
+    const reader = new FrameReader((msg) => {
+      if (!CHANNEL_TYPES.has(msg.type)) {
+        throw new DsmProtocolError(
+          `node ${peerId} sent message type ${msg.type} on a request channel`,
+        );
+      }
+      this.#opts.onMessage(peerId, msg);
+    });
+    const buf = new Uint8Array(READ_BUFFER);
+    try {
+      for (;;) {
+        const n = await conn.read(buf);
+        if (n === null) return;
+        reader.push(buf.subarray(0, n));
+      }
+    } catch (err) {
+      if (err instanceof DsmProtocolError) this.#opts.onPeerLost(peerId, err);
+      // A read error after close, or the peer leaving: the node link reports deaths.
     }
   }
 
@@ -363,8 +487,13 @@ export class Mesh {
 
   /** Closes every connection. */
   close(): void {
+    this.#closed = true;
     this.#listener?.close();
     this.#listener = null;
+    for (const c of this.#pending) closeQuietly(c);
+    this.#pending.clear();
+    for (const c of this.#channelConns) closeQuietly(c);
+    this.#channelConns.length = 0;
     for (const peer of this.#peers) {
       if (peer === undefined || peer.closed) continue;
       peer.closed = true;

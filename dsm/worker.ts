@@ -7,9 +7,12 @@
  */
 
 import { DsmError, DsmNodeDeathError } from "./errors.ts";
+import { encodeFrame, HEADER_SIZE, LENGTH_SIZE } from "./frames.ts";
 import {
   Ctrl,
   CTRL_STRIDE,
+  homeOf,
+  type HomePolicy,
   NODE_CTRL_MESSAGE_OFFSET,
   NodeCtrl,
   RING_ENTRIES,
@@ -19,7 +22,8 @@ import {
   RING_TAIL,
 } from "./layout.ts";
 import type { DsmContext, DsmProgram, Params } from "./program.ts";
-import { Region, type RegionHost } from "./region.ts";
+import { Region, type RegionHost, Request } from "./region.ts";
+import { findSocket, sendAll } from "./socket_ffi.ts";
 import type { WorkerInit, WorkerMessage } from "./worker_protocol.ts";
 
 const WAIT_SLICE_MS = 50;
@@ -48,6 +52,20 @@ class WorkerContext implements DsmContext, RegionHost {
   readonly #ring: number;
   readonly #nodeBytes: Uint8Array;
   readonly #regions: Map<string, Region> = new Map();
+  readonly #homes: HomePolicy[];
+  readonly #blocks: number[];
+  /** This worker's request channel (socket fd) to each node; -1: ring the node instead. */
+  readonly #fds: number[];
+  /** One request frame, rewritten for every request sent on a channel. */
+  readonly #frame: Uint8Array = encodeFrame({
+    type: 1,
+    region: 0,
+    block: 0,
+    a: 0,
+    b: 0,
+    data: null,
+  });
+  readonly #frameView: DataView = new DataView(this.#frame.buffer);
 
   constructor(init: WorkerInit) {
     this.nodeId = init.nodeId;
@@ -66,6 +84,12 @@ class WorkerContext implements DsmContext, RegionHost {
     this.#ring = init.workerId * RING_STRIDE;
     this.#nodeBytes = new Uint8Array(init.nodeCtrl);
     init.regions.forEach((buf, i) => this.#regions.set(buf.name, new Region(i, buf, this)));
+    this.#homes = init.homes;
+    this.#blocks = init.regions.map((r) => r.size / r.blockSize);
+    this.#fds = Array.from({ length: init.nodeCount }, (_, n) => {
+      const c = init.channels[n];
+      return c === null || c === undefined ? -1 : findSocket(c.localPort, c.remotePort);
+    });
   }
 
   region(name: string): Region {
@@ -79,6 +103,35 @@ class WorkerContext implements DsmContext, RegionHost {
   }
 
   request(kind: number, region: number, block: number): void {
+    // A request for another node's block goes straight onto this worker's
+    // own connection to that node: no wake-up of the protocol thread on the
+    // way out. The answer comes back on the node link (one ordered stream
+    // from the home, so no invalidation can overtake it), through the node.
+    const home = homeOf(
+      this.#homes[region] ?? "cyclic",
+      block,
+      this.#blocks[region] ?? 1,
+      this.nodeCount,
+    );
+    const fd = this.#fds[home] ?? -1;
+    if (fd >= 0) {
+      const v = this.#frameView;
+      v.setUint8(LENGTH_SIZE, kind);
+      v.setUint16(LENGTH_SIZE + 2, region, true);
+      v.setUint32(LENGTH_SIZE + 4, block, true);
+      v.setUint32(LENGTH_SIZE + 8, this.nodeId, true);
+      if (sendAll(fd, this.#frame.subarray(0, LENGTH_SIZE + HEADER_SIZE))) {
+        const slot = kind === Request.READ
+          ? Ctrl.SENT_READ
+          : kind === Request.READX
+          ? Ctrl.SENT_READX
+          : Ctrl.SENT_UPGRADE;
+        Atomics.add(this.#ctrl, this.#base + slot, 1);
+        return;
+      }
+      // A broken channel: the node link reports why; the ring still works meanwhile.
+      this.#fds[home] = -1;
+    }
     // A shared ring and a doorbell rather than postMessage: no serialization,
     // and the protocol thread drains every queued request per wake-up.
     const rings = this.#rings;

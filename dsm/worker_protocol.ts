@@ -4,7 +4,8 @@
  * @module
  */
 
-import type { RegionBuffers } from "./layout.ts";
+import type { HomePolicy, RegionBuffers } from "./layout.ts";
+import type { ChannelAddr } from "./transport.ts";
 import type { Params } from "./program.ts";
 
 /** Everything a worker needs to start, sent once by its node. */
@@ -15,6 +16,10 @@ export interface WorkerInit {
   params: Params;
   /** The node's region buffers, in region-index order. */
   regions: RegionBuffers[];
+  /** Each region's home policy, in region-index order. */
+  homes: HomePolicy[];
+  /** This worker's request channel to each node (null: none, this node, or no channels). */
+  channels: (ChannelAddr | null)[];
   /** Per-worker control words (see `Ctrl` in layout.ts). */
   ctrl: SharedArrayBuffer;
   /** Per-worker rings of miss requests (see `RING_STRIDE` in layout.ts). */
