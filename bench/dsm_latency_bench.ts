@@ -161,7 +161,7 @@ if ((globalThis as { name?: string }).name === RELAY_WORKER) {
           program: "read_latency",
           nodes: 2,
           workers: 1,
-          params: { count: COUNT, warmup: WARMUP },
+          params: { count: COUNT, warmup: WARMUP, samples: 1 },
         });
         const res = r.result as {
           medianUs: number;
