@@ -92,16 +92,21 @@ export class Qcow2Data {
     this.#zeros = new Uint8Array(this.#cs);
   }
 
-  #readBacking(offset: number, buf: Uint8Array): void {
-    if (buf.length === 0) return;
+  /**
+   * Fills `buf` with the backing's bytes at `offset` (zeros past its end or
+   * without one); true when it filled zeros only, without reading.
+   */
+  #readBacking(offset: number, buf: Uint8Array): boolean {
+    if (buf.length === 0) return true;
     const b = this.#host.backing();
     if (b === null || offset >= b.size) {
       buf.fill(0);
-      return;
+      return true;
     }
     const n = Math.min(buf.length, b.size - offset);
     b.readSync(offset, n === buf.length ? buf : buf.subarray(0, n));
     if (n < buf.length) buf.fill(0, n);
+    return false;
   }
 
   #freeCompressed(hi: number, lo: number): void {
@@ -296,9 +301,12 @@ export class Qcow2Data {
         buf = cow;
         restZero = isZero(buf.subarray(0, inOff)) && isZero(buf.subarray(tailAt));
       } else {
-        this.#readBacking(ci * cs, buf.subarray(0, inOff));
-        this.#readBacking(ci * cs + tailAt, buf.subarray(tailAt));
-        restZero = isZero(buf.subarray(0, inOff)) && isZero(buf.subarray(tailAt));
+        // Zeros filled for want of a backing need no scan (a fresh overlay's common case).
+        const head = buf.subarray(0, inOff);
+        const tail = buf.subarray(tailAt);
+        const zeroHead = this.#readBacking(ci * cs, head);
+        const zeroTail = this.#readBacking(ci * cs + tailAt, tail);
+        restZero = (zeroHead || isZero(head)) && (zeroTail || isZero(tail));
       }
       buf.set(chunk, inOff);
     }
