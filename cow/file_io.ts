@@ -45,7 +45,8 @@ const FALLOC_FL_PUNCH_HOLE = 2;
 const EINTR = ERRNO.EINTR;
 const EOPNOTSUPP = ERRNO.EOPNOTSUPP;
 const RESOLVED: Promise<void> = Promise.resolve();
-const O_DIRECT = Deno.build.arch === "aarch64" ? 0o200000 : 0o40000;
+/** O_DIRECT, which differs by architecture (read when used: nothing touches Deno at import). */
+const oDirect = (): number => Deno.build.arch === "aarch64" ? 0o200000 : 0o40000;
 /** Requests in flight from which small uncached reads go O_DIRECT (see readAsync). */
 const DIRECT_DEPTH = 4;
 /** Largest count passed to one pread/pwrite (keeps results within i32). */
@@ -293,7 +294,7 @@ export class ImageFile {
     if (this.#direct !== -2) return this.#direct;
     const cpath = new TextEncoder().encode(`/proc/self/fd/${this.#fd}\0`);
     // Only read through it; the locks stay on the main descriptor.
-    const fd = lib().open(cpath, O_RDONLY | O_CLOEXEC | O_DIRECT, 0);
+    const fd = lib().open(cpath, O_RDONLY | O_CLOEXEC | oDirect(), 0);
     this.#direct = fd < 0 ? -1 : fd;
     return this.#direct;
   }

@@ -83,7 +83,8 @@ const cacheRange = new Uint32Array(4);
 const cacheOut = new Uint32Array(10);
 const cacheRangeBytes = new Uint8Array(cacheRange.buffer);
 const cacheOutBytes = new Uint8Array(cacheOut.buffer);
-let cachestatWorks = Deno.build.arch === "x86_64" || Deno.build.arch === "aarch64";
+/** Whether cachestat(2) is there; undefined until first asked (no Deno access at import). */
+let cachestatWorks: boolean | undefined;
 
 /**
  * Whether every page of `[offset, +length)` of `fd` is in the page cache
@@ -96,6 +97,7 @@ export function allCached(fd: number, offset: number, length: number): boolean |
 
 /** Pages of `[offset, +length)` of `fd` in the page cache (cachestat(2)); null when unknown. */
 export function cachedPages(fd: number, offset: number, length: number): number | null {
+  cachestatWorks ??= Deno.build.arch === "x86_64" || Deno.build.arch === "aarch64";
   if (!cachestatWorks) return null;
   const first = Math.floor(offset / 4096);
   const pages = Math.ceil((offset + length) / 4096) - first;
