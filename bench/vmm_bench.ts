@@ -76,20 +76,22 @@ async function timeProcess(
   return { ms, stderr };
 }
 
-const VMKIT_RUN = [
-  "run",
-  "-A",
-  `${ROOT}cli/main.ts`,
-  "run",
-  "--kernel",
-  GUEST,
-  "--mem",
-  "64",
-  "--debug-exit",
-  "0xf4",
-  "--cmdline",
-  "mode=exit:0",
-];
+/** `deno` arguments of a whole-process `vmkit run` of the bench guest. */
+function vmkitRun(mib: number, ...rest: string[]): string[] {
+  return [
+    "run",
+    "-A",
+    `${ROOT}cli/main.ts`,
+    "run",
+    "--kernel",
+    GUEST,
+    "--mem",
+    String(mib),
+    ...rest,
+  ];
+}
+
+const VMKIT_RUN = vmkitRun(64, "--debug-exit", "0xf4", "--cmdline", "mode=exit:0");
 
 // ---- whole-process start to exit, alternating ----
 
@@ -223,20 +225,7 @@ for (let i = 0; i < SMALL_RUNS; i++) {
       vMem.push(
         await sampleMemory(
           Deno.execPath(),
-          [
-            "run",
-            "-A",
-            `${ROOT}cli/main.ts`,
-            "run",
-            "--kernel",
-            GUEST,
-            "--mem",
-            String(GUEST_MIB),
-            "--cmdline",
-            "mode=spin",
-            "--serial-out",
-            serial,
-          ],
+          vmkitRun(GUEST_MIB, "--cmdline", "mode=spin", "--serial-out", serial),
           GUEST_MIB * 2 ** 20,
           "/deno",
           async () => (await Deno.readTextFile(serial)).includes("tick 1\n"),
