@@ -224,6 +224,15 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     },
   };
 
+  // The API server's and netguard's modules load beside the machine's creation, so neither
+  // waits for its import after the guest is running (netguard would miss the guest's first
+  // frames); a run without the flags loads neither.
+  const apiModule = opts["api-sock"] === undefined ? undefined : import("../vmm/api/server.ts");
+  const guardModules = opts.netguard === undefined
+    ? undefined
+    : Promise.all([import("../netguard/mod.ts"), import("../vmm/net_guard.ts")]);
+  apiModule?.catch(() => {}); // awaited below; a failed import is reported there
+  guardModules?.catch(() => {});
   let api: ApiServer | undefined;
   let signalled: Deno.Signal | undefined;
   const onSignal = (sig: Deno.Signal) => () => {
@@ -269,7 +278,7 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
       }
     }
     if (sock !== undefined) {
-      const { startApiServer } = await import("../vmm/api/server.ts");
+      const { startApiServer } = await (apiModule ?? import("../vmm/api/server.ts"));
       api = await startApiServer(checkPathArg("--api-sock", sock), ctl, {
         observability,
         onExchange: (e) => {
@@ -316,7 +325,7 @@ async function run(opts: RunOptions, plan: RunPlan, json: boolean): Promise<numb
     }
     const watch = opts.netguard === undefined
       ? undefined
-      : await startNetguard(opts.netguard, vmId ?? "vm", m, resources, log, metrics);
+      : await startNetguard(opts.netguard, vmId ?? "vm", m, resources, log, metrics, guardModules);
     let exit;
     try {
       traceStartup("run: waiting");
@@ -369,9 +378,10 @@ async function startNetguard(
   resources: VmResources,
   log: JsonLogger,
   metrics: VmmMetrics,
+  modules: Promise<[typeof import("../netguard/mod.ts"), typeof import("../vmm/net_guard.ts")]> =
+    Promise.all([import("../netguard/mod.ts"), import("../vmm/net_guard.ts")]),
 ): Promise<AsyncDisposable> {
-  const { defaultConfig, loadConfigFile, NetGuard } = await import("../netguard/mod.ts");
-  const { VmNetWatch } = await import("../vmm/net_guard.ts");
+  const [{ defaultConfig, loadConfigFile, NetGuard }, { VmNetWatch }] = await modules;
   if (policy !== "") await checkHostFile(policy, "--netguard policy");
   const guard = new NetGuard(policy === "" ? defaultConfig() : await loadConfigFile(policy));
   guard.onEvent((e) => {

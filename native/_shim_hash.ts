@@ -2,4 +2,4 @@
 // Do not edit: change the C files and run `npx -y deno@2.9.6 task gen`.
 
 /** `shimHash(SHIM_SOURCES)` (build.ts): the cache key of the library built from them. */
-export const SHIM_HASH = "5b81c4ff3ed66100";
+export const SHIM_HASH = "2a31670c1107c827";

@@ -304,7 +304,15 @@ int vmkit_net_read_batch(int fd, int is_packet, uint8_t *buf, int buflen, int sn
   int pr = poll(&p, 1, timeout_ms);
   if (pr < 0) return errno == EINTR ? 0 : -errno;
   if (pr == 0) return 0;
-  if (p.revents & (POLLERR | POLLNVAL)) return -EBADF;
+  if (p.revents & POLLNVAL) return -EBADF;
+  if (p.revents & POLLERR) {
+    /* A pending socket error (e.g. ENETDOWN: the interface was down when the socket was bound
+       or went down since): report it; reading SO_ERROR clears it. */
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return -errno;
+    if (err != 0) return -err;
+  }
   int n = 0;
   int off = 0;
   while (n < max_frames && buflen - off >= snaplen) {

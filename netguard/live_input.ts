@@ -19,6 +19,9 @@ import { NativeNetError } from "./errors.ts";
 import type { NetGuard } from "./guard.ts";
 import { LINKTYPE_ETHERNET } from "./pcap_decoder.ts";
 
+/** Linux errno: the network is down (a socket bound to an interface that is down). */
+const ENETDOWN = 100;
+
 /** Options of a live reader. */
 export interface LiveOptions {
   /** Network namespace: a name under /var/run/netns or a path; default the current one. */
@@ -165,6 +168,12 @@ export class LiveReader {
       );
       if (n < 0) {
         if (this.#closing) break;
+        // The interface is (or was) down: a TAP brought up after the watch began, or taken
+        // down and up again. Its frames come again once it is up, so keep watching.
+        if (-n === ENETDOWN) {
+          onIdle(Date.now());
+          continue;
+        }
         throw new NativeNetError("read_batch", this.name, -n, netStrerror(shim, -n));
       }
       for (let i = 0; i < n; i++) {

@@ -322,3 +322,54 @@ Deno.test("vmkit netguard watch --tap prints JSON alerts and decisions as a floo
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a watch opened while its interface is down sees the frames once it comes up, and after it goes down and up again (root, netns, AF_PACKET)", async () => {
+  const client = await Netns.create("dc");
+  const server = await Netns.create("ds");
+  let reader: LiveReader | null = null;
+  let loop: Promise<void> | null = null;
+  try {
+    await run("ip", [
+      "link",
+      "add",
+      "ngda",
+      "netns",
+      client.name,
+      "type",
+      "veth",
+      "peer",
+      "ngdb",
+      "netns",
+      server.name,
+    ]);
+    await client.ip("addr add 10.79.0.1/24 dev ngda");
+    await server.ip("addr add 10.79.0.2/24 dev ngdb");
+    await client.ip("link set ngda up");
+    // Opened while ngdb is down: the kernel marks the socket ENETDOWN, which ended the watch.
+    reader = await LiveReader.openInterface("ngdb", { netns: server.name, pollMs: 20 });
+    let frames = 0;
+    loop = reader.run(() => void frames++);
+    await sleep(100);
+    await server.ip("link set ngdb up");
+    const ping = () => client.exec(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.79.0.2"], true);
+    await ping();
+    assert.ok(
+      await waitFor(() => frames > 0, 5000),
+      "frames on the interface brought up after the watch began",
+    );
+    const before = frames;
+    await server.ip("link set ngdb down");
+    await sleep(100);
+    await server.ip("link set ngdb up");
+    await ping();
+    assert.ok(
+      await waitFor(() => frames > before, 5000),
+      "frames after the interface went down and up again",
+    );
+  } finally {
+    await reader?.close();
+    await loop?.catch(() => {});
+    await client.delete();
+    await server.delete();
+  }
+});
