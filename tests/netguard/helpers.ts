@@ -171,3 +171,34 @@ export async function stopProcess(p: Deno.ChildProcess): Promise<void> {
   }
   await p.status;
 }
+
+/**
+ * A veth pair from `client` (interface `a`, address `${net}.1/24`, up) to
+ * `server` (interface `b`, address `${net}.2/24`, up unless `serverUp` is false).
+ */
+export async function vethPair(
+  client: Netns,
+  server: Netns,
+  a: string,
+  b: string,
+  net: string,
+  serverUp = true,
+): Promise<void> {
+  await run("ip", [
+    "link",
+    "add",
+    a,
+    "netns",
+    client.name,
+    "type",
+    "veth",
+    "peer",
+    b,
+    "netns",
+    server.name,
+  ]);
+  await client.ip(`addr add ${net}.1/24 dev ${a}`);
+  await server.ip(`addr add ${net}.2/24 dev ${b}`);
+  await client.ip(`link set ${a} up`);
+  if (serverUp) await server.ip(`link set ${b} up`);
+}

@@ -10,7 +10,15 @@ import {
   watchInterface,
   watchTap,
 } from "../../netguard/mod.ts";
-import { Netns, ProcessVm, run, sleep, startTcpdump, stopProcess, waitFor } from "./helpers.ts";
+import {
+  Netns,
+  ProcessVm,
+  sleep,
+  startTcpdump,
+  stopProcess,
+  vethPair,
+  waitFor,
+} from "./helpers.ts";
 
 const CLI = new URL("../../cli/main.ts", import.meta.url).pathname;
 
@@ -144,23 +152,7 @@ Deno.test("benign iperf3 bulk TCP and HTTP to a Deno server over a veth raise no
   let watching: Promise<void> | null = null;
   const children: Deno.ChildProcess[] = [];
   try {
-    await run("ip", [
-      "link",
-      "add",
-      "ngva",
-      "netns",
-      client.name,
-      "type",
-      "veth",
-      "peer",
-      "ngvb",
-      "netns",
-      server.name,
-    ]);
-    await client.ip("addr add 10.78.0.1/24 dev ngva");
-    await server.ip("addr add 10.78.0.2/24 dev ngvb");
-    await client.ip("link set ngva up");
-    await server.ip("link set ngvb up");
+    await vethPair(client, server, "ngva", "ngvb", "10.78.0");
     reader = await LiveReader.openInterface("ngvb", { netns: server.name });
     const guard = new NetGuard(parseConfig({
       thresholds: { synPps: 1000, udpPps: 1000, icmpPps: 1000 },
@@ -329,22 +321,7 @@ Deno.test("a watch opened while its interface is down sees the frames once it co
   let reader: LiveReader | null = null;
   let loop: Promise<void> | null = null;
   try {
-    await run("ip", [
-      "link",
-      "add",
-      "ngda",
-      "netns",
-      client.name,
-      "type",
-      "veth",
-      "peer",
-      "ngdb",
-      "netns",
-      server.name,
-    ]);
-    await client.ip("addr add 10.79.0.1/24 dev ngda");
-    await server.ip("addr add 10.79.0.2/24 dev ngdb");
-    await client.ip("link set ngda up");
+    await vethPair(client, server, "ngda", "ngdb", "10.79.0", false);
     // Opened while ngdb is down: the kernel marks the socket ENETDOWN, which ended the watch.
     reader = await LiveReader.openInterface("ngdb", { netns: server.name, pollMs: 20 });
     let frames = 0;
