@@ -15,6 +15,7 @@ const SYMBOLS = {
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   getpeername: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -23,6 +24,7 @@ const EAGAIN = 11;
 const EINTR = 4;
 const AF_INET = 2;
 const AF_INET6 = 10;
+const POLLOUT = 4;
 
 type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
 let libc: Libc | null | undefined;
@@ -45,6 +47,10 @@ function errno(l: Libc): number {
   const p = l.__errno_location();
   return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
 }
+
+/** One struct pollfd {int fd; short events, revents}. */
+const pollFd = new Int32Array(2);
+const pollBytes = new Uint8Array(pollFd.buffer);
 
 const addr = new Uint8Array(128);
 const addrLen = new Uint32Array(1);
@@ -78,9 +84,9 @@ export function findSocket(localPort: number, remotePort: number): number {
 }
 
 /**
- * Writes all of `bytes` to socket `fd` (non-blocking, as Deno leaves it:
- * retried while the send buffer is full). Returns false when the connection
- * is broken.
+ * Writes all of `bytes` to socket `fd` (non-blocking, as Deno leaves it: while
+ * the send buffer is full it waits in poll(2) for room, rather than spinning).
+ * Returns false when the connection is broken.
  */
 export function sendAll(fd: number, bytes: Uint8Array): boolean {
   const l = lib();
@@ -94,6 +100,11 @@ export function sendAll(fd: number, bytes: Uint8Array): boolean {
     }
     const e = errno(l);
     if (e !== EAGAIN && e !== EINTR) return false;
+    if (e === EAGAIN) {
+      pollFd[0] = fd;
+      pollFd[1] = POLLOUT;
+      l.poll(pollBytes, 1n, 1000);
+    }
   }
   return true;
 }
